@@ -1,0 +1,1 @@
+"""Dirty state (bitmaps over uint64 words, RAMBlocks) and the numba kernels that move it."""

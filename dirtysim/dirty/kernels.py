@@ -1,0 +1,250 @@
+"""numba kernels: all per-page work of a quantum in one call.
+
+Kernels take only arrays and scalars (no objects, no global state) and are
+compiled with one decorator (``cache=True``). Bitmaps are little-endian uint64
+words: page ``p`` is bit ``p & 63`` of word ``p >> 6``, the layout of QEMU's
+``unsigned long`` bitmaps and of the KVM/vhost logs on 64-bit hosts. Every
+kernel has a slow, obviously correct twin in ``reference.py``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+jit = numba.njit(cache=True, nogil=True)
+
+PAGE_SIZE = 4096
+PAGE_HEADER = 8  # save_page_header: be64 offset|flags
+ZERO_PAGE_BYTES = PAGE_HEADER + 1  # save_zero_page: header + one byte
+NORMAL_PAGE_BYTES = PAGE_HEADER + PAGE_SIZE  # save_normal_page
+
+# send_pages() stop reasons
+SEND_END_OF_BLOCK, SEND_BUDGET, SEND_NEED_CLEAR = 0, 1, 2
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """LLVM ctpop on a uint64 (one instruction with POPCNT)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def cttz64(typingctx, x):
+    """Count trailing zeros of a non-zero uint64 (index of the lowest set bit)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], context.get_constant(types.boolean, True))
+
+    return sig, codegen
+
+
+@jit
+def sync_xchg(src, dst, w0, w1):
+    """For words [w0, w1): old = xchg(src, 0); new += popcount(old & ~dst); dst |= old.
+
+    The fast path of ``physical_memory_sync_dirty_bitmap`` (migration/ram.c):
+    moves global dirty memory (L2) into ``RAMBlock.bmap`` (L3) counting only
+    0->1 transitions. Branchless: it also stores 0 into words that were 0.
+    """
+    new = np.uint64(0)
+    for w in range(w0, w1):
+        old = src[w]
+        src[w] = 0
+        new += popcount64(old & ~dst[w])
+        dst[w] |= old
+    return new
+
+
+@jit
+def or_into(dst, src, w0, w1):
+    """dst |= src over words [w0, w1) (``physical_memory_set_dirty_lebitmap``)."""
+    for w in range(w0, w1):
+        x = src[w]
+        if x:
+            dst[w] |= x
+
+
+@jit
+def xchg_into(src, dst, w0, w1):
+    """dst = src; src = 0 over [w0, w1); returns the number of bits moved.
+
+    Legacy ``KVM_GET_DIRTY_LOG`` (``kvm_get_dirty_log_protect`` without manual
+    protect): the kernel exchanges each word with 0 and re-protects those pages.
+    """
+    n = np.uint64(0)
+    for w in range(w0, w1):
+        x = src[w]
+        src[w] = 0
+        dst[w] = x
+        n += popcount64(x)
+    return n
+
+
+@jit
+def clear_by_mask(kvm, mask, w0, w1):
+    """``KVM_CLEAR_DIRTY_LOG`` with QEMU's fetched mask over words [w0, w1).
+
+    Kernel side (``kvm_clear_dirty_log_protect``): cleared = mask & bitmap;
+    bitmap &= ~mask; only the cleared pages are re-protected. QEMU side
+    (``kvm_log_clear_one_slot``): the cached mask is zeroed for the range so a
+    second clear never re-clears bits it has not fetched again. Returns the
+    number of re-protected pages.
+    """
+    n = np.uint64(0)
+    for w in range(w0, w1):
+        m = mask[w]
+        if m:
+            n += popcount64(kvm[w] & m)
+            kvm[w] &= ~m
+            mask[w] = 0
+    return n
+
+
+@jit
+def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, gen, faults):
+    """Apply one quantum of guest writes of all vCPUs.
+
+    ``gpa_pages[seg_end[v-1]:seg_end[v]]`` are vCPU v's writes (guest-physical
+    page numbers). Each write bumps the source oracle generation of its RAM page.
+    In a memslot with dirty logging, a write to a write-protected page faults:
+    ``mark_page_dirty_in_slot`` sets the KVM bit and the page becomes writable.
+    In bitmap mode the protection state is exactly "KVM bit clear" (GET/CLEAR
+    re-protect precisely the bits they clear), so no separate array is kept.
+    Returns the number of writes that hit no memslot.
+    """
+    unassigned = 0
+    start = 0
+    nslots = slot_gpa.shape[0]
+    for v in range(seg_end.shape[0]):
+        stop = seg_end[v]
+        nfault = 0
+        for i in range(start, stop):
+            g = gpa_pages[i]
+            s = 0
+            while s < nslots and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
+                s += 1
+            if s == nslots:
+                unassigned += 1
+                continue
+            r = g - slot_gpa[s] + slot_ram[s]
+            gen[r] += 1
+            if slot_logging[s]:
+                w = r >> 6
+                b = np.uint64(1) << np.uint64(r & 63)
+                if not (kvm_dirty[w] & b):
+                    kvm_dirty[w] |= b
+                    nfault += 1
+        faults[v] += nfault
+        start = stop
+    return unassigned
+
+
+@jit
+def find_next_bit(bmap, page, end):
+    """Index of the first set bit in [page, end), or ``end`` (``find_next_bit``)."""
+    if page >= end:
+        return end
+    w = page >> 6
+    x = bmap[w] & (~np.uint64(0) << np.uint64(page & 63))
+    last = (end - 1) >> 6
+    while True:
+        if x:
+            p = (w << 6) + np.int64(cttz64(x))
+            return p if p < end else end
+        w += 1
+        if w > last:
+            return end
+        x = bmap[w]
+
+
+@jit
+def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
+               first_extra, out):
+    """Send dirty pages of one RAMBlock from ``page`` in address order.
+
+    Models ``ram_find_and_save_block`` / ``ram_save_host_page`` for 4 KiB pages:
+    stop before a page once more than ``budget`` bytes went out
+    (``migration_rate_exceeded``) or ``cap`` bytes (one send slice); stop and ask
+    the caller to clear a chunk when the next dirty page lies in a chunk whose
+    ``clear_bmap`` bit is set (``migration_clear_memory_region_dirty_bitmap``,
+    skipped when ``lazy_clear`` is 0, i.e. in the last stage). Each sent page is
+    test-and-cleared in ``bmap`` (``migration_bitmap_clear_dirty``), costs a
+    zero-page or normal-page record, and delivers its current generation to the
+    destination oracle. ``first_extra`` bytes (block idstr) go on the first page.
+
+    out[:] = next page, normal pages, zero pages, bytes. Returns a SEND_* code.
+    """
+    nbytes = 0
+    normal = 0
+    zero = 0
+    extra = first_extra
+    status = SEND_END_OF_BLOCK
+    while True:
+        p = find_next_bit(bmap, page, end)
+        page = p
+        if p >= end:
+            break
+        if nbytes > budget or nbytes >= cap:
+            status = SEND_BUDGET
+            break
+        if lazy_clear and clear_bmap[p >> shift]:
+            status = SEND_NEED_CLEAR
+            break
+        bmap[p >> 6] &= ~(np.uint64(1) << np.uint64(p & 63))
+        if zero_detect and src_gen[p] == 0:
+            zero += 1
+            nbytes += ZERO_PAGE_BYTES + extra
+        else:
+            normal += 1
+            nbytes += NORMAL_PAGE_BYTES + extra
+        extra = 0
+        dst_gen[p] = src_gen[p]
+        page = p + 1
+    out[0] = page
+    out[1] = normal
+    out[2] = zero
+    out[3] = nbytes
+    return status
+
+
+@jit
+def count_set(bmap, w0, w1):
+    """Number of set bits in words [w0, w1)."""
+    n = np.uint64(0)
+    for w in range(w0, w1):
+        n += popcount64(bmap[w])
+    return n
+
+
+@jit
+def count_stale(src_gen, dst_gen, tracked, first, last):
+    """Oracle over RAM pages [first, last): (stale, stale and untracked).
+
+    A page is stale when the destination holds an older generation than the
+    source. It is untracked when no dirty layer (OR of the given bitmaps in
+    ``tracked``, one row per layer) remembers it, so it would never be re-sent:
+    that is a lost page.
+    """
+    stale = 0
+    lost = 0
+    for p in range(first, last):
+        if src_gen[p] != dst_gen[p]:
+            stale += 1
+            w = p >> 6
+            b = np.uint64(1) << np.uint64(p & 63)
+            seen = False
+            for k in range(tracked.shape[0]):
+                if tracked[k, w] & b:
+                    seen = True
+            if not seen:
+                lost += 1
+    return stale, lost

@@ -1,0 +1,1 @@
+"""Scenario input: units, pydantic schema, YAML loading with file:line errors."""

@@ -1,0 +1,209 @@
+"""The scenario schema: what a scenario file may say, with QEMU's defaults.
+
+Every key that mirrors a QEMU parameter carries QEMU's default
+(``migration/options.c``; see ``reference/qemu-dirty-tracking.md`` §11). Keys
+that model hardware (costs, network) cite the public measurement they come from.
+Unknown keys are rejected (``extra="forbid"``) so a typo never becomes a silent
+default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
+
+from . import units
+
+PAGE_SIZE = 4096  # TARGET_PAGE_SIZE on x86
+CLEAR_BITMAP_SHIFT_MIN, CLEAR_BITMAP_SHIFT_DEFAULT, CLEAR_BITMAP_SHIFT_MAX = 6, 18, 31  # migration/migration.h
+
+
+def _unit_validator(parse, kind: str, example: str):
+    def validate(value):
+        try:
+            return parse(value)
+        except ValueError as exc:
+            allowed = {"size": units.SIZE_UNITS, "rate": units.RATE_UNITS, "duration": units.DURATION_UNITS}[kind]
+            raise PydanticCustomError(
+                f"{kind}_unit", str(exc), {"allowed": f"a number with a unit, e.g. {example}; units: {', '.join(allowed)}"}
+            ) from None
+
+    return Annotated[
+        int,
+        BeforeValidator(validate),
+        WithJsonSchema({"type": ["string", "integer"], "description": f"a {kind} such as {example!r}"}),
+    ]
+
+
+Size = _unit_validator(units.parse_size, "size", "8GiB")
+Rate = _unit_validator(units.parse_rate, "rate", "128MiB/s")
+Duration = _unit_validator(units.parse_duration, "duration", "300ms")
+Fraction01 = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UniformWorkload(_Model):
+    """Writes pages uniformly at random over a working set (like ``mm_dirty -p random``)."""
+
+    kind: Literal["uniform"]
+    rate: Rate = Field(description="guest write rate; every 4 KiB of it dirties one page")
+    working_set: Optional[Size] = Field(None, description="bytes written over; default: all RAM after offset")
+    offset: Size = Field(0, description="guest-physical start of the working set")
+
+
+class HotsetWorkload(UniformWorkload):
+    """A hot region inside the working set takes ``hot_share`` of the writes."""
+
+    kind: Literal["hotset"]
+    hot: Size = Field(description="size of the hot region")
+    hot_share: Fraction01 = Field(description="share of writes that go to the hot region, 0..1")
+    hot_offset: Size = Field(0, description="start of the hot region inside the working set")
+
+
+Workload = Annotated[Union[UniformWorkload, HotsetWorkload], Field(discriminator="kind")]
+
+
+class VcpuGroup(_Model):
+    count: int = Field(1, ge=1, le=4096)
+    workload: Workload
+
+
+class MemoryConfig(_Model):
+    size: Size = Field(description="guest RAM (one RAMBlock 'pc.ram' mapped at guest-physical 0)")
+    zero_fraction: Fraction01 = Field(0.0, description="share of RAM that is zero at migration start (sent as 'duplicate')")
+
+
+class Machine(_Model):
+    accel: Literal["kvm"] = Field("kvm", description="accelerator; TCG listeners are not built yet")
+    memory: MemoryConfig
+    vcpus: list[VcpuGroup] = Field(min_length=1)
+    device_state: Size = Field(
+        256 << 10, description="non-iterable device state sent during downtime [modelling assumption]"
+    )
+
+
+class DirtyTracking(_Model):
+    """KVM dirty logging (``accel/kvm/kvm-all.c``)."""
+
+    mode: Literal["bitmap"] = Field("bitmap", description="dirty bitmap; the dirty ring is not built yet")
+    manual_protect: bool = Field(True, description="KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (QEMU enables it when offered)")
+    initially_set: bool = Field(True, description="KVM_DIRTY_LOG_INITIALLY_SET (needs manual_protect)")
+    clear_bitmap_shift: int = Field(
+        CLEAR_BITMAP_SHIFT_DEFAULT,
+        ge=CLEAR_BITMAP_SHIFT_MIN,
+        le=CLEAR_BITMAP_SHIFT_MAX,
+        description="x-clear-bitmap-shift: log2 pages per lazy-clear chunk (QEMU clamps to 6..31; dirtysim rejects)",
+    )
+
+    @model_validator(mode="after")
+    def _initially_set_needs_manual_protect(self):
+        if self.initially_set and not self.manual_protect:
+            raise PydanticCustomError(
+                "initially_set",
+                "initially_set needs manual_protect (KVM_DIRTY_LOG_INITIALLY_SET is a flag of MANUAL_PROTECT2)",
+                {"allowed": "initially_set: false when manual_protect: false"},
+            )
+        return self
+
+
+class Costs(_Model):
+    """Time costs of the tracking machinery (hardware-dependent; reference §15).
+
+    Defaults from ``reference/anchors.md`` C.6 (dirty_log_perf_test, 96 GiB, TDP MMU):
+    GET 0.66 ms / 96 GiB ≈ 7 us per GiB; CLEAR 1.83 s / 25.2 M re-protected pages
+    ≈ 73 ns per page. The write fault default (2 us) is a modelling assumption for
+    a fast-path write-protect fault on an already-split 4 KiB mapping; C.6's 14 us
+    per first write includes 1 GiB hugepage splitting and is an upper bound.
+    """
+
+    write_fault: Duration = Field(2_000, description="vCPU time lost per write to a write-protected page")
+    get_dirty_log_per_gib: Duration = Field(7_000, description="KVM_GET_DIRTY_LOG time per GiB of memslot")
+    clear_dirty_log_per_page: Duration = Field(73, description="KVM_CLEAR_DIRTY_LOG time per re-protected page")
+    bitmap_sync_per_gib: Duration = Field(
+        2_000, description="migration_bitmap_sync L2->L3 exchange per GiB (perf-limits.md: 1.9 ms per TiB)"
+    )
+
+
+class Network(_Model):
+    bandwidth: Rate = Field(1_250_000_000, description="link bandwidth (default 10Gbit/s)")
+    latency: Duration = Field(100_000, description="one-way latency, paid once at the end of switchover")
+
+
+class Migration(_Model):
+    """Migration parameters (``migration/options.c``) and when to start."""
+
+    start_at: Duration = Field(0, description="simulated time at which 'migrate' is issued")
+    max_bandwidth: Rate = Field(128 << 20, description="max-bandwidth (MAX_THROTTLE = 128 MiB/s)")
+    downtime_limit: Duration = Field(300_000_000, description="downtime-limit (300 ms)")
+    avail_switchover_bandwidth: Rate = Field(0, description="avail-switchover-bandwidth (0 = use the estimate)")
+    zero_page_detection: Literal["none", "legacy", "multifd"] = Field(
+        "multifd", description="zero-page-detection; without multifd, legacy and multifd both scan in the migration thread"
+    )
+    timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if self.downtime_limit > 2_000 * 10**9:
+            raise PydanticCustomError(
+                "downtime_limit", "downtime_limit is above QEMU's maximum", {"allowed": "0 .. 2000s"}
+            )
+        return self
+
+
+class Engine(_Model):
+    quantum: Duration = Field(1_000_000, gt=0, description="vCPU run slice: writes are applied in one batch per quantum")
+    send_quantum: Duration = Field(1_000_000, gt=0, description="longest send slice of the migration thread")
+
+
+class Outputs(_Model):
+    dir: Optional[str] = Field(None, description="output directory (default out/<name>)")
+    plots: bool = True
+
+
+class Scenario(_Model):
+    name: Optional[str] = Field(None, description="default: the file name without .yaml")
+    seed: int = Field(0, ge=0, description="root of the run's numpy SeedSequence")
+    machine: Machine
+    dirty_tracking: DirtyTracking = DirtyTracking()
+    costs: Costs = Costs()
+    network: Network = Network()
+    migration: Migration = Migration()
+    engine: Engine = Engine()
+    outputs: Outputs = Outputs()
+
+    @model_validator(mode="after")
+    def _fits_in_ram(self):
+        ram = self.machine.memory.size
+        if ram % (64 * PAGE_SIZE) or ram < (1 << 20):
+            raise PydanticCustomError(
+                "ram_size", "RAM size must be at least 1MiB and a multiple of 256KiB",
+                {"allowed": "e.g. 512MiB, 16GiB", "loc": ("machine", "memory", "size"), "got": units.format_size(ram)},
+            )
+        for i, group in enumerate(self.machine.vcpus):
+            w = group.workload
+            ws = ram - w.offset if w.working_set is None else w.working_set
+            loc = ("machine", "vcpus", i, "workload")
+            if w.offset + ws > ram or ws < PAGE_SIZE:
+                raise PydanticCustomError(
+                    "working_set", "the working set does not fit in RAM",
+                    {"allowed": f"offset + working_set <= {units.format_size(ram)}", "loc": loc + ("working_set",),
+                     "got": f"offset {units.format_size(w.offset)} + {units.format_size(ws)}"},
+                )
+            if isinstance(w, HotsetWorkload) and (w.hot_offset + w.hot > ws or w.hot < PAGE_SIZE):
+                raise PydanticCustomError(
+                    "hot", "the hot region does not fit in the working set",
+                    {"allowed": f"4KiB <= hot, hot_offset + hot <= {units.format_size(ws)}", "loc": loc + ("hot",),
+                     "got": units.format_size(w.hot)},
+                )
+        return self
+
+    def working_set(self, group: VcpuGroup) -> tuple[int, int]:
+        """(offset, size) in bytes of a vCPU group's working set."""
+        w = group.workload
+        size = self.machine.memory.size - w.offset if w.working_set is None else w.working_set
+        return w.offset, size
