@@ -1,0 +1,1 @@
+"""Listeners that react to the memory map: KVM (memslots, dirty logging)."""

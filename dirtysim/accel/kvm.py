@@ -1,0 +1,209 @@
+"""KVM memslots and dirty logging in bitmap mode: the kernel side and QEMU's ``kvm-memory`` listener.
+
+Kernel (``virt/kvm/kvm_main.c``): one dirty bitmap per memslot (L0a). QEMU
+(``accel/kvm/kvm-all.c``): ``KVMSlot.dirty_bmap``, the copy fetched by the last
+``KVM_GET_DIRTY_LOG`` (L1), used as the mask of ``KVM_CLEAR_DIRTY_LOG``. Both
+are stored as ram_addr-indexed word arrays; a memslot is a contiguous ram range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dirty import kernels
+from ..dirty.ramlist import RAMList, WORD_PAGES
+from ..events import schema as ev
+from ..memory.listener import MEMORY_LISTENER_PRIORITY_ACCEL, MemoryListener, MemoryRegionSection
+from ..scenario.schema import PAGE_SIZE
+from .cost import CostMeter
+
+KVM_CLEAR_LOG_SHIFT = 6  # kvm-all.c: clears are aligned to 64 host pages
+GIB = 1 << 30
+
+
+@dataclass(eq=False)
+class KVMSlot:
+    slot: int
+    gpa: int
+    size: int
+    ram_addr: int
+    logging: bool = False  # KVM_MEM_LOG_DIRTY_PAGES
+
+    @property
+    def words(self) -> slice:
+        first = self.ram_addr // PAGE_SIZE // WORD_PAGES
+        return slice(first, first + -(-self.size // PAGE_SIZE // WORD_PAGES))
+
+
+class KvmDirtyLog:
+    """The kernel's view: memslots, their dirty bitmaps, and guest writes through them."""
+
+    def __init__(self, ram_list: RAMList, manual_protect: bool, initially_set: bool):
+        self.ram_list = ram_list
+        self.manual_protect = manual_protect
+        self.initially_set = initially_set
+        self.slots: list[KVMSlot] = []
+        self._next_id = 0
+        self.dirty = np.zeros(0, dtype=np.uint64)  # L0a, ram_addr words
+        self._refresh_table()
+
+    def ensure_capacity(self) -> None:
+        words = self.ram_list.dirty_memory.shape[0]
+        if self.dirty.shape[0] < words:
+            grown = np.zeros(words, dtype=np.uint64)
+            grown[: self.dirty.shape[0]] = self.dirty
+            self.dirty = grown
+
+    def set_user_memory_region(self, gpa: int, size: int, ram_addr: int) -> KVMSlot:
+        if gpa % (WORD_PAGES * PAGE_SIZE) or ram_addr % (WORD_PAGES * PAGE_SIZE) or size % (WORD_PAGES * PAGE_SIZE):
+            raise ValueError(f"memslot at GPA {gpa:#x} (+{size:#x}) is not aligned to 256 KiB; dirtysim needs that")
+        slot = KVMSlot(self._next_id, gpa, size, ram_addr)
+        self._next_id += 1
+        self.slots.append(slot)
+        self.ensure_capacity()
+        self._refresh_table()
+        return slot
+
+    def delete_slot(self, slot: KVMSlot) -> None:
+        self.dirty[slot.words] = 0
+        self.slots.remove(slot)
+        self._refresh_table()
+
+    def set_logging(self, slot: KVMSlot, on: bool) -> None:
+        """Flip KVM_MEM_LOG_DIRTY_PAGES (``kvm_prepare_memory_region`` + ``kvm_mmu_slot_apply_flags``).
+
+        On: a fresh bitmap, all ones with INITIALLY_SET (nothing write-protected),
+        else zero (everything write-protected). Off: the bitmap is freed.
+        """
+        slot.logging = on
+        self.dirty[slot.words] = ~np.uint64(0) if (on and self.manual_protect and self.initially_set) else 0
+        self._refresh_table()
+
+    def _refresh_table(self) -> None:
+        """Arrays the write kernel uses to translate GPA pages to RAM pages."""
+        self.slot_gpa = np.array([s.gpa // PAGE_SIZE for s in self.slots], dtype=np.int64)
+        self.slot_pages = np.array([s.size // PAGE_SIZE for s in self.slots], dtype=np.int64)
+        self.slot_ram = np.array([s.ram_addr // PAGE_SIZE for s in self.slots], dtype=np.int64)
+        self.slot_logging = np.array([s.logging for s in self.slots], dtype=np.bool_)
+
+    def apply_writes(self, gpa_pages: np.ndarray, seg_end: np.ndarray, faults: np.ndarray) -> int:
+        """All vCPUs' writes of one quantum (see ``kernels.apply_writes``)."""
+        return kernels.apply_writes(gpa_pages, seg_end, self.slot_gpa, self.slot_pages, self.slot_ram,
+                                    self.slot_logging, self.dirty, self.ram_list.src_gen, faults)
+
+    def slots_in(self, section: MemoryRegionSection) -> list[KVMSlot]:
+        lo = section.offset_within_address_space
+        hi = lo + section.size
+        return [s for s in self.slots if s.gpa < hi and lo < s.gpa + s.size]
+
+
+class KvmMemoryListener(MemoryListener):
+    """QEMU's ``kvm-memory`` listener in bitmap mode (``kvm_memory_listener_register``)."""
+
+    name = "kvm-memory"
+    priority = MEMORY_LISTENER_PRIORITY_ACCEL
+
+    def __init__(self, kvm: KvmDirtyLog, memory, costs, meter: CostMeter):
+        self.kvm, self.memory, self.costs, self.meter = kvm, memory, costs, meter
+        self.recorder = memory.recorder
+        self.dirty_bmap = np.zeros(0, dtype=np.uint64)  # KVMSlot.dirty_bmap (L1), ram_addr words
+        self._add: list[MemoryRegionSection] = []
+        self._del: list[MemoryRegionSection] = []
+        self._by_section: dict[tuple, KVMSlot] = {}
+
+    # -- memory map: queued until commit (commit f39b7d2b, kvm_region_commit) ------------------------
+    def region_add(self, section: MemoryRegionSection) -> None:
+        if section.mr.is_ram:
+            self._add.append(section)
+
+    def region_del(self, section: MemoryRegionSection) -> None:
+        if section.mr.is_ram:
+            self._del.append(section)
+
+    def commit(self) -> None:
+        """Apply all queued deletions, then all additions (``kvm_region_commit``)."""
+        for section in self._del:
+            slot = self._by_section.pop(_key(section))
+            self.kvm.delete_slot(slot)
+        for section in self._add:
+            ram_addr = section.mr.ram_block.offset + section.offset_within_region
+            slot = self.kvm.set_user_memory_region(section.offset_within_address_space, section.size, ram_addr)
+            self._by_section[_key(section)] = slot
+        self._add, self._del = [], []
+        words = self.kvm.dirty.shape[0]
+        if self.dirty_bmap.shape[0] < words:
+            grown = np.zeros(words, dtype=np.uint64)
+            grown[: self.dirty_bmap.shape[0]] = self.dirty_bmap
+            self.dirty_bmap = grown
+
+    # -- dirty logging ----------------------------------------------------------------------------
+    def log_start(self, section: MemoryRegionSection, old: int, new: int) -> None:
+        """``kvm_log_start``: only a 0 -> non-zero mask change turns logging on."""
+        if old == 0:
+            for slot in self._slots(section):
+                self.kvm.set_logging(slot, True)
+                self.dirty_bmap[slot.words] = 0
+
+    def log_stop(self, section: MemoryRegionSection, old: int, new: int) -> None:
+        if new == 0:
+            for slot in self._slots(section):
+                self.kvm.set_logging(slot, False)
+                self.dirty_bmap[slot.words] = 0
+
+    def log_sync(self, section: MemoryRegionSection) -> None:
+        """``kvm_log_sync`` -> ``kvm_physical_sync_dirty_bitmap``: GET each slot, OR into global dirty memory.
+
+        Manual protect: the kernel copies its bitmap as is (nothing cleared or
+        re-protected). Legacy: it exchanges each word with 0 and re-protects the
+        returned pages. The slot cache keeps the fetched bits as the CLEAR mask.
+        """
+        for slot in self._slots(section):
+            if not slot.logging:
+                continue
+            w = slot.words
+            if self.kvm.manual_protect:
+                self.dirty_bmap[w] = self.kvm.dirty[w]
+                pages = int(kernels.count_set(self.dirty_bmap, w.start, w.stop))
+                reprotected = 0
+            else:
+                pages = reprotected = int(kernels.xchg_into(self.kvm.dirty, self.dirty_bmap, w.start, w.stop))
+            if self.memory.global_dirty_tracking:
+                kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
+            cost = self.costs.get_dirty_log_per_gib * slot.size // GIB + reprotected * self.costs.clear_dirty_log_per_page
+            self.meter.add(cost)
+            self.recorder.emit(ev.KvmGetDirtyLog, slot=slot.slot, pages=pages, reprotected=reprotected, cost_ns=cost)
+
+    def log_clear(self, section: MemoryRegionSection) -> None:
+        """``kvm_log_clear`` -> ``kvm_log_clear_one_slot``: KVM_CLEAR_DIRTY_LOG with the fetched mask.
+
+        A no-op without manual protect (``kvm_physical_log_clear`` returns early).
+        The range is aligned down to 64 pages (``KVM_CLEAR_LOG_SHIFT``) and up to
+        64 pages or the end of the slot.
+        """
+        if not self.kvm.manual_protect:
+            return
+        lo = section.offset_within_address_space
+        hi = lo + section.size
+        for slot in self._slots(section):
+            first = (max(lo, slot.gpa) - slot.gpa) // PAGE_SIZE
+            last = -(-(min(hi, slot.gpa + slot.size) - slot.gpa) // PAGE_SIZE)
+            # QEMU aligns the start down and masks the padding out; dirtysim's chunks and slots are
+            # 64-page aligned, so there is never padding before the start.
+            assert first % (1 << KVM_CLEAR_LOG_SHIFT) == 0, "log_clear start not aligned to 64 pages"
+            last = min(slot.size // PAGE_SIZE, -(-last // 64) * 64)
+            w0 = slot.words.start + first // WORD_PAGES
+            w1 = slot.words.start + last // WORD_PAGES
+            reprotected = int(kernels.clear_by_mask(self.kvm.dirty, self.dirty_bmap, w0, w1))
+            cost = reprotected * self.costs.clear_dirty_log_per_page
+            self.meter.add(cost)
+            self.recorder.emit(ev.KvmClearDirtyLog, slot=slot.slot, first_page=first, num_pages=last - first,
+                               reprotected=reprotected, cost_ns=cost)
+
+    def _slots(self, section: MemoryRegionSection) -> list[KVMSlot]:
+        return self.kvm.slots_in(section)
+
+
+def _key(section: MemoryRegionSection) -> tuple:
+    return (id(section.mr), section.offset_within_region, section.size, section.offset_within_address_space)

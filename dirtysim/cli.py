@@ -1,0 +1,108 @@
+"""``dirtysim`` command line: run | validate | schema | replay.
+
+Exit codes: 0 ok, 2 bad input (nothing was simulated), 1 the simulation failed
+or lost pages (its result record is still written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .scenario.load import ScenarioError, load_scenario, scenario_json_schema
+
+EXIT_OK, EXIT_SIM_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _load(file: str, overrides=(), seed=None):
+    try:
+        return load_scenario(file, overrides, seed)
+    except ScenarioError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dirtysim")
+def main() -> None:
+    """Simulate QEMU/KVM dirty-page tracking and precopy live migration."""
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), help="output directory")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a scenario key")
+@click.option("--seed", type=int, help="override the scenario seed")
+@click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a TTY)")
+def run(file: str, outdir: str | None, overrides: tuple[str, ...], seed: int | None, progress: bool | None) -> None:
+    """Run the scenario FILE and write summary.json, rounds.csv, events.jsonl, convergence.png."""
+    from .report.files import write_run
+    from .sim import run as simulate
+
+    scenario = _load(file, overrides, seed)
+    out = Path(outdir or scenario.outputs.dir or f"out/{scenario.name}")
+    result = simulate(scenario, progress=progress)
+    summary = write_run(result, out)
+    _print_summary(summary, out)
+    lost = summary["dirtysim"]["lost-pages"]
+    sys.exit(EXIT_SIM_ERROR if result.error or lost else EXIT_OK)
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    d, ram = s["dirtysim"], s["ram"]
+    mib = 1 << 20
+    lines = [
+        f"status            {s['status']} (stop reason: {d['stop-reason']})",
+        f"total-time        {s['total-time']} ms   setup-time {s.get('setup-time', '-')} ms   "
+        f"downtime {s.get('downtime', '-')} ms",
+        f"transferred       {ram['transferred'] / mib:.1f} MiB of {ram['total'] / mib:.0f} MiB RAM   "
+        f"(normal {ram['normal']} pages, duplicate {ram['duplicate']} zero pages)",
+        f"dirty-sync-count  {ram['dirty-sync-count']}   mbps {ram['mbps']}",
+        f"lost-pages        {d['lost-pages']}",
+        f"simulation        seed {d['seed']}, fingerprint {d['fingerprint']}, {d['wall-time-s']} s wall "
+        f"(+{d['compile-time-s']} s kernel load), {d['sim-speed']} sim-s per wall-s",
+    ]
+    if s.get("error-desc"):
+        lines.insert(1, f"error             {s['error-desc']}")
+    click.echo("\n".join(lines))
+    files = ", ".join(p.name for p in sorted(out.iterdir()) if not p.name.startswith("."))
+    click.echo(f"outputs           {out}/  ({files})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+def validate(file: str, overrides: tuple[str, ...]) -> None:
+    """Check FILE against the schema; print the resolved scenario as JSON."""
+    scenario = _load(file, overrides)
+    click.echo(json.dumps(scenario.model_dump(mode="json"), indent=2))
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files."""
+    click.echo(json.dumps(scenario_json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("events", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), required=True)
+def replay(events: str, outdir: str) -> None:
+    """Recompute rounds.csv, summary.json and the plot from a saved events.jsonl."""
+    from .events.log import fingerprint, read_events
+    from .report.files import write_projections
+
+    log = read_events(events)
+    scenario = log[0].scenario if log else {}
+    info = {"fingerprint": fingerprint(log), "wall-time-s": None, "compile-time-s": None, "sim-speed": None,
+            "scenario": scenario}
+    summary = write_projections(log, Path(outdir), info, plots=scenario.get("outputs", {}).get("plots", True))
+    click.echo(f"replayed {len(log)} events -> {outdir}/ (status {summary['status']}, "
+               f"fingerprint {info['fingerprint']})")
+
+
+if __name__ == "__main__":
+    main()

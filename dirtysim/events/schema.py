@@ -1,0 +1,156 @@
+"""Typed events. Every statistic dirtysim reports is a fold over these.
+
+Each event has ``seq`` (monotonic from 0) and ``t_ns`` (integer simulated
+nanoseconds); the payload names follow QEMU (``dirty_sync_count``,
+``threshold_size``, ...). No wall-clock time and no random identifiers appear,
+so the log is a pure function of (scenario, seed, dirtysim version).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Event(msgspec.Struct, tag_field="type", kw_only=True):
+    seq: int
+    t_ns: int
+
+
+class RunStarted(Event, tag="run-started"):
+    """First event: the resolved scenario and what the run will simulate."""
+
+    name: str
+    seed: int
+    version: str
+    schema_version: int
+    ram_bytes: int
+    page_size: int
+    scenario: dict
+
+
+class ListenerRegistered(Event, tag="listener-registered"):
+    listener: str
+    address_space: str
+    priority: int
+
+
+class ListenerCall(Event, tag="listener-call"):
+    """One MemoryListener hook call (``MEMORY_LISTENER_CALL``)."""
+
+    listener: str
+    hook: str
+    section: Optional[str] = None  # MemoryRegion name
+    offset: int = 0  # guest-physical address of the section
+    size: int = 0
+    old_mask: int = 0
+    new_mask: int = 0
+
+
+class KvmGetDirtyLog(Event, tag="kvm-get-dirty-log"):
+    """KVM_GET_DIRTY_LOG on one memslot; ``pages`` = bits returned."""
+
+    slot: int
+    pages: int
+    reprotected: int  # legacy mode re-protects what it returns; manual protect: 0
+    cost_ns: int
+
+
+class KvmClearDirtyLog(Event, tag="kvm-clear-dirty-log"):
+    """KVM_CLEAR_DIRTY_LOG(slot, first_page, num_pages, mask = QEMU's fetched bits)."""
+
+    slot: int
+    first_page: int
+    num_pages: int
+    reprotected: int
+    cost_ns: int
+
+
+class MigrationStatus(Event, tag="migration-status"):
+    status: str  # setup | active | device | completed | cancelled | failed
+
+
+class LazyClear(Event, tag="lazy-clear"):
+    """``migration_clear_memory_region_dirty_bitmap``: a chunk's clear_bmap bit consumed."""
+
+    block: str
+    chunk: int
+    start: int  # offset in the block, bytes
+    size: int
+
+
+class BitmapSync(Event, tag="bitmap-sync"):
+    """``migration_bitmap_sync``: one increment of dirty-sync-count."""
+
+    dirty_sync_count: int
+    reason: str  # setup | exact | final
+    pending_before: int  # bytes (ram_state_pending_estimate) when the sync was decided
+    threshold_size: int
+    new_dirty_pages: int  # 0->1 transitions in bmap
+    migration_dirty_pages: int  # after the sync
+    period_closed: bool  # the sync ended a > 1000 ms period (migration_update_rates ran)
+    dirty_pages_rate: int  # pages/s, as query-migrate shows it after this sync
+    cost_ns: int
+
+
+class RateWindow(Event, tag="rate-window"):
+    """``migration_update_counters``: the end of a >= 100 ms rate-limit window."""
+
+    time_spent_ms: int
+    transferred: int  # bytes in the window
+    bandwidth: float  # bytes per ms
+    threshold_size: int
+    mbps: float
+    pages_per_second: float
+    expected_downtime: int  # ms
+
+
+class Transfer(Event, tag="transfer"):
+    """Bytes written to the migration stream (a send slice, an EOS marker, device state)."""
+
+    kind: str  # setup | pages | eos | device-state
+    bytes: int
+    wire_ns: int
+    running: bool  # vCPUs running (precopy-bytes) or stopped (downtime-bytes)
+    block: Optional[str] = None
+    normal: int = 0
+    zero: int = 0
+
+
+class ScanWrap(Event, tag="scan-wrap"):
+    """``find_dirty_block`` wrapped to the first block (``complete_round``). Never a sync."""
+
+
+class VcpuStats(Event, tag="vcpu-stats"):
+    """Per-vCPU totals since the previous sync (emitted with every sync)."""
+
+    vcpu: int
+    writes: int
+    faults: int
+    fault_ns: int
+
+
+class VcpusStopped(Event, tag="vcpus-stopped"):
+    """``migration_stop_vm``: downtime starts."""
+
+
+class OracleCheck(Event, tag="oracle-check"):
+    """Destination against the source page oracle."""
+
+    at: str  # switchover | timeout
+    stale_pages: int
+    lost_pages: int
+
+
+class RunFinished(Event, tag="run-finished"):
+    stop_reason: str  # completed | timeout | error
+    error: Optional[str] = None
+
+
+AnyEvent = Union[
+    RunStarted, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, MigrationStatus, LazyClear,
+    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, RunFinished,
+]

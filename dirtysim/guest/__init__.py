@@ -1,0 +1,1 @@
+"""What produces dirty pages: workloads and the vCPUs that run them."""

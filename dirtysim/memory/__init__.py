@@ -1,0 +1,1 @@
+"""QEMU's memory API: MemoryRegion tree, FlatView rendering, AddressSpace, MemoryListener."""

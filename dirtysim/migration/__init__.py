@@ -1,0 +1,1 @@
+"""The migration thread: precopy RAM migration as in migration/migration.c and migration/ram.c."""

@@ -1,0 +1,275 @@
+"""The migration thread for precopy (``migration_thread`` and the RAM handlers of ``migration/ram.c``).
+
+The thread is a SimPy process. Every decision is a QEMU rule, cited where it
+is taken; page work runs in ``kernels.send_pages`` one send slice at a time. The
+thread reaches KVM only through the memory API (``memory_global_dirty_log_*``,
+``memory_region_clear_dirty_bitmap``), so any listener plugs in unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dirty import kernels
+from ..dirty.ramlist import RAMBlock, RAMList
+from ..events import schema as ev
+from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
+from ..scenario.schema import PAGE_SIZE, Scenario
+from .rate import RateCounters, rate_limit_max
+
+MAX_WAIT = 50  # ms, ram_save_iterate
+RAM_SAVE_FLAG_EOS_BYTES = 8
+NS_PER_MS = 10**6
+UNLIMITED = 1 << 62
+
+
+class RAMState:
+    """``RAMState``: scan position and dirty-page bookkeeping of the RAM migration."""
+
+    def __init__(self, ram_list: RAMList):
+        self.migration_dirty_pages = ram_list.ram_bytes_total() // PAGE_SIZE  # ram_state_init
+        self.num_dirty_pages_period = 0
+        self.time_last_bitmap_sync = 0
+        self.bytes_xfer_prev = 0
+        self.block_index = 0  # last_seen_block
+        self.page = 0  # last_page
+        self.last_sent_block: RAMBlock | None = None
+        self.ram_list_version = ram_list.version
+        self.last_stage = False
+
+
+class PrecopyMigration:
+    def __init__(self, env, scenario: Scenario, machine, recorder):
+        self.env, self.sc, self.m, self.rec = env, scenario, machine, recorder
+        mig = scenario.migration
+        self.link_bytes_per_s = scenario.network.bandwidth
+        self.counters = RateCounters(mig.downtime_limit // NS_PER_MS, mig.avail_switchover_bandwidth,
+                                     rate_limit_max(mig.max_bandwidth))
+        self.zero_detect = mig.zero_page_detection != "none"
+        self.shift = scenario.dirty_tracking.clear_bitmap_shift
+        self.transferred = 0  # migration_transferred_bytes
+        self.pages_sent = 0  # ram_get_total_transferred_pages
+        self.dirty_sync_count = 0
+        self.dirty_pages_rate = 0
+        self.dirty_bytes_last_sync = 0
+        self.stop_reason: str | None = None
+        self.rs: RAMState | None = None
+        self._out = np.zeros(4, dtype=np.int64)
+        self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes of the slice in flight
+
+    # -- clock ---------------------------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return self.env.now // NS_PER_MS
+
+    def _wait(self, ns: int):
+        if ns > 0:
+            yield self.env.timeout(ns)
+
+    def _status(self, status: str) -> None:
+        self.rec.emit(ev.MigrationStatus, status=status)
+
+    # -- the thread ----------------------------------------------------------------------------------
+    def run(self):
+        """``migration_thread``: setup, then iterate / rate-limit until completion or timeout."""
+        yield from self._wait(self.sc.migration.start_at - self.env.now)
+        start_ns = self.env.now
+        self._status("setup")
+        yield from self.ram_save_setup()
+        self._status("active")
+        self.counters.update_iteration_initial_status(self.now_ms(), self.transferred, self.pages_sent)
+        while True:
+            if self.env.now - start_ns >= self.sc.migration.timeout:
+                self.cancel()
+                return
+            if not self.counters.rate_exceeded(self.transferred):
+                if (yield from self.iteration_run()):
+                    return
+            yield from self.rate_limit()
+
+    def ram_save_setup(self):
+        """``ram_save_setup`` -> ``ram_init_all``: all-ones bmap, start dirty logging, sync #1."""
+        self.rs = RAMState(self.m.ram_list)
+        for block in self.m.ram_list.blocks:
+            block.bmap = np.full(-(-block.pages // 64), ~np.uint64(0), dtype=np.uint64)
+            if block.pages % 64:
+                block.bmap[-1] = (np.uint64(1) << np.uint64(block.pages % 64)) - np.uint64(1)
+            block.clear_bmap_shift = self.shift
+            block.clear_bmap = np.zeros(-(-block.pages // (1 << self.shift)), dtype=np.uint8)
+        self.m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
+        yield from self.bitmap_sync("setup", self.rs.migration_dirty_pages * PAGE_SIZE)
+        # Stream header: RAM_SAVE_FLAG_MEM_SIZE (8) + per block idstr length, idstr, used_length (1+n+8) + EOS.
+        header = 8 + sum(1 + len(b.idstr) + 8 for b in self.m.ram_list.blocks) + RAM_SAVE_FLAG_EOS_BYTES
+        yield from self._transfer("setup", header)
+
+    def iteration_run(self):
+        """``migration_iteration_run``: exact sync only when the estimate drops below the threshold."""
+        pending = self.rs.migration_dirty_pages * PAGE_SIZE  # ram_state_pending_estimate
+        if pending < self.counters.threshold_size:
+            yield from self.bitmap_sync("exact", pending)  # ram_state_pending_exact
+            pending = self.rs.migration_dirty_pages * PAGE_SIZE
+        if pending <= self.counters.threshold_size:
+            yield from self.completion()
+            return True
+        yield from self.ram_save_iterate()
+        return False
+
+    def rate_limit(self):
+        """``migration_rate_limit``: close the window if >= 100 ms, else sleep out an exhausted budget."""
+        self.update_counters()
+        if self.counters.rate_exceeded(self.transferred):
+            wake_ms = self.counters.iteration_start_time + 100
+            yield from self._wait(wake_ms * NS_PER_MS - self.env.now)
+
+    def update_counters(self) -> None:
+        window = self.counters.update_counters(self.now_ms(), self.transferred, self.pages_sent,
+                                               self.dirty_pages_rate, self.dirty_bytes_last_sync)
+        if window is not None:
+            self.rec.emit(ev.RateWindow, **window.__dict__)
+
+    # -- sync ----------------------------------------------------------------------------------------
+    def bitmap_sync(self, reason: str, pending_before: int, last_stage: bool = False):
+        """``migration_bitmap_sync``: harvest every listener into L2, then L2 -> bmap counting 0->1."""
+        rs, mem = self.rs, self.m.memory
+        self.dirty_sync_count += 1
+        if not rs.time_last_bitmap_sync:
+            rs.time_last_bitmap_sync = self.now_ms()
+        mem.memory_global_dirty_log_sync(last_stage)
+        new = 0
+        l2 = self.m.ram_list.dirty_memory
+        for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
+            new += int(kernels.sync_xchg(l2[block.words], block.bmap, 0, block.bmap.shape[0]))
+            block.clear_bmap[:] = 1  # lazy clear: every chunk must be cleared before its next send
+        rs.migration_dirty_pages += new
+        rs.num_dirty_pages_period += new
+        self.dirty_bytes_last_sync = rs.migration_dirty_pages * PAGE_SIZE
+        mem.memory_global_after_dirty_log_sync()
+        gib = self.m.ram_list.ram_bytes_total() / (1 << 30)
+        cost = self.m.meter.drain() + int(self.sc.costs.bitmap_sync_per_gib * gib)
+        yield from self._wait(cost)
+        end = self.now_ms()
+        period_closed = end > rs.time_last_bitmap_sync + 1000
+        if period_closed:  # migration_update_rates + period reset
+            self.dirty_pages_rate = rs.num_dirty_pages_period * 1000 // (end - rs.time_last_bitmap_sync)
+            rs.time_last_bitmap_sync = end
+            rs.num_dirty_pages_period = 0
+            rs.bytes_xfer_prev = self.transferred
+        for v in self.m.guest.vcpus:
+            writes, faults, fault_ns = v.take_stats()
+            self.rec.emit(ev.VcpuStats, vcpu=v.index, writes=writes, faults=faults, fault_ns=fault_ns)
+        self.rec.emit(ev.BitmapSync, dirty_sync_count=self.dirty_sync_count, reason=reason,
+                      pending_before=pending_before, threshold_size=self.counters.threshold_size,
+                      new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
+                      period_closed=period_closed, dirty_pages_rate=self.dirty_pages_rate, cost_ns=cost)
+
+    # -- sending -------------------------------------------------------------------------------------
+    def ram_save_iterate(self):
+        """``ram_save_iterate``: send slices until the budget is spent, 50 ms passed, or nothing is dirty."""
+        rs = self.rs
+        if rs.ram_list_version != self.m.ram_list.version:  # ram_state_reset
+            rs.block_index, rs.page, rs.last_sent_block = 0, 0, None
+            rs.ram_list_version = self.m.ram_list.version
+        t0 = self.now_ms()
+        while not self.counters.rate_exceeded(self.transferred):
+            sent = yield from self.send_slice(self.counters.budget_left(self.transferred))
+            if sent == 0 or self.now_ms() - t0 > MAX_WAIT:
+                break
+        yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
+
+    def send_slice(self, budget: int):
+        """Send dirty pages in address order for at most one send quantum of link time.
+
+        ``ram_find_and_save_block`` from (last_seen_block, last_page), wrapping at
+        the end of the block list; a chunk whose ``clear_bmap`` bit is set is
+        cleared first (``migration_clear_memory_region_dirty_bitmap``) unless in
+        the last stage. Returns the number of pages sent.
+        """
+        rs, blocks = self.rs, self.m.ram_list.blocks
+        cap = max(1, self.link_bytes_per_s * self.sc.engine.send_quantum // 10**9)
+        lazy = not rs.last_stage
+        nbytes = normal = zero = 0
+        while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget:
+            block = blocks[rs.block_index]
+            extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
+            span = slice(block.first_page, block.first_page + block.pages)
+            status = kernels.send_pages(block.bmap, block.clear_bmap, self.m.ram_list.src_gen[span],
+                                        self.m.ram_list.dst_gen[span], rs.page, block.pages, budget - nbytes,
+                                        cap - nbytes, self.shift, lazy, self.zero_detect, extra, self._out)
+            page, n, z, b = (int(x) for x in self._out)
+            if n + z:
+                rs.last_sent_block = block
+                self._account_block(block, n, z, b)
+            rs.migration_dirty_pages -= n + z
+            normal, zero, nbytes, rs.page = normal + n, zero + z, nbytes + b, page
+            if status == kernels.SEND_NEED_CLEAR:
+                self.clear_chunk(block, page >> self.shift)
+            elif status == kernels.SEND_END_OF_BLOCK:
+                rs.page = 0
+                rs.block_index += 1
+                if rs.block_index == len(blocks):
+                    rs.block_index = 0
+                    self.rec.emit(ev.ScanWrap)
+        wire_ns = nbytes * 10**9 // self.link_bytes_per_s
+        yield from self._wait(wire_ns + self.m.meter.drain())
+        self._record_pages()
+        return normal + zero
+
+    def _account_block(self, block: RAMBlock, normal: int, zero: int, nbytes: int) -> None:
+        acc = self._pending.setdefault(block.idstr, [0, 0, 0])
+        acc[0] += normal
+        acc[1] += zero
+        acc[2] += nbytes
+
+    def _record_pages(self) -> None:
+        """The flush returned: the bytes count as transferred (``qemu_fflush``)."""
+        for idstr, (n, z, b) in self._pending.items():
+            self.transferred += b
+            self.pages_sent += n + z
+            self.rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=b,
+                          wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running)
+        self._pending = {}
+
+    def clear_chunk(self, block: RAMBlock, chunk: int) -> None:
+        """``migration_clear_memory_region_dirty_bitmap``: consume the chunk's bit, then log_clear."""
+        block.clear_bmap[chunk] = 0
+        size = PAGE_SIZE << self.shift
+        start = chunk * size
+        size = min(size, block.used_length - start)
+        self.rec.emit(ev.LazyClear, block=block.idstr, chunk=chunk, start=start, size=size)
+        self.m.memory.memory_region_clear_dirty_bitmap(block.mr, start, size)
+
+    def _transfer(self, kind: str, nbytes: int):
+        wire_ns = nbytes * 10**9 // self.link_bytes_per_s
+        yield from self._wait(wire_ns)
+        self.transferred += nbytes
+        self.rec.emit(ev.Transfer, kind=kind, bytes=nbytes, wire_ns=wire_ns, running=self.m.guest.running)
+
+    # -- the end -------------------------------------------------------------------------------------
+    def completion(self):
+        """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
+        self.rec.emit(ev.VcpusStopped)
+        self.m.guest.stop()  # migration_stop_vm: downtime starts
+        self._status("device")
+        self.counters.rate_limit_max = 0  # migration_switchover_start: rate limit off
+        self.rs.last_stage = True  # ram_save_complete
+        yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE, last_stage=True)
+        while self.rs.migration_dirty_pages:
+            yield from self.send_slice(UNLIMITED)
+        yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
+        yield from self._transfer("device-state", self.m.device_state)
+        yield from self._wait(self.sc.network.latency)  # the last byte reaches the destination
+        self.check_oracle("switchover")
+        self._status("completed")
+        self.stop_reason = "completed"
+
+    def cancel(self) -> None:
+        """``migration.timeout`` passed without convergence: cancel, as guestperf does at max_time."""
+        self.check_oracle("timeout")
+        self._status("cancelled")
+        self.stop_reason = "timeout"
+
+    def check_oracle(self, at: str) -> None:
+        """Destination vs source: stale pages, and those no dirty layer remembers (lost)."""
+        stale, lost = self.m.oracle()
+        if at == "switchover":
+            lost = stale  # the guest resumes on the destination now: every stale page is lost
+        self.rec.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)

@@ -1,0 +1,1 @@
+"""Projections of the event log: per-sync rounds, the query-migrate summary, plots, files."""

@@ -1,0 +1,177 @@
+"""Simulation: scenario -> machine -> run -> Result, written even when the run fails.
+
+Like desmod's environment, one ``Simulation`` owns the configuration, the RNG
+streams (one ``SeedSequence`` per run, one ``Generator`` per stream) and the
+recorder. Like py-pde, a Python control loop advances SimPy in steps (driving
+the progress bar) while numba kernels do the bulk work inside each step; kernel
+compile time is measured apart from run time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import simpy
+
+from . import __version__
+from .accel.cost import CostMeter
+from .accel.kvm import KvmDirtyLog, KvmMemoryListener
+from .dirty import kernels
+from .dirty.ramlist import RAMList
+from .events import schema as ev
+from .events.log import Recorder, fingerprint
+from .guest.vcpu import Guest, Vcpu
+from .guest.workload import make_workload
+from .memory.address_space import MemorySystem
+from .memory.region import MemoryRegion
+from .migration.precopy import PrecopyMigration
+from .scenario.schema import PAGE_SIZE, Scenario
+
+SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
+ZERO_GRANULE_PAGES = 512  # zero memory comes in 2 MiB runs (free guest memory is page-block sized)
+PROGRESS_STEP_NS = 100 * 10**6
+
+
+class Machine:
+    """The simulated host+guest: RAM, memory API, KVM, vCPUs, and the oracle."""
+
+    def __init__(self, env: simpy.Environment, scenario: Scenario, recorder: Recorder, seeds: np.random.SeedSequence):
+        self.env, self.recorder = env, recorder
+        layout_seed, *vcpu_seeds = seeds.spawn(1 + sum(g.count for g in scenario.machine.vcpus))
+        mem = scenario.machine.memory
+        self.ram_list = RAMList()
+        self.memory = MemorySystem(recorder)
+        self.meter = CostMeter()
+        self.device_state = scenario.machine.device_state
+        dt = scenario.dirty_tracking
+        self.kvm = KvmDirtyLog(self.ram_list, dt.manual_protect, dt.initially_set)
+        self.system_memory = MemoryRegion("system", SYSTEM_MEMORY_SIZE)
+        self.address_space_memory = self.memory.address_space_init(self.system_memory, "memory")
+        # Accelerator init registers KVM's listener before the board creates RAM (kvm_memory_listener_register).
+        self.kvm_listener = KvmMemoryListener(self.kvm, self.memory, scenario.costs, self.meter)
+        self.memory.memory_listener_register(self.kvm_listener, self.address_space_memory)
+        pages = mem.size // PAGE_SIZE
+        block = self.ram_list.ram_block_add("pc.ram", mem.size, _initial_contents(pages, mem.zero_fraction,
+                                                                                  np.random.default_rng(layout_seed)))
+        block.mr = MemoryRegion("pc.ram", mem.size, ram_block=block)
+        self.memory.transaction_begin()
+        self.system_memory.add_subregion(0, block.mr)
+        self.memory.update_pending = True
+        self.memory.transaction_commit()
+        vcpus, k = [], 0
+        for group in scenario.machine.vcpus:
+            for _ in range(group.count):
+                vcpus.append(Vcpu(k, make_workload(scenario, group), np.random.default_rng(vcpu_seeds[k]),
+                                  group.workload.rate))
+                k += 1
+        self.guest = Guest(env, vcpus, self.kvm, scenario.engine.quantum, scenario.costs.write_fault)
+
+    def oracle(self) -> tuple[int, int]:
+        """(stale pages, stale pages that no dirty layer remembers)."""
+        rl = self.ram_list
+        words = rl.dirty_memory.shape[0]
+        bmap = np.zeros(words, dtype=np.uint64)
+        for block in rl.blocks:
+            if block.bmap is not None:
+                bmap[block.words] = block.bmap
+        tracked = np.stack([self.kvm.dirty[:words], rl.dirty_memory, bmap])
+        stale, lost = kernels.count_stale(rl.src_gen, rl.dst_gen, tracked, 0, rl.total_pages)
+        return int(stale), int(lost)
+
+
+def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Source page generations at boot: 0 for zero pages (in 2 MiB runs), 1 for pages with data."""
+    granules = -(-pages // ZERO_GRANULE_PAGES)
+    data = (rng.random(granules) >= zero_fraction).astype(np.uint32)
+    return np.repeat(data, ZERO_GRANULE_PAGES)[:pages]
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    events: list = field(default_factory=list)
+    stop_reason: str = "error"
+    error: Optional[str] = None
+    wall_time_s: float = 0.0
+    compile_time_s: float = 0.0
+    sim_time_ns: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.events)
+
+    @property
+    def sim_speed(self) -> float:
+        return self.sim_time_ns / 1e9 / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+
+def warm_up_kernels() -> float:
+    """Compile (or load from cache) every kernel on tiny inputs; returns the seconds it took."""
+    t0 = time.perf_counter()
+    w = np.zeros(2, dtype=np.uint64)
+    g = np.zeros(128, dtype=np.uint32)
+    i64 = np.zeros(1, dtype=np.int64)
+    kernels.sync_xchg(w, w.copy(), 0, 2)
+    kernels.or_into(w, w.copy(), 0, 2)
+    kernels.xchg_into(w, w.copy(), 0, 2)
+    kernels.clear_by_mask(w, w.copy(), 0, 2)
+    kernels.count_set(w, 0, 2)
+    kernels.apply_writes(i64, np.ones(1, dtype=np.int64), i64, np.ones(1, dtype=np.int64) * 128, i64,
+                         np.ones(1, dtype=np.bool_), w, g, np.zeros(1, dtype=np.int64))
+    kernels.send_pages(w, np.zeros(1, dtype=np.uint8), g, g.copy(), 0, 128, 1 << 40, 1 << 40, 18, True, True, 0,
+                       np.zeros(4, dtype=np.int64))
+    kernels.count_stale(g, g, np.stack([w]), 0, 128)
+    return time.perf_counter() - t0
+
+
+def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
+    """Simulate one migration. Never raises for simulation errors: they land in ``Result.error``."""
+    result = Result(scenario)
+    result.compile_time_s = warm_up_kernels()
+    env = simpy.Environment()
+    recorder = Recorder(lambda: env.now)
+    result.events = recorder.events
+    t0 = time.perf_counter()
+    try:
+        recorder.emit(ev.RunStarted, name=scenario.name or "", seed=scenario.seed, version=__version__,
+                      schema_version=ev.SCHEMA_VERSION, ram_bytes=scenario.machine.memory.size, page_size=PAGE_SIZE,
+                      scenario=scenario.model_dump(mode="json"))
+        machine = Machine(env, scenario, recorder, np.random.SeedSequence(scenario.seed))
+        migration = PrecopyMigration(env, scenario, machine, recorder)
+        env.process(machine.guest.run())
+        done = env.process(migration.run())
+        _advance(env, done, scenario, progress)
+        result.stop_reason = migration.stop_reason or "error"
+        recorder.emit(ev.RunFinished, stop_reason=result.stop_reason)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a result record
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.stop_reason = "error"
+        recorder.emit(ev.RunFinished, stop_reason="error", error=result.error)
+    result.wall_time_s = time.perf_counter() - t0
+    result.sim_time_ns = env.now
+    return result
+
+
+def _advance(env: simpy.Environment, done: simpy.Process, scenario: Scenario, progress: Optional[bool]) -> None:
+    """Step SimPy until the migration process ends, updating a progress bar in simulated seconds."""
+    show = sys.stderr.isatty() if progress is None else progress
+    horizon = scenario.migration.start_at + scenario.migration.timeout
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(horizon / 1e9, 1), unit="sim-s", file=sys.stderr, leave=False,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim-s [{elapsed}<{remaining}]")
+    while not done.triggered:
+        env.run(until=simpy.AnyOf(env, [done, env.timeout(PROGRESS_STEP_NS)]))
+        if bar is not None:
+            bar.update(round(env.now / 1e9, 1) - bar.n)
+    if bar is not None:
+        bar.close()
+    if not done.ok:
+        raise done.value
