@@ -126,6 +126,8 @@ def warm_up_kernels() -> float:
     kernels.send_pages(w, np.zeros(1, dtype=np.uint8), g, g.copy(), 0, 128, 1 << 40, 1 << 40, 18, True, True, 0,
                        np.zeros(4, dtype=np.int64))
     kernels.count_stale(g, g, np.stack([w]), 0, 128)
+    f = np.zeros(1)
+    kernels.map_writes(f, np.ones(1, dtype=np.int64), i64, i64 + 128, i64, i64, f, i64.copy())
     return time.perf_counter() - t0
 
 

@@ -248,3 +248,29 @@ def count_stale(src_gen, dst_gen, tracked, first, last):
             if not seen:
                 lost += 1
     return stale, lost
+
+
+@jit
+def map_writes(u, seg_end, first, pages, hot_first, hot_pages, hot_share, out):
+    """Map uniform variates in [0, 1) to guest-physical pages, per vCPU segment.
+
+    vCPU v's variates ``u[seg_end[v-1]:seg_end[v]]``: below ``hot_share[v]`` a
+    write lands uniformly in the hot region, otherwise uniformly on the rest of
+    the working set (the hot region skipped). ``hot_pages[v] == 0`` is uniform.
+    """
+    start = 0
+    for v in range(seg_end.shape[0]):
+        share = hot_share[v]
+        cold = pages[v] - hot_pages[v]
+        hot_rel = hot_first[v] - first[v]
+        for i in range(start, seg_end[v]):
+            x = u[i]
+            if x < share:
+                k = min(np.int64(x / share * hot_pages[v]), hot_pages[v] - 1)
+                out[i] = hot_first[v] + k
+            else:
+                k = min(np.int64((x - share) / (1.0 - share) * cold), cold - 1)
+                if k >= hot_rel:
+                    k += hot_pages[v]
+                out[i] = first[v] + k
+        start = seg_end[v]

@@ -126,3 +126,17 @@ def count_stale(src_gen, dst_gen, tracked, first, last):
     for row in tracked:
         seen |= bits(row)[first:last]
     return int(np.count_nonzero(stale)), int(np.count_nonzero(stale & ~seen))
+
+
+def map_writes(u, seg_end, first, pages, hot_first, hot_pages, hot_share, out):
+    start = 0
+    for v, stop in enumerate(seg_end):
+        cold_pages = [p for p in range(first[v], first[v] + pages[v])
+                      if not hot_first[v] <= p < hot_first[v] + hot_pages[v]]
+        for i in range(start, stop):
+            if u[i] < hot_share[v]:
+                out[i] = hot_first[v] + min(int(u[i] / hot_share[v] * hot_pages[v]), hot_pages[v] - 1)
+            else:
+                k = int((u[i] - hot_share[v]) / (1.0 - hot_share[v]) * len(cold_pages))
+                out[i] = cold_pages[min(k, len(cold_pages) - 1)]
+        start = stop

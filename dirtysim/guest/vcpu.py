@@ -14,7 +14,9 @@ import numpy as np
 import simpy
 
 from ..accel.kvm import KvmDirtyLog
+from ..dirty import kernels
 from ..scenario.schema import PAGE_SIZE
+from .workload import Workload
 
 NS_PER_S = 10**9
 
@@ -22,7 +24,7 @@ NS_PER_S = 10**9
 @dataclass(eq=False)
 class Vcpu:
     index: int
-    workload: object
+    workload: Workload
     rng: np.random.Generator
     rate: int  # bytes/s of page writes while running
     carry: int = 0  # remainder of rate * run time, in byte-nanoseconds
@@ -36,6 +38,13 @@ class Vcpu:
         self.writes = self.faults = self.fault_ns = 0
         return stats
 
+    def writes_in(self, quantum_ns: int) -> int:
+        """Writes this vCPU makes in the next quantum, after serving fault time it owes."""
+        run_ns = max(0, quantum_ns - self.debt_ns)
+        self.debt_ns -= quantum_ns - run_ns
+        n, self.carry = divmod(self.carry + self.rate * run_ns, PAGE_SIZE * NS_PER_S)
+        return n
+
 
 class Guest:
     """The running guest: one SimPy process stepping all vCPUs a quantum at a time."""
@@ -45,7 +54,16 @@ class Guest:
         self.quantum_ns, self.fault_ns = quantum_ns, fault_ns
         self.running = True
         self.unassigned_writes = 0
+        ws = [v.workload for v in vcpus]
+        self._params = (
+            np.array([w.first_page for w in ws], dtype=np.int64), np.array([w.pages for w in ws], dtype=np.int64),
+            np.array([w.hot_first for w in ws], dtype=np.int64), np.array([w.hot_pages for w in ws], dtype=np.int64),
+            np.array([w.hot_share for w in ws], dtype=np.float64),
+        )
         self._faults = np.zeros(len(vcpus), dtype=np.int64)
+        self._seg_end = np.zeros(len(vcpus), dtype=np.int64)
+        self._u = np.zeros(0)
+        self._pages = np.zeros(0, dtype=np.int64)
 
     def stop(self) -> None:
         """``vm_stop``: vCPUs leave KVM_RUN; no write happens after this."""
@@ -58,19 +76,23 @@ class Guest:
 
     def step(self, quantum_ns: int) -> None:
         """Apply the writes every vCPU makes in the next ``quantum_ns``."""
-        batches = []
-        for v in self.vcpus:
-            run_ns = max(0, quantum_ns - v.debt_ns)
-            v.debt_ns -= quantum_ns - run_ns
-            budget = v.carry + v.rate * run_ns
-            n, v.carry = divmod(budget, PAGE_SIZE * NS_PER_S)
-            batches.append(v.workload.draw(v.rng, n))
-        pages = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
-        seg_end = np.cumsum([b.shape[0] for b in batches]).astype(np.int64)
+        counts = [v.writes_in(quantum_ns) for v in self.vcpus]
+        total = sum(counts)
+        if self._u.shape[0] < total:
+            self._u = np.zeros(2 * total)
+            self._pages = np.zeros(2 * total, dtype=np.int64)
+        start = 0
+        for k, (v, n) in enumerate(zip(self.vcpus, counts)):
+            if n:
+                v.rng.random(out=self._u[start : start + n])
+            start += n
+            self._seg_end[k] = start
+        pages = self._pages[:total]
+        kernels.map_writes(self._u, self._seg_end, *self._params, pages)
         self._faults[:] = 0
-        self.unassigned_writes += self.kvm.apply_writes(pages, seg_end, self._faults)
-        for v, b, f in zip(self.vcpus, batches, self._faults.tolist()):
-            v.writes += b.shape[0]
+        self.unassigned_writes += self.kvm.apply_writes(pages, self._seg_end, self._faults)
+        for v, n, f in zip(self.vcpus, counts, self._faults.tolist()):
+            v.writes += n
             v.faults += f
             v.fault_ns += f * self.fault_ns
             v.debt_ns += f * self.fault_ns

@@ -1,51 +1,35 @@
 """Page-write generators: which guest-physical pages a vCPU writes.
 
-Each generator draws from the vCPU's own ``numpy.random.Generator`` so runs are
-reproducible per stream. One call returns all pages of a quantum.
+A workload is a hot/cold mixture described by five numbers; ``uniform`` is the
+case with no hot region. Each vCPU draws uniform variates from its own
+``numpy.random.Generator`` (reproducible per stream) and one kernel call maps
+all vCPUs' variates of a quantum to page numbers (``kernels.map_writes``).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-from ..scenario.schema import PAGE_SIZE, HotsetWorkload, Scenario, UniformWorkload, VcpuGroup
-
-
-class Uniform:
-    """Every page of the working set equally likely (``mm_dirty -p random``)."""
-
-    def __init__(self, first_page: int, pages: int):
-        self.first_page, self.pages = first_page, pages
-
-    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(self.first_page, self.first_page + self.pages, n, dtype=np.int64)
+from ..scenario.schema import PAGE_SIZE, HotsetWorkload, Scenario, VcpuGroup
 
 
-class Hotset:
-    """``hot_share`` of the writes go uniformly to the hot region, the rest uniformly to the other pages."""
+@dataclass(frozen=True)
+class Workload:
+    """``hot_share`` of the writes fall uniformly on the hot region, the rest uniformly on the other pages."""
 
-    def __init__(self, first_page: int, pages: int, hot_first: int, hot_pages: int, hot_share: float):
-        self.first_page, self.pages = first_page, pages
-        self.hot_first, self.hot_pages, self.hot_share = hot_first, hot_pages, hot_share
-
-    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        n_hot = int(rng.binomial(n, self.hot_share)) if n else 0
-        cold_pages = self.pages - self.hot_pages
-        if cold_pages == 0:
-            n_hot = n
-        out = np.empty(n, dtype=np.int64)
-        out[:n_hot] = rng.integers(self.hot_first, self.hot_first + self.hot_pages, n_hot, dtype=np.int64)
-        cold = rng.integers(0, max(cold_pages, 1), n - n_hot, dtype=np.int64)
-        cold += (cold >= self.hot_first - self.first_page) * self.hot_pages  # skip over the hot region
-        out[n_hot:] = cold + self.first_page
-        return out
+    first_page: int  # working set, guest-physical pages
+    pages: int
+    hot_first: int = 0
+    hot_pages: int = 0
+    hot_share: float = 0.0
 
 
-def make_workload(scenario: Scenario, group: VcpuGroup):
+def make_workload(scenario: Scenario, group: VcpuGroup) -> Workload:
     offset, size = scenario.working_set(group)
     w = group.workload
     first, pages = offset // PAGE_SIZE, size // PAGE_SIZE
     if isinstance(w, HotsetWorkload):
-        return Hotset(first, pages, first + w.hot_offset // PAGE_SIZE, w.hot // PAGE_SIZE, w.hot_share)
-    assert isinstance(w, UniformWorkload)
-    return Uniform(first, pages)
+        hot_pages = w.hot // PAGE_SIZE
+        share = w.hot_share if hot_pages < pages else 1.0
+        return Workload(first, pages, first + w.hot_offset // PAGE_SIZE, hot_pages, share)
+    return Workload(first, pages)

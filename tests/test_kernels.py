@@ -1,0 +1,523 @@
+"""Every numba kernel in ``dirty/kernels.py`` against its twin in ``dirty/reference.py``.
+
+Property tests run kernel and reference on copies of the same random inputs and
+compare the return value and the final state of every array argument. Explicit
+examples pin the QEMU/KVM semantics the simulator relies on.
+
+Bitmaps are uint64 words: page ``p`` is bit ``p & 63`` of word ``p >> 6``.
+Array dtypes match what the simulator passes (uint64 bitmaps, uint32
+generations, int64 tables and counters, bool logging flags, uint8 clear_bmap),
+so the cached numba specialisations are the production ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dirtysim.dirty import kernels as K
+from dirtysim.dirty import reference as R
+from dirtysim.dirty.kernels import (
+    NORMAL_PAGE_BYTES,
+    SEND_BUDGET,
+    SEND_END_OF_BLOCK,
+    SEND_NEED_CLEAR,
+    ZERO_PAGE_BYTES,
+)
+
+U64 = np.uint64
+ALL_ONES = (1 << 64) - 1
+MAX_WORDS = 40
+
+# Property-test budget: sized so the whole file runs in well under 40 s on 2 cores.
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def wa(pages, nwords: int = 2) -> np.ndarray:
+    """Word array of ``nwords`` words with the given pages set."""
+    out = np.zeros(nwords, dtype=U64)
+    for p in pages:
+        out[p >> 6] |= U64(1) << U64(p & 63)
+    return out
+
+
+def pages_of(words_: np.ndarray) -> set[int]:
+    return {int(p) for p in np.flatnonzero(R.bits(words_))}
+
+
+def run_both(kernel, reference, *args):
+    """Run kernel and reference on independent copies; return (k_ret, k_args, r_ret, r_args)."""
+    k_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    r_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    return kernel(*k_args), k_args, reference(*r_args), r_args
+
+
+def assert_same(k_ret, k_args, r_ret, r_args):
+    """Equal return values and equal final state of every array argument."""
+    if isinstance(k_ret, tuple) or isinstance(r_ret, tuple):
+        assert tuple(int(x) for x in k_ret) == tuple(int(x) for x in r_ret)
+    elif k_ret is None or r_ret is None:
+        assert k_ret is None and r_ret is None
+    else:
+        assert int(k_ret) == int(r_ret)
+    for i, (ka, ra) in enumerate(zip(k_args, r_args)):
+        if isinstance(ka, np.ndarray):
+            assert ka.dtype == ra.dtype, f"argument {i}: dtype {ka.dtype} != {ra.dtype}"
+            np.testing.assert_array_equal(ka, ra, err_msg=f"argument {i} differs")
+
+
+def check(kernel, reference, *args):
+    assert_same(*run_both(kernel, reference, *args))
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+@st.composite
+def word(draw) -> int:
+    """One uint64 word: all-zero, all-ones, single bit, sparse, uniform or dense."""
+    kind = draw(st.sampled_from(["zero", "ones", "single", "sparse", "uniform", "dense"]))
+    if kind == "zero":
+        return 0
+    if kind == "ones":
+        return ALL_ONES
+    if kind == "single":
+        return 1 << draw(st.integers(0, 63))
+    r = [draw(st.integers(0, ALL_ONES)) for _ in range(3)]
+    if kind == "sparse":
+        return r[0] & r[1] & r[2]
+    if kind == "dense":
+        return r[0] | r[1] | r[2]
+    return r[0]
+
+
+def words_of(n: int):
+    return st.lists(word(), min_size=n, max_size=n).map(lambda xs: np.array(xs, dtype=U64))
+
+
+nwords = st.integers(1, MAX_WORDS)
+
+
+@st.composite
+def word_range(draw, n: int) -> tuple[int, int]:
+    """[w0, w1) within n words (possibly empty, possibly the whole array)."""
+    w0 = draw(st.integers(0, n))
+    w1 = draw(st.integers(w0, n))
+    return w0, w1
+
+
+@st.composite
+def two_bitmaps_and_range(draw):
+    n = draw(nwords)
+    a, b = draw(words_of(n)), draw(words_of(n))
+    w0, w1 = draw(word_range(n))
+    return a, b, w0, w1
+
+
+@st.composite
+def gens(draw, npages: int, zero_words=None) -> np.ndarray:
+    """uint32 generations: zero where ``zero_words`` bits are set, small non-zero values elsewhere."""
+    if zero_words is None:
+        zero_words = draw(words_of(-(-npages // 64)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    hi = draw(st.sampled_from([2, 4, 1000]))
+    g = np.random.default_rng(seed).integers(1, hi, size=npages).astype(np.uint32)
+    g[R.bits(zero_words)[:npages]] = 0
+    return g
+
+
+# --------------------------------------------------------------------------- warm-up
+
+def _warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel with the dtypes used below."""
+    w = np.zeros(2, dtype=U64)
+    g = np.zeros(128, dtype=np.uint32)
+    i64 = np.zeros(1, dtype=np.int64)
+    K.sync_xchg(w, w.copy(), 0, 2)
+    K.or_into(w, w.copy(), 0, 2)
+    K.xchg_into(w, w.copy(), 0, 2)
+    K.clear_by_mask(w, w.copy(), 0, 2)
+    K.count_set(w, 0, 2)
+    K.find_next_bit(w, 0, 128)
+    K.apply_writes(i64, np.ones(1, dtype=np.int64), i64, np.ones(1, dtype=np.int64), i64,
+                   np.ones(1, dtype=np.bool_), w, g, np.zeros(1, dtype=np.int64))
+    K.send_pages(w, np.zeros(1, dtype=np.uint8), g, g.copy(), 0, 128, 1 << 40, 1 << 40, 6, True, True, 0,
+                 np.zeros(4, dtype=np.int64))
+    K.count_stale(g, g, np.stack([w]), 0, 128)
+
+
+_warm_up()
+
+
+# --------------------------------------------------------------------------- bitmap kernels
+
+
+@FAST
+@given(two_bitmaps_and_range())
+def test_sync_xchg_matches_reference(case):
+    src, dst, w0, w1 = case
+    check(K.sync_xchg, R.sync_xchg, src, dst, w0, w1)
+
+
+@FAST
+@given(two_bitmaps_and_range())
+def test_or_into_matches_reference(case):
+    dst, src, w0, w1 = case
+    check(K.or_into, R.or_into, dst, src, w0, w1)
+
+
+@FAST
+@given(two_bitmaps_and_range())
+def test_xchg_into_matches_reference(case):
+    src, dst, w0, w1 = case
+    check(K.xchg_into, R.xchg_into, src, dst, w0, w1)
+
+
+@FAST
+@given(two_bitmaps_and_range())
+def test_clear_by_mask_matches_reference(case):
+    kvm, mask, w0, w1 = case
+    check(K.clear_by_mask, R.clear_by_mask, kvm, mask, w0, w1)
+
+
+@FAST
+@given(st.data())
+def test_count_set_matches_reference(data):
+    n = data.draw(nwords)
+    bmap = data.draw(words_of(n))
+    w0, w1 = data.draw(word_range(n))
+    check(K.count_set, R.count_set, bmap, w0, w1)
+
+
+@FAST
+@given(st.data())
+def test_find_next_bit_matches_reference(data):
+    n = data.draw(nwords)
+    bmap = data.draw(words_of(n))
+    end = data.draw(st.integers(0, n * 64))
+    # page usually in [0, end], sometimes past end (must return end)
+    page = data.draw(st.one_of(st.integers(0, end), st.integers(0, n * 64)))
+    k_ret, k_args, r_ret, r_args = run_both(K.find_next_bit, R.find_next_bit, bmap, page, end)
+    assert_same(k_ret, k_args, r_ret, r_args)
+    expected = next((p for p in range(page, end) if p in pages_of(bmap)), end)
+    assert int(k_ret) == expected
+
+
+# --------------------------------------------------------------------------- apply_writes
+
+
+@st.composite
+def apply_writes_case(draw):
+    n = draw(nwords)
+    ram_pages = n * 64
+    # 1..3 non-overlapping GPA slots, each backed by some RAM range (ram_addr pages)
+    nslots = draw(st.integers(1, 3))
+    gpa, slots = draw(st.integers(0, 50)), []
+    for _ in range(nslots):
+        pages = draw(st.integers(1, min(ram_pages, 150)))
+        ram = draw(st.integers(0, ram_pages - pages))
+        slots.append((gpa, pages, ram, draw(st.booleans())))
+        gpa += pages + draw(st.integers(0, 40))  # gap: writes there hit no slot
+    slots = draw(st.permutations(slots))
+    gpa_end = gpa + 40
+    # writes: mostly inside slots, some anywhere (possibly unassigned), repeats likely
+    inside = st.sampled_from(slots).flatmap(lambda s: st.integers(s[0], s[0] + s[1] - 1))
+    writes = draw(st.lists(st.one_of(inside, inside, st.integers(0, gpa_end)), max_size=150))
+    nvcpu = draw(st.integers(1, 4))
+    cuts = sorted(draw(st.lists(st.integers(0, len(writes)), min_size=nvcpu - 1, max_size=nvcpu - 1)))
+    seg_end = np.array(cuts + [len(writes)], dtype=np.int64)
+    kvm_dirty = draw(words_of(n))
+    gen = draw(gens(ram_pages))
+    faults = np.array(draw(st.lists(st.integers(0, 5), min_size=nvcpu, max_size=nvcpu)), dtype=np.int64)
+    return (
+        np.array(writes, dtype=np.int64),
+        seg_end,
+        np.array([s[0] for s in slots], dtype=np.int64),
+        np.array([s[1] for s in slots], dtype=np.int64),
+        np.array([s[2] for s in slots], dtype=np.int64),
+        np.array([s[3] for s in slots], dtype=np.bool_),
+        kvm_dirty,
+        gen,
+        faults,
+    )
+
+
+@SLOW
+@given(apply_writes_case())
+def test_apply_writes_matches_reference(case):
+    check(K.apply_writes, R.apply_writes, *case)
+
+
+def test_apply_writes_example():
+    # slot 0: gpa [10, 20) -> ram [0, 10), logging; slot 1: gpa [100, 110) -> ram [64, 74), no logging
+    slot_gpa = np.array([10, 100], dtype=np.int64)
+    slot_pages = np.array([10, 10], dtype=np.int64)
+    slot_ram = np.array([0, 64], dtype=np.int64)
+    slot_logging = np.array([True, False])
+    # vCPU 0 writes gpa 10, 10, 11, 50 (unassigned); vCPU 1 writes gpa 12 (already dirty), 100
+    gpa_pages = np.array([10, 10, 11, 50, 12, 100], dtype=np.int64)
+    seg_end = np.array([4, 6], dtype=np.int64)
+    kvm = wa([2])
+    gen = np.zeros(128, dtype=np.uint32)
+    faults = np.zeros(2, dtype=np.int64)
+    args = (gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm, gen, faults)
+    k_ret, (*_, k_kvm, k_gen, k_faults), r_ret, r_args = run_both(K.apply_writes, R.apply_writes, *args)
+    assert int(k_ret) == 1
+    assert pages_of(k_kvm) == {0, 1, 2}  # no KVM bit for the non-logging slot
+    assert k_gen[0] == 2 and k_gen[1] == 1 and k_gen[2] == 1 and k_gen[64] == 1 and k_gen.sum() == 5
+    assert k_faults.tolist() == [2, 0]  # first write to a protected page faults, the rest do not
+    assert_same(k_ret, list(args[:6]) + [k_kvm, k_gen, k_faults], r_ret, r_args)
+
+
+# --------------------------------------------------------------------------- send_pages
+
+
+@st.composite
+def send_pages_case(draw):
+    n = draw(nwords)
+    npages = n * 64
+    bmap = draw(words_of(n))
+    shift = draw(st.integers(6, 8))
+    nchunks = -(-npages // (1 << shift))
+    clear_bmap = np.array(draw(st.lists(st.sampled_from([0, 0, 1, 255]), min_size=nchunks, max_size=nchunks)),
+                          dtype=np.uint8)
+    src_gen = draw(gens(npages))
+    dst_gen = draw(gens(npages))
+    end = draw(st.one_of(st.just(npages), st.integers(0, npages)))
+    page = draw(st.one_of(st.just(0), st.integers(0, end)))
+    small = st.integers(0, 3 * NORMAL_PAGE_BYTES)
+    budget = draw(st.one_of(small, st.integers(0, 1 << 40)))
+    cap = draw(st.one_of(st.integers(1, 3 * NORMAL_PAGE_BYTES), st.integers(1, 1 << 40)))
+    lazy_clear = draw(st.booleans())
+    zero_detect = draw(st.booleans())
+    first_extra = draw(st.sampled_from([0, 8]))
+    out = np.full(4, -7, dtype=np.int64)
+    return (bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
+            first_extra, out)
+
+
+@SLOW
+@given(send_pages_case())
+def test_send_pages_matches_reference(case):
+    k_ret, k_args, r_ret, r_args = run_both(K.send_pages, R.send_pages, *case)
+    assert_same(k_ret, k_args, r_ret, r_args)
+
+    # Invariants of the kernel's own result (independent of the reference).
+    bmap0, clear_bmap, src_gen, dst_gen0 = case[:4]
+    page0, end, budget, cap, shift, lazy_clear, zero_detect, first_extra = case[4:12]
+    bmap1, dst_gen1, out = k_args[0], k_args[3], k_args[12]
+    nxt, normal, zero, nbytes = (int(x) for x in out)
+    sent = sorted(pages_of(bmap0) - pages_of(bmap1))
+    assert len(sent) == normal + zero
+    assert all(page0 <= p < nxt <= end for p in sent)
+    assert pages_of(bmap1) <= pages_of(bmap0)
+    np.testing.assert_array_equal(dst_gen1[sent], src_gen[sent])
+    untouched = np.ones(len(dst_gen0), dtype=bool)
+    untouched[sent] = False
+    np.testing.assert_array_equal(dst_gen1[untouched], dst_gen0[untouched])
+    # bytes: zero / normal records plus the block header on the first page only
+    assert nbytes == zero * ZERO_PAGE_BYTES + normal * NORMAL_PAGE_BYTES + (first_extra if sent else 0)
+    # pages are sent in address order with no dirty page skipped in [page0, nxt)
+    assert all(p in sent for p in pages_of(bmap0) if page0 <= p < nxt)
+    if sent:
+        last_cost = (ZERO_PAGE_BYTES if zero_detect and src_gen[sent[-1]] == 0 else NORMAL_PAGE_BYTES)
+        last_cost += first_extra if len(sent) == 1 else 0
+        before_last = nbytes - last_cost
+        assert before_last <= budget and before_last < cap  # overshoot by at most one page
+    if k_ret == SEND_END_OF_BLOCK:
+        assert nxt == end and not any(page0 <= p < end for p in pages_of(bmap1))
+    elif k_ret == SEND_BUDGET:
+        assert nbytes > budget or nbytes >= cap
+        assert nxt in pages_of(bmap1)
+    else:
+        assert k_ret == SEND_NEED_CLEAR and lazy_clear
+        assert nxt in pages_of(bmap1) and clear_bmap[nxt >> shift]
+
+
+def _send(bmap, clear_bmap, src_gen, page, end, budget, cap, shift, lazy_clear, zero_detect, first_extra):
+    """Run the kernel and the reference, check they agree, return the kernel's view of the result."""
+    dst_gen = np.zeros_like(src_gen)
+    out = np.zeros(4, dtype=np.int64)
+    args = (bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
+            first_extra, out)
+    k_ret, k_args, r_ret, r_args = run_both(K.send_pages, R.send_pages, *args)
+    assert_same(k_ret, k_args, r_ret, r_args)
+    return int(k_ret), k_args[0], k_args[3], [int(x) for x in k_args[12]]
+
+
+@pytest.mark.parametrize("page0", [0, 10])
+def test_send_pages_stops_for_clear_before_first_dirty_page_of_chunk(page0):
+    # shift 6: chunk c = pages [64c, 64c + 64). Dirty: 20 (chunk 0), 70 and 80 (chunk 1, flagged).
+    bmap = wa([20, 70, 80], 3)
+    clear_bmap = np.array([0, 1, 0], dtype=np.uint8)
+    src_gen = np.arange(1, 193, dtype=np.uint32)
+    big = 1 << 40
+    status, bmap1, dst_gen, out = _send(bmap, clear_bmap, src_gen, page0, 192, big, big, 6, True, True, 0)
+    assert status == SEND_NEED_CLEAR
+    assert out == [70, 1, 0, NORMAL_PAGE_BYTES]  # stops at page 70 itself, not at the chunk start (64)
+    assert pages_of(bmap1) == {70, 80}  # 70 not sent: still dirty
+    assert dst_gen[70] == 0 and dst_gen[20] == 21
+
+    # Once the chunk is cleared the caller resumes from out[0]. ...
+    status, bmap2, _, out = _send(bmap1, np.zeros(3, dtype=np.uint8), src_gen, 70, 192, big, big, 6, True, True,
+                                  0)
+    assert status == SEND_END_OF_BLOCK and out == [192, 2, 0, 2 * NORMAL_PAGE_BYTES]
+    assert pages_of(bmap2) == set()
+
+    # ... and in the last stage (lazy_clear False) the flag is ignored and the page is sent.
+    status, bmap3, dst_gen, out = _send(bmap, clear_bmap, src_gen, page0, 192, big, big, 6, False, True, 0)
+    assert status == SEND_END_OF_BLOCK
+    assert out == [192, 3, 0, 3 * NORMAL_PAGE_BYTES]
+    assert pages_of(bmap3) == set() and dst_gen[70] == 71 and dst_gen[80] == 81
+
+
+def test_send_pages_need_clear_on_first_page_sends_nothing():
+    bmap = wa([3], 1)
+    status, bmap1, dst_gen, out = _send(bmap, np.array([1], dtype=np.uint8), np.ones(64, dtype=np.uint32),
+                                        0, 64, 1 << 40, 1 << 40, 8, True, True, 8)
+    assert status == SEND_NEED_CLEAR and out == [3, 0, 0, 0]
+    assert pages_of(bmap1) == {3} and not dst_gen.any()
+
+
+def test_send_pages_overshoots_budget_by_at_most_one_page():
+    bmap = wa(range(10), 1)
+    src_gen = np.ones(64, dtype=np.uint32)  # no zero pages
+    no_clear = np.zeros(1, dtype=np.uint8)
+    # budget 10000: after 2 pages 8216 <= budget, so a 3rd goes out (12320 > budget), then stop.
+    status, bmap1, _, out = _send(bmap, no_clear, src_gen, 0, 64, 10_000, 1 << 40, 6, True, True, 8)
+    assert status == SEND_BUDGET
+    assert out == [3, 3, 0, 3 * NORMAL_PAGE_BYTES + 8]
+    assert out[3] > 10_000 and out[3] - NORMAL_PAGE_BYTES <= 10_000
+    assert pages_of(bmap1) == set(range(3, 10))
+    # budget exactly reached is not exceeded: one more page goes out.
+    status, _, _, out = _send(bmap, no_clear, src_gen, 0, 64, 2 * NORMAL_PAGE_BYTES + 8, 1 << 40, 6, True, True, 8)
+    assert status == SEND_BUDGET and out[:2] == [3, 3]
+    # budget 0: the first page is always sent
+    status, _, _, out = _send(bmap, no_clear, src_gen, 0, 64, 0, 1 << 40, 6, True, True, 0)
+    assert status == SEND_BUDGET and out == [1, 1, 0, NORMAL_PAGE_BYTES]
+    # cap stops at >= cap (a send slice), not > cap
+    status, _, _, out = _send(bmap, no_clear, src_gen, 0, 64, 1 << 40, 2 * NORMAL_PAGE_BYTES, 6, True, True, 0)
+    assert status == SEND_BUDGET and out == [2, 2, 0, 2 * NORMAL_PAGE_BYTES]
+
+
+def test_send_pages_byte_costs():
+    bmap = wa([0, 1, 2, 5], 1)
+    src_gen = np.array([0, 7, 0] + [3] * 61, dtype=np.uint32)  # pages 0 and 2 are zero pages
+    no_clear = np.zeros(1, dtype=np.uint8)
+    big = 1 << 40
+    assert ZERO_PAGE_BYTES == 9 and NORMAL_PAGE_BYTES == 4104
+    status, _, dst_gen, out = _send(bmap, no_clear, src_gen, 0, 64, big, big, 6, True, True, 8)
+    assert status == SEND_END_OF_BLOCK
+    # first page (zero) carries first_extra; later pages do not
+    assert out == [64, 2, 2, (9 + 8) + 4104 + 9 + 4104]
+    assert dst_gen[[0, 1, 2, 5]].tolist() == [0, 7, 0, 3]
+    # first page normal: extra goes on it
+    status, _, _, out = _send(bmap, no_clear, src_gen, 1, 64, big, big, 6, True, True, 8)
+    assert out == [64, 2, 1, (4104 + 8) + 9 + 4104]
+    # without zero detection every page is a normal page
+    status, _, _, out = _send(bmap, no_clear, src_gen, 0, 64, big, big, 6, True, False, 0)
+    assert out == [64, 4, 0, 4 * 4104]
+    # nothing dirty: no bytes at all, not even first_extra
+    status, _, _, out = _send(wa([], 1), no_clear, src_gen, 0, 64, big, big, 6, True, True, 8)
+    assert status == SEND_END_OF_BLOCK and out == [64, 0, 0, 0]
+
+
+def test_send_pages_end_not_word_aligned():
+    # a block of 100 pages in 2 words whose tail bits (100..127) are set, as after bitmap_set
+    bmap = np.full(2, ~U64(0), dtype=U64)
+    status, bmap1, _, out = _send(bmap, np.zeros(1, dtype=np.uint8), np.ones(128, dtype=np.uint32), 90, 100,
+                                  1 << 40, 1 << 40, 8, True, True, 0)
+    assert status == SEND_END_OF_BLOCK and out == [100, 10, 0, 10 * NORMAL_PAGE_BYTES]
+    assert pages_of(bmap1) == set(range(90)) | set(range(100, 128))
+
+
+# --------------------------------------------------------------------------- count_stale
+
+
+@st.composite
+def count_stale_case(draw):
+    n = draw(nwords)
+    npages = n * 64
+    src_gen = draw(gens(npages))
+    stale = R.bits(draw(words_of(n)))
+    dst_gen = src_gen.copy()
+    dst_gen[stale] -= 1  # older generation (wraps for zero: still different)
+    rows = draw(st.integers(1, 3))
+    tracked = np.stack([draw(words_of(n)) for _ in range(rows)])
+    first = draw(st.integers(0, npages))
+    last = draw(st.one_of(st.just(npages), st.integers(first, npages)))
+    return src_gen, dst_gen, tracked, first, last
+
+
+@FAST
+@given(count_stale_case())
+def test_count_stale_matches_reference(case):
+    check(K.count_stale, R.count_stale, *case)
+
+
+def test_count_stale_example():
+    src = np.array([1, 2, 3, 4] + [0] * 60, dtype=np.uint32)
+    dst = np.array([1, 1, 0, 4] + [0] * 60, dtype=np.uint32)  # pages 1 and 2 stale
+    tracked = np.stack([wa([1], 1), wa([5], 1)])  # page 1 remembered by a dirty layer, page 2 lost
+    k_ret, k_args, r_ret, r_args = run_both(K.count_stale, R.count_stale, src, dst, tracked, 0, 64)
+    assert tuple(int(x) for x in k_ret) == (2, 1)
+    assert_same(k_ret, k_args, r_ret, r_args)
+
+
+# --------------------------------------------------------------------------- pinned bitmap semantics
+
+
+def test_sync_xchg_counts_only_new_bits():
+    src, dst = wa([1, 2, 3]), wa([2])
+    k_ret, (k_src, k_dst, *_), r_ret, r_args = run_both(K.sync_xchg, R.sync_xchg, src, dst, 0, 2)
+    assert int(k_ret) == 2  # 2 was already dirty in the RAMBlock bitmap
+    assert pages_of(k_dst) == {1, 2, 3}
+    assert not k_src.any()
+    assert_same(k_ret, [k_src, k_dst], r_ret, r_args)
+
+
+def test_sync_xchg_respects_word_range():
+    src, dst = wa([1, 64 + 1, 128 + 1], 3), wa([], 3)
+    k_ret, (k_src, k_dst, *_), r_ret, r_args = run_both(K.sync_xchg, R.sync_xchg, src, dst, 1, 2)
+    assert int(k_ret) == 1 and pages_of(k_src) == {1, 129} and pages_of(k_dst) == {65}
+    assert_same(k_ret, [k_src, k_dst], r_ret, r_args)
+
+
+def test_clear_by_mask_clears_only_masked_bits():
+    kvm, mask = wa([0, 5, 9]), wa([0, 5, 7])
+    k_ret, (k_kvm, k_mask, *_), r_ret, r_args = run_both(K.clear_by_mask, R.clear_by_mask, kvm, mask, 0, 2)
+    assert int(k_ret) == 2  # pages 0 and 5 re-protected; 7 was not dirty in KVM, 9 was not fetched
+    assert pages_of(k_kvm) == {9}
+    assert not k_mask.any()
+    assert_same(k_ret, [k_kvm, k_mask], r_ret, r_args)
+
+
+def test_xchg_into_moves_and_counts():
+    src, dst = wa([0, 63, 64]), wa([5, 70])
+    k_ret, (k_src, k_dst, *_), r_ret, r_args = run_both(K.xchg_into, R.xchg_into, src, dst, 0, 2)
+    assert int(k_ret) == 3 and pages_of(k_dst) == {0, 63, 64} and not k_src.any()  # dst overwritten, not OR-ed
+    assert_same(k_ret, [k_src, k_dst], r_ret, r_args)
+
+
+def test_or_into_and_count_set():
+    dst, src = wa([1]), wa([2, 100])
+    K.or_into(dst, src, 0, 2)
+    assert pages_of(dst) == {1, 2, 100} and pages_of(src) == {2, 100}
+    assert int(K.count_set(dst, 0, 2)) == 3 and int(K.count_set(dst, 1, 2)) == 1
+    full = np.full(3, ~U64(0), dtype=U64)
+    assert int(K.count_set(full, 0, 3)) == 192 == R.count_set(full, 0, 3)
+
+
+def test_find_next_bit_examples():
+    b = wa([3, 64, 127], 2)
+    assert [int(K.find_next_bit(b, p, 128)) for p in (0, 3, 4, 64, 65, 127)] == [3, 3, 64, 64, 127, 127]
+    assert int(K.find_next_bit(b, 4, 64)) == 64  # end not found -> end
+    assert int(K.find_next_bit(b, 4, 50)) == 50
+    assert int(K.find_next_bit(b, 100, 100)) == 100
+    assert int(K.find_next_bit(wa([], 2), 0, 128)) == 128
