@@ -25,18 +25,25 @@ class ScenarioError(ValueError):
 
 
 def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map every key path to the 1-based line where it appears in the file."""
+    """Map every key path to the 1-based line where it appears; reject duplicate keys."""
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             sub = path + (key.value,)
+            if sub in out:
+                raise _Duplicate(".".join(map(str, sub)), out[sub], key.start_mark.line + 1)
             out[sub] = key.start_mark.line + 1
             _line_map(value, sub, out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _line_map(item, path + (i,), out)
     return out
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: str, first: int, again: int):
+        self.key, self.first, self.again = key, first, again
 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
@@ -50,12 +57,18 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise ScenarioError([f"{path}:{line}: YAML syntax error: {exc.problem or exc.context}"]) from None
+        text = exc.problem or exc.context
+        if exc.problem and exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+            text += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+        raise ScenarioError([f"{path}:{line}: YAML syntax error: {text}"]) from None
     if node is None or data is None:
         raise ScenarioError([f"{path}:1: the file is empty (a scenario needs at least machine.memory and machine.vcpus)"])
     if not isinstance(data, dict):
         raise ScenarioError([f"{path}:1: the top level must be a mapping of keys (got {type(data).__name__})"])
-    return data, _line_map(node)
+    try:
+        return data, _line_map(node)
+    except _Duplicate as dup:
+        raise ScenarioError([f"{path}:{dup.again}: {dup.key}: duplicate key (first given on line {dup.first})"]) from None
 
 
 def _apply_override(data: dict, text: str) -> tuple:
@@ -116,7 +129,10 @@ def _resolve(ann: Any, data: Any) -> Any:
 
 
 def _got(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+    if isinstance(value, dict):
+        return "a mapping"
+    text = json.dumps(value)
+    return text if len(text) <= 60 else type(value).__name__
 
 
 def _lookup(data: Any, loc: Iterable) -> tuple[bool, Any]:
@@ -130,13 +146,40 @@ def _lookup(data: Any, loc: Iterable) -> tuple[bool, Any]:
     return True, data
 
 
+_TYPE_ERRORS = {
+    "int_type": "not an integer", "int_parsing": "not an integer", "int_from_float": "not an integer",
+    "float_type": "not a number", "float_parsing": "not a number", "bool_type": "not a boolean",
+    "bool_parsing": "not a boolean", "string_type": "not a string", "dict_type": "not a mapping",
+    "model_type": "not a mapping", "list_type": "not a list",
+}
+_RANGE_ERRORS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
+
+
+def _bounds(loc: tuple, data: Any) -> str | None:
+    """The whole allowed range of a numeric field, e.g. '6 .. 31' (from its ge/le/gt/lt constraints)."""
+    field_name = next((p for p in reversed(loc) if isinstance(p, str)), None)
+    model = _model_at(loc[:-1], data)
+    if model is None or field_name not in model.model_fields:
+        return None
+    limits = {}
+    for meta in model.model_fields[field_name].metadata:
+        for attr in ("ge", "le", "gt", "lt"):
+            if getattr(meta, attr, None) is not None:
+                limits[attr] = getattr(meta, attr)
+    lo = f"{limits['ge']}" if "ge" in limits else (f"> {limits['gt']}" if "gt" in limits else None)
+    hi = f"{limits['le']}" if "le" in limits else (f"< {limits['lt']}" if "lt" in limits else None)
+    if "ge" in limits and "le" in limits:
+        return f"{lo} .. {hi}"
+    return " and ".join(x if x.startswith(("<", ">")) else (">= " + x if x == lo else "<= " + x)
+                        for x in (lo, hi) if x) or None
+
+
 def _describe(err: dict, data: dict) -> tuple[tuple, str]:
     """Turn one pydantic error into (loc, 'message (got ...; allowed ...)')."""
     ctx = err.get("ctx") or {}
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("uniform", "hotset")))
     loc = tuple(ctx.get("loc", loc))
     kind = err["type"]
-    present, value = _lookup(data, loc)
     allowed = ctx.get("allowed")
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1], data)
@@ -148,24 +191,24 @@ def _describe(err: dict, data: dict) -> tuple[tuple, str]:
         msg = "not an allowed value"
         allowed = ctx.get("expected")
     elif kind == "union_tag_invalid":
-        msg = "unknown workload kind"
-        allowed = ctx.get("expected_tags")
+        msg, loc, allowed = "unknown workload kind", loc + ("kind",), ctx.get("expected_tags")
     elif kind == "union_tag_not_found":
-        msg = "the workload needs a 'kind'"
-        allowed = "uniform, hotset"
-    elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
-        bound = next(v for k, v in ctx.items() if k in ("ge", "le", "gt", "lt"))
-        msg = "out of range"
-        allowed = f"{op} {bound}"
-        if err["loc"][-1] in ("zero_fraction", "hot_share"):
-            allowed = "0.0 .. 1.0"
+        msg, loc, allowed, kind = "required key is missing", loc + ("kind",), "uniform, hotset", "missing"
+    elif kind in _RANGE_ERRORS:
+        msg, allowed = "out of range", _bounds(loc, data)
     elif kind == "too_short":
-        msg = "must not be empty"
-        allowed = f"at least {ctx.get('min_length')} item"
+        msg, allowed = "must not be empty", f"at least {ctx.get('min_length')} item"
+    elif kind in _TYPE_ERRORS:
+        msg = _TYPE_ERRORS[kind]
+        if kind == "list_type":
+            allowed = 'a list of items, each starting with "- "'
+            if loc[-1:] == ("vcpus",):
+                allowed = 'a list of vCPU groups, each item starting with "- "'
+        else:
+            allowed = _bounds(loc, data)
     else:
         msg = err["msg"].removeprefix("Value error, ")
-        msg = msg[0].lower() + msg[1:] if msg else msg
+    present, value = _lookup(data, loc)
     parts = []
     if "got" in ctx:
         parts.append(f"got {ctx['got']}")
@@ -192,11 +235,11 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | N
             loc, text = _describe(err, data)
             key = ".".join(map(str, loc)) or "(top level)"
             if any(loc[: len(p)] == p for p in set_paths):
-                report.append(f"--set {key}: {text}")
+                report.append((0, f"--set {key}: {text}"))
                 continue
             line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 1)
-            report.append(f"{path}:{line}: {key}: {text}")
-        raise ScenarioError(report) from None
+            report.append((line, f"{path}:{line}: {key}: {text}"))
+        raise ScenarioError([text for _, text in sorted(report, key=lambda r: r[0])]) from None
 
 
 def scenario_json_schema() -> dict:

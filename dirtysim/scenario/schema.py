@@ -69,7 +69,7 @@ Workload = Annotated[Union[UniformWorkload, HotsetWorkload], Field(discriminator
 
 
 class VcpuGroup(_Model):
-    count: int = Field(1, ge=1, le=4096)
+    count: int = Field(1, ge=1, le=4096, strict=True)
     workload: Workload
 
 
@@ -92,21 +92,34 @@ class DirtyTracking(_Model):
 
     mode: Literal["bitmap"] = Field("bitmap", description="dirty bitmap; the dirty ring is not built yet")
     manual_protect: bool = Field(True, description="KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (QEMU enables it when offered)")
-    initially_set: bool = Field(True, description="KVM_DIRTY_LOG_INITIALLY_SET (needs manual_protect)")
+    initially_set: bool = Field(
+        True, description="KVM_DIRTY_LOG_INITIALLY_SET (needs manual_protect; default: same as manual_protect)"
+    )
     clear_bitmap_shift: int = Field(
         CLEAR_BITMAP_SHIFT_DEFAULT,
+        strict=True,
         ge=CLEAR_BITMAP_SHIFT_MIN,
         le=CLEAR_BITMAP_SHIFT_MAX,
         description="x-clear-bitmap-shift: log2 pages per lazy-clear chunk (QEMU clamps to 6..31; dirtysim rejects)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _initially_set_follows_manual_protect(cls, data):
+        """QEMU asks for INITIALLY_SET only together with MANUAL_PROTECT2 (``kvm_setup_dirty_ring``)."""
+        if isinstance(data, dict) and "initially_set" not in data:
+            data = {**data, "initially_set": data.get("manual_protect", True)}
+        return data
 
     @model_validator(mode="after")
     def _initially_set_needs_manual_protect(self):
         if self.initially_set and not self.manual_protect:
             raise PydanticCustomError(
                 "initially_set",
-                "initially_set needs manual_protect (KVM_DIRTY_LOG_INITIALLY_SET is a flag of MANUAL_PROTECT2)",
-                {"allowed": "initially_set: false when manual_protect: false"},
+                "needs manual_protect: true, since KVM_DIRTY_LOG_INITIALLY_SET is a flag of "
+                "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
+                {"allowed": "false when manual_protect is false", "loc": ("dirty_tracking", "initially_set"),
+                 "got": "true with manual_protect: false"},
             )
         return self
 
@@ -167,7 +180,7 @@ class Outputs(_Model):
 
 class Scenario(_Model):
     name: Optional[str] = Field(None, description="default: the file name without .yaml")
-    seed: int = Field(0, ge=0, description="root of the run's numpy SeedSequence")
+    seed: int = Field(0, ge=0, strict=True, description="root of the run's numpy SeedSequence")
     machine: Machine
     dirty_tracking: DirtyTracking = DirtyTracking()
     costs: Costs = Costs()
