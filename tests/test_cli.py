@@ -1,0 +1,79 @@
+"""The command line as a user meets it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from builders import BASE
+from dirtysim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _scenario_file(tmp_path: Path, **over) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump({**BASE, **over}))
+    return path
+
+
+def test_run_writes_every_output(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", str(_scenario_file(tmp_path)), "-o", str(out), "--seed", "4",
+                                    "--set", "migration.downtime_limit=200ms"])
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in out.iterdir()} == {"summary.json", "rounds.csv", "events.jsonl", "convergence.png"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["dirtysim"]["lost-pages"] == 0
+    assert summary["dirtysim"]["seed"] == 4
+    assert summary["dirtysim"]["scenario"]["migration"]["downtime_limit"] == 200_000_000
+    for key in ("total-time", "downtime", "setup-time"):
+        assert isinstance(summary[key], int)
+    ram = summary["ram"]
+    assert ram["transferred"] == ram["precopy-bytes"] + ram["downtime-bytes"] + summary["dirtysim"]["scenario"][
+        "machine"]["device_state"]
+    assert ram["normal-bytes"] == ram["normal"] * 4096
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    assert len(rows) == ram["dirty-sync-count"]
+    assert [int(r["dirty-sync-count"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert "lost-pages        0" in res.output and str(out) in res.output
+
+
+def test_timeout_run_reports_stop_reason(tmp_path):
+    path = _scenario_file(tmp_path, migration={"max_bandwidth": "32MiB/s", "timeout": "3s"})
+    res = CliRunner().invoke(main, ["run", str(path), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["status"] == "cancelled"
+    assert summary["dirtysim"]["stop-reason"] == "timeout"
+    assert summary["dirtysim"]["lost-pages"] == 0
+    assert summary["ram"]["remaining"] > 0 and "expected-downtime" in summary
+
+
+def test_validate_and_schema():
+    res = CliRunner().invoke(main, ["validate", str(ROOT / "scenarios" / "quickstart.yaml")])
+    assert res.exit_code == 0
+    resolved = json.loads(res.output)
+    assert resolved["migration"]["downtime_limit"] == 300_000_000
+    assert resolved["dirty_tracking"]["clear_bitmap_shift"] == 18
+    schema = json.loads(CliRunner().invoke(main, ["schema"]).output)
+    assert "machine" in schema["properties"] and "machine" in schema["required"]
+
+
+def test_qemu_defaults_for_everything_unset(tmp_path):
+    res = CliRunner().invoke(main, ["validate", str(_scenario_file(tmp_path, migration={}))])
+    m = json.loads(res.output)["migration"]
+    assert m["max_bandwidth"] == 128 << 20 and m["downtime_limit"] == 300_000_000
+    assert m["avail_switchover_bandwidth"] == 0 and m["zero_page_detection"] == "multifd"
+
+
+def test_every_shipped_scenario_validates_and_says_what_it_shows():
+    for path in sorted((ROOT / "scenarios").glob("*.yaml")):
+        assert path.read_text().startswith("# "), f"{path.name} must start with a comment saying what it shows"
+        res = CliRunner().invoke(main, ["validate", str(path)])
+        assert res.exit_code == 0, (path, res.output)
