@@ -32,8 +32,8 @@ ALL_ONES = (1 << 64) - 1
 MAX_WORDS = 40
 
 # Property-test budget: sized so the whole file runs in well under 40 s on 2 cores.
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -216,7 +216,8 @@ def test_find_next_bit_matches_reference(data):
     page = data.draw(st.one_of(st.integers(0, end), st.integers(0, n * 64)))
     k_ret, k_args, r_ret, r_args = run_both(K.find_next_bit, R.find_next_bit, bmap, page, end)
     assert_same(k_ret, k_args, r_ret, r_args)
-    expected = next((p for p in range(page, end) if p in pages_of(bmap)), end)
+    dirty = pages_of(bmap)
+    expected = next((p for p in range(page, end) if p in dirty), end)
     assert int(k_ret) == expected
 
 
@@ -296,8 +297,9 @@ def send_pages_case(draw):
     bmap = draw(words_of(n))
     shift = draw(st.integers(6, 8))
     nchunks = -(-npages // (1 << shift))
-    clear_bmap = np.array(draw(st.lists(st.sampled_from([0, 0, 1, 255]), min_size=nchunks, max_size=nchunks)),
-                          dtype=np.uint8)
+    # one flag byte per chunk: mostly 0, else 1 or another non-zero value
+    flags = draw(st.binary(min_size=nchunks, max_size=nchunks))
+    clear_bmap = np.array([(0, 0, 1, 255)[b % 4] for b in flags], dtype=np.uint8)
     src_gen = draw(gens(npages))
     dst_gen = draw(gens(npages))
     end = draw(st.one_of(st.just(npages), st.integers(0, npages)))
@@ -532,3 +534,36 @@ def test_find_next_bit_examples():
     assert int(K.find_next_bit(b, 4, 50)) == 50
     assert int(K.find_next_bit(b, 100, 100)) == 100
     assert int(K.find_next_bit(wa([], 2), 0, 128)) == 128
+
+
+@st.composite
+def map_writes_cases(draw):
+    """1..3 vCPUs, each a working set with an optional hot region inside it, and variates in [0, 1)."""
+    nv = draw(st.integers(1, 3))
+    first, pages, hot_first, hot_pages, share, seg_end = [], [], [], [], [], []
+    total = 0
+    for _ in range(nv):
+        f, p = draw(st.integers(0, 1000)), draw(st.integers(1, 200))
+        hp = draw(st.integers(0, p))
+        hf = f + draw(st.integers(0, p - hp))
+        first.append(f), pages.append(p), hot_first.append(hf), hot_pages.append(hp)
+        share.append(0.0 if hp == 0 else (1.0 if hp == p else draw(st.floats(0.0, 1.0, exclude_max=True))))
+        total += draw(st.integers(0, 50))
+        seg_end.append(total)
+    u = np.array(draw(st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=total, max_size=total)))
+    i64 = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
+    return u, i64(seg_end), i64(first), i64(pages), i64(hot_first), i64(hot_pages), np.array(share)
+
+
+@settings(max_examples=300, deadline=None)
+@given(map_writes_cases())
+def test_map_writes_matches_reference(case):
+    u, seg_end, first, pages, hot_first, hot_pages, share = case
+    fast, slow = np.zeros(len(u), dtype=np.int64), np.zeros(len(u), dtype=np.int64)
+    K.map_writes(u, seg_end, first, pages, hot_first, hot_pages, share, fast)
+    R.map_writes(u, seg_end, first, pages, hot_first, hot_pages, share, slow)
+    assert (fast == slow).all()
+    start = 0
+    for v, stop in enumerate(seg_end):  # every write lands in its vCPU's working set
+        assert ((fast[start:stop] >= first[v]) & (fast[start:stop] < first[v] + pages[v])).all()
+        start = stop

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from builders import of, simulate
@@ -43,19 +42,3 @@ def test_untracked_stale_pages_are_counted_at_timeout():
     result = simulate(migration={"max_bandwidth": "32MiB/s", "timeout": "3s"})
     check = of(result.events, ev.OracleCheck)[-1]
     assert check.at == "timeout" and check.stale_pages > 0 and check.lost_pages == 0
-
-
-def test_map_writes_matches_reference():
-    rng = np.random.default_rng(0)
-    u = rng.random(3000)
-    seg_end = np.array([1000, 2000, 3000], dtype=np.int64)
-    params = (np.array([0, 64, 128]), np.array([512, 256, 64]), np.array([100, 64, 0]), np.array([50, 0, 0]),
-              np.array([0.9, 0.0, 0.0]))
-    params = tuple(p.astype(np.int64) if p.dtype.kind == "i" else p for p in params)
-    fast, slow = np.zeros(3000, dtype=np.int64), np.zeros(3000, dtype=np.int64)
-    kernels.map_writes(u, seg_end, *params, fast)
-    reference.map_writes(u, seg_end, *params, slow)
-    assert (fast == slow).all()
-    hot = fast[:1000]
-    assert 0.85 < np.mean((hot >= 100) & (hot < 150)) < 0.95  # hot_share of vCPU 0's writes hit the hot set
-    assert fast[1000:2000].min() >= 64 and fast[1000:2000].max() < 320
