@@ -121,6 +121,7 @@ def warm_up_kernels() -> float:
     kernels.xchg_into(w, w.copy(), 0, 2)
     kernels.clear_by_mask(w, w.copy(), 0, 2)
     kernels.count_set(w, 0, 2)
+    kernels.find_next_bit(w, 0, 128)
     kernels.apply_writes(i64, np.ones(1, dtype=np.int64), i64, np.ones(1, dtype=np.int64) * 128, i64,
                          np.ones(1, dtype=np.bool_), w, g, np.zeros(1, dtype=np.int64))
     kernels.send_pages(w, np.zeros(1, dtype=np.uint8), g, g.copy(), 0, 128, 1 << 40, 1 << 40, 18, True, True, 0,

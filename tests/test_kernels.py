@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dirtysim.dirty import kernels as K
+from dirtysim.sim import warm_up_kernels
 from dirtysim.dirty import reference as R
 from dirtysim.dirty.kernels import (
     NORMAL_PAGE_BYTES,
@@ -145,25 +146,7 @@ def gens(draw, npages: int, zero_words=None) -> np.ndarray:
 
 # --------------------------------------------------------------------------- warm-up
 
-def _warm_up() -> None:
-    """Compile (or load from numba's cache) every kernel with the dtypes used below."""
-    w = np.zeros(2, dtype=U64)
-    g = np.zeros(128, dtype=np.uint32)
-    i64 = np.zeros(1, dtype=np.int64)
-    K.sync_xchg(w, w.copy(), 0, 2)
-    K.or_into(w, w.copy(), 0, 2)
-    K.xchg_into(w, w.copy(), 0, 2)
-    K.clear_by_mask(w, w.copy(), 0, 2)
-    K.count_set(w, 0, 2)
-    K.find_next_bit(w, 0, 128)
-    K.apply_writes(i64, np.ones(1, dtype=np.int64), i64, np.ones(1, dtype=np.int64), i64,
-                   np.ones(1, dtype=np.bool_), w, g, np.zeros(1, dtype=np.int64))
-    K.send_pages(w, np.zeros(1, dtype=np.uint8), g, g.copy(), 0, 128, 1 << 40, 1 << 40, 6, True, True, 0,
-                 np.zeros(4, dtype=np.int64))
-    K.count_stale(g, g, np.stack([w]), 0, 128)
-
-
-_warm_up()
+warm_up_kernels()  # compile (or load from numba's cache) every kernel with the dtypes the simulator uses
 
 
 # --------------------------------------------------------------------------- bitmap kernels

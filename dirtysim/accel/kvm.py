@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dirty import kernels
-from ..dirty.ramlist import RAMList, WORD_PAGES
+from ..dirty.ramlist import RAMList, WORD_PAGES, grown
 from ..events import schema as ev
 from ..memory.listener import MEMORY_LISTENER_PRIORITY_ACCEL, MemoryListener, MemoryRegionSection
 from ..scenario.schema import PAGE_SIZE
@@ -50,11 +50,7 @@ class KvmDirtyLog:
         self._refresh_table()
 
     def ensure_capacity(self) -> None:
-        words = self.ram_list.dirty_memory.shape[0]
-        if self.dirty.shape[0] < words:
-            grown = np.zeros(words, dtype=np.uint64)
-            grown[: self.dirty.shape[0]] = self.dirty
-            self.dirty = grown
+        self.dirty = grown(self.dirty, self.ram_list.dirty_memory.shape[0])
 
     def set_user_memory_region(self, gpa: int, size: int, ram_addr: int) -> KVMSlot:
         if gpa % (WORD_PAGES * PAGE_SIZE) or ram_addr % (WORD_PAGES * PAGE_SIZE) or size % (WORD_PAGES * PAGE_SIZE):
@@ -132,11 +128,7 @@ class KvmMemoryListener(MemoryListener):
             slot = self.kvm.set_user_memory_region(section.offset_within_address_space, section.size, ram_addr)
             self._by_section[_key(section)] = slot
         self._add, self._del = [], []
-        words = self.kvm.dirty.shape[0]
-        if self.dirty_bmap.shape[0] < words:
-            grown = np.zeros(words, dtype=np.uint64)
-            grown[: self.dirty_bmap.shape[0]] = self.dirty_bmap
-            self.dirty_bmap = grown
+        self.dirty_bmap = grown(self.dirty_bmap, self.kvm.dirty.shape[0])
 
     # -- dirty logging ----------------------------------------------------------------------------
     def log_start(self, section: MemoryRegionSection, old: int, new: int) -> None:

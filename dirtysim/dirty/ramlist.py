@@ -78,9 +78,9 @@ class RAMList:
 
     def _grow(self, pages: int) -> None:
         words = -(-pages // WORD_PAGES)
-        self.dirty_memory = _grown(self.dirty_memory, words)
-        self.src_gen = _grown(self.src_gen, pages)
-        self.dst_gen = _grown(self.dst_gen, pages)
+        self.dirty_memory = grown(self.dirty_memory, words)
+        self.src_gen = grown(self.src_gen, pages)
+        self.dst_gen = grown(self.dst_gen, pages)
         self.total_pages = pages
 
     def ram_bytes_total(self) -> int:
@@ -88,7 +88,10 @@ class RAMList:
         return sum(b.used_length for b in self.blocks)
 
 
-def _grown(array: np.ndarray, n: int) -> np.ndarray:
+def grown(array: np.ndarray, n: int) -> np.ndarray:
+    """``array`` zero-extended to ``n`` entries (unchanged if it is already that long)."""
+    if array.shape[0] >= n:
+        return array
     out = np.zeros(n, dtype=array.dtype)
     out[: array.shape[0]] = array
     return out
