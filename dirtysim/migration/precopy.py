@@ -247,8 +247,7 @@ class PrecopyMigration:
     def completion(self):
         """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
         self.rec.emit(ev.VcpusStopped)
-        self.m.guest.stop()  # migration_stop_vm: downtime starts
-        self._status("device")
+        self.m.guest.stop()  # migration_stop_vm: downtime starts (status stays "active" without pause-before-switchover)
         self.counters.rate_limit_max = 0  # migration_switchover_start: rate limit off
         self.rs.last_stage = True  # ram_save_complete
         yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE, last_stage=True)
