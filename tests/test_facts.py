@@ -15,7 +15,7 @@ from dirtysim.memory.address_space import GLOBAL_DIRTY_MIGRATION, MemorySystem
 from dirtysim.memory.listener import MemoryRegionSection
 from dirtysim.memory.region import MemoryRegion
 from dirtysim.migration.rate import rate_limit_max, threshold_size
-from dirtysim.scenario.schema import Costs
+from dirtysim.scenario.schema import Costs, DirtyTracking
 
 PAGE = 4096
 MIB = 1 << 20
@@ -85,10 +85,11 @@ def test_fact3_scan_wrap_is_not_a_sync(hot_run):
 def _kvm_machine(manual_protect=True, initially_set=False, pages=1 << 12):
     rec = Recorder(lambda: 0)
     rl, mem = RAMList(), MemorySystem(rec)
-    kvm = KvmDirtyLog(rl, manual_protect, initially_set)
+    tracking = DirtyTracking(manual_protect=manual_protect, initially_set=initially_set)
+    kvm = KvmDirtyLog(rl, tracking, 1)
     root = MemoryRegion("system", 1 << 40)
     asp = mem.address_space_init(root, "memory")
-    listener = KvmMemoryListener(kvm, mem, Costs(), CostMeter())
+    listener = KvmMemoryListener(kvm, mem, tracking, Costs(), CostMeter())
     mem.memory_listener_register(listener, asp)
     block = rl.ram_block_add("pc.ram", pages * PAGE)
     block.mr = MemoryRegion("pc.ram", pages * PAGE, ram_block=block)

@@ -285,6 +285,8 @@ def send_pages_case(draw):
     clear_bmap = np.array([(0, 0, 1, 255)[b % 4] for b in flags], dtype=np.uint8)
     src_gen = draw(gens(npages))
     dst_gen = draw(gens(npages))
+    if draw(st.booleans()):
+        dst_gen[:: draw(st.integers(1, 3))] = K.UNSENT  # pages the destination never received
     end = draw(st.one_of(st.just(npages), st.integers(0, npages)))
     page = draw(st.one_of(st.just(0), st.integers(0, end)))
     small = st.integers(0, 3 * NORMAL_PAGE_BYTES)
@@ -293,7 +295,7 @@ def send_pages_case(draw):
     lazy_clear = draw(st.booleans())
     zero_detect = draw(st.booleans())
     first_extra = draw(st.sampled_from([0, 8]))
-    out = np.full(4, -7, dtype=np.int64)
+    out = np.full(6, -7, dtype=np.int64)
     return (bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
             first_extra, out)
 
@@ -308,8 +310,10 @@ def test_send_pages_matches_reference(case):
     bmap0, clear_bmap, src_gen, dst_gen0 = case[:4]
     page0, end, budget, cap, shift, lazy_clear, zero_detect, first_extra = case[4:12]
     bmap1, dst_gen1, out = k_args[0], k_args[3], k_args[12]
-    nxt, normal, zero, nbytes = (int(x) for x in out)
+    nxt, normal, zero, nbytes, resent, unchanged = (int(x) for x in out)
     sent = sorted(pages_of(bmap0) - pages_of(bmap1))
+    assert resent == sum(int(dst_gen0[p] != K.UNSENT) for p in sent)
+    assert unchanged == sum(int(dst_gen0[p] == src_gen[p]) for p in sent)
     assert len(sent) == normal + zero
     assert all(page0 <= p < nxt <= end for p in sent)
     assert pages_of(bmap1) <= pages_of(bmap0)
@@ -339,12 +343,12 @@ def test_send_pages_matches_reference(case):
 def _send(bmap, clear_bmap, src_gen, page, end, budget, cap, shift, lazy_clear, zero_detect, first_extra):
     """Run the kernel and the reference, check they agree, return the kernel's view of the result."""
     dst_gen = np.zeros_like(src_gen)
-    out = np.zeros(4, dtype=np.int64)
+    out = np.zeros(6, dtype=np.int64)
     args = (bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
             first_extra, out)
     k_ret, k_args, r_ret, r_args = run_both(K.send_pages, R.send_pages, *args)
     assert_same(k_ret, k_args, r_ret, r_args)
-    return int(k_ret), k_args[0], k_args[3], [int(x) for x in k_args[12]]
+    return int(k_ret), k_args[0], k_args[3], [int(x) for x in k_args[12][:4]]
 
 
 @pytest.mark.parametrize("page0", [0, 10])

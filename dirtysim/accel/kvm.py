@@ -1,14 +1,17 @@
-"""KVM memslots and dirty logging in bitmap mode: the kernel side and QEMU's ``kvm-memory`` listener.
+"""KVM memslots and dirty logging: the kernel side and QEMU's ``kvm-memory`` listener.
 
-Kernel (``virt/kvm/kvm_main.c``): one dirty bitmap per memslot (L0a). QEMU
-(``accel/kvm/kvm-all.c``): ``KVMSlot.dirty_bmap``, the copy fetched by the last
-``KVM_GET_DIRTY_LOG`` (L1), used as the mask of ``KVM_CLEAR_DIRTY_LOG``. Both
-are stored as ram_addr-indexed word arrays; a memslot is a contiguous ram range.
+Kernel (``virt/kvm/kvm_main.c``, ``virt/kvm/dirty_ring.c``): in bitmap mode one
+dirty bitmap per memslot (L0a); in ring mode a per-vCPU ring of dirtied pages
+(L0b) and a write-protection bitmap. QEMU (``accel/kvm/kvm-all.c``):
+``KVMSlot.dirty_bmap`` (L1), the bits fetched by the last GET (the CLEAR mask) or
+collected from the rings. All bitmaps are ram_addr-indexed word arrays; a
+memslot is a contiguous ram range.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -16,11 +19,18 @@ from ..dirty import kernels
 from ..dirty.ramlist import RAMList, WORD_PAGES, grown
 from ..events import schema as ev
 from ..memory.listener import MEMORY_LISTENER_PRIORITY_ACCEL, MemoryListener, MemoryRegionSection
-from ..scenario.schema import PAGE_SIZE
+from ..scenario.schema import PAGE_SIZE, DirtyTracking
 from .cost import CostMeter
 
 KVM_CLEAR_LOG_SHIFT = 6  # kvm-all.c: clears are aligned to 64 host pages
+KVM_DIRTY_RING_RSVD_ENTRIES = 64  # include/linux/kvm_host.h
+PML_LOG_NR_ENTRIES = 512  # x86 PML buffer, reserved on top when PML is used
 GIB = 1 << 30
+
+
+def dirty_ring_soft_limit(ring_size: int, pml: bool) -> int:
+    """``kvm_dirty_ring_alloc``: soft_limit = size - (64 + PML entries); N=4096 with PML -> 3520."""
+    return ring_size - KVM_DIRTY_RING_RSVD_ENTRIES - (PML_LOG_NR_ENTRIES if pml else 0)
 
 
 @dataclass(eq=False)
@@ -38,19 +48,30 @@ class KVMSlot:
 
 
 class KvmDirtyLog:
-    """The kernel's view: memslots, their dirty bitmaps, and guest writes through them."""
+    """The kernel's view: memslots, dirty bitmaps or rings, and guest writes through them."""
 
-    def __init__(self, ram_list: RAMList, manual_protect: bool, initially_set: bool):
+    def __init__(self, ram_list: RAMList, tracking: DirtyTracking, nvcpus: int):
         self.ram_list = ram_list
-        self.manual_protect = manual_protect
-        self.initially_set = initially_set
+        self.ring = tracking.mode == "ring"
+        self.manual_protect = tracking.manual_protect
+        self.initially_set = tracking.initially_set
         self.slots: list[KVMSlot] = []
         self._next_id = 0
-        self.dirty = np.zeros(0, dtype=np.uint64)  # L0a, ram_addr words
+        self.dirty = np.zeros(0, dtype=np.uint64)  # L0a (bitmap mode)
+        self.protected = np.zeros(0, dtype=np.uint64)  # ring mode: write-protected pages
+        size = tracking.ring_size if self.ring else 1
+        self.rings = np.zeros((nvcpus, size), dtype=np.int64)
+        self.dirty_index = np.zeros(nvcpus, dtype=np.int64)
+        self.reset_index = np.zeros(nvcpus, dtype=np.int64)
+        self.soft_limit = dirty_ring_soft_limit(tracking.ring_size, tracking.pml)
+        self.on_ring_full: Optional[Callable[[int], None]] = None  # set by QEMU's listener
+        self._out = np.zeros(3, dtype=np.int64)
         self._refresh_table()
 
     def ensure_capacity(self) -> None:
-        self.dirty = grown(self.dirty, self.ram_list.dirty_memory.shape[0])
+        words = self.ram_list.dirty_memory.shape[0]
+        self.dirty = grown(self.dirty, words)
+        self.protected = grown(self.protected, words)
 
     def set_user_memory_region(self, gpa: int, size: int, ram_addr: int) -> KVMSlot:
         if gpa % (WORD_PAGES * PAGE_SIZE) or ram_addr % (WORD_PAGES * PAGE_SIZE) or size % (WORD_PAGES * PAGE_SIZE):
@@ -64,30 +85,52 @@ class KvmDirtyLog:
 
     def delete_slot(self, slot: KVMSlot) -> None:
         self.dirty[slot.words] = 0
+        self.protected[slot.words] = 0
         self.slots.remove(slot)
         self._refresh_table()
 
     def set_logging(self, slot: KVMSlot, on: bool) -> None:
         """Flip KVM_MEM_LOG_DIRTY_PAGES (``kvm_prepare_memory_region`` + ``kvm_mmu_slot_apply_flags``).
 
-        On: a fresh bitmap, all ones with INITIALLY_SET (nothing write-protected),
-        else zero (everything write-protected). Off: the bitmap is freed.
+        Bitmap: a fresh bitmap, all ones with INITIALLY_SET (nothing
+        write-protected), else zero (everything write-protected). Ring: the whole
+        slot is write-protected. Off: nothing is logged or protected.
         """
         slot.logging = on
-        self.dirty[slot.words] = ~np.uint64(0) if (on and self.manual_protect and self.initially_set) else 0
+        w = slot.words
+        if self.ring:
+            self.protected[w] = ~np.uint64(0) if on else 0
+        else:
+            self.dirty[w] = ~np.uint64(0) if (on and self.manual_protect and self.initially_set) else 0
         self._refresh_table()
 
     def _refresh_table(self) -> None:
-        """Arrays the write kernel uses to translate GPA pages to RAM pages."""
+        """Arrays the write kernels use to translate GPA pages to RAM pages."""
         self.slot_gpa = np.array([s.gpa // PAGE_SIZE for s in self.slots], dtype=np.int64)
         self.slot_pages = np.array([s.size // PAGE_SIZE for s in self.slots], dtype=np.int64)
         self.slot_ram = np.array([s.ram_addr // PAGE_SIZE for s in self.slots], dtype=np.int64)
         self.slot_logging = np.array([s.logging for s in self.slots], dtype=np.bool_)
 
     def apply_writes(self, gpa_pages: np.ndarray, seg_end: np.ndarray, faults: np.ndarray) -> int:
-        """All vCPUs' writes of one quantum (see ``kernels.apply_writes``)."""
-        return kernels.apply_writes(gpa_pages, seg_end, self.slot_gpa, self.slot_pages, self.slot_ram,
-                                    self.slot_logging, self.dirty, self.ram_list.src_gen, faults)
+        """All vCPUs' writes of one quantum; in ring mode a full ring exits to QEMU and resumes."""
+        gen = self.ram_list.src_gen
+        if not self.ring:
+            return kernels.apply_writes(gpa_pages, seg_end, self.slot_gpa, self.slot_pages, self.slot_ram,
+                                        self.slot_logging, self.dirty, gen, faults)
+        out, start = self._out, 0
+        out[2] = 0
+        while kernels.apply_writes_ring(gpa_pages, seg_end, start, self.slot_gpa, self.slot_pages, self.slot_ram,
+                                        self.slot_logging, self.protected, gen, self.rings, self.dirty_index,
+                                        self.reset_index, self.soft_limit, faults, out):
+            start = int(out[1])
+            self.on_ring_full(int(out[0]))  # KVM_EXIT_DIRTY_RING_FULL
+        return int(out[2])
+
+    def unreaped_pages(self) -> np.ndarray:
+        """Pages in ring entries nobody has collected yet (ram-indexed bitmap)."""
+        bm = np.zeros_like(self.protected)
+        kernels.mark_ring_entries(self.rings, self.dirty_index, self.reset_index, bm)
+        return bm
 
     def slots_in(self, section: MemoryRegionSection) -> list[KVMSlot]:
         lo = section.offset_within_address_space
@@ -101,9 +144,10 @@ class KvmMemoryListener(MemoryListener):
     name = "kvm-memory"
     priority = MEMORY_LISTENER_PRIORITY_ACCEL
 
-    def __init__(self, kvm: KvmDirtyLog, memory, costs, meter: CostMeter):
+    def __init__(self, kvm: KvmDirtyLog, memory, tracking: DirtyTracking, costs, meter: CostMeter):
         self.kvm, self.memory, self.costs, self.meter = kvm, memory, costs, meter
         self.recorder = memory.recorder
+        self.clear_kernel = kernels.clear_all if tracking.kvm_clear == "clear-all" else kernels.clear_by_mask
         self.dirty_bmap = np.zeros(0, dtype=np.uint64)  # KVMSlot.dirty_bmap (L1), ram_addr words
         self._add: list[MemoryRegionSection] = []
         self._del: list[MemoryRegionSection] = []
@@ -121,8 +165,7 @@ class KvmMemoryListener(MemoryListener):
     def commit(self) -> None:
         """Apply all queued deletions, then all additions (``kvm_region_commit``)."""
         for section in self._del:
-            slot = self._by_section.pop(_key(section))
-            self.kvm.delete_slot(slot)
+            self.kvm.delete_slot(self._by_section.pop(_key(section)))
         for section in self._add:
             ram_addr = section.mr.ram_block.offset + section.offset_within_region
             slot = self.kvm.set_user_memory_region(section.offset_within_address_space, section.size, ram_addr)
@@ -134,13 +177,13 @@ class KvmMemoryListener(MemoryListener):
     def log_start(self, section: MemoryRegionSection, old: int, new: int) -> None:
         """``kvm_log_start``: only a 0 -> non-zero mask change turns logging on."""
         if old == 0:
-            for slot in self._slots(section):
+            for slot in self.kvm.slots_in(section):
                 self.kvm.set_logging(slot, True)
                 self.dirty_bmap[slot.words] = 0
 
     def log_stop(self, section: MemoryRegionSection, old: int, new: int) -> None:
         if new == 0:
-            for slot in self._slots(section):
+            for slot in self.kvm.slots_in(section):
                 self.kvm.set_logging(slot, False)
                 self.dirty_bmap[slot.words] = 0
 
@@ -151,7 +194,7 @@ class KvmMemoryListener(MemoryListener):
         re-protected). Legacy: it exchanges each word with 0 and re-protects the
         returned pages. The slot cache keeps the fetched bits as the CLEAR mask.
         """
-        for slot in self._slots(section):
+        for slot in self.kvm.slots_in(section):
             if not slot.logging:
                 continue
             w = slot.words
@@ -178,7 +221,7 @@ class KvmMemoryListener(MemoryListener):
             return
         lo = section.offset_within_address_space
         hi = lo + section.size
-        for slot in self._slots(section):
+        for slot in self.kvm.slots_in(section):
             first = (max(lo, slot.gpa) - slot.gpa) // PAGE_SIZE
             last = -(-(min(hi, slot.gpa + slot.size) - slot.gpa) // PAGE_SIZE)
             # QEMU aligns the start down and masks the padding out; dirtysim's chunks and slots are
@@ -187,14 +230,49 @@ class KvmMemoryListener(MemoryListener):
             last = min(slot.size // PAGE_SIZE, -(-last // 64) * 64)
             w0 = slot.words.start + first // WORD_PAGES
             w1 = slot.words.start + last // WORD_PAGES
-            reprotected = int(kernels.clear_by_mask(self.kvm.dirty, self.dirty_bmap, w0, w1))
+            reprotected = int(self.clear_kernel(self.kvm.dirty, self.dirty_bmap, w0, w1))
             cost = reprotected * self.costs.clear_dirty_log_per_page
             self.meter.add(cost)
             self.recorder.emit(ev.KvmClearDirtyLog, slot=slot.slot, first_page=first, num_pages=last - first,
                                reprotected=reprotected, cost_ns=cost)
 
-    def _slots(self, section: MemoryRegionSection) -> list[KVMSlot]:
-        return self.kvm.slots_in(section)
+    def pending_dirty(self) -> list[np.ndarray]:
+        """Dirty bits this listener holds for a later sync (for the oracle): the kernel bitmaps."""
+        return [self.kvm.dirty]
+
+
+class KvmRingMemoryListener(KvmMemoryListener):
+    """``kvm-memory`` with a dirty ring: ``log_sync_global`` and no ``log_sync``/``log_clear``."""
+
+    log_sync = None
+    log_clear = None
+
+    def __init__(self, kvm: KvmDirtyLog, memory, tracking: DirtyTracking, costs, meter: CostMeter):
+        super().__init__(kvm, memory, tracking, costs, meter)
+        self.reaped = np.zeros(kvm.rings.shape[0], dtype=np.int64)  # cpu->dirty_pages
+
+    def reap(self, reason: str, vcpu: int = -1) -> int:
+        """``kvm_dirty_ring_reap`` (all vCPUs) + ``KVM_RESET_DIRTY_RINGS``; returns the time it took."""
+        self.dirty_bmap = grown(self.dirty_bmap, self.kvm.protected.shape[0])
+        n = int(kernels.reap_rings(self.kvm.rings, self.kvm.dirty_index, self.kvm.reset_index, self.dirty_bmap,
+                                   self.kvm.protected, self.reaped))
+        cost = n * (self.costs.ring_reap_per_entry + self.costs.ring_reset_per_entry)
+        self.recorder.emit(ev.DirtyRingReap, reason=reason, vcpu=vcpu, entries=n, cost_ns=cost)
+        return cost
+
+    def log_sync_global(self, last_stage: bool) -> None:
+        """``kvm_log_sync_global``: flush every ring, then push each logging slot's bits to L2 and zero them."""
+        self.meter.add(self.reap("sync"))
+        for slot in self.kvm.slots:
+            if slot.logging:
+                w = slot.words
+                if self.memory.global_dirty_tracking:
+                    kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
+                self.dirty_bmap[w] = 0  # kvm_slot_reset_dirty_pages
+
+    def pending_dirty(self) -> list[np.ndarray]:
+        """Collected bits not yet pushed to L2, and pages in entries nobody has collected."""
+        return [self.dirty_bmap, self.kvm.unreaped_pages()]
 
 
 def _key(section: MemoryRegionSection) -> tuple:

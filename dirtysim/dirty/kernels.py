@@ -23,6 +23,7 @@ NORMAL_PAGE_BYTES = PAGE_HEADER + PAGE_SIZE  # save_normal_page
 
 # send_pages() stop reasons
 SEND_END_OF_BLOCK, SEND_BUDGET, SEND_NEED_CLEAR = 0, 1, 2
+UNSENT = np.uint32(0xFFFFFFFF)  # destination oracle: the page was never received
 
 
 @intrinsic
@@ -181,11 +182,15 @@ def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift
     zero-page or normal-page record, and delivers its current generation to the
     destination oracle. ``first_extra`` bytes (block idstr) go on the first page.
 
-    out[:] = next page, normal pages, zero pages, bytes. Returns a SEND_* code.
+    out[:] = next page, normal pages, zero pages, bytes, re-sent pages (sent
+    before), unchanged pages (re-sent although not written since the last send:
+    "write-not-dirty"). Returns a SEND_* code.
     """
     nbytes = 0
     normal = 0
     zero = 0
+    resent = 0
+    unchanged = 0
     extra = first_extra
     status = SEND_END_OF_BLOCK
     while True:
@@ -207,12 +212,18 @@ def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift
             normal += 1
             nbytes += NORMAL_PAGE_BYTES + extra
         extra = 0
+        if dst_gen[p] != UNSENT:
+            resent += 1
+            if dst_gen[p] == src_gen[p]:
+                unchanged += 1
         dst_gen[p] = src_gen[p]
         page = p + 1
     out[0] = page
     out[1] = normal
     out[2] = zero
     out[3] = nbytes
+    out[4] = resent
+    out[5] = unchanged
     return status
 
 
@@ -274,3 +285,141 @@ def map_writes(u, seg_end, first, pages, hot_first, hot_pages, hot_share, out):
                     k += hot_pages[v]
                 out[i] = first[v] + k
         start = seg_end[v]
+
+
+@jit
+def clear_all(kvm, mask, w0, w1):
+    """WRONG on purpose (``kvm_clear: clear-all``): clear every bit of the range, not QEMU's fetched mask.
+
+    Bits set by the guest after the last GET are dropped although nobody fetched
+    them: those writes are never reported (reference §5.3, rule 1).
+    """
+    n = np.uint64(0)
+    for w in range(w0, w1):
+        n += popcount64(kvm[w] & mask[w])
+        kvm[w] = 0
+        mask[w] = 0
+    return n
+
+
+@jit
+def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen,
+                      rings, dirty_index, reset_index, soft_limit, faults, out):
+    """Guest writes with the KVM dirty ring (``mark_page_dirty_in_slot`` -> ``kvm_dirty_ring_push``).
+
+    A write to a write-protected page faults, pushes (the page's RAM index) onto
+    the writing vCPU's ring and makes the page writable. When a ring holds
+    ``soft_limit`` unreset entries the vCPU exits with KVM_EXIT_DIRTY_RING_FULL:
+    the kernel stops at that write and returns 1 with out[0] = vCPU, out[1] =
+    index of the next write, so the caller can reap and resume from ``start``.
+    Returns 0 when every write is applied; out[2] counts unassigned writes.
+    """
+    nslots = slot_gpa.shape[0]
+    n = rings.shape[1]
+    seg_start = 0
+    for v in range(seg_end.shape[0]):
+        stop = seg_end[v]
+        i = max(seg_start, start)
+        while i < stop:
+            if dirty_index[v] - reset_index[v] >= soft_limit:
+                out[0] = v
+                out[1] = i
+                return 1
+            g = gpa_pages[i]
+            i += 1
+            s = 0
+            while s < nslots and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
+                s += 1
+            if s == nslots:
+                out[2] += 1
+                continue
+            r = g - slot_gpa[s] + slot_ram[s]
+            gen[r] += 1
+            if slot_logging[s]:
+                w = r >> 6
+                b = np.uint64(1) << np.uint64(r & 63)
+                if protected[w] & b:
+                    protected[w] &= ~b
+                    rings[v, dirty_index[v] % n] = r
+                    dirty_index[v] += 1
+                    faults[v] += 1
+        seg_start = stop
+    return 0
+
+
+@jit
+def reap_rings(rings, dirty_index, reset_index, dirty_bmap, protected, reaped):
+    """``kvm_dirty_ring_reap`` + ``KVM_RESET_DIRTY_RINGS`` for every vCPU.
+
+    Each collected entry sets its bit in ``KVMSlot.dirty_bmap`` (ram-indexed
+    here); the reset re-protects the page. ``reaped[v]`` counts entries per vCPU
+    (``cpu->dirty_pages``). Returns the total.
+    """
+    n = rings.shape[1]
+    total = 0
+    for v in range(rings.shape[0]):
+        for k in range(reset_index[v], dirty_index[v]):
+            r = rings[v, k % n]
+            w = r >> 6
+            b = np.uint64(1) << np.uint64(r & 63)
+            dirty_bmap[w] |= b
+            protected[w] |= b
+        count = dirty_index[v] - reset_index[v]
+        reaped[v] += count
+        total += count
+        reset_index[v] = dirty_index[v]
+    return total
+
+
+@jit
+def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
+    """OR the pages of not-yet-reaped ring entries into ``out_bmap`` (for the oracle)."""
+    n = rings.shape[1]
+    for v in range(rings.shape[0]):
+        for k in range(reset_index[v], dirty_index[v]):
+            r = rings[v, k % n]
+            out_bmap[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+
+
+@jit
+def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, gen, log, logging):
+    """A vhost backend writes guest memory: bump each page's generation, then ``vu_log_page`` (atomic OR).
+
+    The log is indexed by guest-physical page (``VHOST_LOG_PAGE`` = 4 KiB per
+    bit) and written only while ``logging`` (VHOST_F_LOG_ALL); writes outside the
+    backend's memory table are not performed. Returns pages written.
+    """
+    nslots = slot_gpa.shape[0]
+    logged = 0
+    for i in range(gpa_pages.shape[0]):
+        g = gpa_pages[i]
+        s = 0
+        while s < nslots and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
+            s += 1
+        if s == nslots:
+            continue
+        gen[g - slot_gpa[s] + slot_ram[s]] += 1
+        if logging:
+            log[g >> 6] |= np.uint64(1) << np.uint64(g & 63)
+        logged += 1
+    return logged
+
+
+@jit
+def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
+    """``vhost_dev_sync_region``: move vhost log words [w0, w1) into ``dst`` at ``dst_w0``.
+
+    exchange=True: each non-zero word is atomically exchanged with 0 (QEMU).
+    exchange=False: a plain read only (the WRONG read-then-zero variant; the
+    caller stores 0 later). ``seen`` receives the words read. Returns set bits.
+    """
+    n = np.uint64(0)
+    for w in range(w0, w1):
+        x = log[w]
+        seen[w - w0] = x
+        if x:
+            if exchange:
+                log[w] = 0
+            dst[dst_w0 + w - w0] |= x
+            n += popcount64(x)
+    return n

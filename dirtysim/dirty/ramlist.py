@@ -10,7 +10,8 @@ in which every RAMBlock occupies ``[offset, offset + max_length)``):
   flag per 2^clear_bmap_shift pages) are owned by the migration code.
 
 The page oracle lives here too: ``src_gen`` is the write generation of each
-source page (0 = never written and zero), ``dst_gen`` what the destination holds.
+source page (0 = never written and zero), ``dst_gen`` what the destination holds
+(``UNSENT`` until the page is first received).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..dirty.kernels import UNSENT
 from ..scenario.schema import PAGE_SIZE
 
 WORD_PAGES = 64
@@ -80,7 +82,7 @@ class RAMList:
         words = -(-pages // WORD_PAGES)
         self.dirty_memory = grown(self.dirty_memory, words)
         self.src_gen = grown(self.src_gen, pages)
-        self.dst_gen = grown(self.dst_gen, pages)
+        self.dst_gen = grown(self.dst_gen, pages, UNSENT)
         self.total_pages = pages
 
     def ram_bytes_total(self) -> int:
@@ -88,10 +90,10 @@ class RAMList:
         return sum(b.used_length for b in self.blocks)
 
 
-def grown(array: np.ndarray, n: int) -> np.ndarray:
-    """``array`` zero-extended to ``n`` entries (unchanged if it is already that long)."""
+def grown(array: np.ndarray, n: int, fill=0) -> np.ndarray:
+    """``array`` extended to ``n`` entries with ``fill`` (unchanged if it is already that long)."""
     if array.shape[0] >= n:
         return array
-    out = np.zeros(n, dtype=array.dtype)
+    out = np.full(n, fill, dtype=array.dtype)
     out[: array.shape[0]] = array
     return out

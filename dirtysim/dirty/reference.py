@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import NORMAL_PAGE_BYTES, SEND_BUDGET, SEND_END_OF_BLOCK, SEND_NEED_CLEAR, ZERO_PAGE_BYTES
+from .kernels import NORMAL_PAGE_BYTES, SEND_BUDGET, SEND_END_OF_BLOCK, SEND_NEED_CLEAR, UNSENT, ZERO_PAGE_BYTES
 
 
 def bits(words: np.ndarray) -> np.ndarray:
@@ -88,7 +88,7 @@ def find_next_bit(bmap, page, end):
 def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
                first_extra, out):
     b = bits(bmap)
-    nbytes = normal = zero = 0
+    nbytes = normal = zero = resent = unchanged = 0
     extra = first_extra
     status = SEND_END_OF_BLOCK
     while True:
@@ -109,10 +109,12 @@ def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift
         normal += not is_zero
         nbytes += (ZERO_PAGE_BYTES if is_zero else NORMAL_PAGE_BYTES) + extra
         extra = 0
+        resent += dst_gen[page] != UNSENT
+        unchanged += dst_gen[page] == src_gen[page]
         dst_gen[page] = src_gen[page]
         page += 1
     bmap[:] = words(b)
-    out[:4] = (page, normal, zero, nbytes)
+    out[:6] = (page, normal, zero, nbytes, resent, unchanged)
     return status
 
 
@@ -140,3 +142,97 @@ def map_writes(u, seg_end, first, pages, hot_first, hot_pages, hot_share, out):
                 k = int((u[i] - hot_share[v]) / (1.0 - hot_share[v]) * len(cold_pages))
                 out[i] = cold_pages[min(k, len(cold_pages) - 1)]
         start = stop
+
+
+def clear_all(kvm, mask, w0, w1):
+    k, m = bits(kvm), bits(mask)
+    sl = slice(w0 * 64, w1 * 64)
+    n = int(np.count_nonzero(k[sl] & m[sl]))
+    k[sl] = False
+    m[sl] = False
+    kvm[:], mask[:] = words(k), words(m)
+    return n
+
+
+def _slot_of(g, slot_gpa, slot_pages):
+    hits = [s for s in range(len(slot_gpa)) if slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]]
+    return hits[0] if hits else None
+
+
+def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen,
+                      rings, dirty_index, reset_index, soft_limit, faults, out):
+    prot = bits(protected)
+    n = rings.shape[1]
+    seg_start = 0
+    for v, stop in enumerate(seg_end):
+        for i in range(max(seg_start, start), stop):
+            if dirty_index[v] - reset_index[v] >= soft_limit:
+                protected[:] = words(prot)
+                out[0], out[1] = v, i
+                return 1
+            s = _slot_of(gpa_pages[i], slot_gpa, slot_pages)
+            if s is None:
+                out[2] += 1
+                continue
+            r = gpa_pages[i] - slot_gpa[s] + slot_ram[s]
+            gen[r] += 1
+            if slot_logging[s] and prot[r]:
+                prot[r] = False
+                rings[v, dirty_index[v] % n] = r
+                dirty_index[v] += 1
+                faults[v] += 1
+        seg_start = stop
+    protected[:] = words(prot)
+    return 0
+
+
+def reap_rings(rings, dirty_index, reset_index, dirty_bmap, protected, reaped):
+    d, p = bits(dirty_bmap), bits(protected)
+    n = rings.shape[1]
+    total = 0
+    for v in range(rings.shape[0]):
+        entries = [rings[v, k % n] for k in range(reset_index[v], dirty_index[v])]
+        d[entries] = True
+        p[entries] = True
+        reaped[v] += len(entries)
+        total += len(entries)
+        reset_index[v] = dirty_index[v]
+    dirty_bmap[:], protected[:] = words(d), words(p)
+    return total
+
+
+def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
+    o = bits(out_bmap)
+    n = rings.shape[1]
+    for v in range(rings.shape[0]):
+        for k in range(reset_index[v], dirty_index[v]):
+            o[rings[v, k % n]] = True
+    out_bmap[:] = words(o)
+
+
+def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, gen, log, logging):
+    lg = bits(log)
+    logged = 0
+    for g in gpa_pages:
+        s = _slot_of(g, slot_gpa, slot_pages)
+        if s is None:
+            continue
+        gen[g - slot_gpa[s] + slot_ram[s]] += 1
+        lg[g] |= bool(logging)
+        logged += 1
+    log[:] = words(lg)
+    return logged
+
+
+def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
+    lg, d = bits(log), bits(dst)
+    n = 0
+    for w in range(w0, w1):
+        seen[w - w0] = log[w]
+        page_bits = lg[w * 64 : (w + 1) * 64].copy()
+        n += int(np.count_nonzero(page_bits))
+        d[(dst_w0 + w - w0) * 64 : (dst_w0 + w - w0 + 1) * 64] |= page_bits
+        if exchange:
+            lg[w * 64 : (w + 1) * 64] = False
+    log[:], dst[:] = words(lg), words(d)
+    return n

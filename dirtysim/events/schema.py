@@ -69,6 +69,31 @@ class KvmClearDirtyLog(Event, tag="kvm-clear-dirty-log"):
     cost_ns: int
 
 
+class DirtyRingReap(Event, tag="dirty-ring-reap"):
+    """``kvm_dirty_ring_reap`` of every ring + ``KVM_RESET_DIRTY_RINGS`` (entries re-protected)."""
+
+    reason: str  # reaper | ring-full | sync
+    vcpu: int  # the vCPU that exited with KVM_EXIT_DIRTY_RING_FULL, else -1
+    entries: int
+    cost_ns: int
+
+
+class VhostLogSync(Event, tag="vhost-log-sync"):
+    """``vhost_log_sync`` of one section by one vhost device: bits moved from the shared log to L2."""
+
+    device: str
+    pages: int
+    harvest: str  # exchange | read-then-zero
+    cost_ns: int
+
+
+class VhostLogZero(Event, tag="vhost-log-zero"):
+    """read-then-zero only: the delayed store of 0 into the words read at the last harvest."""
+
+    device: str
+    erased_pages: int  # bits ORed by the backend between the read and the store, now gone
+
+
 class MigrationStatus(Event, tag="migration-status"):
     status: str  # setup | active | device | completed | cancelled | failed
 
@@ -118,6 +143,8 @@ class Transfer(Event, tag="transfer"):
     block: Optional[str] = None
     normal: int = 0
     zero: int = 0
+    resent: int = 0  # pages the destination had received before
+    unchanged: int = 0  # re-sent although not written since their last send ("write-not-dirty")
 
 
 class ScanWrap(Event, tag="scan-wrap"):
@@ -131,6 +158,8 @@ class VcpuStats(Event, tag="vcpu-stats"):
     writes: int
     faults: int
     fault_ns: int
+    ring_full_exits: int = 0
+    ring_full_ns: int = 0  # time stalled in KVM_EXIT_DIRTY_RING_FULL (exit + reaping)
 
 
 class VcpusStopped(Event, tag="vcpus-stopped"):
@@ -140,7 +169,7 @@ class VcpusStopped(Event, tag="vcpus-stopped"):
 class OracleCheck(Event, tag="oracle-check"):
     """Destination against the source page oracle."""
 
-    at: str  # switchover | timeout
+    at: str  # switchover | timeout | after a deliberately wrong step (clear-all, send-before-clear, vhost-zero)
     stale_pages: int
     lost_pages: int
 
@@ -151,6 +180,7 @@ class RunFinished(Event, tag="run-finished"):
 
 
 AnyEvent = Union[
-    RunStarted, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, MigrationStatus, LazyClear,
+    RunStarted, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, DirtyRingReap, VhostLogSync,
+    VhostLogZero, MigrationStatus, LazyClear,
     BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, RunFinished,
 ]

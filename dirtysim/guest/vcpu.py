@@ -32,11 +32,21 @@ class Vcpu:
     writes: int = 0  # since the last stats read
     faults: int = 0
     fault_ns: int = 0
+    ring_full_exits: int = 0
+    ring_full_ns: int = 0
 
-    def take_stats(self) -> tuple[int, int, int]:
-        stats = (self.writes, self.faults, self.fault_ns)
-        self.writes = self.faults = self.fault_ns = 0
+    def take_stats(self) -> dict:
+        """Counters since the previous call (one VcpuStats event per sync)."""
+        stats = {"writes": self.writes, "faults": self.faults, "fault_ns": self.fault_ns,
+                 "ring_full_exits": self.ring_full_exits, "ring_full_ns": self.ring_full_ns}
+        self.writes = self.faults = self.fault_ns = self.ring_full_exits = self.ring_full_ns = 0
         return stats
+
+    def stall(self, ns: int) -> None:
+        """KVM_EXIT_DIRTY_RING_FULL: the vCPU is out of the guest for ``ns`` (exit + reaping)."""
+        self.ring_full_exits += 1
+        self.ring_full_ns += ns
+        self.debt_ns += ns
 
     def writes_in(self, quantum_ns: int) -> int:
         """Writes this vCPU makes in the next quantum, after serving fault time it owes."""

@@ -47,6 +47,7 @@ class PrecopyMigration:
                                      rate_limit_max(mig.max_bandwidth))
         self.zero_detect = mig.zero_page_detection != "none"
         self.shift = scenario.dirty_tracking.clear_bitmap_shift
+        self.send_before_clear = scenario.dirty_tracking.send_order == "send-before-clear"
         self.transferred = 0  # migration_transferred_bytes
         self.pages_sent = 0  # ram_get_total_transferred_pages
         self.dirty_sync_count = 0
@@ -54,8 +55,9 @@ class PrecopyMigration:
         self.dirty_bytes_last_sync = 0
         self.stop_reason: str | None = None
         self.rs: RAMState | None = None
-        self._out = np.zeros(4, dtype=np.int64)
-        self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes of the slice in flight
+        self._out = np.zeros(6, dtype=np.int64)
+        self._deferred: tuple[RAMBlock, int] | None = None  # send-before-clear: chunk awaiting its clear
+        self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes, resent, unchanged in flight
 
     # -- clock ---------------------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -130,6 +132,7 @@ class PrecopyMigration:
     def bitmap_sync(self, reason: str, pending_before: int, last_stage: bool = False):
         """``migration_bitmap_sync``: harvest every listener into L2, then L2 -> bmap counting 0->1."""
         rs, mem = self.rs, self.m.memory
+        self.flush_deferred_clear()  # send-before-clear: the pass ends, its last chunk is cleared now
         self.dirty_sync_count += 1
         if not rs.time_last_bitmap_sync:
             rs.time_last_bitmap_sync = self.now_ms()
@@ -154,8 +157,7 @@ class PrecopyMigration:
             rs.num_dirty_pages_period = 0
             rs.bytes_xfer_prev = self.transferred
         for v in self.m.guest.vcpus:
-            writes, faults, fault_ns = v.take_stats()
-            self.rec.emit(ev.VcpuStats, vcpu=v.index, writes=writes, faults=faults, fault_ns=fault_ns)
+            self.rec.emit(ev.VcpuStats, vcpu=v.index, **v.take_stats())
         self.rec.emit(ev.BitmapSync, dirty_sync_count=self.dirty_sync_count, reason=reason,
                       pending_before=pending_before, threshold_size=self.counters.threshold_size,
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
@@ -194,13 +196,15 @@ class PrecopyMigration:
             status = kernels.send_pages(block.bmap, block.clear_bmap, self.m.ram_list.src_gen[span],
                                         self.m.ram_list.dst_gen[span], rs.page, block.pages, budget - nbytes,
                                         cap - nbytes, self.shift, lazy, self.zero_detect, extra, self._out)
-            page, n, z, b = (int(x) for x in self._out)
+            page, n, z, b, resent, unchanged = (int(x) for x in self._out)
             if n + z:
                 rs.last_sent_block = block
-                self._account_block(block, n, z, b)
+                self._account_block(block, n, z, b, resent, unchanged)
             rs.migration_dirty_pages -= n + z
             normal, zero, nbytes, rs.page = normal + n, zero + z, nbytes + b, page
-            if status == kernels.SEND_NEED_CLEAR:
+            if status == kernels.SEND_NEED_CLEAR and self.send_before_clear:
+                self.defer_clear(block, page >> self.shift)
+            elif status == kernels.SEND_NEED_CLEAR:
                 self.clear_chunk(block, page >> self.shift)
             elif status == kernels.SEND_END_OF_BLOCK:
                 rs.page = 0
@@ -213,19 +217,38 @@ class PrecopyMigration:
         self._record_pages()
         return normal + zero
 
-    def _account_block(self, block: RAMBlock, normal: int, zero: int, nbytes: int) -> None:
-        acc = self._pending.setdefault(block.idstr, [0, 0, 0])
-        acc[0] += normal
-        acc[1] += zero
-        acc[2] += nbytes
+    def defer_clear(self, block: RAMBlock, chunk: int) -> None:
+        """WRONG on purpose (send-before-clear): a chunk is cleared only after all its pages were sent.
+
+        The clear of the previous chunk is issued now, when the scan enters the
+        next one. A guest write between a page's send and that clear does not
+        fault (the page is still writable), and the clear drops its bit: lost.
+        """
+        self.flush_deferred_clear()
+        block.clear_bmap[chunk] = 0
+        self._deferred = (block, chunk)
+
+    def flush_deferred_clear(self) -> None:
+        if self._deferred is not None:
+            block, chunk = self._deferred
+            self._deferred = None
+            block.clear_bmap[chunk] = 1
+            self.clear_chunk(block, chunk)
+            self.m.audit("send-before-clear")
+
+    def _account_block(self, block: RAMBlock, *counts: int) -> None:
+        acc = self._pending.setdefault(block.idstr, [0] * len(counts))
+        for i, c in enumerate(counts):
+            acc[i] += c
 
     def _record_pages(self) -> None:
         """The flush returned: the bytes count as transferred (``qemu_fflush``)."""
-        for idstr, (n, z, b) in self._pending.items():
+        for idstr, (n, z, b, resent, unchanged) in self._pending.items():
             self.transferred += b
             self.pages_sent += n + z
             self.rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=b,
-                          wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running)
+                          wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running,
+                          resent=resent, unchanged=unchanged)
         self._pending = {}
 
     def clear_chunk(self, block: RAMBlock, chunk: int) -> None:
@@ -236,6 +259,8 @@ class PrecopyMigration:
         size = min(size, block.used_length - start)
         self.rec.emit(ev.LazyClear, block=block.idstr, chunk=chunk, start=start, size=size)
         self.m.memory.memory_region_clear_dirty_bitmap(block.mr, start, size)
+        if self.sc.dirty_tracking.kvm_clear != "mask":
+            self.m.audit("clear-all")
 
     def _transfer(self, kind: str, nbytes: int):
         wire_ns = nbytes * 10**9 // self.link_bytes_per_s
@@ -247,7 +272,7 @@ class PrecopyMigration:
     def completion(self):
         """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
         self.rec.emit(ev.VcpusStopped)
-        self.m.guest.stop()  # migration_stop_vm: downtime starts (status stays "active" without pause-before-switchover)
+        self.m.stop_vm()  # migration_stop_vm: downtime starts (status stays "active" without pause-before-switchover)
         self.counters.rate_limit_max = 0  # migration_switchover_start: rate limit off
         self.rs.last_stage = True  # ram_save_complete
         yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE, last_stage=True)

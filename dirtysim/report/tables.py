@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..events import schema as ev
@@ -17,8 +18,14 @@ NS_PER_MS = 10**6
 ROUND_FIELDS = [
     "time", "dirty-sync-count", "reason", "transferred", "remaining", "dirty-pages-rate", "mbps",
     "expected-downtime", "new-dirty-pages", "threshold-size", "pending-before", "duplicate", "normal",
-    "vcpu-writes", "vcpu-faults", "vcpu-fault-ms", "lazy-clears", "reprotected-pages", "sync-cost-us",
+    "resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ms", "ring-full-exits",
+    "vcpu-ring-full-ms", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
+    "thread-get-us", "thread-clear-us", "thread-reap-us", "sync-cost-us",
 ]
+# Per-interval counters (reset at every sync) and what they are folded from.
+INTERVAL_FIELDS = ("resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ns", "ring-full-exits",
+                   "vcpu-ring-full-ns", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
+                   "thread-get-ns", "thread-clear-ns", "thread-reap-ns")
 
 
 @dataclass
@@ -45,17 +52,21 @@ class _Fold:
     pages_per_second: float = 0.0
     expected_downtime: int = 300
     threshold_size: int = 0
-    writes: int = 0
-    faults: int = 0
-    fault_ns: int = 0
-    clears: int = 0
-    reprotected: int = 0
     lost_pages: int | None = None
     stale_pages: int | None = None
+    first_lost_ns: int | None = None
+    first_lost_at: str | None = None
     stop_reason: str | None = None
     error: str | None = None
     seed: int = 0
+    interval: Counter = field(default_factory=Counter)
+    totals: Counter = field(default_factory=Counter)
     rounds: list = field(default_factory=list)
+
+    def _add(self, **counts: int) -> None:
+        for key, n in counts.items():
+            self.interval[key] += n
+            self.totals[key] += n
 
     def apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
@@ -76,6 +87,7 @@ class _Fold:
                 self.normal += e.normal
                 self.zero += e.zero
                 self.dirty_pages -= e.normal + e.zero
+                self._add(**{"resent": e.resent, "write-not-dirty": e.unchanged})
                 if e.running:
                     self.precopy_bytes += e.bytes
                 else:
@@ -84,21 +96,28 @@ class _Fold:
             self.mbps, self.pages_per_second = e.mbps, e.pages_per_second
             self.expected_downtime, self.threshold_size = e.expected_downtime, e.threshold_size
         elif isinstance(e, ev.VcpuStats):
-            self.writes += e.writes
-            self.faults += e.faults
-            self.fault_ns += e.fault_ns
+            self._add(**{"vcpu-writes": e.writes, "vcpu-faults": e.faults, "vcpu-fault-ns": e.fault_ns,
+                         "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns})
         elif isinstance(e, ev.LazyClear):
-            self.clears += 1
+            self._add(**{"lazy-clears": 1})
         elif isinstance(e, ev.KvmClearDirtyLog):
-            self.reprotected += e.reprotected
+            self._add(**{"reprotected-pages": e.reprotected, "thread-clear-ns": e.cost_ns})
         elif isinstance(e, ev.KvmGetDirtyLog):
-            self.reprotected += e.reprotected
+            self._add(**{"reprotected-pages": e.reprotected, "thread-get-ns": e.cost_ns})
+        elif isinstance(e, ev.DirtyRingReap):
+            self._add(**{"ring-reaped": e.entries, "reprotected-pages": e.entries})
+            if e.reason == "sync":
+                self._add(**{"thread-reap-ns": e.cost_ns})
+        elif isinstance(e, ev.VhostLogSync):
+            self._add(**{"vhost-logged-pages": e.pages})
         elif isinstance(e, ev.BitmapSync):
             self._sync(e)
         elif isinstance(e, ev.VcpusStopped):
             self.stop_ns = e.t_ns
         elif isinstance(e, ev.OracleCheck):
             self.lost_pages, self.stale_pages = e.lost_pages, e.stale_pages
+            if e.lost_pages and self.first_lost_ns is None:
+                self.first_lost_ns, self.first_lost_at = e.t_ns, e.at
         elif isinstance(e, ev.RunFinished):
             self.stop_reason, self.error = e.stop_reason, e.error
 
@@ -106,7 +125,8 @@ class _Fold:
         self.syncs = e.dirty_sync_count
         self.dirty_pages = e.migration_dirty_pages
         self.dirty_pages_rate = e.dirty_pages_rate
-        self.rounds.append({
+        acc = self.interval
+        row = {
             "time": round((e.t_ns - (self.migrate_ns or 0)) / NS_PER_MS, 3),
             "dirty-sync-count": e.dirty_sync_count,
             "reason": e.reason,
@@ -120,14 +140,16 @@ class _Fold:
             "pending-before": e.pending_before,
             "duplicate": self.zero,
             "normal": self.normal,
-            "vcpu-writes": self.writes,
-            "vcpu-faults": self.faults,
-            "vcpu-fault-ms": round(self.fault_ns / NS_PER_MS, 3),
-            "lazy-clears": self.clears,
-            "reprotected-pages": self.reprotected,
             "sync-cost-us": e.cost_ns // 1000,
-        })
-        self.writes = self.faults = self.fault_ns = self.clears = self.reprotected = 0
+        }
+        for key in INTERVAL_FIELDS:
+            if key.endswith("-ns"):
+                unit, div = ("-us", 1000) if key.startswith("thread") else ("-ms", NS_PER_MS)
+                row[key.removesuffix("-ns") + unit] = round(acc[key] / div, 3)
+            else:
+                row[key] = acc[key]
+        self.rounds.append(row)
+        self.interval = Counter()
 
 
 def fold(events: list[ev.Event]) -> _Fold:
@@ -189,12 +211,23 @@ def summary(events: list[ev.Event]) -> dict:
     out["ram"] = ram
     if f.error:
         out["error-desc"] = f.error
+    t = f.totals
     out["dirtysim"] = {
         "stop-reason": f.stop_reason,
         "lost-pages": f.lost_pages,
         "stale-pages": f.stale_pages,
+        "first-lost-ms": (f.first_lost_ns - start) // NS_PER_MS if f.first_lost_ns is not None else None,
+        "first-lost-at": f.first_lost_at,
         "seed": f.seed,
         "downtime-ns": (end - f.stop_ns) if completed and f.stop_ns is not None else None,
+        "resent-pages": t["resent"],
+        "write-not-dirty-pages": t["write-not-dirty"],
+        "vcpu-faults": t["vcpu-faults"],
+        "vcpu-fault-ms": round(t["vcpu-fault-ns"] / NS_PER_MS, 3),
+        "ring-full-exits": t["ring-full-exits"],
+        "vcpu-ring-full-ms": round(t["vcpu-ring-full-ns"] / NS_PER_MS, 3),
+        "vhost-logged-pages": t["vhost-logged-pages"],
+        "thread-ioctl-ms": round((t["thread-get-ns"] + t["thread-clear-ns"] + t["thread-reap-ns"]) / NS_PER_MS, 3),
         "events": len(events),
     }
     return out

@@ -78,19 +78,47 @@ class MemoryConfig(_Model):
     zero_fraction: Fraction01 = Field(0.0, description="share of RAM that is zero at migration start (sent as 'duplicate')")
 
 
+class _VhostUserDevice(_Model):
+    queues: int = Field(1, ge=1, le=64, strict=True, description="queue pairs; each has a used ring page")
+    buffers: Size = Field(64 << 20, description="guest RAM holding the device's buffers, used round-robin")
+    buffer_offset: Optional[Size] = Field(
+        None, description="guest-physical start of the buffers (default: stacked below the top of RAM)"
+    )
+
+
+class VhostUserNet(_VhostUserDevice):
+    """A vhost-user virtio-net backend receiving packets: it writes them into guest RX buffers."""
+
+    kind: Literal["vhost-user-net"]
+    rx: Rate = Field(description="received payload written into guest memory")
+    packet: Size = Field(1500, description="bytes per packet (one RX buffer per packet)")
+
+
+class VhostUserBlk(_VhostUserDevice):
+    """A vhost-user virtio-blk backend serving reads: it writes the data into guest buffers."""
+
+    kind: Literal["vhost-user-blk"]
+    read: Rate = Field(description="read data written into guest memory")
+    request: Size = Field(64 << 10, description="bytes per read request")
+
+
+Device = Annotated[Union[VhostUserNet, VhostUserBlk], Field(discriminator="kind")]
+
+
 class Machine(_Model):
     accel: Literal["kvm"] = Field("kvm", description="accelerator; TCG listeners are not built yet")
     memory: MemoryConfig
     vcpus: list[VcpuGroup] = Field(min_length=1)
+    devices: list[Device] = Field(default_factory=list, description="vhost-user device backends")
     device_state: Size = Field(
         256 << 10, description="non-iterable device state sent during downtime [modelling assumption]"
     )
 
 
 class DirtyTracking(_Model):
-    """KVM dirty logging (``accel/kvm/kvm-all.c``)."""
+    """KVM dirty logging (``accel/kvm/kvm-all.c``), vhost log harvesting, and the deliberately wrong variants."""
 
-    mode: Literal["bitmap"] = Field("bitmap", description="dirty bitmap; the dirty ring is not built yet")
+    mode: Literal["bitmap", "ring"] = Field("bitmap", description="KVM dirty bitmap, or the per-vCPU dirty ring")
     manual_protect: bool = Field(True, description="KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (QEMU enables it when offered)")
     initially_set: bool = Field(
         True, description="KVM_DIRTY_LOG_INITIALLY_SET (needs manual_protect; default: same as manual_protect)"
@@ -102,14 +130,49 @@ class DirtyTracking(_Model):
         le=CLEAR_BITMAP_SHIFT_MAX,
         description="x-clear-bitmap-shift: log2 pages per lazy-clear chunk (QEMU clamps to 6..31; dirtysim rejects)",
     )
-
+    ring_size: int = Field(
+        4096, strict=True, ge=1024, le=65536,
+        description="dirty-ring-size in entries, a power of two (ring mode; QEMU's 0 means bitmap mode)",
+    )
+    pml: bool = Field(True, description="x86 PML: 512 more ring entries reserved (soft-full at N-576, else N-64)")
+    reaper_period: Duration = Field(10**9, gt=0, description="kvm-reaper harvest period (1 s)")
+    kvm_clear: Literal["mask", "clear-all"] = Field(
+        "mask", description="KVM_CLEAR_DIRTY_LOG by QEMU's fetched mask, or WRONG: clear the whole range"
+    )
+    send_order: Literal["clear-before-send", "send-before-clear"] = Field(
+        "clear-before-send", description="lazy clear before a chunk's first page is sent, or WRONG: after"
+    )
+    vhost_harvest: Literal["exchange", "read-then-zero"] = Field(
+        "exchange", description="vhost log words taken by atomic exchange, or WRONG: a read, then a store of 0"
+    )
+    vhost_harvest_gap: Duration = Field(
+        2 * 10**6, description="read-then-zero: time between the read and the store of 0 (a descheduled thread)"
+    )
     @model_validator(mode="before")
     @classmethod
-    def _initially_set_follows_manual_protect(cls, data):
-        """QEMU asks for INITIALLY_SET only together with MANUAL_PROTECT2 (``kvm_setup_dirty_ring``)."""
-        if isinstance(data, dict) and "initially_set" not in data:
-            data = {**data, "initially_set": data.get("manual_protect", True)}
+    def _defaults_follow_the_mode(cls, data):
+        """QEMU enables MANUAL_PROTECT2 (+INITIALLY_SET) only without a ring (``kvm_setup_dirty_ring``)."""
+        if isinstance(data, dict):
+            ring = data.get("mode") == "ring"
+            data = {"manual_protect": not ring, **data}
+            data.setdefault("initially_set", data["manual_protect"])
         return data
+
+    @model_validator(mode="after")
+    def _ring_rules(self):
+        def bad(key: str, msg: str, allowed: str, got: str):
+            raise PydanticCustomError(key, msg, {"allowed": allowed, "loc": ("dirty_tracking", key), "got": got})
+
+        if self.ring_size & (self.ring_size - 1):
+            bad("ring_size", "not a power of two", "1024, 2048, ..., 65536", str(self.ring_size))
+        if self.mode == "ring" and self.manual_protect:
+            bad("manual_protect", "QEMU does not use manual protect with the dirty ring (kvm_setup_dirty_ring)",
+                "false in ring mode", "true")
+        for key, good in (("kvm_clear", "mask"), ("send_order", "clear-before-send")):
+            if getattr(self, key) != good and not (self.mode == "bitmap" and self.manual_protect):
+                bad(key, "only bitmap mode with manual_protect has a KVM_CLEAR_DIRTY_LOG step",
+                    f"{good} unless mode is bitmap with manual_protect", getattr(self, key))
+        return self
 
     @model_validator(mode="after")
     def _initially_set_needs_manual_protect(self):
@@ -131,7 +194,9 @@ class Costs(_Model):
     GET 0.66 ms / 96 GiB ≈ 7 us per GiB; CLEAR 1.83 s / 25.2 M re-protected pages
     ≈ 73 ns per page. The write fault default (2 us) is a modelling assumption for
     a fast-path write-protect fault on an already-split 4 KiB mapping; C.6's 14 us
-    per first write includes 1 GiB hugepage splitting and is an upper bound.
+    per first write includes 1 GiB hugepage splitting and is an upper bound. No
+    public measurement of dirty-ring costs was found: the ring-full exit (10 us)
+    and reap (50 ns per entry) are assumptions; reset re-protects like CLEAR.
     """
 
     write_fault: Duration = Field(2_000, description="vCPU time lost per write to a write-protected page")
@@ -140,6 +205,10 @@ class Costs(_Model):
     bitmap_sync_per_gib: Duration = Field(
         2_000, description="migration_bitmap_sync L2->L3 exchange per GiB (perf-limits.md: 1.9 ms per TiB)"
     )
+    ring_full_exit: Duration = Field(10_000, description="KVM_EXIT_DIRTY_RING_FULL round trip to userspace [assumption]")
+    ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
+    ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
+    vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
 
 
 class Network(_Model):
@@ -213,7 +282,24 @@ class Scenario(_Model):
                     {"allowed": f"4KiB <= hot, hot_offset + hot <= {units.format_size(ws)}", "loc": loc + ("hot",),
                      "got": units.format_size(w.hot)},
                 )
+        for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
+            if offset < 0 or offset + size > ram or offset % PAGE_SIZE or size < (dev.queues + 1) * PAGE_SIZE:
+                raise PydanticCustomError(
+                    "buffers", "the device buffers do not fit in RAM",
+                    {"allowed": f"page-aligned, >= {dev.queues + 1} pages, inside {units.format_size(ram)}",
+                     "loc": ("machine", "devices", i, "buffers"),
+                     "got": f"{units.format_size(size)} at {units.format_size(offset)}"},
+                )
         return self
+
+    def device_buffers(self) -> list[tuple[int, int]]:
+        """(offset, size) of each device's buffers; by default stacked down from the top of RAM."""
+        out, top = [], self.machine.memory.size
+        for dev in self.machine.devices:
+            offset = top - dev.buffers if dev.buffer_offset is None else dev.buffer_offset
+            out.append((offset, dev.buffers))
+            top = min(top, offset)
+        return out
 
     def working_set(self, group: VcpuGroup) -> tuple[int, int]:
         """(offset, size) in bytes of a vCPU group's working set."""
