@@ -88,6 +88,26 @@ def schema() -> None:
 
 
 @main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("variants_file", metavar="VARIANTS", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), help="output directory")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override for every variant")
+def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[str, ...]) -> None:
+    """Run FILE once per variant of VARIANTS (name -> overrides) and print a comparison table."""
+    from .sweep import load_variants, markdown, run_variants
+
+    try:
+        variants = load_variants(variants_file)
+        out = Path(outdir or f"out/{Path(file).stem}-sweep")
+        rows = run_variants(file, variants, out, overrides)
+    except ScenarioError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(markdown(rows))
+    click.echo(f"\noutputs: {out}/<variant>/ and {out}/comparison.csv")
+
+
+@main.command()
 @click.argument("events", type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), required=True)
 def replay(events: str, outdir: str) -> None:

@@ -34,7 +34,7 @@ def write_projections(events: list, outdir: Path, run_info: dict, plots: bool) -
     """rounds.csv, summary.json (with ``run_info`` merged into its ``dirtysim`` object) and the plot."""
     summary = tables.summary(events)
     summary["dirtysim"].update(run_info)
-    write_atomic(outdir / "rounds.csv", tables.rounds_csv(tables.rounds(events)))
+    write_atomic(outdir / "rounds.csv", tables.csv_bytes(tables.rounds(events)))
     write_atomic(outdir / "summary.json", json_bytes(summary))
     if plots:
         from .plots import convergence_figure, save_figure

@@ -164,9 +164,10 @@ def rounds(events: list[ev.Event]) -> list[dict]:
     return fold(events).rounds
 
 
-def rounds_csv(rows: list[dict]) -> bytes:
+def csv_bytes(rows: list[dict], fields: list[str] = ROUND_FIELDS) -> bytes:
+    """Rows as CSV (the rounds table by default)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=ROUND_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue().encode()
