@@ -82,6 +82,50 @@ def validate(file: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--trace", is_flag=True, help="also apply the timeline's map actions and print every hook call")
+def listeners(file: str, trace: bool) -> None:
+    """Print the memory listeners FILE's machine registers (name, address space, priority), in order."""
+    import numpy as np
+    import simpy
+
+    from .events import schema as ev
+    from .events.log import Recorder
+    from .machine import Machine
+    from .timeline import apply_action
+
+    scenario = _load(file)
+    env = simpy.Environment()
+    rec = Recorder(lambda: env.now)
+    machine = Machine(env, scenario, rec, np.random.SeedSequence(scenario.seed))
+    for e in rec.events:
+        if isinstance(e, ev.ListenerRegistered):
+            click.echo(f"{e.listener:<14} {e.address_space:<16} priority {e.priority}")
+    if not trace:
+        return
+    shown = 0
+
+    def hook_calls():
+        nonlocal shown
+        for e in rec.events[shown:]:
+            if isinstance(e, ev.ListenerCall):
+                masks = f" log {e.old_mask:#x}->{e.new_mask:#x}" if e.hook in ("log_start", "log_stop") else ""
+                where = f" {e.section or '-'} @{e.offset:#x}+{e.size:#x}" if e.section is not None or e.size else ""
+                click.echo(f"  {e.listener:<14} {e.hook:<16}{where}{masks}")
+            elif isinstance(e, ev.TimelineAction):
+                click.echo(f"  -> {e.action} {e.target}: {e.result}")
+        shown = len(rec.events)
+
+    click.echo("\n# machine creation")
+    hook_calls()
+    for entry in sorted(scenario.timeline, key=lambda e: e.at):
+        kind, act = entry.action
+        click.echo(f"\n# at {entry.at / 1e9:g}s: {kind} {act.model_dump(mode='json')}")
+        apply_action(entry, scenario, machine, False, rec)
+        hook_calls()
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files."""
     click.echo(json.dumps(scenario_json_schema(), indent=2))

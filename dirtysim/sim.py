@@ -19,133 +19,15 @@ import numpy as np
 import simpy
 
 from . import __version__
-from .accel.cost import CostMeter
-from .accel.kvm import KvmDirtyLog, KvmMemoryListener, KvmRingMemoryListener
-from .accel.vhost import VhostListener, VhostLog
 from .dirty import kernels
-from .dirty.ramlist import RAMList, grown
 from .events import schema as ev
 from .events.log import Recorder, fingerprint
-from .guest.vcpu import Guest, Vcpu
-from .guest.vhost_backend import VhostUserBackend
-from .guest.workload import make_workload
-from .memory.address_space import MemorySystem
-from .memory.region import MemoryRegion
+from .machine import Machine
 from .migration.precopy import PrecopyMigration
 from .scenario.schema import PAGE_SIZE, Scenario
+from .timeline import run_timeline
 
-SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
-ZERO_GRANULE_PAGES = 512  # zero memory comes in 2 MiB runs (free guest memory is page-block sized)
 PROGRESS_STEP_NS = 100 * 10**6
-
-
-class Machine:
-    """The simulated host+guest: RAM, memory API, KVM, vhost devices, vCPUs, and the oracle."""
-
-    def __init__(self, env: simpy.Environment, scenario: Scenario, recorder: Recorder, seeds: np.random.SeedSequence):
-        self.env, self.recorder = env, recorder
-        nvcpus = sum(g.count for g in scenario.machine.vcpus)
-        layout_seed, *vcpu_seeds = seeds.spawn(1 + nvcpus)
-        mem, dt, costs = scenario.machine.memory, scenario.dirty_tracking, scenario.costs
-        self.ram_list = RAMList()
-        self.memory = MemorySystem(recorder)
-        self.meter = CostMeter()
-        self.device_state = scenario.machine.device_state
-        self.wrong_steps = dt.kvm_clear != "mask" or dt.send_order != "clear-before-send" or (
-            dt.vhost_harvest != "exchange" and bool(scenario.machine.devices))
-        self._lost_seen = 0
-        self.reaper_period = dt.reaper_period
-        self.kvm = KvmDirtyLog(self.ram_list, dt, nvcpus)
-        self.system_memory = MemoryRegion("system", SYSTEM_MEMORY_SIZE)
-        self.address_space_memory = self.memory.address_space_init(self.system_memory, "memory")
-        # Accelerator init registers KVM's listener before the board creates RAM (kvm_memory_listener_register).
-        listener_cls = KvmRingMemoryListener if self.kvm.ring else KvmMemoryListener
-        self.kvm_listener = listener_cls(self.kvm, self.memory, dt, costs, self.meter)
-        self.memory.memory_listener_register(self.kvm_listener, self.address_space_memory)
-        self.listeners = [self.kvm_listener]
-        pages = mem.size // PAGE_SIZE
-        block = self.ram_list.ram_block_add("pc.ram", mem.size, _initial_contents(pages, mem.zero_fraction,
-                                                                                  np.random.default_rng(layout_seed)))
-        block.mr = MemoryRegion("pc.ram", mem.size, ram_block=block)
-        self.memory.transaction_begin()
-        self.system_memory.add_subregion(0, block.mr)
-        self.memory.update_pending = True
-        self.memory.transaction_commit()
-        vcpus, k = [], 0
-        for group in scenario.machine.vcpus:
-            for _ in range(group.count):
-                vcpus.append(Vcpu(k, make_workload(scenario, group), np.random.default_rng(vcpu_seeds[k]),
-                                  group.workload.rate))
-                k += 1
-        self.guest = Guest(env, vcpus, self.kvm, scenario.engine.quantum, costs.write_fault)
-        self.kvm.on_ring_full = lambda v: vcpus[v].stall(self.kvm_listener.reap("ring-full", v) + costs.ring_full_exit)
-        self.backends = self._vhost_devices(scenario)
-
-    def _vhost_devices(self, scenario: Scenario) -> list[VhostUserBackend]:
-        """Each vhost-user device registers its listener (after KVM, equal priority) and gets a backend actor."""
-        log, backends = VhostLog(), []
-        dt = scenario.dirty_tracking
-        for i, (spec, (offset, _)) in enumerate(zip(scenario.machine.devices, scenario.device_buffers())):
-            name = f"{spec.kind}{i}"
-            used = np.arange(offset // PAGE_SIZE, offset // PAGE_SIZE + spec.queues, dtype=np.int64)
-            listener = VhostListener(name, log, self.ram_list, self.memory, self.env, scenario.costs, self.meter,
-                                     dt.vhost_harvest, dt.vhost_harvest_gap, used)
-            listener.on_loss_window = self.audit
-            self.memory.memory_listener_register(listener, self.address_space_memory)
-            self.listeners.append(listener)
-            backends.append(VhostUserBackend(self.env, name, spec, offset, listener, self.ram_list.src_gen,
-                                             scenario.engine.quantum))
-        return backends
-
-    def start(self) -> None:
-        """Start the actors: vCPUs, device backends, and the kvm-reaper thread in ring mode."""
-        self.env.process(self.guest.run())
-        for backend in self.backends:
-            self.env.process(backend.run())
-        if self.kvm.ring:
-            self.env.process(self._reaper(self.kvm_listener))
-
-    def _reaper(self, listener: KvmRingMemoryListener):
-        """``kvm_dirty_ring_reaper_thread``: reap every ring once per period (1 s)."""
-        period = self.reaper_period
-        while self.guest.running:
-            yield self.env.timeout(period)
-            listener.reap("reaper")
-
-    def stop_vm(self) -> None:
-        """``vm_stop``: vCPUs out of the guest and vhost devices stopped (``vhost_dev_stop``)."""
-        self.guest.stop()
-        for backend in self.backends:
-            backend.stop()
-
-    def oracle(self) -> tuple[int, int]:
-        """(stale pages, stale pages that no dirty layer remembers)."""
-        rl = self.ram_list
-        words = rl.dirty_memory.shape[0]
-        bmap = np.zeros(words, dtype=np.uint64)
-        for block in rl.blocks:
-            if block.bmap is not None:
-                bmap[block.words] = block.bmap
-        layers = [rl.dirty_memory, bmap] + [grown(x, words)[:words] for lst in self.listeners
-                                            for x in lst.pending_dirty()]
-        stale, lost = kernels.count_stale(rl.src_gen, rl.dst_gen, np.stack(layers), 0, rl.total_pages)
-        return int(stale), int(lost)
-
-    def audit(self, at: str) -> None:
-        """After a deliberately wrong step: record an OracleCheck when more pages became lost."""
-        if not self.wrong_steps:
-            return
-        stale, lost = self.oracle()
-        if lost > self._lost_seen:
-            self._lost_seen = lost
-            self.recorder.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)
-
-
-def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Source page generations at boot: 0 for zero pages (in 2 MiB runs), 1 for pages with data."""
-    granules = -(-pages // ZERO_GRANULE_PAGES)
-    data = (rng.random(granules) >= zero_fraction).astype(np.uint32)
-    return np.repeat(data, ZERO_GRANULE_PAGES)[:pages]
 
 
 @dataclass
@@ -213,6 +95,8 @@ def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
         migration = PrecopyMigration(env, scenario, machine, recorder)
         machine.start()
         done = env.process(migration.run())
+        if scenario.timeline:
+            env.process(run_timeline(env, scenario, machine, migration, recorder))
         _advance(env, done, scenario, progress)
         result.stop_reason = migration.stop_reason or "error"
         recorder.emit(ev.RunFinished, stop_reason=result.stop_reason)

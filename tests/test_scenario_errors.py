@@ -80,8 +80,8 @@ CASES = [
      "{file}:7: dirty_tracking.clear_bitmap_shift: out of range (got 5; allowed: 6 .. 31)"),
     ("clear_bitmap_shift_high.yaml",
      "{file}:7: dirty_tracking.clear_bitmap_shift: out of range (got 32; allowed: 6 .. 31)"),
-    ("accel_tcg.yaml",
-     "{file}:2: machine.accel: not an allowed value (got \"tcg\"; allowed: 'kvm')"),
+    ("accel_hvf.yaml",
+     "{file}:2: machine.accel: not an allowed value (got \"hvf\"; allowed: 'kvm' or 'tcg')"),
     ("rate_no_unit.yaml",
      f"{{file}}:5: machine.vcpus.0.workload.rate: a rate needs a unit (got 100; allowed: {RATE_ALLOWED})"),
     ("duration_no_unit.yaml",
@@ -110,7 +110,7 @@ CASES = [
     # PROPOSED (order only). Today the same five lines come in schema order, with the unknown key last
     # (line 9 before line 8); a report should read top to bottom like the file.
     ("multiple_errors.yaml", "\n".join([
-        "{file}:2: machine.accel: not an allowed value (got \"tcg\"; allowed: 'kvm')",
+        "{file}:2: machine.accel: not an allowed value (got \"hvf\"; allowed: 'kvm' or 'tcg')",
         "{file}:3: machine.memory.zero_fraction: out of range (got 1.5; allowed: 0.0 .. 1.0)",
         f"{{file}}:6: machine.vcpus.0.workload.rate: a rate needs a unit (got 100; allowed: {RATE_ALLOWED})",
         f'{{file}}:8: migration.downtime_limt: unknown key (got "300ms"; allowed: {MIGRATION_KEYS})',

@@ -18,7 +18,8 @@ import numpy as np
 from ..dirty import kernels
 from ..dirty.ramlist import RAMList, WORD_PAGES, grown
 from ..events import schema as ev
-from ..memory.listener import MEMORY_LISTENER_PRIORITY_ACCEL, MemoryListener, MemoryRegionSection
+from ..memory.listener import (MEMORY_LISTENER_PRIORITY_ACCEL, MEMORY_LISTENER_PRIORITY_DEV_BACKEND, MemoryListener,
+                               MemoryRegionSection)
 from ..scenario.schema import PAGE_SIZE, DirtyTracking
 from .cost import CostMeter
 
@@ -39,6 +40,7 @@ class KVMSlot:
     gpa: int
     size: int
     ram_addr: int
+    readonly: bool = False  # KVM_MEM_READONLY: ROMs and ROM devices in ROMD mode; guest writes exit to QEMU
     logging: bool = False  # KVM_MEM_LOG_DIRTY_PAGES
 
     @property
@@ -73,10 +75,10 @@ class KvmDirtyLog:
         self.dirty = grown(self.dirty, words)
         self.protected = grown(self.protected, words)
 
-    def set_user_memory_region(self, gpa: int, size: int, ram_addr: int) -> KVMSlot:
+    def set_user_memory_region(self, gpa: int, size: int, ram_addr: int, readonly: bool = False) -> KVMSlot:
         if gpa % (WORD_PAGES * PAGE_SIZE) or ram_addr % (WORD_PAGES * PAGE_SIZE) or size % (WORD_PAGES * PAGE_SIZE):
             raise ValueError(f"memslot at GPA {gpa:#x} (+{size:#x}) is not aligned to 256 KiB; dirtysim needs that")
-        slot = KVMSlot(self._next_id, gpa, size, ram_addr)
+        slot = KVMSlot(self._next_id, gpa, size, ram_addr, readonly)
         self._next_id += 1
         self.slots.append(slot)
         self.ensure_capacity()
@@ -105,11 +107,12 @@ class KvmDirtyLog:
         self._refresh_table()
 
     def _refresh_table(self) -> None:
-        """Arrays the write kernels use to translate GPA pages to RAM pages."""
-        self.slot_gpa = np.array([s.gpa // PAGE_SIZE for s in self.slots], dtype=np.int64)
-        self.slot_pages = np.array([s.size // PAGE_SIZE for s in self.slots], dtype=np.int64)
-        self.slot_ram = np.array([s.ram_addr // PAGE_SIZE for s in self.slots], dtype=np.int64)
-        self.slot_logging = np.array([s.logging for s in self.slots], dtype=np.bool_)
+        """Arrays the write kernels use to translate GPA pages to RAM pages (writable slots only)."""
+        writable = [s for s in self.slots if not s.readonly]
+        self.slot_gpa = np.array([s.gpa // PAGE_SIZE for s in writable], dtype=np.int64)
+        self.slot_pages = np.array([s.size // PAGE_SIZE for s in writable], dtype=np.int64)
+        self.slot_ram = np.array([s.ram_addr // PAGE_SIZE for s in writable], dtype=np.int64)
+        self.slot_logging = np.array([s.logging for s in writable], dtype=np.bool_)
 
     def apply_writes(self, gpa_pages: np.ndarray, seg_end: np.ndarray, faults: np.ndarray) -> int:
         """All vCPUs' writes of one quantum; in ring mode a full ring exits to QEMU and resumes."""
@@ -152,26 +155,78 @@ class KvmMemoryListener(MemoryListener):
         self._add: list[MemoryRegionSection] = []
         self._del: list[MemoryRegionSection] = []
         self._by_section: dict[tuple, KVMSlot] = {}
+        self.ioeventfds: list[tuple[int, int, bool, int, str]] = []  # KVM_IOEVENTFD (MMIO)
+        self.coalesced: list[tuple[int, int]] = []  # KVM_REGISTER_COALESCED_MMIO
+        self.on_inhibit: Optional[Callable[[int], None]] = None  # holds every vCPU out of the guest
 
     # -- memory map: queued until commit (commit f39b7d2b, kvm_region_commit) ------------------------
+    @staticmethod
+    def _is_slot(section: MemoryRegionSection) -> bool:
+        """``kvm_set_phys_mem``: RAM, and ROM devices in ROMD mode (read-only); everything else is MMIO."""
+        return section.mr is not None and (section.mr.is_ram or section.mr.is_romd)
+
     def region_add(self, section: MemoryRegionSection) -> None:
-        if section.mr.is_ram:
+        if self._is_slot(section):
             self._add.append(section)
 
     def region_del(self, section: MemoryRegionSection) -> None:
-        if section.mr.is_ram:
+        if self._is_slot(section):
             self._del.append(section)
 
     def commit(self) -> None:
-        """Apply all queued deletions, then all additions (``kvm_region_commit``)."""
+        """``kvm_region_commit``: all queued deletions, then all additions.
+
+        Only when a deleted range overlaps an added one are the vCPUs held out of
+        the guest for the whole update (``accel_ioctl_inhibit_begin``), so the
+        guest never sees the range missing.
+        """
+        if not self._add and not self._del:
+            return
+        inhibit = any(d.offset_within_address_space < a.offset_within_address_space + a.size
+                      and a.offset_within_address_space < d.offset_within_address_space + d.size
+                      for d in self._del for a in self._add)
         for section in self._del:
-            self.kvm.delete_slot(self._by_section.pop(_key(section)))
+            slot = self._by_section.pop(_key(section))
+            if slot.logging:
+                self._sync_slot_before_delete(slot)
+            self.kvm.delete_slot(slot)
+        added = self._add
         for section in self._add:
             ram_addr = section.mr.ram_block.offset + section.offset_within_region
-            slot = self.kvm.set_user_memory_region(section.offset_within_address_space, section.size, ram_addr)
+            readonly = section.readonly or not section.mr.is_ram
+            slot = self.kvm.set_user_memory_region(section.offset_within_address_space, section.size, ram_addr,
+                                                   readonly)
             self._by_section[_key(section)] = slot
+            if self.memory.memory_region_get_dirty_log_mask(section.mr):  # kvm_mem_flags: logging from the start
+                self.kvm.set_logging(slot, True)
+        stall = self.costs.memslot_update * (len(self._del) + len(self._add)) if inhibit else 0
+        self.recorder.emit(ev.KvmMemslotUpdate, deleted=len(self._del), added=len(self._add), inhibited=inhibit,
+                           stall_ns=stall)
+        if inhibit and self.on_inhibit is not None:
+            self.on_inhibit(stall)
         self._add, self._del = [], []
         self.dirty_bmap = grown(self.dirty_bmap, self.kvm.dirty.shape[0])
+        for section in added:
+            self.dirty_bmap[self._by_section[_key(section)].words] = 0
+
+    def _sync_slot_before_delete(self, slot: KVMSlot) -> None:
+        """``kvm_set_phys_mem`` delete path: collect the slot's remaining dirty bits first (best effort)."""
+        w = slot.words
+        if self.memory.global_dirty_tracking:
+            kernels.or_into(self.kvm.ram_list.dirty_memory, self.kvm.dirty, w.start, w.stop)
+
+    # -- ioeventfds and coalesced MMIO (kvm_mem_ioeventfd_add, kvm_coalesce_mmio_region) --------------
+    def eventfd_add(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
+        self.ioeventfds.append((section.offset_within_address_space, section.size, match_data, data, fd))
+
+    def eventfd_del(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
+        self.ioeventfds.remove((section.offset_within_address_space, section.size, match_data, data, fd))
+
+    def coalesced_io_add(self, section: MemoryRegionSection, addr: int, size: int) -> None:
+        self.coalesced.append((addr, size))
+
+    def coalesced_io_del(self, section: MemoryRegionSection, addr: int, size: int) -> None:
+        self.coalesced.remove((addr, size))
 
     # -- dirty logging ----------------------------------------------------------------------------
     def log_start(self, section: MemoryRegionSection, old: int, new: int) -> None:
@@ -247,6 +302,14 @@ class KvmRingMemoryListener(KvmMemoryListener):
     log_sync = None
     log_clear = None
 
+    def _sync_slot_before_delete(self, slot: KVMSlot) -> None:
+        """Reap the rings so the slot's dirty pages reach ``dirty_bmap``, then push them to L2."""
+        self.reap("slot-delete")
+        w = slot.words
+        if self.memory.global_dirty_tracking:
+            kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
+        self.dirty_bmap[w] = 0
+
     def __init__(self, kvm: KvmDirtyLog, memory, tracking: DirtyTracking, costs, meter: CostMeter):
         super().__init__(kvm, memory, tracking, costs, meter)
         self.reaped = np.zeros(kvm.rings.shape[0], dtype=np.int64)  # cpu->dirty_pages
@@ -273,6 +336,29 @@ class KvmRingMemoryListener(KvmMemoryListener):
     def pending_dirty(self) -> list[np.ndarray]:
         """Collected bits not yet pushed to L2, and pages in entries nobody has collected."""
         return [self.dirty_bmap, self.kvm.unreaped_pages()]
+
+
+class KvmIoListener(MemoryListener):
+    """``kvm-io`` on the I/O address space: PIO ioeventfds and coalesced PIO (``kvm_io_listener``)."""
+
+    name = "kvm-io"
+    priority = MEMORY_LISTENER_PRIORITY_DEV_BACKEND
+
+    def __init__(self):
+        self.ioeventfds: list[tuple[int, int, bool, int, str]] = []
+        self.coalesced: list[tuple[int, int]] = []
+
+    def eventfd_add(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
+        self.ioeventfds.append((section.offset_within_address_space, section.size, match_data, data, fd))
+
+    def eventfd_del(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
+        self.ioeventfds.remove((section.offset_within_address_space, section.size, match_data, data, fd))
+
+    def coalesced_io_add(self, section: MemoryRegionSection, addr: int, size: int) -> None:
+        self.coalesced.append((addr, size))
+
+    def coalesced_io_del(self, section: MemoryRegionSection, addr: int, size: int) -> None:
+        self.coalesced.remove((addr, size))
 
 
 def _key(section: MemoryRegionSection) -> tuple:

@@ -55,7 +55,8 @@ class VhostListener(MemoryListener):
 
     # -- memory table ------------------------------------------------------------------------------
     def region_add(self, section: MemoryRegionSection) -> None:
-        if section.mr.is_ram:
+        """``vhost_section``: RAM that is not a ROM goes into the memory table."""
+        if section.mr is not None and section.mr.is_ram and not section.mr.is_rom:
             self.sections.append(section)
 
     def region_del(self, section: MemoryRegionSection) -> None:
@@ -112,7 +113,7 @@ class VhostListener(MemoryListener):
         used rings. Words are taken by atomic exchange, or (WRONG) read now and
         zeroed ``harvest_gap`` later, erasing any bit the backend ORs meanwhile.
         """
-        if not self.logging or not section.mr.is_ram:
+        if not self.logging or section not in self.sections:
             return
         gpa0 = section.offset_within_address_space
         ram0 = section.mr.ram_block.offset + section.offset_within_region

@@ -78,6 +78,18 @@ class RAMList:
         self.version += 1
         return block
 
+    def ram_block_remove(self, block: RAMBlock) -> None:
+        """``qemu_ram_free``: the block leaves the list; its ram_addr range is not reused.
+
+        Its pages no longer exist, so the oracle stops comparing them.
+        """
+        self.blocks.remove(block)
+        self.version += 1
+        pages = slice(block.first_page, block.first_page + block.pages)
+        self.src_gen[pages] = 0
+        self.dst_gen[pages] = 0
+        self.dirty_memory[block.words] = 0
+
     def _grow(self, pages: int) -> None:
         words = -(-pages // WORD_PAGES)
         self.dirty_memory = grown(self.dirty_memory, words)

@@ -69,10 +69,35 @@ class KvmClearDirtyLog(Event, tag="kvm-clear-dirty-log"):
     cost_ns: int
 
 
+class KvmMemslotUpdate(Event, tag="kvm-memslot-update"):
+    """``kvm_region_commit``: queued memslot deletions and additions applied together."""
+
+    deleted: int
+    added: int
+    inhibited: bool  # a deleted range overlapped an added one: every vCPU held out (accel_ioctl_inhibit_begin)
+    stall_ns: int
+
+
+class VfioDma(Event, tag="vfio-dma"):
+    """VFIO_IOMMU_MAP_DMA / UNMAP_DMA for a RAM section (``vfio_listener_region_add/del``)."""
+
+    op: str  # map | unmap
+    iova: int
+    size: int
+
+
+class TimelineAction(Event, tag="timeline-action"):
+    """A memory-map action of the scenario timeline, and what became of it."""
+
+    action: str
+    target: str
+    result: str  # done, or QEMU's error message
+
+
 class DirtyRingReap(Event, tag="dirty-ring-reap"):
     """``kvm_dirty_ring_reap`` of every ring + ``KVM_RESET_DIRTY_RINGS`` (entries re-protected)."""
 
-    reason: str  # reaper | ring-full | sync
+    reason: str  # reaper | ring-full | sync | slot-delete
     vcpu: int  # the vCPU that exited with KVM_EXIT_DIRTY_RING_FULL, else -1
     entries: int
     cost_ns: int
@@ -160,6 +185,7 @@ class VcpuStats(Event, tag="vcpu-stats"):
     fault_ns: int
     ring_full_exits: int = 0
     ring_full_ns: int = 0  # time stalled in KVM_EXIT_DIRTY_RING_FULL (exit + reaping)
+    inhibit_ns: int = 0  # time held out of the guest by atomic memslot updates
 
 
 class VcpusStopped(Event, tag="vcpus-stopped"):
@@ -180,7 +206,8 @@ class RunFinished(Event, tag="run-finished"):
 
 
 AnyEvent = Union[
-    RunStarted, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, DirtyRingReap, VhostLogSync,
+    RunStarted, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
+    TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, LazyClear,
     BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, RunFinished,
 ]

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from ..accel.kvm import KvmDirtyLog
 from ..dirty import kernels
 from ..scenario.schema import PAGE_SIZE
 from .workload import Workload
@@ -34,13 +33,20 @@ class Vcpu:
     fault_ns: int = 0
     ring_full_exits: int = 0
     ring_full_ns: int = 0
+    inhibit_ns: int = 0
 
     def take_stats(self) -> dict:
         """Counters since the previous call (one VcpuStats event per sync)."""
         stats = {"writes": self.writes, "faults": self.faults, "fault_ns": self.fault_ns,
-                 "ring_full_exits": self.ring_full_exits, "ring_full_ns": self.ring_full_ns}
-        self.writes = self.faults = self.fault_ns = self.ring_full_exits = self.ring_full_ns = 0
+                 "ring_full_exits": self.ring_full_exits, "ring_full_ns": self.ring_full_ns,
+                 "inhibit_ns": self.inhibit_ns}
+        self.writes = self.faults = self.fault_ns = self.ring_full_exits = self.ring_full_ns = self.inhibit_ns = 0
         return stats
+
+    def stall_inhibit(self, ns: int) -> None:
+        """``accel_ioctl_inhibit_begin``: held out of KVM_RUN while KVM applies an atomic memslot update."""
+        self.inhibit_ns += ns
+        self.debt_ns += ns
 
     def stall(self, ns: int) -> None:
         """KVM_EXIT_DIRTY_RING_FULL: the vCPU is out of the guest for ``ns`` (exit + reaping)."""
@@ -59,8 +65,9 @@ class Vcpu:
 class Guest:
     """The running guest: one SimPy process stepping all vCPUs a quantum at a time."""
 
-    def __init__(self, env: simpy.Environment, vcpus: list[Vcpu], kvm: KvmDirtyLog, quantum_ns: int, fault_ns: int):
-        self.env, self.vcpus, self.kvm = env, vcpus, kvm
+    def __init__(self, env: simpy.Environment, vcpus: list[Vcpu], accel, quantum_ns: int, fault_ns: int):
+        """``accel`` applies writes (``KvmDirtyLog`` or ``TcgDirtyMemory``)."""
+        self.env, self.vcpus, self.accel = env, vcpus, accel
         self.quantum_ns, self.fault_ns = quantum_ns, fault_ns
         self.running = True
         self.unassigned_writes = 0
@@ -100,7 +107,7 @@ class Guest:
         pages = self._pages[:total]
         kernels.map_writes(self._u, self._seg_end, *self._params, pages)
         self._faults[:] = 0
-        self.unassigned_writes += self.kvm.apply_writes(pages, self._seg_end, self._faults)
+        self.unassigned_writes += self.accel.apply_writes(pages, self._seg_end, self._faults)
         for v, n, f in zip(self.vcpus, counts, self._faults.tolist()):
             v.writes += n
             v.faults += f

@@ -55,6 +55,7 @@ class PrecopyMigration:
         self.dirty_bytes_last_sync = 0
         self.stop_reason: str | None = None
         self.rs: RAMState | None = None
+        machine.block_listeners.append(self.ram_block_changed)
         self._out = np.zeros(6, dtype=np.int64)
         self._deferred: tuple[RAMBlock, int] | None = None  # send-before-clear: chunk awaiting its clear
         self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes, resent, unchanged in flight
@@ -88,15 +89,40 @@ class PrecopyMigration:
                     return
             yield from self.rate_limit()
 
+    def is_running(self) -> bool:
+        """``migration_is_running``: between setup and completion or cancellation."""
+        return self.rs is not None and self.stop_reason is None
+
+    def _init_bitmaps(self, block: RAMBlock) -> None:
+        """``ram_list_init_bitmaps`` for one block: bmap all ones, clear_bmap all clear."""
+        block.bmap = np.full(-(-block.pages // 64), ~np.uint64(0), dtype=np.uint64)
+        if block.pages % 64:
+            block.bmap[-1] = (np.uint64(1) << np.uint64(block.pages % 64)) - np.uint64(1)
+        block.clear_bmap_shift = self.shift
+        block.clear_bmap = np.zeros(-(-block.pages // (1 << self.shift)), dtype=np.uint8)
+
+    def ram_block_changed(self, change: str, block: RAMBlock) -> None:
+        """A RAMBlock came or went while migrating (only under ``what_if``; QEMU refuses device_add/del).
+
+        A new block gets its bitmaps with every page dirty; a removed block's
+        pending pages are dropped. The block list version changed, so the next
+        ``ram_save_iterate`` restarts the scan (``ram_state_reset``).
+        """
+        if self.rs is None or self.stop_reason is not None:
+            return
+        if change == "add":
+            self._init_bitmaps(block)
+            self.rs.migration_dirty_pages += block.pages
+        else:
+            self.rs.migration_dirty_pages -= int(kernels.count_set(block.bmap, 0, block.bmap.shape[0]))
+            if self.rs.last_sent_block is block:
+                self.rs.last_sent_block = None
+
     def ram_save_setup(self):
         """``ram_save_setup`` -> ``ram_init_all``: all-ones bmap, start dirty logging, sync #1."""
         self.rs = RAMState(self.m.ram_list)
         for block in self.m.ram_list.blocks:
-            block.bmap = np.full(-(-block.pages // 64), ~np.uint64(0), dtype=np.uint64)
-            if block.pages % 64:
-                block.bmap[-1] = (np.uint64(1) << np.uint64(block.pages % 64)) - np.uint64(1)
-            block.clear_bmap_shift = self.shift
-            block.clear_bmap = np.zeros(-(-block.pages // (1 << self.shift)), dtype=np.uint8)
+            self._init_bitmaps(block)
         self.m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
         yield from self.bitmap_sync("setup", self.rs.migration_dirty_pages * PAGE_SIZE)
         # Stream header: RAM_SAVE_FLAG_MEM_SIZE (8) + per block idstr length, idstr, used_length (1+n+8) + EOS.
@@ -166,16 +192,20 @@ class PrecopyMigration:
     # -- sending -------------------------------------------------------------------------------------
     def ram_save_iterate(self):
         """``ram_save_iterate``: send slices until the budget is spent, 50 ms passed, or nothing is dirty."""
-        rs = self.rs
-        if rs.ram_list_version != self.m.ram_list.version:  # ram_state_reset
-            rs.block_index, rs.page, rs.last_sent_block = 0, 0, None
-            rs.ram_list_version = self.m.ram_list.version
+        self._reset_if_blocks_changed()
         t0 = self.now_ms()
         while not self.counters.rate_exceeded(self.transferred):
             sent = yield from self.send_slice(self.counters.budget_left(self.transferred))
             if sent == 0 or self.now_ms() - t0 > MAX_WAIT:
                 break
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
+
+    def _reset_if_blocks_changed(self) -> None:
+        """``ram_state_reset`` when the RAMBlock list changed: restart the scan at the first block."""
+        rs = self.rs
+        if rs.ram_list_version != self.m.ram_list.version:
+            rs.block_index, rs.page, rs.last_sent_block = 0, 0, None
+            rs.ram_list_version = self.m.ram_list.version
 
     def send_slice(self, budget: int):
         """Send dirty pages in address order for at most one send quantum of link time.
@@ -185,6 +215,7 @@ class PrecopyMigration:
         cleared first (``migration_clear_memory_region_dirty_bitmap``) unless in
         the last stage. Returns the number of pages sent.
         """
+        self._reset_if_blocks_changed()  # a block list change lands between slices (QEMU: between iterations)
         rs, blocks = self.rs, self.m.ram_list.blocks
         cap = max(1, self.link_bytes_per_s * self.sc.engine.send_quantum // 10**9)
         lazy = not rs.last_stage

@@ -78,7 +78,25 @@ class MemoryConfig(_Model):
     zero_fraction: Fraction01 = Field(0.0, description="share of RAM that is zero at migration start (sent as 'duplicate')")
 
 
-class _VhostUserDevice(_Model):
+class _PciDevice(_Model):
+    bar: Size = Field(16 << 10, description="size of the device's MMIO BAR (mapped by a timeline 'bar' action)")
+
+
+class VirtioDevice(_PciDevice):
+    """A virtio-pci device emulated in QEMU: a 'virtio' listener and queue-notify ioeventfds; no traffic modelled."""
+
+    kind: Literal["virtio-net", "virtio-blk"]
+    queues: int = Field(1, ge=1, le=64, strict=True)
+
+
+class VfioPci(_PciDevice):
+    """An assigned device: the 'vfio' listener keeps the IOMMU mapping every RAM section."""
+
+    kind: Literal["vfio-pci"]
+    bar: Size = Field(16 << 20, description="size of the device's MMIO BAR")
+
+
+class _VhostUserDevice(_PciDevice):
     queues: int = Field(1, ge=1, le=64, strict=True, description="queue pairs; each has a used ring page")
     buffers: Size = Field(64 << 20, description="guest RAM holding the device's buffers, used round-robin")
     buffer_offset: Optional[Size] = Field(
@@ -87,9 +105,9 @@ class _VhostUserDevice(_Model):
 
 
 class VhostUserNet(_VhostUserDevice):
-    """A vhost-user virtio-net backend receiving packets: it writes them into guest RX buffers."""
+    """A vhost virtio-net backend receiving packets (vhost-user, or vhost-net in the host kernel)."""
 
-    kind: Literal["vhost-user-net"]
+    kind: Literal["vhost-user-net", "vhost-net"]
     rx: Rate = Field(description="received payload written into guest memory")
     packet: Size = Field(1500, description="bytes per packet (one RX buffer per packet)")
 
@@ -102,14 +120,16 @@ class VhostUserBlk(_VhostUserDevice):
     request: Size = Field(64 << 10, description="bytes per read request")
 
 
-Device = Annotated[Union[VhostUserNet, VhostUserBlk], Field(discriminator="kind")]
+Device = Annotated[Union[VhostUserNet, VhostUserBlk, VirtioDevice, VfioPci], Field(discriminator="kind")]
+VHOST_KINDS = ("vhost-user-net", "vhost-net", "vhost-user-blk")
 
 
 class Machine(_Model):
-    accel: Literal["kvm"] = Field("kvm", description="accelerator; TCG listeners are not built yet")
+    accel: Literal["kvm", "tcg"] = Field("kvm", description="kvm, or tcg (per-CPU address spaces, no eventfds)")
     memory: MemoryConfig
     vcpus: list[VcpuGroup] = Field(min_length=1)
-    devices: list[Device] = Field(default_factory=list, description="vhost-user device backends")
+    devices: list[Device] = Field(default_factory=list, description="PCI devices: vhost, virtio, vfio")
+    device_memory: Size = Field(0, description="memory-hotplug area (maxmem - size) for pc-dimm hotplug")
     device_state: Size = Field(
         256 << 10, description="non-iterable device state sent during downtime [modelling assumption]"
     )
@@ -209,6 +229,9 @@ class Costs(_Model):
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
     ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
     vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
+    memslot_update: Duration = Field(
+        20_000, description="one KVM_SET_USER_MEMORY_REGION while vCPUs are held out (atomic update) [assumption]"
+    )
 
 
 class Network(_Model):
@@ -247,6 +270,70 @@ class Outputs(_Model):
     plots: bool = True
 
 
+class Hotplug(_Model):
+    """``device_add pc-dimm``: a new RAMBlock mapped in the device-memory area."""
+
+    id: str
+    size: Size
+
+
+class Unplug(_Model):
+    """``device_del`` of a pc-dimm."""
+
+    id: str
+
+
+class BarMap(_Model):
+    """The guest (re)programs a device's BAR: map it at ``addr`` (or move it there)."""
+
+    device: int = Field(ge=0, strict=True, description="index in machine.devices")
+    addr: Size
+
+
+class Pam(_Model):
+    """Toggle the read-only shadow overlay over low RAM at 0xC0000-0xFFFFF (like i440fx PAM)."""
+
+    enabled: bool
+
+
+class Ioeventfd(_Model):
+    """``virtio_bus_set_host_notifier``: start (or stop) a virtio device's queue-notify ioeventfds."""
+
+    device: int = Field(ge=0, strict=True, description="index in machine.devices")
+    enabled: bool = True
+
+
+class TimelineEntry(_Model):
+    at: Duration
+    hotplug: Optional[Hotplug] = None
+    unplug: Optional[Unplug] = None
+    bar: Optional[BarMap] = None
+    pam: Optional[Pam] = None
+    ioeventfd: Optional[Ioeventfd] = None
+
+    @model_validator(mode="after")
+    def _one_action(self):
+        given = [k for k in ("hotplug", "unplug", "bar", "pam", "ioeventfd") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError("timeline", "a timeline entry needs exactly one action",
+                                      {"allowed": "one of hotplug, unplug, bar, pam, ioeventfd",
+                                       "got": ", ".join(given) or "none"})
+        return self
+
+    @property
+    def action(self) -> tuple[str, _Model]:
+        return next((k, getattr(self, k)) for k in ("hotplug", "unplug", "bar", "pam", "ioeventfd")
+                    if getattr(self, k) is not None)
+
+
+class WhatIf(_Model):
+    """Counterfactuals QEMU does not allow, to see what would happen."""
+
+    hotplug_during_migration: bool = Field(
+        False, description="QEMU refuses device_add/device_del while migrating (qdev_device_add_from_qdict)"
+    )
+
+
 class Scenario(_Model):
     name: Optional[str] = Field(None, description="default: the file name without .yaml")
     seed: int = Field(0, ge=0, strict=True, description="root of the run's numpy SeedSequence")
@@ -257,6 +344,8 @@ class Scenario(_Model):
     migration: Migration = Migration()
     engine: Engine = Engine()
     outputs: Outputs = Outputs()
+    timeline: list[TimelineEntry] = Field(default_factory=list, description="memory-map actions at given times")
+    what_if: WhatIf = WhatIf()
 
     @model_validator(mode="after")
     def _fits_in_ram(self):
@@ -282,7 +371,11 @@ class Scenario(_Model):
                     {"allowed": f"4KiB <= hot, hot_offset + hot <= {units.format_size(ws)}", "loc": loc + ("hot",),
                      "got": units.format_size(w.hot)},
                 )
+        self._devices_fit()
+        self._timeline_fits()
         for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
+            if dev.kind not in VHOST_KINDS:
+                continue
             if offset < 0 or offset + size > ram or offset % PAGE_SIZE or size < (dev.queues + 1) * PAGE_SIZE:
                 raise PydanticCustomError(
                     "buffers", "the device buffers do not fit in RAM",
@@ -292,10 +385,71 @@ class Scenario(_Model):
                 )
         return self
 
+    def _devices_fit(self) -> None:
+        for i, dev in enumerate(self.machine.devices):
+            if dev.kind in VHOST_KINDS and self.machine.accel != "kvm":
+                raise PydanticCustomError(
+                    "accel", "vhost devices need KVM (ioeventfds and irqfds); TCG provides no eventfds",
+                    {"allowed": "accel: kvm, or a virtio-net/virtio-blk device", "loc": ("machine", "devices", i, "kind"),
+                     "got": dev.kind})
+            if dev.bar % (64 * PAGE_SIZE) and dev.bar & (dev.bar - 1):
+                raise PydanticCustomError("bar", "a BAR size must be a power of two",
+                                          {"allowed": "e.g. 16KiB, 16MiB", "loc": ("machine", "devices", i, "bar"),
+                                           "got": units.format_size(dev.bar)})
+
+    def _timeline_fits(self) -> None:
+        ndev, plugged, dm = len(self.machine.devices), {}, self.machine.device_memory
+        for i, entry in enumerate(self.timeline):
+            kind, act = entry.action
+            loc = ("timeline", i, kind)
+            if kind in ("bar", "ioeventfd") and act.device >= ndev:
+                raise PydanticCustomError("device", "no such device", {
+                    "allowed": f"0 .. {ndev - 1} (machine.devices)" if ndev else "none: machine.devices is empty",
+                    "loc": loc + ("device",), "got": str(act.device)})
+            if kind == "bar":
+                self._bar_fits(act, loc)
+            if kind == "ioeventfd" and self.machine.devices[act.device].kind == "vfio-pci":
+                raise PydanticCustomError("device", "a vfio device has no virtio queues",
+                                          {"allowed": "a virtio or vhost device", "loc": loc + ("device",),
+                                           "got": str(act.device)})
+            if kind == "hotplug":
+                if act.size % (64 * PAGE_SIZE) or act.size == 0:
+                    raise PydanticCustomError("size", "a DIMM size must be a multiple of 256KiB",
+                                              {"allowed": "e.g. 1GiB", "loc": loc + ("size",),
+                                               "got": units.format_size(act.size)})
+                plugged[act.id] = act.size
+                if sum(plugged.values()) > dm:
+                    raise PydanticCustomError("device_memory", "the DIMMs do not fit in machine.device_memory",
+                                              {"allowed": f"at most {units.format_size(dm)} plugged at once",
+                                               "loc": loc + ("size",), "got": units.format_size(sum(plugged.values()))})
+            if kind == "unplug" and plugged.pop(act.id, None) is None:
+                raise PydanticCustomError("id", "no DIMM with this id is plugged at that point",
+                                          {"allowed": ", ".join(plugged) or "none", "loc": loc + ("id",),
+                                           "got": act.id})
+
+    def device_memory_base(self) -> int:
+        """pc: the DIMM area starts above 4 GiB and above RAM, 1 GiB aligned."""
+        gib = 1 << 30
+        return -(-max(self.machine.memory.size, 4 * gib) // gib) * gib
+
+    def _bar_fits(self, act: "BarMap", loc: tuple) -> None:
+        size = self.machine.devices[act.device].bar
+        taken = [(0, self.machine.memory.size), (self.device_memory_base(), self.machine.device_memory)]
+        if act.addr % size or any(lo < act.addr + size and act.addr < lo + n for lo, n in taken if n):
+            raise PydanticCustomError(
+                "addr", "a BAR must be aligned to its size and lie outside RAM and the DIMM area "
+                "(dirtysim keeps memslots 256 KiB aligned, so it does not split RAM around BARs)",
+                {"allowed": f"a multiple of {units.format_size(size)} at or above "
+                            f"{units.format_size(max(lo + n for lo, n in taken if n))}",
+                 "loc": loc + ("addr",), "got": f"{act.addr:#x}"})
+
     def device_buffers(self) -> list[tuple[int, int]]:
-        """(offset, size) of each device's buffers; by default stacked down from the top of RAM."""
+        """(offset, size) of each vhost device's buffers (stacked down from the top of RAM); (0, 0) for others."""
         out, top = [], self.machine.memory.size
         for dev in self.machine.devices:
+            if dev.kind not in VHOST_KINDS:
+                out.append((0, 0))
+                continue
             offset = top - dev.buffers if dev.buffer_offset is None else dev.buffer_offset
             out.append((offset, dev.buffers))
             top = min(top, offset)

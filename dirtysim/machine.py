@@ -1,0 +1,269 @@
+"""The simulated host + guest, built the way QEMU builds a pc machine, in QEMU's order.
+
+Accelerator init registers its listeners first (KVM: ``kvm-memory`` on memory,
+``kvm-io`` on I/O; TCG: a ``tcg`` listener on each CPU's ``cpu-memory-N`` and
+``cpu-smm-N``). Then the board maps RAM, and devices register theirs: ``vhost``
+per vhost device, ``device-memory`` for the DIMM area, ``virtio`` per virtio
+device, ``vfio`` per assigned device. The oracle lives here too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import simpy
+
+from .accel.cost import CostMeter
+from .accel.kvm import KvmDirtyLog, KvmIoListener, KvmMemoryListener, KvmRingMemoryListener
+from .accel.tcg import TcgDirtyMemory, TcgListener
+from .accel.vfio import VfioListener
+from .accel.vhost import VhostListener, VhostLog
+from .accel.virtio import DeviceMemoryListener, VirtioListener
+from .dirty import kernels
+from .dirty.ramlist import RAMBlock, RAMList, grown
+from .events import schema as ev
+from .events.log import Recorder
+from .guest.vcpu import Guest, Vcpu
+from .guest.vhost_backend import VhostUserBackend
+from .guest.workload import make_workload
+from .memory.address_space import MemorySystem
+from .memory.region import (memory_region_init, memory_region_init_alias, memory_region_init_io,
+                            memory_region_init_ram, memory_region_init_rom)
+from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario
+
+SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
+IO_SPACE_SIZE = 1 << 16  # "io": x86 port I/O
+ZERO_GRANULE_PAGES = 512  # zero memory comes in 2 MiB runs (free guest memory is page-block sized)
+PAM_BASE, PAM_SIZE = 0xC0000, 0x40000  # the shadow-ROM window below 1 MiB
+GIB = 1 << 30
+
+
+class Machine:
+    """RAM, memory API, accelerator, devices, vCPUs, and the page oracle."""
+
+    def __init__(self, env: simpy.Environment, scenario: Scenario, recorder: Recorder, seeds: np.random.SeedSequence):
+        self.env, self.recorder, self.scenario = env, recorder, scenario
+        m, dt, costs = scenario.machine, scenario.dirty_tracking, scenario.costs
+        nvcpus = sum(g.count for g in m.vcpus)
+        layout_seed, *vcpu_seeds = seeds.spawn(1 + nvcpus)
+        self.ram_list = RAMList()
+        self.memory = MemorySystem(recorder, tcg_enabled=m.accel == "tcg")
+        self.meter = CostMeter()
+        self.device_state = m.device_state
+        self.reaper_period = dt.reaper_period
+        self.wrong_steps = dt.kvm_clear != "mask" or dt.send_order != "clear-before-send" or (
+            dt.vhost_harvest != "exchange" and any(d.kind in VHOST_KINDS for d in m.devices))
+        self._lost_seen = 0
+        self.block_listeners: list = []  # migration: ram_block_notify_add / _remove
+        self.system_memory = memory_region_init("system", SYSTEM_MEMORY_SIZE)
+        self.as_memory = self.memory.address_space_init(self.system_memory, "memory")
+        self.as_io = self.memory.address_space_init(memory_region_init_io("io", IO_SPACE_SIZE), "I/O")
+        self.trackers: list = []  # listeners that hold dirty bits for a later sync
+        self.kvm: Optional[KvmDirtyLog] = None
+        if m.accel == "kvm":
+            self._kvm_init(dt, costs, nvcpus)
+        else:
+            self._tcg_init(nvcpus)
+        self.ram = self._map_ram(scenario, np.random.default_rng(layout_seed))
+        vcpus = [Vcpu(k, make_workload(scenario, g), np.random.default_rng(vcpu_seeds[k]), g.workload.rate)
+                 for k, g in enumerate(g for g in m.vcpus for _ in range(g.count))]
+        writer = self.kvm if self.kvm is not None else self.tcg_memory
+        self.guest = Guest(env, vcpus, writer, scenario.engine.quantum, costs.write_fault)
+        if self.kvm is not None:
+            listener = self.kvm_listener
+            self.kvm.on_ring_full = lambda v: vcpus[v].stall(listener.reap("ring-full", v) + costs.ring_full_exit)
+            listener.on_inhibit = lambda ns: [v.stall_inhibit(ns) for v in vcpus]
+        self.devices: list[dict] = []
+        self.backends: list[VhostUserBackend] = []
+        self._devices(scenario)
+        self.dimms: dict[str, tuple] = {}
+        self.pam_rom = None
+
+    # -- accelerators ----------------------------------------------------------------------------------
+    def _kvm_init(self, dt, costs, nvcpus: int) -> None:
+        """``kvm_init``: ``kvm_memory_listener_register`` (kvm-memory) and the ``kvm-io`` listener."""
+        self.kvm = KvmDirtyLog(self.ram_list, dt, nvcpus)
+        cls = KvmRingMemoryListener if self.kvm.ring else KvmMemoryListener
+        self.kvm_listener = cls(self.kvm, self.memory, dt, costs, self.meter)
+        self.memory.memory_listener_register(self.kvm_listener, self.as_memory)
+        self.kvm_io = KvmIoListener()
+        self.memory.memory_listener_register(self.kvm_io, self.as_io)
+        self.trackers.append(self.kvm_listener)
+
+    def _tcg_init(self, nvcpus: int) -> None:
+        """``cpu_address_space_init``: cpu-memory-N over system memory, cpu-smm-N over SMRAM + memory."""
+        self.tcg_listeners = []
+        for cpu in range(nvcpus):
+            cpu_as = self.memory.address_space_init(self.system_memory, f"cpu-memory-{cpu}")
+            smm_root = memory_region_init(f"smram-as-root-{cpu}", SYSTEM_MEMORY_SIZE)
+            smm_root.add_subregion(0, memory_region_init_alias(f"mem-smm-{cpu}", self.system_memory, 0,
+                                                               SYSTEM_MEMORY_SIZE))
+            smm_as = self.memory.address_space_init(smm_root, f"cpu-smm-{cpu}")
+            if cpu == 0:
+                self.tcg_memory = TcgDirtyMemory(self.ram_list, self.memory, cpu_as)
+            for asp in (cpu_as, smm_as):
+                refresh = self.tcg_memory.refresh if asp is cpu_as and cpu == 0 else None
+                listener = TcgListener(cpu, refresh)
+                self.memory.memory_listener_register(listener, asp)
+                self.tcg_listeners.append(listener)
+
+    # -- RAM and devices -------------------------------------------------------------------------------
+    def _map_ram(self, scenario: Scenario, rng: np.random.Generator) -> RAMBlock:
+        mem = scenario.machine.memory
+        pages = mem.size // PAGE_SIZE
+        block = self.ram_list.ram_block_add("pc.ram", mem.size, _initial_contents(pages, mem.zero_fraction, rng))
+        block.mr = memory_region_init_ram("pc.ram", mem.size, block)
+        self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
+        return block
+
+    def _devices(self, scenario: Scenario) -> None:
+        """vhost listeners (device init), device-memory, virtio listeners, then vfio: QEMU's registration order."""
+        dt, m = scenario.dirty_tracking, scenario.machine
+        logs: dict[str, VhostLog] = {}
+        for i, (spec, (offset, _)) in enumerate(zip(m.devices, scenario.device_buffers())):
+            name = f"{spec.kind}{i}"
+            dev = {"name": name, "spec": spec, "bar": memory_region_init_io(f"{name}-bar", spec.bar), "fds": []}
+            self.devices.append(dev)
+            if spec.kind in VHOST_KINDS:
+                log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
+                used = np.arange(offset // PAGE_SIZE, offset // PAGE_SIZE + spec.queues, dtype=np.int64)
+                listener = VhostListener(name, log, self.ram_list, self.memory, self.env, scenario.costs, self.meter,
+                                         dt.vhost_harvest, dt.vhost_harvest_gap, used)
+                listener.on_loss_window = self.audit
+                self.memory.memory_listener_register(listener, self.as_memory)
+                self.trackers.append(listener)
+                self.backends.append(VhostUserBackend(self.env, name, spec, offset, listener, self.ram_list.src_gen,
+                                                      scenario.engine.quantum))
+        self.device_memory = None
+        if m.device_memory:
+            base = scenario.device_memory_base()
+            self.device_memory = memory_region_init("device-memory", m.device_memory)
+            self.memory.memory_region_add_subregion(self.system_memory, base, self.device_memory)
+            self.as_device_memory = self.memory.address_space_init(self.device_memory, "device-memory")
+            self.device_memory_listener = DeviceMemoryListener()
+            self.memory.memory_listener_register(self.device_memory_listener, self.as_device_memory)
+        for dev in self.devices:
+            if dev["spec"].kind != "vfio-pci":
+                dev["virtio"] = VirtioListener(dev["name"])
+                self.memory.memory_listener_register(dev["virtio"], self.as_memory)
+        for dev in self.devices:
+            if dev["spec"].kind == "vfio-pci":
+                dev["vfio"] = VfioListener(self.recorder, dev["name"])
+                self.memory.memory_listener_register(dev["vfio"], self.as_memory)
+
+    # -- memory-map actions (the timeline) -------------------------------------------------------------
+    def hotplug_dimm(self, dimm_id: str, size: int) -> RAMBlock:
+        """``pc_dimm_plug``: a new RAMBlock (all dirty, ``ram_block_add``) mapped in the device-memory area."""
+        offset = self._free_dimm_offset(size)
+        block = self.ram_list.ram_block_add(dimm_id, size)
+        block.mr = memory_region_init_ram(dimm_id, size, block)
+        self.memory.memory_region_add_subregion(self.device_memory, offset, block.mr)
+        self.dimms[dimm_id] = (block, offset)
+        for notify in self.block_listeners:
+            notify("add", block)
+        return block
+
+    def unplug_dimm(self, dimm_id: str) -> None:
+        """``pc_dimm_unplug``: unmap (KVM collects the slot's dirty bits first), then free the RAMBlock."""
+        block, _ = self.dimms.pop(dimm_id)
+        self.memory.memory_region_del_subregion(self.device_memory, block.mr)
+        for notify in self.block_listeners:
+            notify("remove", block)
+        self.ram_list.ram_block_remove(block)
+
+    def _free_dimm_offset(self, size: int) -> int:
+        used = sorted((off, blk.used_length) for blk, off in self.dimms.values())
+        offset = 0
+        for off, length in used:
+            if offset + size <= off:
+                break
+            offset = max(offset, off + length)
+        return offset
+
+    def map_bar(self, index: int, addr: int) -> None:
+        """The guest programs a BAR: map it, or move it (``memory_region_set_address``)."""
+        bar = self.devices[index]["bar"]
+        if bar.container is None:
+            self.memory.memory_region_add_subregion(self.system_memory, addr, bar, priority=1)
+        else:
+            self.memory.memory_region_set_address(bar, addr)
+
+    def set_pam(self, enabled: bool) -> None:
+        """A read-only shadow of the BIOS over low RAM (i440fx PAM): the RAM range splits around it."""
+        if self.pam_rom is None:
+            block = self.ram_list.ram_block_add("pc.rom", PAM_SIZE, np.ones(PAM_SIZE // PAGE_SIZE, dtype=np.uint32))
+            block.mr = memory_region_init_rom("pc.rom", PAM_SIZE, block)
+            self.pam_rom = block.mr
+            block.mr.enabled = False
+            self.memory.memory_region_add_subregion(self.system_memory, PAM_BASE, block.mr, priority=1)
+            for notify in self.block_listeners:
+                notify("add", block)
+        self.memory.memory_region_set_enabled(self.pam_rom, enabled)
+
+    def set_ioeventfds(self, index: int, enabled: bool) -> str:
+        """``virtio_bus_set_host_notifier``: one ioeventfd per queue in the BAR's notify area (KVM only)."""
+        if self.kvm is None:
+            return "refused: ioeventfds need KVM (kvm_eventfds_enabled is false with TCG)"
+        dev = self.devices[index]
+        with self.memory.transaction():
+            for q in range(getattr(dev["spec"], "queues", 1)):
+                args = (dev["bar"], 4 * q, 2, True, q, f"{dev['name']}-q{q}")
+                if enabled:
+                    self.memory.memory_region_add_eventfd(*args)
+                else:
+                    self.memory.memory_region_del_eventfd(*args)
+        return "done"
+
+    # -- running -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the actors: vCPUs, device backends, and the kvm-reaper thread in ring mode."""
+        self.env.process(self.guest.run())
+        for backend in self.backends:
+            self.env.process(backend.run())
+        if self.kvm is not None and self.kvm.ring:
+            self.env.process(self._reaper(self.kvm_listener))
+
+    def _reaper(self, listener: KvmRingMemoryListener):
+        """``kvm_dirty_ring_reaper_thread``: reap every ring once per period (1 s)."""
+        while self.guest.running:
+            yield self.env.timeout(self.reaper_period)
+            listener.reap("reaper")
+
+    def stop_vm(self) -> None:
+        """``vm_stop``: vCPUs out of the guest and vhost devices stopped (``vhost_dev_stop``)."""
+        self.guest.stop()
+        for backend in self.backends:
+            backend.stop()
+
+    # -- the oracle ----------------------------------------------------------------------------------------
+    def oracle(self) -> tuple[int, int]:
+        """(stale pages, stale pages that no dirty layer remembers)."""
+        rl = self.ram_list
+        words = rl.dirty_memory.shape[0]
+        bmap = np.zeros(words, dtype=np.uint64)
+        for block in rl.blocks:
+            if block.bmap is not None:
+                bmap[block.words] = block.bmap
+        layers = [rl.dirty_memory, bmap] + [grown(x, words)[:words] for t in self.trackers for x in t.pending_dirty()]
+        stale, lost = kernels.count_stale(rl.src_gen, rl.dst_gen, np.stack(layers), 0, rl.total_pages)
+        return int(stale), int(lost)
+
+    def audit(self, at: str) -> None:
+        """After a deliberately wrong step: record an OracleCheck when more pages became lost."""
+        if not self.wrong_steps:
+            return
+        stale, lost = self.oracle()
+        if lost > self._lost_seen:
+            self._lost_seen = lost
+            self.recorder.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)
+
+
+def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Source page generations at boot: 0 for zero pages (in 2 MiB runs), 1 for pages with data."""
+    granules = -(-pages // ZERO_GRANULE_PAGES)
+    data = (rng.random(granules) >= zero_fraction).astype(np.uint32)
+    return np.repeat(data, ZERO_GRANULE_PAGES)[:pages]
+
+
+BlockNotifier = Callable[[str, RAMBlock], None]

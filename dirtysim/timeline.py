@@ -1,0 +1,45 @@
+"""The scenario timeline: memory-map actions at given simulated times, each an event with its outcome.
+
+Hotplug and unplug go through QEMU's rule first: ``qdev_device_add_from_qdict``
+and ``qdev_unplug`` refuse while a migration is running ("device_add not
+allowed while migrating"). ``what_if.hotplug_during_migration`` lifts that rule
+to show what the migration code would have to do.
+"""
+
+from __future__ import annotations
+
+from .events import schema as ev
+
+
+def run_timeline(env, scenario, machine, migration, recorder):
+    """A SimPy process applying the timeline entries in time order."""
+    for entry in sorted(scenario.timeline, key=lambda e: e.at):
+        if entry.at > env.now:
+            yield env.timeout(entry.at - env.now)
+        apply_action(entry, scenario, machine, migration.is_running(), recorder)
+
+
+def apply_action(entry, scenario, machine, migrating: bool, recorder) -> None:
+    """Apply one timeline entry now and record its outcome."""
+    kind, act = entry.action
+    target, result = _apply(kind, act, scenario, machine, migrating)
+    recorder.emit(ev.TimelineAction, action=kind, target=target, result=result)
+
+
+def _apply(kind: str, act, scenario, machine, migrating: bool) -> tuple[str, str]:
+    if kind in ("hotplug", "unplug") and migrating and not scenario.what_if.hotplug_during_migration:
+        verb = "device_add" if kind == "hotplug" else "device_del"
+        return act.id, f"refused: {verb} not allowed while migrating"
+    if kind == "hotplug":
+        machine.hotplug_dimm(act.id, act.size)
+        return act.id, "done"
+    if kind == "unplug":
+        machine.unplug_dimm(act.id)
+        return act.id, "done"
+    if kind == "bar":
+        machine.map_bar(act.device, act.addr)
+        return machine.devices[act.device]["name"], "done"
+    if kind == "pam":
+        machine.set_pam(act.enabled)
+        return "pc.rom", "done"
+    return machine.devices[act.device]["name"], machine.set_ioeventfds(act.device, act.enabled)
