@@ -101,7 +101,7 @@ class VhostListener(MemoryListener):
         self.log.refcnt -= 1
 
     def log_start(self, section: MemoryRegionSection, old: int, new: int) -> None:
-        """``vhost_log_start``: an empty stub in QEMU ("FIXME: implement")."""
+        """``vhost_log_start``: an empty stub in QEMU (its comment asks for an implementation)."""
 
     def log_stop(self, section: MemoryRegionSection, old: int, new: int) -> None:
         """``vhost_log_stop``: an empty stub in QEMU."""

@@ -61,6 +61,7 @@ class _Fold:
     seed: int = 0
     interval: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
+    hook_calls: Counter = field(default_factory=Counter)  # (listener, hook) -> calls
     rounds: list = field(default_factory=list)
 
     def _add(self, **counts: int) -> None:
@@ -110,6 +111,8 @@ class _Fold:
                 self._add(**{"thread-reap-ns": e.cost_ns})
         elif isinstance(e, ev.VhostLogSync):
             self._add(**{"vhost-logged-pages": e.pages})
+        elif isinstance(e, ev.ListenerCall):
+            self.hook_calls[(e.listener, e.hook)] += 1
         elif isinstance(e, ev.BitmapSync):
             self._sync(e)
         elif isinstance(e, ev.VcpusStopped):
@@ -229,6 +232,7 @@ def summary(events: list[ev.Event]) -> dict:
         "vcpu-ring-full-ms": round(t["vcpu-ring-full-ns"] / NS_PER_MS, 3),
         "vhost-logged-pages": t["vhost-logged-pages"],
         "thread-ioctl-ms": round((t["thread-get-ns"] + t["thread-clear-ns"] + t["thread-reap-ns"]) / NS_PER_MS, 3),
+        "listener-calls": {f"{listener}.{hook}": n for (listener, hook), n in sorted(f.hook_calls.items())},
         "events": len(events),
     }
     return out
