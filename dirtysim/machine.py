@@ -15,7 +15,8 @@ import numpy as np
 import simpy
 
 from .accel.cost import CostMeter
-from .accel.kvm import KvmDirtyLog, KvmIoListener, KvmMemoryListener, KvmRingMemoryListener
+from .accel.kvm import KvmDirtyLog, KvmMemoryListener, KvmRingMemoryListener
+from .accel.kvm_io import KvmIoListener
 from .accel.tcg import TcgDirtyMemory, TcgListener
 from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog

@@ -18,10 +18,10 @@ import numpy as np
 from ..dirty import kernels
 from ..dirty.ramlist import RAMList, WORD_PAGES, grown
 from ..events import schema as ev
-from ..memory.listener import (MEMORY_LISTENER_PRIORITY_ACCEL, MEMORY_LISTENER_PRIORITY_DEV_BACKEND, MemoryListener,
-                               MemoryRegionSection)
+from ..memory.listener import MEMORY_LISTENER_PRIORITY_ACCEL, MemoryListener, MemoryRegionSection
 from ..scenario.schema import PAGE_SIZE, DirtyTracking
 from .cost import CostMeter
+from .kvm_io import KvmIoeventfds
 
 KVM_CLEAR_LOG_SHIFT = 6  # kvm-all.c: clears are aligned to 64 host pages
 KVM_DIRTY_RING_RSVD_ENTRIES = 64  # include/linux/kvm_host.h
@@ -141,8 +141,12 @@ class KvmDirtyLog:
         return [s for s in self.slots if s.gpa < hi and lo < s.gpa + s.size]
 
 
-class KvmMemoryListener(MemoryListener):
-    """QEMU's ``kvm-memory`` listener in bitmap mode (``kvm_memory_listener_register``)."""
+class KvmMemoryListener(KvmIoeventfds, MemoryListener):
+    """QEMU's ``kvm-memory`` listener in bitmap mode (``kvm_memory_listener_register``).
+
+    It also takes the MMIO ioeventfds and coalesced MMIO ranges of the memory
+    address space (``kvm_mem_ioeventfd_add``, ``kvm_coalesce_mmio_region``).
+    """
 
     name = "kvm-memory"
     priority = MEMORY_LISTENER_PRIORITY_ACCEL
@@ -155,8 +159,7 @@ class KvmMemoryListener(MemoryListener):
         self._add: list[MemoryRegionSection] = []
         self._del: list[MemoryRegionSection] = []
         self._by_section: dict[tuple, KVMSlot] = {}
-        self.ioeventfds: list[tuple[int, int, bool, int, str]] = []  # KVM_IOEVENTFD (MMIO)
-        self.coalesced: list[tuple[int, int]] = []  # KVM_REGISTER_COALESCED_MMIO
+        KvmIoeventfds.__init__(self)
         self.on_inhibit: Optional[Callable[[int], None]] = None  # holds every vCPU out of the guest
 
     # -- memory map: queued until commit (commit f39b7d2b, kvm_region_commit) ------------------------
@@ -214,19 +217,6 @@ class KvmMemoryListener(MemoryListener):
         w = slot.words
         if self.memory.global_dirty_tracking:
             kernels.or_into(self.kvm.ram_list.dirty_memory, self.kvm.dirty, w.start, w.stop)
-
-    # -- ioeventfds and coalesced MMIO (kvm_mem_ioeventfd_add, kvm_coalesce_mmio_region) --------------
-    def eventfd_add(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
-        self.ioeventfds.append((section.offset_within_address_space, section.size, match_data, data, fd))
-
-    def eventfd_del(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
-        self.ioeventfds.remove((section.offset_within_address_space, section.size, match_data, data, fd))
-
-    def coalesced_io_add(self, section: MemoryRegionSection, addr: int, size: int) -> None:
-        self.coalesced.append((addr, size))
-
-    def coalesced_io_del(self, section: MemoryRegionSection, addr: int, size: int) -> None:
-        self.coalesced.remove((addr, size))
 
     # -- dirty logging ----------------------------------------------------------------------------
     def log_start(self, section: MemoryRegionSection, old: int, new: int) -> None:
@@ -336,29 +326,6 @@ class KvmRingMemoryListener(KvmMemoryListener):
     def pending_dirty(self) -> list[np.ndarray]:
         """Collected bits not yet pushed to L2, and pages in entries nobody has collected."""
         return [self.dirty_bmap, self.kvm.unreaped_pages()]
-
-
-class KvmIoListener(MemoryListener):
-    """``kvm-io`` on the I/O address space: PIO ioeventfds and coalesced PIO (``kvm_io_listener``)."""
-
-    name = "kvm-io"
-    priority = MEMORY_LISTENER_PRIORITY_DEV_BACKEND
-
-    def __init__(self):
-        self.ioeventfds: list[tuple[int, int, bool, int, str]] = []
-        self.coalesced: list[tuple[int, int]] = []
-
-    def eventfd_add(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
-        self.ioeventfds.append((section.offset_within_address_space, section.size, match_data, data, fd))
-
-    def eventfd_del(self, section: MemoryRegionSection, match_data: bool, data: int, fd: str) -> None:
-        self.ioeventfds.remove((section.offset_within_address_space, section.size, match_data, data, fd))
-
-    def coalesced_io_add(self, section: MemoryRegionSection, addr: int, size: int) -> None:
-        self.coalesced.append((addr, size))
-
-    def coalesced_io_del(self, section: MemoryRegionSection, addr: int, size: int) -> None:
-        self.coalesced.remove((addr, size))
 
 
 def _key(section: MemoryRegionSection) -> tuple:

@@ -111,6 +111,15 @@ def clear_by_mask(kvm, mask, w0, w1):
 
 
 @jit
+def slot_of(g, slot_gpa, slot_pages):
+    """Index of the memslot holding guest page ``g`` (a linear scan: guests have few), or len(slots)."""
+    s = 0
+    while s < slot_gpa.shape[0] and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
+        s += 1
+    return s
+
+
+@jit
 def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, gen, faults):
     """Apply one quantum of guest writes of all vCPUs.
 
@@ -130,9 +139,7 @@ def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_loggin
         nfault = 0
         for i in range(start, stop):
             g = gpa_pages[i]
-            s = 0
-            while s < nslots and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
-                s += 1
+            s = slot_of(g, slot_gpa, slot_pages)
             if s == nslots:
                 unassigned += 1
                 continue
@@ -327,9 +334,7 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                 return 1
             g = gpa_pages[i]
             i += 1
-            s = 0
-            while s < nslots and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
-                s += 1
+            s = slot_of(g, slot_gpa, slot_pages)
             if s == nslots:
                 out[2] += 1
                 continue
@@ -393,9 +398,7 @@ def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, gen, log, logging)
     logged = 0
     for i in range(gpa_pages.shape[0]):
         g = gpa_pages[i]
-        s = 0
-        while s < nslots and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
-            s += 1
+        s = slot_of(g, slot_gpa, slot_pages)
         if s == nslots:
             continue
         gen[g - slot_gpa[s] + slot_ram[s]] += 1

@@ -15,6 +15,7 @@ import simpy
 
 from ..dirty import kernels
 from ..scenario.schema import PAGE_SIZE
+from .actor import QuantumActor
 from .workload import Workload
 
 NS_PER_S = 10**9
@@ -62,14 +63,13 @@ class Vcpu:
         return n
 
 
-class Guest:
+class Guest(QuantumActor):
     """The running guest: one SimPy process stepping all vCPUs a quantum at a time."""
 
     def __init__(self, env: simpy.Environment, vcpus: list[Vcpu], accel, quantum_ns: int, fault_ns: int):
         """``accel`` applies writes (``KvmDirtyLog`` or ``TcgDirtyMemory``)."""
-        self.env, self.vcpus, self.accel = env, vcpus, accel
-        self.quantum_ns, self.fault_ns = quantum_ns, fault_ns
-        self.running = True
+        super().__init__(env, quantum_ns)
+        self.vcpus, self.accel, self.fault_ns = vcpus, accel, fault_ns
         self.unassigned_writes = 0
         ws = [v.workload for v in vcpus]
         self._params = (
@@ -81,15 +81,6 @@ class Guest:
         self._seg_end = np.zeros(len(vcpus), dtype=np.int64)
         self._u = np.zeros(0)
         self._pages = np.zeros(0, dtype=np.int64)
-
-    def stop(self) -> None:
-        """``vm_stop``: vCPUs leave KVM_RUN; no write happens after this."""
-        self.running = False
-
-    def run(self):
-        while self.running:
-            self.step(self.quantum_ns)
-            yield self.env.timeout(self.quantum_ns)
 
     def step(self, quantum_ns: int) -> None:
         """Apply the writes every vCPU makes in the next ``quantum_ns``."""

@@ -15,16 +15,18 @@ import simpy
 from ..accel.vhost import VhostListener
 from ..dirty import kernels
 from ..scenario.schema import PAGE_SIZE, VhostUserNet
+from .actor import QuantumActor
 
 NS_PER_S = 10**9
 
 
-class VhostUserBackend:
+class VhostUserBackend(QuantumActor):
     """One device: ``queues`` used-ring pages, then buffers used round-robin, a quantum at a time."""
 
     def __init__(self, env: simpy.Environment, name: str, spec, offset: int, listener: VhostListener,
                  gen: np.ndarray, quantum_ns: int):
-        self.env, self.name, self.listener, self.gen, self.quantum_ns = env, name, listener, gen, quantum_ns
+        super().__init__(env, quantum_ns)  # stops at vhost_dev_stop (switchover)
+        self.name, self.listener, self.gen = name, listener, gen
         self.queues = spec.queues
         self.rate = spec.rx if isinstance(spec, VhostUserNet) else spec.read  # bytes/s into guest memory
         self.unit = spec.packet if isinstance(spec, VhostUserNet) else spec.request
@@ -35,17 +37,7 @@ class VhostUserBackend:
         self.buf_slots = (spec.buffers // PAGE_SIZE - self.queues) // self.unit_pages
         self.cursor = 0
         self.carry = 0
-        self.running = True
         self.pages_written = 0
-
-    def stop(self) -> None:
-        """``vhost_dev_stop`` at switchover: no more device writes."""
-        self.running = False
-
-    def run(self):
-        while self.running:
-            self.step(self.quantum_ns)
-            yield self.env.timeout(self.quantum_ns)
 
     def step(self, quantum_ns: int) -> None:
         """Write the units (packets or read requests) of one quantum, then each used ring once."""
