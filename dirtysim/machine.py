@@ -113,7 +113,7 @@ class Machine:
     def _map_ram(self, scenario: Scenario, rng: np.random.Generator) -> RAMBlock:
         mem = scenario.machine.memory
         pages = mem.size // PAGE_SIZE
-        block = self.ram_list.ram_block_add("pc.ram", mem.size, _initial_contents(pages, mem.zero_fraction, rng))
+        block = self._ram_block_add("pc.ram", mem.size, _initial_contents(pages, mem.zero_fraction, rng))
         block.mr = memory_region_init_ram("pc.ram", mem.size, block)
         self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
         return block
@@ -153,11 +153,16 @@ class Machine:
                 dev["vfio"] = VfioListener(self.recorder, dev["name"])
                 self.memory.memory_listener_register(dev["vfio"], self.as_memory)
 
+    def _ram_block_add(self, idstr: str, size: int, contents: Optional[np.ndarray] = None) -> RAMBlock:
+        block = self.ram_list.ram_block_add(idstr, size, contents)
+        self.recorder.emit(ev.RamBlockAdded, idstr=idstr, offset=block.offset, size=size)
+        return block
+
     # -- memory-map actions (the timeline) -------------------------------------------------------------
     def hotplug_dimm(self, dimm_id: str, size: int) -> RAMBlock:
         """``pc_dimm_plug``: a new RAMBlock (all dirty, ``ram_block_add``) mapped in the device-memory area."""
         offset = self._free_dimm_offset(size)
-        block = self.ram_list.ram_block_add(dimm_id, size)
+        block = self._ram_block_add(dimm_id, size)
         block.mr = memory_region_init_ram(dimm_id, size, block)
         self.memory.memory_region_add_subregion(self.device_memory, offset, block.mr)
         self.dimms[dimm_id] = (block, offset)
@@ -172,6 +177,7 @@ class Machine:
         for notify in self.block_listeners:
             notify("remove", block)
         self.ram_list.ram_block_remove(block)
+        self.recorder.emit(ev.RamBlockRemoved, idstr=block.idstr)
 
     def _free_dimm_offset(self, size: int) -> int:
         used = sorted((off, blk.used_length) for blk, off in self.dimms.values())
@@ -193,7 +199,7 @@ class Machine:
     def set_pam(self, enabled: bool) -> None:
         """A read-only shadow of the BIOS over low RAM (i440fx PAM): the RAM range splits around it."""
         if self.pam_rom is None:
-            block = self.ram_list.ram_block_add("pc.rom", PAM_SIZE, np.ones(PAM_SIZE // PAGE_SIZE, dtype=np.uint32))
+            block = self._ram_block_add("pc.rom", PAM_SIZE, np.ones(PAM_SIZE // PAGE_SIZE, dtype=np.uint32))
             block.mr = memory_region_init_rom("pc.rom", PAM_SIZE, block)
             self.pam_rom = block.mr
             block.mr.enabled = False

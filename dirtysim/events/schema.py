@@ -32,6 +32,18 @@ class RunStarted(Event, tag="run-started"):
     scenario: dict
 
 
+class RamBlockAdded(Event, tag="ram-block-added"):
+    """``ram_block_add``: a RAMBlock exists (counted in ``ram_bytes_total``), all dirty."""
+
+    idstr: str
+    offset: int  # ram_addr
+    size: int
+
+
+class RamBlockRemoved(Event, tag="ram-block-removed"):
+    idstr: str
+
+
 class ListenerRegistered(Event, tag="listener-registered"):
     listener: str
     address_space: str
@@ -206,7 +218,7 @@ class RunFinished(Event, tag="run-finished"):
 
 
 AnyEvent = Union[
-    RunStarted, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
+    RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, LazyClear,
     BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, RunFinished,

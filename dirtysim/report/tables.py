@@ -62,6 +62,7 @@ class _Fold:
     interval: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
     hook_calls: Counter = field(default_factory=Counter)  # (listener, hook) -> calls
+    blocks: dict = field(default_factory=dict)  # RAMBlocks: idstr -> size (ram_bytes_total)
     rounds: list = field(default_factory=list)
 
     def _add(self, **counts: int) -> None:
@@ -71,9 +72,15 @@ class _Fold:
 
     def apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
-            self.page_size, self.ram_bytes, self.seed = e.page_size, e.ram_bytes, e.seed
+            self.page_size, self.seed = e.page_size, e.seed
             self.downtime_limit_ms = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
             self.expected_downtime = self.downtime_limit_ms
+        elif isinstance(e, ev.RamBlockAdded):
+            self.blocks[e.idstr] = e.size
+            self.ram_bytes = sum(self.blocks.values())
+        elif isinstance(e, ev.RamBlockRemoved):
+            del self.blocks[e.idstr]
+            self.ram_bytes = sum(self.blocks.values())
         elif isinstance(e, ev.MigrationStatus):
             self.status = e.status
             if e.status == "setup":
