@@ -554,3 +554,84 @@ def test_map_writes_matches_reference(case):
     for v, stop in enumerate(seg_end):  # every write lands in its vCPU's working set
         assert ((fast[start:stop] >= first[v]) & (fast[start:stop] < first[v] + pages[v])).all()
         start = stop
+
+
+# --------------------------------------------------------------------------- tracking-lab kernels
+
+
+@FAST
+@given(two_bitmaps_and_range())
+def test_clear_all_matches_reference(case):
+    check(K.clear_all, R.clear_all, *case)
+
+
+@st.composite
+def ring_case(draw):
+    """apply_writes' inputs plus per-vCPU rings (small, possibly partly full) and a resume index."""
+    (writes, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen, faults) = draw(apply_writes_case())
+    nvcpu = seg_end.shape[0]
+    size = draw(st.sampled_from([8, 16, 64]))
+    soft_limit = draw(st.integers(1, size))
+    reset = np.array(draw(st.lists(st.integers(0, 50), min_size=nvcpu, max_size=nvcpu)), dtype=np.int64)
+    dirty = reset + np.array(draw(st.lists(st.integers(0, soft_limit - 1), min_size=nvcpu, max_size=nvcpu)),
+                             dtype=np.int64)
+    ram_pages = protected.shape[0] * 64
+    rings = np.array(draw(st.lists(st.integers(0, ram_pages - 1), min_size=nvcpu * size, max_size=nvcpu * size)),
+                     dtype=np.int64).reshape(nvcpu, size)
+    start = draw(st.integers(0, len(writes)))
+    out = np.zeros(3, dtype=np.int64)
+    return (writes, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen, rings, dirty,
+            reset, soft_limit, faults, out)
+
+
+@SLOW
+@given(ring_case())
+def test_apply_writes_ring_matches_reference(case):
+    k_ret, k_args, r_ret, r_args = run_both(K.apply_writes_ring, R.apply_writes_ring, *case)
+    assert_same(k_ret, k_args, r_ret, r_args)
+    dirty, reset, soft_limit = k_args[10], k_args[11], case[12]
+    if int(k_ret) == 1:  # stopped because a vCPU's ring reached the soft limit, right after its push
+        v = int(k_args[14][0])
+        assert dirty[v] - reset[v] == soft_limit
+    else:
+        assert (dirty - reset < soft_limit).all()
+
+
+@SLOW
+@given(ring_case())
+def test_reap_rings_matches_reference(case):
+    rings, dirty, reset = case[9], case[10], case[11]
+    protected = case[7]
+    dirty_bmap = np.zeros_like(protected)
+    reaped = np.zeros(rings.shape[0], dtype=np.int64)
+    k_ret, k_args, r_ret, r_args = run_both(K.reap_rings, R.reap_rings, rings, dirty, reset, dirty_bmap, protected,
+                                            reaped)
+    assert_same(k_ret, k_args, r_ret, r_args)
+    assert (k_args[2] == k_args[1]).all() and int(k_ret) == int((dirty - reset).sum())
+    entries = {int(rings[v, k % rings.shape[1]]) for v in range(rings.shape[0]) for k in range(reset[v], dirty[v])}
+    assert pages_of(k_args[3]) == entries and entries <= pages_of(k_args[4])  # collected and re-protected
+    marked = np.zeros_like(protected)
+    check(K.mark_ring_entries, R.mark_ring_entries, rings, dirty, reset, marked)
+
+
+@SLOW
+@given(apply_writes_case(), st.booleans())
+def test_backend_writes_matches_reference(case, logging):
+    writes, _, slot_gpa, slot_pages, slot_ram, _, _, gen, _ = case
+    log = np.zeros(-(-(int(writes.max(initial=0)) + 1) // 64), dtype=U64)
+    check(K.backend_writes, R.backend_writes, writes, slot_gpa, slot_pages, slot_ram, gen, log, logging)
+
+
+@FAST
+@given(two_bitmaps_and_range(), st.booleans(), st.integers(0, 5))
+def test_harvest_log_matches_reference(case, exchange, shift):
+    log, dst, w0, w1 = case
+    dst = np.concatenate([dst, np.zeros(shift, dtype=U64)])
+    seen = np.zeros(w1 - w0, dtype=U64)
+    k_ret, k_args, r_ret, r_args = run_both(K.harvest_log, R.harvest_log, log, dst, w0, w1, shift, exchange, seen)
+    assert_same(k_ret, k_args, r_ret, r_args)
+    np.testing.assert_array_equal(k_args[6], log[w0:w1])  # the words read
+    if exchange:
+        assert not k_args[0][w0:w1].any()  # taken by exchange: nothing left behind
+    else:
+        np.testing.assert_array_equal(k_args[0], log)  # a plain read leaves the log as it was

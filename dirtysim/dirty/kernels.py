@@ -316,8 +316,8 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
 
     A write to a write-protected page faults, pushes (the page's RAM index) onto
     the writing vCPU's ring and makes the page writable. When a ring holds
-    ``soft_limit`` unreset entries the vCPU exits with KVM_EXIT_DIRTY_RING_FULL:
-    the kernel stops at that write and returns 1 with out[0] = vCPU, out[1] =
+    ``soft_limit`` unreset entries the vCPU exits with KVM_EXIT_DIRTY_RING_FULL
+    right after that push: the kernel returns 1 with out[0] = vCPU, out[1] =
     index of the next write, so the caller can reap and resume from ``start``.
     Returns 0 when every write is applied; out[2] counts unassigned writes.
     """
@@ -348,6 +348,10 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                     rings[v, dirty_index[v] % n] = r
                     dirty_index[v] += 1
                     faults[v] += 1
+                    if dirty_index[v] - reset_index[v] >= soft_limit:  # KVM_REQ_DIRTY_RING_SOFT_FULL: exit now
+                        out[0] = v
+                        out[1] = i
+                        return 1
         seg_start = stop
     return 0
 

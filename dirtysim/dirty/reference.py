@@ -181,6 +181,10 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                 rings[v, dirty_index[v] % n] = r
                 dirty_index[v] += 1
                 faults[v] += 1
+                if dirty_index[v] - reset_index[v] >= soft_limit:
+                    protected[:] = words(prot)
+                    out[0], out[1] = v, i + 1
+                    return 1
         seg_start = stop
     protected[:] = words(prot)
     return 0

@@ -29,7 +29,7 @@ class RAMState:
     def __init__(self, ram_list: RAMList):
         self.migration_dirty_pages = ram_list.ram_bytes_total() // PAGE_SIZE  # ram_state_init
         self.num_dirty_pages_period = 0
-        self.time_last_bitmap_sync = 0
+        self.time_last_bitmap_sync: int | None = None  # QEMU's REALTIME clock is never 0: None = no sync yet
         self.bytes_xfer_prev = 0
         self.block_index = 0  # last_seen_block
         self.page = 0  # last_page
@@ -77,9 +77,9 @@ class PrecopyMigration:
         yield from self._wait(self.sc.migration.start_at - self.env.now)
         start_ns = self.env.now
         self._status("setup")
+        self.counters.update_iteration_initial_status(self.now_ms(), self.transferred, self.pages_sent)
         yield from self.ram_save_setup()
         self._status("active")
-        self.counters.update_iteration_initial_status(self.now_ms(), self.transferred, self.pages_sent)
         while True:
             if self.env.now - start_ns >= self.sc.migration.timeout:
                 self.cancel()
@@ -160,7 +160,7 @@ class PrecopyMigration:
         rs, mem = self.rs, self.m.memory
         self.flush_deferred_clear()  # send-before-clear: the pass ends, its last chunk is cleared now
         self.dirty_sync_count += 1
-        if not rs.time_last_bitmap_sync:
+        if rs.time_last_bitmap_sync is None:
             rs.time_last_bitmap_sync = self.now_ms()
         mem.memory_global_dirty_log_sync(last_stage)
         new = 0
@@ -310,8 +310,7 @@ class PrecopyMigration:
         while self.rs.migration_dirty_pages:
             yield from self.send_slice(UNLIMITED)
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
-        yield from self._transfer("device-state", self.m.device_state)
-        yield from self._wait(self.sc.network.latency)  # the last byte reaches the destination
+        yield from self._transfer("device-state", self.m.device_state)  # flushed: QEMU's downtime ends here
         self.check_oracle("switchover")
         self._status("completed")
         self.stop_reason = "completed"

@@ -59,6 +59,7 @@ class _Fold:
     stop_reason: str | None = None
     error: str | None = None
     seed: int = 0
+    latency_ns: int = 0
     interval: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
     hook_calls: Counter = field(default_factory=Counter)  # (listener, hook) -> calls
@@ -73,6 +74,7 @@ class _Fold:
     def apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
             self.page_size, self.seed = e.page_size, e.seed
+            self.latency_ns = e.scenario["network"]["latency"]
             self.downtime_limit_ms = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
             self.expected_downtime = self.downtime_limit_ms
         elif isinstance(e, ev.RamBlockAdded):
@@ -189,8 +191,9 @@ def summary(events: list[ev.Event]) -> dict:
     last_ns = events[-1].t_ns if events else 0
     start = f.migrate_ns if f.migrate_ns is not None else last_ns
     end = f.end_ns if f.end_ns is not None else last_ns
-    total_ms = (end - start) // NS_PER_MS
-    setup_ms = (f.setup_end_ns - start) // NS_PER_MS if f.setup_end_ns is not None else None
+    ms = lambda t: t // NS_PER_MS  # noqa: E731 - QEMU subtracts times already truncated to ms
+    total_ms = ms(end) - ms(start)
+    setup_ms = ms(f.setup_end_ns) - ms(start) if f.setup_end_ns is not None else None
     completed = f.status == "completed"
     mbps = f.mbps
     if completed and setup_ms is not None and total_ms > setup_ms:  # migration_completion_end
@@ -216,7 +219,7 @@ def summary(events: list[ev.Event]) -> dict:
     if setup_ms is not None:
         out["setup-time"] = setup_ms
     if completed and f.stop_ns is not None:
-        out["downtime"] = (end - f.stop_ns) // NS_PER_MS
+        out["downtime"] = ms(end) - ms(f.stop_ns)
     elif not completed:
         out["expected-downtime"] = f.expected_downtime
     out["ram"] = ram
@@ -231,6 +234,8 @@ def summary(events: list[ev.Event]) -> dict:
         "first-lost-at": f.first_lost_at,
         "seed": f.seed,
         "downtime-ns": (end - f.stop_ns) if completed and f.stop_ns is not None else None,
+        "guest-downtime-ms": round((end - f.stop_ns + f.latency_ns) / NS_PER_MS, 3)
+        if completed and f.stop_ns is not None else None,
         "resent-pages": t["resent"],
         "write-not-dirty-pages": t["write-not-dirty"],
         "vcpu-faults": t["vcpu-faults"],
