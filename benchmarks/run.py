@@ -233,7 +233,7 @@ def markdown(res: dict) -> str:
             out.append(f"| {name} | {row['density']:.0%} | {k['median_ms']:.2f} | {k['gb_per_s']:.1f} | "
                        f"{100 * stream_ms / k['median_ms']:.0f}% | {k['spread']:.0%} |")
     out.append("")
-    out += [f"| density | numba % of memory limit | numba speed-up over numpy |", "|---:|---:|---:|"]
+    out += ["| density | numba % of memory limit | numba speed-up over numpy |", "|---:|---:|---:|"]
     out += [f"| {r['density']:.0%} | {r['numba_pct_of_stream_read']:.0f}% | {r['numba_speedup_over_numpy']:.1f}x |"
             for r in res["bitmap"]]
     c = res["compile"]

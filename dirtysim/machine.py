@@ -56,7 +56,7 @@ class Machine:
         self.wrong_steps = dt.kvm_clear != "mask" or dt.send_order != "clear-before-send" or (
             dt.vhost_harvest != "exchange" and any(d.kind in VHOST_KINDS for d in m.devices))
         self._lost_seen = 0
-        self.block_listeners: list = []  # migration: ram_block_notify_add / _remove
+        self.block_listeners: list[Callable[[str, RAMBlock], None]] = []  # ram_block_notify_add / _remove
         self.system_memory = memory_region_init("system", SYSTEM_MEMORY_SIZE)
         self.as_memory = self.memory.address_space_init(self.system_memory, "memory")
         self.as_io = self.memory.address_space_init(memory_region_init_io("io", IO_SPACE_SIZE), "I/O")
@@ -272,5 +272,3 @@ def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator
     data = (rng.random(granules) >= zero_fraction).astype(np.uint32)
     return np.repeat(data, ZERO_GRANULE_PAGES)[:pages]
 
-
-BlockNotifier = Callable[[str, RAMBlock], None]

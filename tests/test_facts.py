@@ -12,7 +12,6 @@ from dirtysim.dirty.ramlist import RAMList
 from dirtysim.events import schema as ev
 from dirtysim.events.log import Recorder
 from dirtysim.memory.address_space import GLOBAL_DIRTY_MIGRATION, MemorySystem
-from dirtysim.memory.listener import MemoryRegionSection
 from dirtysim.memory.region import MemoryRegion
 from dirtysim.migration.rate import rate_limit_max, threshold_size
 from dirtysim.scenario.schema import Costs, DirtyTracking
