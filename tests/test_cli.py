@@ -26,7 +26,11 @@ def test_run_writes_every_output(tmp_path):
     res = CliRunner().invoke(main, ["run", str(_scenario_file(tmp_path)), "-o", str(out), "--seed", "4",
                                     "--set", "migration.downtime_limit=200ms"])
     assert res.exit_code == 0, res.output
-    assert {p.name for p in out.iterdir()} == {"summary.json", "rounds.csv", "events.jsonl", "convergence.png"}
+    assert {p.name for p in out.iterdir()} == {"summary.json", "rounds.csv", "vcpus.csv", "events.jsonl",
+                                               "convergence.png"}
+    vcpu_rows = list(csv.DictReader((out / "vcpus.csv").open()))
+    assert len(vcpu_rows) == 2 * len(list(csv.DictReader((out / "rounds.csv").open())))  # 2 vCPUs, every sync
+    assert sum(int(r["faults"]) for r in vcpu_rows) > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["dirtysim"]["lost-pages"] == 0
@@ -53,6 +57,15 @@ def test_timeout_run_reports_stop_reason(tmp_path):
     assert summary["dirtysim"]["stop-reason"] == "timeout"
     assert summary["dirtysim"]["lost-pages"] == 0
     assert summary["ram"]["remaining"] > 0 and "expected-downtime" in summary
+
+
+def test_lost_pages_exit_code(tmp_path):
+    """A loss is a failure (exit 1) unless the scenario asks for deliberately wrong semantics."""
+    path = _scenario_file(tmp_path, dirty_tracking={"kvm_clear": "clear-all"}, seed=9)
+    res = CliRunner().invoke(main, ["run", str(path), "-o", str(tmp_path / "w")])
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["dirtysim"]["lost-pages"] > 0
+    assert res.exit_code == 0 and "expected: deliberately wrong kvm_clear clear-all" in res.output
 
 
 def test_validate_and_schema():

@@ -31,10 +31,11 @@ def json_bytes(obj) -> bytes:
 
 
 def write_projections(events: list, outdir: Path, run_info: dict, plots: bool) -> dict:
-    """rounds.csv, summary.json (with ``run_info`` merged into its ``dirtysim`` object) and the plot."""
+    """rounds.csv, vcpus.csv, summary.json (with ``run_info`` merged into ``dirtysim``) and the plot."""
     summary = tables.summary(events)
     summary["dirtysim"].update(run_info)
     write_atomic(outdir / "rounds.csv", tables.csv_bytes(tables.rounds(events)))
+    write_atomic(outdir / "vcpus.csv", tables.csv_bytes(tables.vcpu_rounds(events), tables.VCPU_FIELDS))
     write_atomic(outdir / "summary.json", json_bytes(summary))
     if plots:
         from .plots import convergence_figure, save_figure

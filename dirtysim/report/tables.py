@@ -176,6 +176,24 @@ def rounds(events: list[ev.Event]) -> list[dict]:
     return fold(events).rounds
 
 
+VCPU_FIELDS = ["dirty-sync-count", "vcpu", "writes", "faults", "fault-ms", "ring-full-exits", "ring-full-ms",
+               "inhibit-ms"]
+
+
+def vcpu_rounds(events: list[ev.Event]) -> list[dict]:
+    """One row per vCPU per sync: its writes, faults and stalls since the previous sync."""
+    rows, count = [], 0
+    for e in events:
+        if isinstance(e, ev.BitmapSync):
+            count = e.dirty_sync_count
+        elif isinstance(e, ev.VcpuStats):  # emitted inside the sync that ends the interval
+            rows.append({"dirty-sync-count": count + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
+                         "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
+                         "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3),
+                         "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3)})
+    return rows
+
+
 def csv_bytes(rows: list[dict], fields: list[str] = ROUND_FIELDS) -> bytes:
     """Rows as CSV (the rounds table by default)."""
     buf = io.StringIO()
