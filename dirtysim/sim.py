@@ -1,10 +1,11 @@
 """Simulation: scenario -> machine -> run -> Result, written even when the run fails.
 
-Like desmod's environment, one ``Simulation`` owns the configuration, the RNG
-streams (one ``SeedSequence`` per run, one ``Generator`` per stream) and the
-recorder. Like py-pde, a Python control loop advances SimPy in steps (driving
-the progress bar) while numba kernels do the bulk work inside each step; kernel
-compile time is measured apart from run time.
+Like desmod's environment, one ``run`` owns the configuration, the RNG streams
+(one ``SeedSequence`` per run, one ``Generator`` per stream: layout, each vCPU)
+and the recorder. Like py-pde, a Python control loop advances SimPy in steps
+(driving the progress bar) while numba kernels do the bulk work inside each
+step; kernel compile time is measured apart from run time, and the run ends
+with an explicit stop reason (completed, timeout, error).
 """
 
 from __future__ import annotations
