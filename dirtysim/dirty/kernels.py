@@ -120,6 +120,17 @@ def slot_of(g, slot_gpa, slot_pages):
 
 
 @jit
+def guest_write(g, slot_gpa, slot_pages, slot_ram, slot_logging, gen):
+    """Write guest page ``g``: bump its RAM page's generation. Returns (RAM page, slot logs?), or (-1, False)."""
+    s = slot_of(g, slot_gpa, slot_pages)
+    if s == slot_gpa.shape[0]:
+        return -1, False
+    r = g - slot_gpa[s] + slot_ram[s]
+    gen[r] += 1
+    return r, slot_logging[s]
+
+
+@jit
 def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, gen, faults):
     """Apply one quantum of guest writes of all vCPUs.
 
@@ -133,19 +144,15 @@ def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_loggin
     """
     unassigned = 0
     start = 0
-    nslots = slot_gpa.shape[0]
     for v in range(seg_end.shape[0]):
         stop = seg_end[v]
         nfault = 0
         for i in range(start, stop):
-            g = gpa_pages[i]
-            s = slot_of(g, slot_gpa, slot_pages)
-            if s == nslots:
+            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, gen)
+            if r < 0:
                 unassigned += 1
                 continue
-            r = g - slot_gpa[s] + slot_ram[s]
-            gen[r] += 1
-            if slot_logging[s]:
+            if logging:
                 w = r >> 6
                 b = np.uint64(1) << np.uint64(r & 63)
                 if not (kvm_dirty[w] & b):
@@ -321,7 +328,6 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
     index of the next write, so the caller can reap and resume from ``start``.
     Returns 0 when every write is applied; out[2] counts unassigned writes.
     """
-    nslots = slot_gpa.shape[0]
     n = rings.shape[1]
     seg_start = 0
     for v in range(seg_end.shape[0]):
@@ -332,15 +338,12 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                 out[0] = v
                 out[1] = i
                 return 1
-            g = gpa_pages[i]
+            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, gen)
             i += 1
-            s = slot_of(g, slot_gpa, slot_pages)
-            if s == nslots:
+            if r < 0:
                 out[2] += 1
                 continue
-            r = g - slot_gpa[s] + slot_ram[s]
-            gen[r] += 1
-            if slot_logging[s]:
+            if logging:
                 w = r >> 6
                 b = np.uint64(1) << np.uint64(r & 63)
                 if protected[w] & b:
