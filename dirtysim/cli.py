@@ -48,19 +48,10 @@ def run(file: str, outdir: str | None, overrides: tuple[str, ...], seed: int | N
     summary = write_run(result, out)
     _print_summary(summary, out)
     lost = summary["dirtysim"]["lost-pages"]
-    wrong = _wrong_semantics(scenario)
+    wrong = scenario.dirty_tracking.wrong_semantics()
     if lost and wrong:
         click.echo(f"                  (expected: deliberately wrong {', '.join(wrong)})")
     sys.exit(EXIT_SIM_ERROR if result.error or (lost and not wrong) else EXIT_OK)
-
-
-def _wrong_semantics(scenario) -> list[str]:
-    """The deliberately wrong tracking options a scenario turns on (losses are then the point)."""
-    dt = scenario.dirty_tracking
-    wrong = [f"kvm_clear {dt.kvm_clear}"] if dt.kvm_clear != "mask" else []
-    wrong += [f"send_order {dt.send_order}"] if dt.send_order != "clear-before-send" else []
-    wrong += [f"vhost_harvest {dt.vhost_harvest}"] if dt.vhost_harvest != "exchange" else []
-    return wrong
 
 
 def _print_summary(s: dict, out: Path) -> None:

@@ -53,8 +53,6 @@ class Machine:
         self.meter = CostMeter()
         self.device_state = m.device_state
         self.reaper_period = dt.reaper_period
-        self.wrong_steps = dt.kvm_clear != "mask" or dt.send_order != "clear-before-send" or (
-            dt.vhost_harvest != "exchange" and any(d.kind in VHOST_KINDS for d in m.devices))
         self._lost_seen = 0
         self.block_listeners: list[Callable[[str, RAMBlock], None]] = []  # ram_block_notify_add / _remove
         self.system_memory = memory_region_init("system", SYSTEM_MEMORY_SIZE)
@@ -90,6 +88,7 @@ class Machine:
         self.memory.memory_listener_register(self.kvm_listener, self.as_memory)
         self.kvm_io = KvmIoListener()
         self.memory.memory_listener_register(self.kvm_io, self.as_io)
+        self.kvm_listener.on_loss_window = self.audit
         self.trackers.append(self.kvm_listener)
 
     def _tcg_init(self, nvcpus: int) -> None:
@@ -258,8 +257,6 @@ class Machine:
 
     def audit(self, at: str) -> None:
         """After a deliberately wrong step: record an OracleCheck when more pages became lost."""
-        if not self.wrong_steps:
-            return
         stale, lost = self.oracle()
         if lost > self._lost_seen:
             self._lost_seen = lost

@@ -161,6 +161,7 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
         self._by_section: dict[tuple, KVMSlot] = {}
         KvmIoeventfds.__init__(self)
         self.on_inhibit: Optional[Callable[[int], None]] = None  # holds every vCPU out of the guest
+        self.on_loss_window: Optional[Callable[[str], None]] = None  # after a clear-all (oracle audit)
 
     # -- memory map: queued until commit (commit f39b7d2b, kvm_region_commit) ------------------------
     @staticmethod
@@ -280,6 +281,8 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
             self.meter.add(cost)
             self.recorder.emit(ev.KvmClearDirtyLog, slot=slot.slot, first_page=first, num_pages=last - first,
                                reprotected=reprotected, cost_ns=cost)
+            if self.clear_kernel is kernels.clear_all and self.on_loss_window is not None:
+                self.on_loss_window("clear-all")
 
     def pending_dirty(self) -> list[np.ndarray]:
         """Dirty bits this listener holds for a later sync (for the oracle): the kernel bitmaps."""

@@ -15,7 +15,7 @@ from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
 from ..scenario.schema import PAGE_SIZE, Scenario
-from .rate import RateCounters, rate_limit_max
+from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
 
 MAX_WAIT = 50  # ms, ram_save_iterate
 RAM_SAVE_FLAG_EOS_BYTES = 8
@@ -30,7 +30,6 @@ class RAMState:
         self.migration_dirty_pages = ram_list.ram_bytes_total() // PAGE_SIZE  # ram_state_init
         self.num_dirty_pages_period = 0
         self.time_last_bitmap_sync: int | None = None  # QEMU's REALTIME clock is never 0: None = no sync yet
-        self.bytes_xfer_prev = 0
         self.block_index = 0  # last_seen_block
         self.page = 0  # last_page
         self.last_sent_block: RAMBlock | None = None
@@ -145,7 +144,7 @@ class PrecopyMigration:
         """``migration_rate_limit``: close the window if >= 100 ms, else sleep out an exhausted budget."""
         self.update_counters()
         if self.counters.rate_exceeded(self.transferred):
-            wake_ms = self.counters.iteration_start_time + 100
+            wake_ms = self.counters.iteration_start_time + BUFFER_DELAY
             yield from self._wait(wake_ms * NS_PER_MS - self.env.now)
 
     def update_counters(self) -> None:
@@ -181,7 +180,6 @@ class PrecopyMigration:
             self.dirty_pages_rate = rs.num_dirty_pages_period * 1000 // (end - rs.time_last_bitmap_sync)
             rs.time_last_bitmap_sync = end
             rs.num_dirty_pages_period = 0
-            rs.bytes_xfer_prev = self.transferred
         for v in self.m.guest.vcpus:
             self.rec.emit(ev.VcpuStats, vcpu=v.index, **v.take_stats())
         self.rec.emit(ev.BitmapSync, dirty_sync_count=self.dirty_sync_count, reason=reason,
@@ -233,9 +231,7 @@ class PrecopyMigration:
                 self._account_block(block, n, z, b, resent, unchanged)
             rs.migration_dirty_pages -= n + z
             normal, zero, nbytes, rs.page = normal + n, zero + z, nbytes + b, page
-            if status == kernels.SEND_NEED_CLEAR and self.send_before_clear:
-                self.defer_clear(block, page >> self.shift)
-            elif status == kernels.SEND_NEED_CLEAR:
+            if status == kernels.SEND_NEED_CLEAR:
                 self.clear_chunk(block, page >> self.shift)
             elif status == kernels.SEND_END_OF_BLOCK:
                 rs.page = 0
@@ -248,23 +244,12 @@ class PrecopyMigration:
         self._record_pages()
         return normal + zero
 
-    def defer_clear(self, block: RAMBlock, chunk: int) -> None:
-        """WRONG on purpose (send-before-clear): a chunk is cleared only after all its pages were sent.
-
-        The clear of the previous chunk is issued now, when the scan enters the
-        next one. A guest write between a page's send and that clear does not
-        fault (the page is still writable), and the clear drops its bit: lost.
-        """
-        self.flush_deferred_clear()
-        block.clear_bmap[chunk] = 0
-        self._deferred = (block, chunk)
-
     def flush_deferred_clear(self) -> None:
+        """send-before-clear: issue the clear of the chunk whose pages have all been sent by now."""
         if self._deferred is not None:
             block, chunk = self._deferred
             self._deferred = None
-            block.clear_bmap[chunk] = 1
-            self.clear_chunk(block, chunk)
+            self._log_clear(block, chunk)
             self.m.audit("send-before-clear")
 
     def _account_block(self, block: RAMBlock, *counts: int) -> None:
@@ -283,15 +268,26 @@ class PrecopyMigration:
         self._pending = {}
 
     def clear_chunk(self, block: RAMBlock, chunk: int) -> None:
-        """``migration_clear_memory_region_dirty_bitmap``: consume the chunk's bit, then log_clear."""
+        """``migration_clear_memory_region_dirty_bitmap``: consume the chunk's bit, then log_clear.
+
+        WRONG on purpose with send-before-clear: the clear is deferred until the
+        scan enters the next chunk, i.e. after every page of this one was sent.
+        A guest write between a page's send and that clear does not fault (the
+        page is still writable), and the clear drops its bit: the write is lost.
+        """
         block.clear_bmap[chunk] = 0
+        if self.send_before_clear:
+            self.flush_deferred_clear()
+            self._deferred = (block, chunk)
+        else:
+            self._log_clear(block, chunk)
+
+    def _log_clear(self, block: RAMBlock, chunk: int) -> None:
         size = PAGE_SIZE << self.shift
         start = chunk * size
         size = min(size, block.used_length - start)
         self.rec.emit(ev.LazyClear, block=block.idstr, chunk=chunk, start=start, size=size)
         self.m.memory.memory_region_clear_dirty_bitmap(block.mr, start, size)
-        if self.sc.dirty_tracking.kvm_clear != "mask":
-            self.m.audit("clear-all")
 
     def _transfer(self, kind: str, nbytes: int):
         wire_ns = nbytes * 10**9 // self.link_bytes_per_s

@@ -168,6 +168,11 @@ class DirtyTracking(_Model):
     vhost_harvest_gap: Duration = Field(
         2 * 10**6, description="read-then-zero: time between the read and the store of 0 (a descheduled thread)"
     )
+    def wrong_semantics(self) -> list[str]:
+        """The deliberately wrong options turned on (pages lost with them are the point, not a bug)."""
+        wrong = {"kvm_clear": "mask", "send_order": "clear-before-send", "vhost_harvest": "exchange"}
+        return [f"{key} {getattr(self, key)}" for key, good in wrong.items() if getattr(self, key) != good]
+
     @model_validator(mode="before")
     @classmethod
     def _defaults_follow_the_mode(cls, data):
