@@ -142,8 +142,9 @@ def test_listener_views_follow_the_flatview(steps):
         writable = {(fr.addr, fr.size) for fr in view if fr.mr.is_ram and not fr.mr.is_rom}
         for vhost in machine.trackers[1:]:
             assert {(s.offset_within_address_space, s.size) for s in vhost.sections} == writable
-        mapped = [d for d in fds if machine.devices[d]["bar"].container is not None]
-        assert len(machine.kvm_listener.ioeventfds) == sum(machine.devices[d]["spec"].queues for d in mapped)
+        # an ioeventfd counts where its BAR is rendered (a newer BAR at the same address hides an older one)
+        visible = [d for d in fds if any(fr.mr is machine.devices[d]["bar"] for fr in view)]
+        assert len(machine.kvm_listener.ioeventfds) == sum(machine.devices[d]["spec"].queues for d in visible)
 
 
 def test_listeners_cli_lists_and_traces(tmp_path):

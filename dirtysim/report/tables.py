@@ -19,12 +19,12 @@ ROUND_FIELDS = [
     "time", "dirty-sync-count", "reason", "transferred", "remaining", "dirty-pages-rate", "mbps",
     "expected-downtime", "new-dirty-pages", "threshold-size", "pending-before", "duplicate", "normal",
     "resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ms", "ring-full-exits",
-    "vcpu-ring-full-ms", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
+    "vcpu-ring-full-ms", "vcpu-inhibit-ms", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
     "thread-get-us", "thread-clear-us", "thread-reap-us", "sync-cost-us",
 ]
 # Per-interval counters (reset at every sync) and what they are folded from.
 INTERVAL_FIELDS = ("resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ns", "ring-full-exits",
-                   "vcpu-ring-full-ns", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
+                   "vcpu-ring-full-ns", "vcpu-inhibit-ns", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
                    "thread-get-ns", "thread-clear-ns", "thread-reap-ns")
 
 
@@ -34,7 +34,6 @@ class _Fold:
 
     page_size: int = 4096
     ram_bytes: int = 0
-    downtime_limit_ms: int = 300
     migrate_ns: int | None = None
     setup_end_ns: int | None = None
     stop_ns: int | None = None
@@ -51,7 +50,6 @@ class _Fold:
     mbps: float = 0.0
     pages_per_second: float = 0.0
     expected_downtime: int = 300
-    threshold_size: int = 0
     lost_pages: int | None = None
     stale_pages: int | None = None
     first_lost_ns: int | None = None
@@ -65,6 +63,7 @@ class _Fold:
     hook_calls: Counter = field(default_factory=Counter)  # (listener, hook) -> calls
     blocks: dict = field(default_factory=dict)  # RAMBlocks: idstr -> size (ram_bytes_total)
     rounds: list = field(default_factory=list)
+    vcpu_rows: list = field(default_factory=list)
 
     def _add(self, **counts: int) -> None:
         for key, n in counts.items():
@@ -75,8 +74,7 @@ class _Fold:
         if isinstance(e, ev.RunStarted):
             self.page_size, self.seed = e.page_size, e.seed
             self.latency_ns = e.scenario["network"]["latency"]
-            self.downtime_limit_ms = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
-            self.expected_downtime = self.downtime_limit_ms
+            self.expected_downtime = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
         elif isinstance(e, ev.RamBlockAdded):
             self.blocks[e.idstr] = e.size
             self.ram_bytes = sum(self.blocks.values())
@@ -104,10 +102,15 @@ class _Fold:
                     self.downtime_bytes += e.bytes
         elif isinstance(e, ev.RateWindow):
             self.mbps, self.pages_per_second = e.mbps, e.pages_per_second
-            self.expected_downtime, self.threshold_size = e.expected_downtime, e.threshold_size
+            self.expected_downtime = e.expected_downtime
         elif isinstance(e, ev.VcpuStats):
             self._add(**{"vcpu-writes": e.writes, "vcpu-faults": e.faults, "vcpu-fault-ns": e.fault_ns,
-                         "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns})
+                         "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns,
+                         "vcpu-inhibit-ns": e.inhibit_ns})
+            self.vcpu_rows.append({  # emitted inside the sync that ends the interval
+                "dirty-sync-count": self.syncs + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
+                "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
+                "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3), "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3)})
         elif isinstance(e, ev.LazyClear):
             self._add(**{"lazy-clears": 1})
         elif isinstance(e, ev.KvmClearDirtyLog):
@@ -182,16 +185,7 @@ VCPU_FIELDS = ["dirty-sync-count", "vcpu", "writes", "faults", "fault-ms", "ring
 
 def vcpu_rounds(events: list[ev.Event]) -> list[dict]:
     """One row per vCPU per sync: its writes, faults and stalls since the previous sync."""
-    rows, count = [], 0
-    for e in events:
-        if isinstance(e, ev.BitmapSync):
-            count = e.dirty_sync_count
-        elif isinstance(e, ev.VcpuStats):  # emitted inside the sync that ends the interval
-            rows.append({"dirty-sync-count": count + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
-                         "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
-                         "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3),
-                         "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3)})
-    return rows
+    return fold(events).vcpu_rows
 
 
 def csv_bytes(rows: list[dict], fields: list[str] = ROUND_FIELDS) -> bytes:
@@ -260,6 +254,7 @@ def summary(events: list[ev.Event]) -> dict:
         "vcpu-fault-ms": round(t["vcpu-fault-ns"] / NS_PER_MS, 3),
         "ring-full-exits": t["ring-full-exits"],
         "vcpu-ring-full-ms": round(t["vcpu-ring-full-ns"] / NS_PER_MS, 3),
+        "vcpu-inhibit-ms": round(t["vcpu-inhibit-ns"] / NS_PER_MS, 3),
         "vhost-logged-pages": t["vhost-logged-pages"],
         "thread-ioctl-ms": round((t["thread-get-ns"] + t["thread-clear-ns"] + t["thread-reap-ns"]) / NS_PER_MS, 3),
         "listener-calls": {f"{listener}.{hook}": n for (listener, hook), n in sorted(f.hook_calls.items())},
