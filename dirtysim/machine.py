@@ -29,7 +29,7 @@ from .guest.vcpu import Guest, Vcpu
 from .guest.vhost_backend import VhostUserBackend
 from .guest.workload import make_workload
 from .memory.address_space import MemorySystem
-from .memory.region import (memory_region_init, memory_region_init_alias, memory_region_init_io,
+from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
 from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario
 
@@ -77,7 +77,8 @@ class Machine:
         self.backends: list[VhostUserBackend] = []
         self._devices(scenario)
         self.dimms: dict[str, tuple] = {}
-        self.pam_rom = None
+        # Only scenarios that toggle PAM get pc.rom, so the others keep exactly one RAMBlock.
+        self.pam_rom = self._map_pam_rom() if any(e.pam for e in scenario.timeline) else None
 
     # -- accelerators ----------------------------------------------------------------------------------
     def _kvm_init(self, dt, costs, nvcpus: int) -> None:
@@ -195,16 +196,16 @@ class Machine:
         else:
             self.memory.memory_region_set_address(bar, addr)
 
+    def _map_pam_rom(self) -> MemoryRegion:
+        """``pc.rom``, created with the board (like QEMU's), mapped disabled over 0xC0000-0xFFFFF."""
+        block = self._ram_block_add("pc.rom", PAM_SIZE, np.ones(PAM_SIZE // PAGE_SIZE, dtype=np.uint32))
+        block.mr = memory_region_init_rom("pc.rom", PAM_SIZE, block)
+        block.mr.enabled = False
+        self.memory.memory_region_add_subregion(self.system_memory, PAM_BASE, block.mr, priority=1)
+        return block.mr
+
     def set_pam(self, enabled: bool) -> None:
         """A read-only shadow of the BIOS over low RAM (i440fx PAM): the RAM range splits around it."""
-        if self.pam_rom is None:
-            block = self._ram_block_add("pc.rom", PAM_SIZE, np.ones(PAM_SIZE // PAGE_SIZE, dtype=np.uint32))
-            block.mr = memory_region_init_rom("pc.rom", PAM_SIZE, block)
-            self.pam_rom = block.mr
-            block.mr.enabled = False
-            self.memory.memory_region_add_subregion(self.system_memory, PAM_BASE, block.mr, priority=1)
-            for notify in self.block_listeners:
-                notify("add", block)
         self.memory.memory_region_set_enabled(self.pam_rom, enabled)
 
     def set_ioeventfds(self, index: int, enabled: bool) -> str:

@@ -125,7 +125,8 @@ def test_listener_views_follow_the_flatview(steps):
     current FlatView, and every vhost memory table holds exactly its non-ROM RAM ranges."""
     sc, rec, machine = _machine(machine={"devices": DEVICES, "device_memory": "4MiB",
                                          "memory": {"size": "64MiB"},
-                                         "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]})
+                                         "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]},
+                                timeline=[{"at": "60min", "pam": {"enabled": False}}])  # the board gets pc.rom
     vfio = next(d["vfio"] for d in machine.devices if "vfio" in d)
     fds: set[int] = set()
     for step in steps:
