@@ -231,3 +231,18 @@ def test_fact13_expected_downtime(hot_run):
                 assert e.expected_downtime == int(last_sync.migration_dirty_pages * PAGE / e.bandwidth)
                 checked += 1
     assert checked >= 1
+
+
+def test_dirty_pages_rate_only_over_periods_longer_than_a_second(hot_run):
+    """``migration_update_rates``: rate = new pages of the period x 1000 // period ms, only for periods > 1000 ms."""
+    ms = lambda e: e.t_ns // 10**6  # noqa: E731
+    syncs_ = syncs(hot_run.events)
+    start, pending, rate = ms(syncs_[0]), 0, 0
+    for s in syncs_[1:]:
+        pending += s.new_dirty_pages
+        assert s.period_closed == (ms(s) > start + 1000)
+        if s.period_closed:
+            rate = pending * 1000 // (ms(s) - start)
+            start, pending = ms(s), 0
+        assert s.dirty_pages_rate == rate
+    assert any(s.period_closed for s in syncs_)

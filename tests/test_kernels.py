@@ -152,32 +152,12 @@ warm_up_kernels()  # compile (or load from numba's cache) every kernel with the 
 # --------------------------------------------------------------------------- bitmap kernels
 
 
+@pytest.mark.parametrize("name", ["sync_xchg", "or_into", "xchg_into", "clear_by_mask", "clear_all"])
 @FAST
-@given(two_bitmaps_and_range())
-def test_sync_xchg_matches_reference(case):
-    src, dst, w0, w1 = case
-    check(K.sync_xchg, R.sync_xchg, src, dst, w0, w1)
-
-
-@FAST
-@given(two_bitmaps_and_range())
-def test_or_into_matches_reference(case):
-    dst, src, w0, w1 = case
-    check(K.or_into, R.or_into, dst, src, w0, w1)
-
-
-@FAST
-@given(two_bitmaps_and_range())
-def test_xchg_into_matches_reference(case):
-    src, dst, w0, w1 = case
-    check(K.xchg_into, R.xchg_into, src, dst, w0, w1)
-
-
-@FAST
-@given(two_bitmaps_and_range())
-def test_clear_by_mask_matches_reference(case):
-    kvm, mask, w0, w1 = case
-    check(K.clear_by_mask, R.clear_by_mask, kvm, mask, w0, w1)
+@given(case=two_bitmaps_and_range())
+def test_two_bitmap_kernels_match_reference(name, case):
+    """Kernels of the form f(a, b, w0, w1) over two word arrays."""
+    check(getattr(K, name), getattr(R, name), *case)
 
 
 @FAST
@@ -557,12 +537,6 @@ def test_map_writes_matches_reference(case):
 
 
 # --------------------------------------------------------------------------- tracking-lab kernels
-
-
-@FAST
-@given(two_bitmaps_and_range())
-def test_clear_all_matches_reference(case):
-    check(K.clear_all, R.clear_all, *case)
 
 
 @st.composite

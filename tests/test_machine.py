@@ -164,3 +164,16 @@ def test_listeners_cli_lists_and_traces(tmp_path):
     dels = [i for i, line in enumerate(traced) if "region_del" in line]
     adds = [i for i, line in enumerate(traced) if "region_add" in line]
     assert dels and adds and max(dels) < min(adds)  # fact 15: every deletion before any addition
+
+
+def test_vhost_log_grows_to_the_highest_gpa_on_commit():
+    """``vhost_get_log_size``: one 64-bit word per 256 KiB up to the last GPA; grown (with headroom) at commit."""
+    sc, rec, machine = _machine(machine={"devices": DEVICES[:1], "device_memory": "1GiB"})
+    vhost = machine.trackers[1]
+    vhost.log_global_start()
+    assert vhost.log_size() == (1 << 30) // (256 << 10)  # 1 GiB of RAM at GPA 0
+    entry = TimelineEntry.model_validate({"at": "0s", "hotplug": {"id": "d0", "size": "256MiB"}})
+    apply_action(entry, sc, machine, False, rec)
+    top = sc.device_memory_base() + (256 << 20)
+    assert vhost.log_size() == (top - 1) // (256 << 10) + 1
+    assert vhost.log.words.shape[0] >= vhost.log_size()

@@ -67,6 +67,17 @@ def ram(name: str, size: int, init=memory_region_init_ram) -> MemoryRegion:
     return init(name, size, RAMBlock(name, 0, size))
 
 
+def one_ram_region_watched():
+    """A 1 MiB RAM region at 0 and a listener "kvm" registered after it, its log emptied."""
+    mem, root, asp = machine()
+    log: list[Call] = []
+    r1 = ram("r1", MIB)
+    mem.memory_region_add_subregion(root, 0, r1)
+    mem.memory_listener_register(Recording("kvm", log), asp)
+    log.clear()
+    return mem, r1, log
+
+
 def hooks(log: list, *names: str) -> list[tuple]:
     return [(c.listener, c.hook) for c in log if c.hook in names]
 
@@ -195,12 +206,7 @@ def test_nested_transactions_notify_once_at_the_outermost_commit():
 
 
 def test_commit_without_change_notifies_nothing():
-    mem, root, asp = machine()
-    log: list[Call] = []
-    r1 = ram("r1", MIB)
-    mem.memory_region_add_subregion(root, 0, r1)
-    mem.memory_listener_register(Recording("kvm", log), asp)
-    log.clear()
+    mem, r1, log = one_ram_region_watched()
     with mem.transaction():
         pass
     mem.memory_region_set_enabled(r1, True)
@@ -213,12 +219,7 @@ def test_commit_without_change_notifies_nothing():
 
 def test_change_and_undo_in_one_transaction_still_runs_the_passes():
     """QEMU re-renders whenever update_pending is set: begin, region_nop per range, commit."""
-    mem, root, asp = machine()
-    log: list[Call] = []
-    r1 = ram("r1", MIB)
-    mem.memory_region_add_subregion(root, 0, r1)
-    mem.memory_listener_register(Recording("kvm", log), asp)
-    log.clear()
+    mem, r1, log = one_ram_region_watched()
     with mem.transaction():
         mem.memory_region_set_enabled(r1, False)
         mem.memory_region_set_enabled(r1, True)
