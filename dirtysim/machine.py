@@ -180,6 +180,7 @@ class Machine:
         self.recorder.emit(ev.RamBlockRemoved, idstr=block.idstr)
 
     def _free_dimm_offset(self, size: int) -> int:
+        """``memory_device_get_free_addr``: the lowest gap in the device-memory area that fits (first fit)."""
         used = sorted((off, blk.used_length) for blk, off in self.dimms.values())
         offset = 0
         for off, length in used:
