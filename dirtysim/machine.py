@@ -25,7 +25,7 @@ from .dirty import kernels
 from .dirty.ramlist import RAMBlock, RAMList, grown
 from .events import schema as ev
 from .events.log import Recorder
-from .guest.vcpu import Guest, Vcpu
+from .guest.vcpu import Guest, LazyActor
 from .guest.vhost_backend import VhostUserBackend
 from .guest.workload import make_workload
 from .memory.address_space import MemorySystem
@@ -65,14 +65,15 @@ class Machine:
         else:
             self._tcg_init(nvcpus)
         self.ram = self._map_ram(scenario, np.random.default_rng(layout_seed))
-        vcpus = [Vcpu(k, make_workload(scenario, g), np.random.default_rng(vcpu_seeds[k]), g.workload.rate)
-                 for k, g in enumerate(g for g in m.vcpus for _ in range(g.count))]
+        groups = [g for g in m.vcpus for _ in range(g.count)]
         writer = self.kvm if self.kvm is not None else self.tcg_memory
-        self.guest = Guest(env, vcpus, writer, scenario.engine.quantum, costs.write_fault)
+        self.guest = Guest([make_workload(scenario, g) for g in groups],
+                           [np.random.default_rng(seed) for seed in vcpu_seeds], [g.workload.rate for g in groups],
+                           writer, scenario.engine.quantum, costs.write_fault, recorder)
         if self.kvm is not None:
             listener = self.kvm_listener
-            self.kvm.on_ring_full = lambda v: vcpus[v].stall(listener.reap("ring-full", v) + costs.ring_full_exit)
-            listener.on_inhibit = lambda ns: [v.stall_inhibit(ns) for v in vcpus]
+            self.guest.on_ring_full = lambda v: listener.reap("ring-full", v) + costs.ring_full_exit
+            listener.on_inhibit = self.guest.stall_inhibit
         self.devices: list[dict] = []
         self.backends: list[VhostUserBackend] = []
         self._devices(scenario)
@@ -129,12 +130,12 @@ class Machine:
             if spec.kind in VHOST_KINDS:
                 log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
                 used = np.arange(offset // PAGE_SIZE, offset // PAGE_SIZE + spec.queues, dtype=np.int64)
-                listener = VhostListener(name, log, self.ram_list, self.memory, self.env, scenario.costs, self.meter,
-                                         dt.vhost_harvest, dt.vhost_harvest_gap, used)
+                listener = VhostListener(name, log, self.ram_list, self.memory, self.env, self.sleep, scenario.costs,
+                                         self.meter, dt.vhost_harvest, dt.vhost_harvest_gap, used)
                 listener.on_loss_window = self.audit
                 self.memory.memory_listener_register(listener, self.as_memory)
                 self.trackers.append(listener)
-                self.backends.append(VhostUserBackend(self.env, name, spec, offset, listener, self.ram_list.src_gen,
+                self.backends.append(VhostUserBackend(name, spec, offset, listener, self.ram_list,
                                                       scenario.engine.quantum))
         self.device_memory = None
         if m.device_memory:
@@ -199,7 +200,7 @@ class Machine:
 
     def _map_pam_rom(self) -> MemoryRegion:
         """``pc.rom``, created with the board (like QEMU's), mapped disabled over 0xC0000-0xFFFFF."""
-        block = self._ram_block_add("pc.rom", PAM_SIZE, np.ones(PAM_SIZE // PAGE_SIZE, dtype=np.uint32))
+        block = self._ram_block_add("pc.rom", PAM_SIZE, ~np.zeros(PAM_SIZE // PAGE_SIZE // 64, dtype=np.uint64))
         block.mr = memory_region_init_rom("pc.rom", PAM_SIZE, block)
         block.mr.enabled = False
         self.memory.memory_region_add_subregion(self.system_memory, PAM_BASE, block.mr, priority=1)
@@ -225,24 +226,44 @@ class Machine:
 
     # -- running -----------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the actors: vCPUs, device backends, and the kvm-reaper thread in ring mode."""
-        self.env.process(self.guest.run())
-        for backend in self.backends:
-            self.env.process(backend.run())
+        """Start the actors: vCPUs, device backends (lazy, from time 0), and the kvm-reaper thread in ring mode."""
+        for actor in self.lazy_actors:
+            actor.start()
         if self.kvm is not None and self.kvm.ring:
             self.env.process(self._reaper(self.kvm_listener))
+
+    @property
+    def lazy_actors(self) -> list[LazyActor]:
+        return [self.guest, *self.backends]
+
+    def sleep(self, ns: int):
+        """A SimPy process waits ``ns``; on waking, the guest and the backends are brought up to now.
+
+        Every process that reads or changes guest-visible state (the migration
+        thread, the reaper, the timeline, vhost's delayed store) waits through
+        this, so it sees exactly the quanta SimPy would have run before it.
+        """
+        snapshot = [actor.next_t for actor in self.lazy_actors]
+        yield self.env.timeout(ns)
+        now = self.env.now
+        for actor, next_t in zip(self.lazy_actors, snapshot):
+            actor.advance(now, next_t == now)
+
+    def finish(self) -> None:
+        """The simulation stops at ``now``: quanta starting now were scheduled before the stop and still run."""
+        for actor in self.lazy_actors:
+            actor.advance(self.env.now, True)
 
     def _reaper(self, listener: KvmRingMemoryListener):
         """``kvm_dirty_ring_reaper_thread``: reap every ring once per period (1 s)."""
         while self.guest.running:
-            yield self.env.timeout(self.reaper_period)
+            yield from self.sleep(self.reaper_period)
             listener.reap("reaper")
 
     def stop_vm(self) -> None:
         """``vm_stop``: vCPUs out of the guest and vhost devices stopped (``vhost_dev_stop``)."""
-        self.guest.stop()
-        for backend in self.backends:
-            backend.stop()
+        for actor in self.lazy_actors:
+            actor.stop()
 
     # -- the oracle ----------------------------------------------------------------------------------------
     def oracle(self) -> tuple[int, int]:
@@ -254,7 +275,7 @@ class Machine:
             if block.bmap is not None:
                 bmap[block.words] = block.bmap
         layers = [rl.dirty_memory, bmap] + [grown(x, words)[:words] for t in self.trackers for x in t.pending_dirty()]
-        stale, lost = kernels.count_stale(rl.src_gen, rl.dst_gen, np.stack(layers), 0, rl.total_pages)
+        stale, lost = kernels.count_stale(rl.stale, np.stack(layers), 0, words)
         return int(stale), int(lost)
 
     def audit(self, at: str) -> None:
@@ -266,8 +287,9 @@ class Machine:
 
 
 def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Source page generations at boot: 0 for zero pages (in 2 MiB runs), 1 for pages with data."""
+    """Oracle words of RAM at boot: zero pages come in 2 MiB runs, each run zero with ``zero_fraction``."""
     granules = -(-pages // ZERO_GRANULE_PAGES)
-    data = (rng.random(granules) >= zero_fraction).astype(np.uint32)
-    return np.repeat(data, ZERO_GRANULE_PAGES)[:pages]
+    data = rng.random(granules) >= zero_fraction
+    words = np.where(data, ~np.uint64(0), np.uint64(0))
+    return np.repeat(words, ZERO_GRANULE_PAGES // 64)[: pages // 64]
 

@@ -53,29 +53,36 @@ def warm_up_kernels() -> float:
     """Compile (or load from cache) every kernel on tiny inputs; returns the seconds it took."""
     t0 = time.perf_counter()
     w = np.zeros(2, dtype=np.uint64)
-    g = np.zeros(128, dtype=np.uint32)
     i64 = np.zeros(1, dtype=np.int64)
+    one = np.ones(1, dtype=np.int64)
     kernels.sync_xchg(w, w.copy(), 0, 2)
     kernels.or_into(w, w.copy(), 0, 2)
     kernels.xchg_into(w, w.copy(), 0, 2)
     kernels.clear_by_mask(w, w.copy(), 0, 2)
+    kernels.clear_all(w, w.copy(), 0, 2)
     kernels.count_set(w, 0, 2)
     kernels.find_next_bit(w, 0, 128)
-    kernels.apply_writes(i64, np.ones(1, dtype=np.int64), i64, np.ones(1, dtype=np.int64) * 128, i64,
-                         np.ones(1, dtype=np.bool_), w, g, np.zeros(1, dtype=np.int64))
-    kernels.send_pages(w, np.zeros(1, dtype=np.uint8), g, g.copy(), 0, 128, 1 << 40, 1 << 40, 18, True, True, 0,
-                       np.zeros(6, dtype=np.int64))
-    kernels.count_stale(g, g, np.stack([w]), 0, 128)
+    slots = (i64, one * 128, i64, np.ones(1, dtype=np.bool_))
+    kernels.apply_writes(i64, one, *slots, w, w.copy(), w.copy(), i64.copy())
+    kernels.send_pages(w, np.zeros(1, dtype=np.uint8), w.copy(), w.copy(), w.copy(), 0, 128, 1 << 40, 1 << 40, 18,
+                       True, True, 0, np.zeros(6, dtype=np.int64))
+    kernels.count_stale(w, np.stack([w]), 0, 2)
     f = np.zeros(1)
-    kernels.map_writes(f, np.ones(1, dtype=np.int64), i64, i64 + 128, i64, i64, f, i64.copy())
-    kernels.clear_all(w, w.copy(), 0, 2)
+    kernels.map_writes(f, one, i64, i64 + 128, i64, i64, f, i64.copy())
     rings, idx = np.zeros((1, 4), dtype=np.int64), np.zeros(1, dtype=np.int64)
-    kernels.apply_writes_ring(i64, np.ones(1, dtype=np.int64), 0, i64, i64 + 128, i64, np.ones(1, dtype=np.bool_), w,
-                              g, rings, idx, idx.copy(), 2, idx.copy(), np.zeros(3, dtype=np.int64))
+    kernels.apply_writes_ring(i64, one, 0, *slots, w, w.copy(), w.copy(), rings, idx, idx.copy(), 2, idx.copy(),
+                              np.zeros(3, dtype=np.int64))
     kernels.reap_rings(rings, idx, idx.copy(), w, w.copy(), idx.copy())
     kernels.mark_ring_entries(rings, idx, idx.copy(), w)
-    kernels.backend_writes(i64, i64, i64 + 128, i64, g, w, True)
+    kernels.backend_writes(i64, i64, i64 + 128, i64, w, w.copy(), w.copy(), True)
     kernels.harvest_log(w, w.copy(), 0, 2, 0, True, w.copy())
+    for ring in (False, True):
+        kernels.run_vcpus(1, 10**6, ring, one, i64.copy(), i64.copy(), one, np.zeros((1, 2)), i64.copy(), one * 2,
+                          i64, one * 128, i64, i64, f, *slots, w, w.copy(), w.copy(), rings, idx, idx.copy(), 2, 0,
+                          i64.copy(), i64.copy(), i64.copy(), i64.copy(), i64.copy(), i64.copy(),
+                          np.zeros(2, dtype=np.int64), np.zeros(3, dtype=np.int64), np.array([0, -1, 0, 0]))
+    kernels.run_backend(1, 1, 1, i64.copy(), i64.copy(), 1, 0, 1, 0, 1, i64, one * 128, i64, w, w.copy(), w.copy(),
+                        True)
     return time.perf_counter() - t0
 
 
@@ -98,6 +105,7 @@ def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
         if scenario.timeline:
             env.process(run_timeline(env, scenario, machine, migration, recorder))
         _advance(env, done, scenario, progress)
+        machine.finish()
         result.stop_reason = migration.stop_reason or "error"
         recorder.emit(ev.RunFinished, stop_reason=result.stop_reason)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a result record

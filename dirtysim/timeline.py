@@ -15,7 +15,7 @@ def run_timeline(env, scenario, machine, migration, recorder):
     """A SimPy process applying the timeline entries in time order."""
     for entry in sorted(scenario.timeline, key=lambda e: e.at):
         if entry.at > env.now:
-            yield env.timeout(entry.at - env.now)
+            yield from machine.sleep(entry.at - env.now)
         apply_action(entry, scenario, machine, migration.is_running(), recorder)
 
 

@@ -5,8 +5,8 @@ compare the return value and the final state of every array argument. Explicit
 examples pin the QEMU/KVM semantics the simulator relies on.
 
 Bitmaps are uint64 words: page ``p`` is bit ``p & 63`` of word ``p >> 6``.
-Array dtypes match what the simulator passes (uint64 bitmaps, uint32
-generations, int64 tables and counters, bool logging flags, uint8 clear_bmap),
+Array dtypes match what the simulator passes (uint64 bitmaps, including the
+page oracle's, int64 tables and counters, bool logging flags, uint8 clear_bmap),
 so the cached numba specialisations are the production ones.
 """
 
@@ -132,18 +132,6 @@ def two_bitmaps_and_range(draw):
     return a, b, w0, w1
 
 
-@st.composite
-def gens(draw, npages: int, zero_words=None) -> np.ndarray:
-    """uint32 generations: zero where ``zero_words`` bits are set, small non-zero values elsewhere."""
-    if zero_words is None:
-        zero_words = draw(words_of(-(-npages // 64)))
-    seed = draw(st.integers(0, 2**32 - 1))
-    hi = draw(st.sampled_from([2, 4, 1000]))
-    g = np.random.default_rng(seed).integers(1, hi, size=npages).astype(np.uint32)
-    g[R.bits(zero_words)[:npages]] = 0
-    return g
-
-
 # --------------------------------------------------------------------------- warm-up
 
 warm_up_kernels()  # compile (or load from numba's cache) every kernel with the dtypes the simulator uses
@@ -208,7 +196,7 @@ def apply_writes_case(draw):
     cuts = sorted(draw(st.lists(st.integers(0, len(writes)), min_size=nvcpu - 1, max_size=nvcpu - 1)))
     seg_end = np.array(cuts + [len(writes)], dtype=np.int64)
     kvm_dirty = draw(words_of(n))
-    gen = draw(gens(ram_pages))
+    nonzero, stale = draw(words_of(n)), draw(words_of(n))
     faults = np.array(draw(st.lists(st.integers(0, 5), min_size=nvcpu, max_size=nvcpu)), dtype=np.int64)
     return (
         np.array(writes, dtype=np.int64),
@@ -218,7 +206,8 @@ def apply_writes_case(draw):
         np.array([s[2] for s in slots], dtype=np.int64),
         np.array([s[3] for s in slots], dtype=np.bool_),
         kvm_dirty,
-        gen,
+        nonzero,
+        stale,
         faults,
     )
 
@@ -239,15 +228,17 @@ def test_apply_writes_example():
     gpa_pages = np.array([10, 10, 11, 50, 12, 100], dtype=np.int64)
     seg_end = np.array([4, 6], dtype=np.int64)
     kvm = wa([2])
-    gen = np.zeros(128, dtype=np.uint32)
+    nonzero, stale = wa([5]), wa([])
     faults = np.zeros(2, dtype=np.int64)
-    args = (gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm, gen, faults)
-    k_ret, (*_, k_kvm, k_gen, k_faults), r_ret, r_args = run_both(K.apply_writes, R.apply_writes, *args)
+    args = (gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm, nonzero, stale, faults)
+    k_ret, k_args, r_ret, r_args = run_both(K.apply_writes, R.apply_writes, *args)
+    k_kvm, k_nonzero, k_stale, k_faults = k_args[6:]
     assert int(k_ret) == 1
     assert pages_of(k_kvm) == {0, 1, 2}  # no KVM bit for the non-logging slot
-    assert k_gen[0] == 2 and k_gen[1] == 1 and k_gen[2] == 1 and k_gen[64] == 1 and k_gen.sum() == 5
+    assert pages_of(k_nonzero) == {0, 1, 2, 5, 64}  # every written RAM page holds data now
+    assert pages_of(k_stale) == {0, 1, 2, 64}  # and the destination's copy of it is out of date
     assert k_faults.tolist() == [2, 0]  # first write to a protected page faults, the rest do not
-    assert_same(k_ret, list(args[:6]) + [k_kvm, k_gen, k_faults], r_ret, r_args)
+    assert_same(k_ret, k_args, r_ret, r_args)
 
 
 # --------------------------------------------------------------------------- send_pages
@@ -263,10 +254,7 @@ def send_pages_case(draw):
     # one flag byte per chunk: mostly 0, else 1 or another non-zero value
     flags = draw(st.binary(min_size=nchunks, max_size=nchunks))
     clear_bmap = np.array([(0, 0, 1, 255)[b % 4] for b in flags], dtype=np.uint8)
-    src_gen = draw(gens(npages))
-    dst_gen = draw(gens(npages))
-    if draw(st.booleans()):
-        dst_gen[:: draw(st.integers(1, 3))] = K.UNSENT  # pages the destination never received
+    nonzero, stale, received = draw(words_of(n)), draw(words_of(n)), draw(words_of(n))
     end = draw(st.one_of(st.just(npages), st.integers(0, npages)))
     page = draw(st.one_of(st.just(0), st.integers(0, end)))
     small = st.integers(0, 3 * NORMAL_PAGE_BYTES)
@@ -276,7 +264,7 @@ def send_pages_case(draw):
     zero_detect = draw(st.booleans())
     first_extra = draw(st.sampled_from([0, 8]))
     out = np.full(6, -7, dtype=np.int64)
-    return (bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
+    return (bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
             first_extra, out)
 
 
@@ -287,26 +275,26 @@ def test_send_pages_matches_reference(case):
     assert_same(k_ret, k_args, r_ret, r_args)
 
     # Invariants of the kernel's own result (independent of the reference).
-    bmap0, clear_bmap, src_gen, dst_gen0 = case[:4]
-    page0, end, budget, cap, shift, lazy_clear, zero_detect, first_extra = case[4:12]
-    bmap1, dst_gen1, out = k_args[0], k_args[3], k_args[12]
+    bmap0, clear_bmap, nonzero, stale0, received0 = case[:5]
+    page0, end, budget, cap, shift, lazy_clear, zero_detect, first_extra = case[5:13]
+    bmap1, stale1, received1, out = k_args[0], k_args[3], k_args[4], k_args[13]
     nxt, normal, zero, nbytes, resent, unchanged = (int(x) for x in out)
     sent = sorted(pages_of(bmap0) - pages_of(bmap1))
-    assert resent == sum(int(dst_gen0[p] != K.UNSENT) for p in sent)
-    assert unchanged == sum(int(dst_gen0[p] == src_gen[p]) for p in sent)
+    assert resent == len(set(sent) & pages_of(received0))
+    assert unchanged == len(set(sent) & (pages_of(received0) - pages_of(stale0)))
+    assert zero == (len(set(sent) - pages_of(nonzero)) if zero_detect else 0)
     assert len(sent) == normal + zero
     assert all(page0 <= p < nxt <= end for p in sent)
     assert pages_of(bmap1) <= pages_of(bmap0)
-    np.testing.assert_array_equal(dst_gen1[sent], src_gen[sent])
-    untouched = np.ones(len(dst_gen0), dtype=bool)
-    untouched[sent] = False
-    np.testing.assert_array_equal(dst_gen1[untouched], dst_gen0[untouched])
+    # the destination now holds every sent page; nothing else changed
+    assert pages_of(stale1) == pages_of(stale0) - set(sent)
+    assert pages_of(received1) == pages_of(received0) | set(sent)
     # bytes: zero / normal records plus the block header on the first page only
     assert nbytes == zero * ZERO_PAGE_BYTES + normal * NORMAL_PAGE_BYTES + (first_extra if sent else 0)
     # pages are sent in address order with no dirty page skipped in [page0, nxt)
     assert all(p in sent for p in pages_of(bmap0) if page0 <= p < nxt)
     if sent:
-        last_cost = (ZERO_PAGE_BYTES if zero_detect and src_gen[sent[-1]] == 0 else NORMAL_PAGE_BYTES)
+        last_cost = (ZERO_PAGE_BYTES if zero_detect and sent[-1] not in pages_of(nonzero) else NORMAL_PAGE_BYTES)
         last_cost += first_extra if len(sent) == 1 else 0
         before_last = nbytes - last_cost
         assert before_last <= budget and before_last < cap  # overshoot by at most one page
@@ -320,15 +308,16 @@ def test_send_pages_matches_reference(case):
         assert nxt in pages_of(bmap1) and clear_bmap[nxt >> shift]
 
 
-def _send(bmap, clear_bmap, src_gen, page, end, budget, cap, shift, lazy_clear, zero_detect, first_extra):
-    """Run the kernel and the reference, check they agree, return the kernel's view of the result."""
-    dst_gen = np.zeros_like(src_gen)
+def _send(bmap, clear_bmap, nonzero, page, end, budget, cap, shift, lazy_clear, zero_detect, first_extra):
+    """Run the kernel and the reference on a never-sent block; return (status, bmap, received pages, out[:4])."""
+    stale, received = ~np.zeros_like(nonzero), np.zeros_like(nonzero)
     out = np.zeros(6, dtype=np.int64)
-    args = (bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
+    args = (bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
             first_extra, out)
     k_ret, k_args, r_ret, r_args = run_both(K.send_pages, R.send_pages, *args)
     assert_same(k_ret, k_args, r_ret, r_args)
-    return int(k_ret), k_args[0], k_args[3], [int(x) for x in k_args[12][:4]]
+    assert pages_of(k_args[3]) == pages_of(stale) - pages_of(k_args[4])  # received pages are up to date
+    return int(k_ret), k_args[0], pages_of(k_args[4]), [int(x) for x in k_args[13][:4]]
 
 
 @pytest.mark.parametrize("page0", [0, 10])
@@ -336,38 +325,38 @@ def test_send_pages_stops_for_clear_before_first_dirty_page_of_chunk(page0):
     # shift 6: chunk c = pages [64c, 64c + 64). Dirty: 20 (chunk 0), 70 and 80 (chunk 1, flagged).
     bmap = wa([20, 70, 80], 3)
     clear_bmap = np.array([0, 1, 0], dtype=np.uint8)
-    src_gen = np.arange(1, 193, dtype=np.uint32)
+    data = ~np.zeros(3, dtype=U64)
     big = 1 << 40
-    status, bmap1, dst_gen, out = _send(bmap, clear_bmap, src_gen, page0, 192, big, big, 6, True, True, 0)
+    status, bmap1, received, out = _send(bmap, clear_bmap, data, page0, 192, big, big, 6, True, True, 0)
     assert status == SEND_NEED_CLEAR
     assert out == [70, 1, 0, NORMAL_PAGE_BYTES]  # stops at page 70 itself, not at the chunk start (64)
     assert pages_of(bmap1) == {70, 80}  # 70 not sent: still dirty
-    assert dst_gen[70] == 0 and dst_gen[20] == 21
+    assert received == {20}
 
     # Once the chunk is cleared the caller resumes from out[0]. ...
-    status, bmap2, _, out = _send(bmap1, np.zeros(3, dtype=np.uint8), src_gen, 70, 192, big, big, 6, True, True,
+    status, bmap2, _, out = _send(bmap1, np.zeros(3, dtype=np.uint8), data, 70, 192, big, big, 6, True, True,
                                   0)
     assert status == SEND_END_OF_BLOCK and out == [192, 2, 0, 2 * NORMAL_PAGE_BYTES]
     assert pages_of(bmap2) == set()
 
     # ... and in the last stage (lazy_clear False) the flag is ignored and the page is sent.
-    status, bmap3, dst_gen, out = _send(bmap, clear_bmap, src_gen, page0, 192, big, big, 6, False, True, 0)
+    status, bmap3, received, out = _send(bmap, clear_bmap, data, page0, 192, big, big, 6, False, True, 0)
     assert status == SEND_END_OF_BLOCK
     assert out == [192, 3, 0, 3 * NORMAL_PAGE_BYTES]
-    assert pages_of(bmap3) == set() and dst_gen[70] == 71 and dst_gen[80] == 81
+    assert pages_of(bmap3) == set() and received == {20, 70, 80}
 
 
 def test_send_pages_need_clear_on_first_page_sends_nothing():
     bmap = wa([3], 1)
-    status, bmap1, dst_gen, out = _send(bmap, np.array([1], dtype=np.uint8), np.ones(64, dtype=np.uint32),
-                                        0, 64, 1 << 40, 1 << 40, 8, True, True, 8)
+    status, bmap1, received, out = _send(bmap, np.array([1], dtype=np.uint8), ~np.zeros(1, dtype=U64),
+                                         0, 64, 1 << 40, 1 << 40, 8, True, True, 8)
     assert status == SEND_NEED_CLEAR and out == [3, 0, 0, 0]
-    assert pages_of(bmap1) == {3} and not dst_gen.any()
+    assert pages_of(bmap1) == {3} and not received
 
 
 def test_send_pages_overshoots_budget_by_at_most_one_page():
     bmap = wa(range(10), 1)
-    src_gen = np.ones(64, dtype=np.uint32)  # no zero pages
+    src_gen = ~np.zeros(1, dtype=U64)  # no zero pages
     no_clear = np.zeros(1, dtype=np.uint8)
     # budget 10000: after 2 pages 8216 <= budget, so a 3rd goes out (12320 > budget), then stop.
     status, bmap1, _, out = _send(bmap, no_clear, src_gen, 0, 64, 10_000, 1 << 40, 6, True, True, 8)
@@ -388,15 +377,15 @@ def test_send_pages_overshoots_budget_by_at_most_one_page():
 
 def test_send_pages_byte_costs():
     bmap = wa([0, 1, 2, 5], 1)
-    src_gen = np.array([0, 7, 0] + [3] * 61, dtype=np.uint32)  # pages 0 and 2 are zero pages
+    src_gen = ~wa([0, 2], 1)  # pages 0 and 2 are zero pages
     no_clear = np.zeros(1, dtype=np.uint8)
     big = 1 << 40
     assert ZERO_PAGE_BYTES == 9 and NORMAL_PAGE_BYTES == 4104
-    status, _, dst_gen, out = _send(bmap, no_clear, src_gen, 0, 64, big, big, 6, True, True, 8)
+    status, _, received, out = _send(bmap, no_clear, src_gen, 0, 64, big, big, 6, True, True, 8)
     assert status == SEND_END_OF_BLOCK
     # first page (zero) carries first_extra; later pages do not
     assert out == [64, 2, 2, (9 + 8) + 4104 + 9 + 4104]
-    assert dst_gen[[0, 1, 2, 5]].tolist() == [0, 7, 0, 3]
+    assert received == {0, 1, 2, 5}
     # first page normal: extra goes on it
     status, _, _, out = _send(bmap, no_clear, src_gen, 1, 64, big, big, 6, True, True, 8)
     assert out == [64, 2, 1, (4104 + 8) + 9 + 4104]
@@ -411,7 +400,7 @@ def test_send_pages_byte_costs():
 def test_send_pages_end_not_word_aligned():
     # a block of 100 pages in 2 words whose tail bits (100..127) are set, as after bitmap_set
     bmap = np.full(2, ~U64(0), dtype=U64)
-    status, bmap1, _, out = _send(bmap, np.zeros(1, dtype=np.uint8), np.ones(128, dtype=np.uint32), 90, 100,
+    status, bmap1, _, out = _send(bmap, np.zeros(1, dtype=np.uint8), ~np.zeros(2, dtype=U64), 90, 100,
                                   1 << 40, 1 << 40, 8, True, True, 0)
     assert status == SEND_END_OF_BLOCK and out == [100, 10, 0, 10 * NORMAL_PAGE_BYTES]
     assert pages_of(bmap1) == set(range(90)) | set(range(100, 128))
@@ -423,16 +412,11 @@ def test_send_pages_end_not_word_aligned():
 @st.composite
 def count_stale_case(draw):
     n = draw(nwords)
-    npages = n * 64
-    src_gen = draw(gens(npages))
-    stale = R.bits(draw(words_of(n)))
-    dst_gen = src_gen.copy()
-    dst_gen[stale] -= 1  # older generation (wraps for zero: still different)
+    stale = draw(words_of(n))
     rows = draw(st.integers(1, 3))
     tracked = np.stack([draw(words_of(n)) for _ in range(rows)])
-    first = draw(st.integers(0, npages))
-    last = draw(st.one_of(st.just(npages), st.integers(first, npages)))
-    return src_gen, dst_gen, tracked, first, last
+    w0, w1 = draw(word_range(n))
+    return stale, tracked, w0, w1
 
 
 @FAST
@@ -442,10 +426,9 @@ def test_count_stale_matches_reference(case):
 
 
 def test_count_stale_example():
-    src = np.array([1, 2, 3, 4] + [0] * 60, dtype=np.uint32)
-    dst = np.array([1, 1, 0, 4] + [0] * 60, dtype=np.uint32)  # pages 1 and 2 stale
+    stale = wa([1, 2], 1)  # pages 1 and 2 out of date at the destination
     tracked = np.stack([wa([1], 1), wa([5], 1)])  # page 1 remembered by a dirty layer, page 2 lost
-    k_ret, k_args, r_ret, r_args = run_both(K.count_stale, R.count_stale, src, dst, tracked, 0, 64)
+    k_ret, k_args, r_ret, r_args = run_both(K.count_stale, R.count_stale, stale, tracked, 0, 1)
     assert tuple(int(x) for x in k_ret) == (2, 1)
     assert_same(k_ret, k_args, r_ret, r_args)
 
@@ -542,7 +525,8 @@ def test_map_writes_matches_reference(case):
 @st.composite
 def ring_case(draw):
     """apply_writes' inputs plus per-vCPU rings (small, possibly partly full) and a resume index."""
-    (writes, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen, faults) = draw(apply_writes_case())
+    (writes, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale,
+     faults) = draw(apply_writes_case())
     nvcpu = seg_end.shape[0]
     size = draw(st.sampled_from([8, 16, 64]))
     soft_limit = draw(st.integers(1, size))
@@ -554,8 +538,8 @@ def ring_case(draw):
                      dtype=np.int64).reshape(nvcpu, size)
     start = draw(st.integers(0, len(writes)))
     out = np.zeros(3, dtype=np.int64)
-    return (writes, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen, rings, dirty,
-            reset, soft_limit, faults, out)
+    return (writes, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale, rings,
+            dirty, reset, soft_limit, faults, out)
 
 
 @SLOW
@@ -563,9 +547,9 @@ def ring_case(draw):
 def test_apply_writes_ring_matches_reference(case):
     k_ret, k_args, r_ret, r_args = run_both(K.apply_writes_ring, R.apply_writes_ring, *case)
     assert_same(k_ret, k_args, r_ret, r_args)
-    dirty, reset, soft_limit = k_args[10], k_args[11], case[12]
+    dirty, reset, soft_limit = k_args[11], k_args[12], case[13]
     if int(k_ret) == 1:  # stopped because a vCPU's ring reached the soft limit, right after its push
-        v = int(k_args[14][0])
+        v = int(k_args[15][0])
         assert dirty[v] - reset[v] == soft_limit
     else:
         assert (dirty - reset < soft_limit).all()
@@ -574,7 +558,7 @@ def test_apply_writes_ring_matches_reference(case):
 @SLOW
 @given(ring_case())
 def test_reap_rings_matches_reference(case):
-    rings, dirty, reset = case[9], case[10], case[11]
+    rings, dirty, reset = case[10], case[11], case[12]
     protected = case[7]
     dirty_bmap = np.zeros_like(protected)
     reaped = np.zeros(rings.shape[0], dtype=np.int64)
@@ -591,9 +575,9 @@ def test_reap_rings_matches_reference(case):
 @SLOW
 @given(apply_writes_case(), st.booleans())
 def test_backend_writes_matches_reference(case, logging):
-    writes, _, slot_gpa, slot_pages, slot_ram, _, _, gen, _ = case
+    writes, _, slot_gpa, slot_pages, slot_ram, _, _, nonzero, stale, _ = case
     log = np.zeros(-(-(int(writes.max(initial=0)) + 1) // 64), dtype=U64)
-    check(K.backend_writes, R.backend_writes, writes, slot_gpa, slot_pages, slot_ram, gen, log, logging)
+    check(K.backend_writes, R.backend_writes, writes, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
 
 
 @FAST

@@ -43,7 +43,7 @@ def _run(env, gen):
 
 
 def _write(machine, vcpu, pages):
-    nv = len(machine.guest.vcpus)
+    nv = machine.guest.nvcpus
     seg_end = np.zeros(nv, dtype=np.int64)
     seg_end[vcpu:] = len(pages)
     faults = np.zeros(nv, dtype=np.int64)
@@ -83,8 +83,9 @@ def _vhost_machine(harvest):
 
 def _device_write(machine, pages):
     ls = machine.backends[0].listener
+    rl = machine.ram_list
     return kernels.backend_writes(np.asarray(pages, dtype=np.int64), ls.tbl_gpa, ls.tbl_pages, ls.tbl_ram,
-                                  machine.ram_list.src_gen, ls.log.words, ls.logging)
+                                  rl.nonzero, rl.stale, ls.log.words, ls.logging)
 
 
 def _l2_pages(machine):
@@ -166,7 +167,7 @@ def test_dirty_log_invariant(mode, steps):
             _device_write(machine, step[1])
         elif kind == "sync":
             _run(env, migration.bitmap_sync("exact", 0))
-            stale = machine.ram_list.src_gen != machine.ram_list.dst_gen
+            stale = np.unpackbits(machine.ram_list.stale.view(np.uint8), bitorder="little").astype(bool)
             bmap = np.unpackbits(machine.ram_list.blocks[0].bmap.view(np.uint8), bitorder="little").astype(bool)
             assert not (stale & ~bmap).any(), "a stale page was not reported by the sync"
         elif kind == "send":

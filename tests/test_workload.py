@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+import simpy
+
 from builders import scenario
 from dirtysim.dirty import kernels
-from dirtysim.guest.vcpu import Vcpu
+from dirtysim.events.log import Recorder
 from dirtysim.guest.workload import make_workload
+from dirtysim.machine import Machine
 
 
 def _pages(workload, n, seed=0):
@@ -40,8 +43,32 @@ def test_uniform_covers_the_working_set_evenly():
     assert counts.min() > 0.9 * counts.mean() and counts.max() < 1.1 * counts.mean()
 
 
+def _guest(rate: str):
+    sc = scenario(machine={"memory": {"size": "16MiB"}, "vcpus": [{"count": 1, "workload": {
+        "kind": "uniform", "rate": rate}}]})
+    env = simpy.Environment()
+    return Machine(env, sc, Recorder(lambda: env.now), np.random.SeedSequence(1)).guest
+
+
 def test_write_count_follows_rate_and_owed_fault_time():
-    v = Vcpu(0, None, None, rate=4096 * 1000)  # 1000 page writes per second
-    assert sum(v.writes_in(1_000_000) for _ in range(1000)) == 1000  # exact over 1 s, remainders carried
-    v.debt_ns = 500_000_000  # half a second of faults owed
-    assert sum(v.writes_in(1_000_000) for _ in range(1000)) == 500
+    guest = _guest("4096000B/s")  # 1000 page writes per second, 1 ms quanta
+    guest.start()  # the quantum at t=0
+    guest.advance(999_000_000, True)  # ... and the 999 after it: 1 s
+    assert guest.take_stats()[0]["writes"] == 1000  # exact over 1 s, remainders carried
+    guest.debt[0] = 500_000_000  # half a second of faults owed
+    guest.advance(1_999_000_000, True)
+    assert guest.take_stats()[0]["writes"] == 500
+    assert guest.next_t == 2_000_000_000
+
+
+def test_lazy_guest_quanta_at_the_wake_time():
+    """A quantum starting exactly when someone wakes runs before them only if requested (SimPy's order)."""
+    guest = _guest("40960000B/s")  # 10 writes per quantum
+    guest.start()  # the quantum at 0 ms
+    guest.advance(5_000_000, False)  # quanta 1..4 ms; the one at 5 ms not yet
+    assert guest.take_stats()[0]["writes"] == 50 and guest.next_t == 5_000_000
+    guest.advance(5_000_000, True)
+    assert guest.take_stats()[0]["writes"] == 10 and guest.next_t == 6_000_000
+    guest.stop()
+    guest.advance(10_000_000, True)  # a stopped VM makes no writes
+    assert guest.take_stats()[0]["writes"] == 0

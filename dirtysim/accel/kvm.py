@@ -114,17 +114,20 @@ class KvmDirtyLog:
         self.slot_ram = np.array([s.ram_addr // PAGE_SIZE for s in writable], dtype=np.int64)
         self.slot_logging = np.array([s.logging for s in writable], dtype=np.bool_)
 
+    def write_args(self) -> tuple:
+        """What guest writes go through: the writable memslots, and the dirty bitmap (ring: the protection map)."""
+        return (self.slot_gpa, self.slot_pages, self.slot_ram, self.slot_logging,
+                self.protected if self.ring else self.dirty)
+
     def apply_writes(self, gpa_pages: np.ndarray, seg_end: np.ndarray, faults: np.ndarray) -> int:
-        """All vCPUs' writes of one quantum; in ring mode a full ring exits to QEMU and resumes."""
-        gen = self.ram_list.src_gen
+        """A batch of writes per vCPU (``seg_end``); in ring mode a full ring exits to QEMU and resumes."""
+        rl = self.ram_list
         if not self.ring:
-            return kernels.apply_writes(gpa_pages, seg_end, self.slot_gpa, self.slot_pages, self.slot_ram,
-                                        self.slot_logging, self.dirty, gen, faults)
+            return kernels.apply_writes(gpa_pages, seg_end, *self.write_args(), rl.nonzero, rl.stale, faults)
         out, start = self._out, 0
         out[2] = 0
-        while kernels.apply_writes_ring(gpa_pages, seg_end, start, self.slot_gpa, self.slot_pages, self.slot_ram,
-                                        self.slot_logging, self.protected, gen, self.rings, self.dirty_index,
-                                        self.reset_index, self.soft_limit, faults, out):
+        while kernels.apply_writes_ring(gpa_pages, seg_end, start, *self.write_args(), rl.nonzero, rl.stale,
+                                        self.rings, self.dirty_index, self.reset_index, self.soft_limit, faults, out):
             start = int(out[1])
             self.on_ring_full(int(out[0]))  # KVM_EXIT_DIRTY_RING_FULL
         return int(out[2])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dirty import kernels
 from ..dirty.ramlist import RAMList
 from ..memory.listener import MemoryListener
 from ..scenario.schema import PAGE_SIZE
@@ -39,7 +38,7 @@ class TcgListener(MemoryListener):
 
 
 class TcgDirtyMemory:
-    """Guest writes under TCG, with the same interface as ``KvmDirtyLog.apply_writes``."""
+    """Guest writes under TCG, with the same interface as ``KvmDirtyLog.write_args``."""
 
     def __init__(self, ram_list: RAMList, memory, address_space):
         self.ram_list, self.memory, self.address_space = ram_list, memory, address_space
@@ -54,8 +53,7 @@ class TcgDirtyMemory:
         self.slot_ram = np.array([(fr.mr.ram_block.offset + fr.offset_in_region) // PAGE_SIZE for fr in ranges],
                                  dtype=np.int64)
 
-    def apply_writes(self, gpa_pages: np.ndarray, seg_end: np.ndarray, faults: np.ndarray) -> int:
+    def write_args(self) -> tuple:
         """A write to a page clean in L2 traps (a "fault" here) and sets its bit; only while tracking is on."""
         logging = np.full(self.slot_gpa.shape[0], bool(self.memory.global_dirty_tracking), dtype=np.bool_)
-        return kernels.apply_writes(gpa_pages, seg_end, self.slot_gpa, self.slot_pages, self.slot_ram, logging,
-                                    self.ram_list.dirty_memory, self.ram_list.src_gen, faults)
+        return self.slot_gpa, self.slot_pages, self.slot_ram, logging, self.ram_list.dirty_memory

@@ -41,9 +41,11 @@ class VhostListener(MemoryListener):
     name = "vhost"
     priority = MEMORY_LISTENER_PRIORITY_DEV_BACKEND
 
-    def __init__(self, device: str, log: VhostLog, ram_list: RAMList, memory, env, costs, meter: CostMeter,
+    def __init__(self, device: str, log: VhostLog, ram_list: RAMList, memory, env, sleep, costs, meter: CostMeter,
                  harvest: str, harvest_gap_ns: int, used_ring_pages: np.ndarray):
+        """``sleep(ns)``: how a SimPy process of this listener waits (``Machine.sleep``)."""
         self.device, self.log, self.ram_list, self.memory, self.env = device, log, ram_list, memory, env
+        self.sleep = sleep
         self.costs, self.meter, self.recorder = costs, meter, memory.recorder
         self.exchange = harvest == "exchange"
         self.harvest, self.harvest_gap_ns = harvest, harvest_gap_ns
@@ -139,7 +141,7 @@ class VhostListener(MemoryListener):
 
     def _store_zero_later(self, w0: int, seen: np.ndarray):
         """The second half of read-then-zero: a plain store of 0 into every word that was read non-zero."""
-        yield self.env.timeout(self.harvest_gap_ns)
+        yield from self.sleep(self.harvest_gap_ns)
         idx = np.flatnonzero(seen) + w0
         erased = int(np.bitwise_count(self.log.words[idx] & ~seen[idx - w0]).sum())
         self.log.words[idx] = 0

@@ -23,7 +23,6 @@ NORMAL_PAGE_BYTES = PAGE_HEADER + PAGE_SIZE  # save_normal_page
 
 # send_pages() stop reasons
 SEND_END_OF_BLOCK, SEND_BUDGET, SEND_NEED_CLEAR = 0, 1, 2
-UNSENT = np.uint32(0xFFFFFFFF)  # destination oracle: the page was never received
 
 
 @intrinsic
@@ -120,22 +119,31 @@ def slot_of(g, slot_gpa, slot_pages):
 
 
 @jit
-def guest_write(g, slot_gpa, slot_pages, slot_ram, slot_logging, gen):
-    """Write guest page ``g``: bump its RAM page's generation. Returns (RAM page, slot logs?), or (-1, False)."""
+def oracle_write(r, nonzero, stale):
+    """The page oracle sees RAM page ``r`` written: it now holds data the destination does not have."""
+    w = r >> 6
+    b = np.uint64(1) << np.uint64(r & 63)
+    nonzero[w] |= b
+    stale[w] |= b
+
+
+@jit
+def guest_write(g, slot_gpa, slot_pages, slot_ram, slot_logging, nonzero, stale):
+    """Write guest page ``g`` through the memslots. Returns (RAM page, slot logs?), or (-1, False)."""
     s = slot_of(g, slot_gpa, slot_pages)
     if s == slot_gpa.shape[0]:
         return -1, False
     r = g - slot_gpa[s] + slot_ram[s]
-    gen[r] += 1
+    oracle_write(r, nonzero, stale)
     return r, slot_logging[s]
 
 
 @jit
-def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, gen, faults):
+def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale, faults):
     """Apply one quantum of guest writes of all vCPUs.
 
     ``gpa_pages[seg_end[v-1]:seg_end[v]]`` are vCPU v's writes (guest-physical
-    page numbers). Each write bumps the source oracle generation of its RAM page.
+    page numbers). Each write marks its RAM page written in the oracle (``oracle_write``).
     In a memslot with dirty logging, a write to a write-protected page faults:
     ``mark_page_dirty_in_slot`` sets the KVM bit and the page becomes writable.
     In bitmap mode the protection state is exactly "KVM bit clear" (GET/CLEAR
@@ -148,7 +156,7 @@ def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_loggin
         stop = seg_end[v]
         nfault = 0
         for i in range(start, stop):
-            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, gen)
+            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, nonzero, stale)
             if r < 0:
                 unassigned += 1
                 continue
@@ -182,7 +190,7 @@ def find_next_bit(bmap, page, end):
 
 
 @jit
-def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
+def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
                first_extra, out):
     """Send dirty pages of one RAMBlock from ``page`` in address order.
 
@@ -193,10 +201,12 @@ def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift
     ``clear_bmap`` bit is set (``migration_clear_memory_region_dirty_bitmap``,
     skipped when ``lazy_clear`` is 0, i.e. in the last stage). Each sent page is
     test-and-cleared in ``bmap`` (``migration_bitmap_clear_dirty``), costs a
-    zero-page or normal-page record, and delivers its current generation to the
-    destination oracle. ``first_extra`` bytes (block idstr) go on the first page.
+    zero-page or normal-page record (``nonzero`` clear: ``save_zero_page``), and
+    the destination oracle receives its current content (``stale`` cleared,
+    ``received`` set). ``first_extra`` bytes (block idstr) go on the first page.
+    The oracle bitmaps are the block's words (page 0 = the block's first page).
 
-    out[:] = next page, normal pages, zero pages, bytes, re-sent pages (sent
+    out[:] = next page, normal pages, zero pages, bytes, re-sent pages (received
     before), unchanged pages (re-sent although not written since the last send:
     "write-not-dirty"). Returns a SEND_* code.
     """
@@ -218,19 +228,22 @@ def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift
         if lazy_clear and clear_bmap[p >> shift]:
             status = SEND_NEED_CLEAR
             break
-        bmap[p >> 6] &= ~(np.uint64(1) << np.uint64(p & 63))
-        if zero_detect and src_gen[p] == 0:
+        w = p >> 6
+        b = np.uint64(1) << np.uint64(p & 63)
+        bmap[w] &= ~b
+        if zero_detect and not (nonzero[w] & b):
             zero += 1
             nbytes += ZERO_PAGE_BYTES + extra
         else:
             normal += 1
             nbytes += NORMAL_PAGE_BYTES + extra
         extra = 0
-        if dst_gen[p] != UNSENT:
+        if received[w] & b:
             resent += 1
-            if dst_gen[p] == src_gen[p]:
+            if not (stale[w] & b):
                 unchanged += 1
-        dst_gen[p] = src_gen[p]
+        received[w] |= b
+        stale[w] &= ~b
         page = p + 1
     out[0] = page
     out[1] = normal
@@ -251,53 +264,53 @@ def count_set(bmap, w0, w1):
 
 
 @jit
-def count_stale(src_gen, dst_gen, tracked, first, last):
-    """Oracle over RAM pages [first, last): (stale, stale and untracked).
+def count_stale(stale, tracked, w0, w1):
+    """Oracle over words [w0, w1): (stale pages, stale and untracked pages).
 
-    A page is stale when the destination holds an older generation than the
-    source. It is untracked when no dirty layer (OR of the given bitmaps in
-    ``tracked``, one row per layer) remembers it, so it would never be re-sent:
-    that is a lost page.
+    A page is stale when the destination's copy is out of date (never received,
+    or written since it was last sent). It is untracked when no dirty layer (OR
+    of the rows of ``tracked``, one per layer) remembers it, so it would never be
+    sent again: that is a lost page.
     """
-    stale = 0
-    lost = 0
-    for p in range(first, last):
-        if src_gen[p] != dst_gen[p]:
-            stale += 1
-            w = p >> 6
-            b = np.uint64(1) << np.uint64(p & 63)
-            seen = False
+    nstale = np.uint64(0)
+    lost = np.uint64(0)
+    for w in range(w0, w1):
+        x = stale[w]
+        if x:
+            nstale += popcount64(x)
             for k in range(tracked.shape[0]):
-                if tracked[k, w] & b:
-                    seen = True
-            if not seen:
-                lost += 1
-    return stale, lost
+                x &= ~tracked[k, w]
+            lost += popcount64(x)
+    return nstale, lost
+
+
+@jit
+def map_write(x, first, pages, hot_first, hot_pages, hot_share):
+    """One uniform variate in [0, 1) -> a guest-physical page of a hot/cold workload.
+
+    Below ``hot_share`` the write lands uniformly in the hot region, otherwise
+    uniformly on the rest of the working set (the hot region skipped).
+    ``hot_pages == 0`` is uniform.
+    """
+    if x < hot_share:
+        return hot_first + min(np.int64(x / hot_share * hot_pages), hot_pages - 1)
+    cold = pages - hot_pages
+    k = min(np.int64((x - hot_share) / (1.0 - hot_share) * cold), cold - 1)
+    if k >= hot_first - first:
+        k += hot_pages
+    return first + k
 
 
 @jit
 def map_writes(u, seg_end, first, pages, hot_first, hot_pages, hot_share, out):
-    """Map uniform variates in [0, 1) to guest-physical pages, per vCPU segment.
+    """Map uniform variates to guest-physical pages per vCPU segment (``map_write``).
 
-    vCPU v's variates ``u[seg_end[v-1]:seg_end[v]]``: below ``hot_share[v]`` a
-    write lands uniformly in the hot region, otherwise uniformly on the rest of
-    the working set (the hot region skipped). ``hot_pages[v] == 0`` is uniform.
+    vCPU v's variates are ``u[seg_end[v-1]:seg_end[v]]``.
     """
     start = 0
     for v in range(seg_end.shape[0]):
-        share = hot_share[v]
-        cold = pages[v] - hot_pages[v]
-        hot_rel = hot_first[v] - first[v]
         for i in range(start, seg_end[v]):
-            x = u[i]
-            if x < share:
-                k = min(np.int64(x / share * hot_pages[v]), hot_pages[v] - 1)
-                out[i] = hot_first[v] + k
-            else:
-                k = min(np.int64((x - share) / (1.0 - share) * cold), cold - 1)
-                if k >= hot_rel:
-                    k += hot_pages[v]
-                out[i] = first[v] + k
+            out[i] = map_write(u[i], first[v], pages[v], hot_first[v], hot_pages[v], hot_share[v])
         start = seg_end[v]
 
 
@@ -317,8 +330,8 @@ def clear_all(kvm, mask, w0, w1):
 
 
 @jit
-def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen,
-                      rings, dirty_index, reset_index, soft_limit, faults, out):
+def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero,
+                      stale, rings, dirty_index, reset_index, soft_limit, faults, out):
     """Guest writes with the KVM dirty ring (``mark_page_dirty_in_slot`` -> ``kvm_dirty_ring_push``).
 
     A write to a write-protected page faults, pushes (the page's RAM index) onto
@@ -338,7 +351,7 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                 out[0] = v
                 out[1] = i
                 return 1
-            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, gen)
+            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, nonzero, stale)
             i += 1
             if r < 0:
                 out[2] += 1
@@ -394,24 +407,28 @@ def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
 
 
 @jit
-def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, gen, log, logging):
-    """A vhost backend writes guest memory: bump each page's generation, then ``vu_log_page`` (atomic OR).
+def backend_write(g, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging):
+    """A vhost backend writes guest page ``g`` (DMA), then ``vu_log_page`` (atomic OR). False: not in the table."""
+    s = slot_of(g, slot_gpa, slot_pages)
+    if s == slot_gpa.shape[0]:
+        return False
+    oracle_write(g - slot_gpa[s] + slot_ram[s], nonzero, stale)
+    if logging:
+        log[g >> 6] |= np.uint64(1) << np.uint64(g & 63)
+    return True
+
+
+@jit
+def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging):
+    """A vhost backend writes guest memory (``backend_write`` per page).
 
     The log is indexed by guest-physical page (``VHOST_LOG_PAGE`` = 4 KiB per
     bit) and written only while ``logging`` (VHOST_F_LOG_ALL); writes outside the
     backend's memory table are not performed. Returns pages written.
     """
-    nslots = slot_gpa.shape[0]
     logged = 0
     for i in range(gpa_pages.shape[0]):
-        g = gpa_pages[i]
-        s = slot_of(g, slot_gpa, slot_pages)
-        if s == nslots:
-            continue
-        gen[g - slot_gpa[s] + slot_ram[s]] += 1
-        if logging:
-            log[g >> 6] |= np.uint64(1) << np.uint64(g & 63)
-        logged += 1
+        logged += backend_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
     return logged
 
 
@@ -433,3 +450,107 @@ def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
             dst[dst_w0 + w - w0] |= x
             n += popcount64(x)
     return n
+
+
+# run_vcpus() results
+RUN_DONE, RUN_RING_FULL, RUN_REFILL = 0, 1, 2
+NS_PER_S = 1_000_000_000
+
+
+@jit
+def run_vcpus(nq, quantum, ring, rate, carry, debt, maxn, ubuf, upos, ulen, first, pages, hot_first, hot_pages,
+              hot_share, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, rings, dirty_index,
+              reset_index, soft_limit, fault_cost, writes, faults, fault_ns, qn, qf, seg_end, buf, rout, state):
+    """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
+
+    Per quantum, as the guest runs it: each vCPU first serves the run time it
+    owes (``debt``: write-protect faults, ring-full stalls, atomic memslot
+    updates), then makes ``rate * run_ns`` bytes of page writes (remainder
+    carried, one page per 4 KiB), drawing one variate per write from its own
+    stream ``ubuf[v, upos[v]:ulen[v]]``; the pages (``map_write``) are applied
+    vCPU by vCPU through the memslots (``apply_writes`` into ``target``, the KVM
+    bitmap or TCG's dirty memory; ``apply_writes_ring`` with the dirty ring).
+    Each fault costs the vCPU ``fault_cost`` of later run time.
+
+    ``state``: [0] quanta completed by this call, [1] resume index of a quantum
+    interrupted by KVM_EXIT_DIRTY_RING_FULL (-1: none), [2] the exiting vCPU,
+    [3] writes that hit no memslot (accumulated). Returns RUN_DONE,
+    RUN_RING_FULL (the caller reaps and calls again: the quantum resumes at
+    state[1]), or RUN_REFILL (before a quantum: some vCPU may lack variates).
+    """
+    page_ns = 4096 * NS_PER_S
+    nv = rate.shape[0]
+    done = 0
+    while done < nq:
+        if state[1] < 0:
+            for v in range(nv):
+                if ulen[v] - upos[v] < maxn[v]:
+                    state[0] = done
+                    return RUN_REFILL
+            total = 0
+            for v in range(nv):
+                run = quantum - debt[v] if debt[v] < quantum else 0
+                debt[v] -= quantum - run
+                x = carry[v] + rate[v] * run
+                n = x // page_ns
+                carry[v] = x - n * page_ns
+                qn[v] = n
+                for i in range(n):
+                    buf[total + i] = map_write(ubuf[v, upos[v] + i], first[v], pages[v], hot_first[v],
+                                               hot_pages[v], hot_share[v])
+                upos[v] += n
+                total += n
+                seg_end[v] = total
+                qf[v] = 0
+            start = 0
+        else:
+            start = state[1]
+            state[1] = -1
+        if ring:
+            rout[2] = 0
+            exited = apply_writes_ring(buf, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, target,
+                                       nonzero, stale, rings, dirty_index, reset_index, soft_limit, qf, rout)
+            state[3] += rout[2]
+            if exited:
+                state[0] = done
+                state[1] = rout[1]
+                state[2] = rout[0]
+                return RUN_RING_FULL
+        else:
+            state[3] += apply_writes(buf, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero,
+                                     stale, qf)
+        for v in range(nv):
+            writes[v] += qn[v]
+            faults[v] += qf[v]
+            fault_ns[v] += qf[v] * fault_cost
+            debt[v] += qf[v] * fault_cost
+        done += 1
+    state[0] = done
+    return RUN_DONE
+
+
+@jit
+def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_pages, used_first, queues, slot_gpa,
+                slot_pages, slot_ram, nonzero, stale, log, logging):
+    """Advance one vhost backend by ``nq`` quanta: each quantum's units (packets, read requests), then its used rings.
+
+    A quantum carries ``rate_q`` byte-nanoseconds; every ``unit_div`` of them is one
+    unit written into the next buffer slot, round-robin (``vu_queue_fill``); then
+    each used ring written in the quantum is logged once (``vring_used_write``).
+    ``carry`` and ``cursor`` are one-element state arrays. Returns pages written.
+    """
+    written = 0
+    for _ in range(nq):
+        x = carry[0] + rate_q
+        n = x // unit_div
+        carry[0] = x - n * unit_div
+        if n == 0:
+            continue
+        for j in range(n):
+            base = buf_first + ((cursor[0] + j) % buf_slots) * unit_pages
+            for k in range(unit_pages):
+                written += backend_write(base + k, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
+        cursor[0] = (cursor[0] + n) % buf_slots
+        for j in range(min(queues, n)):
+            written += backend_write(used_first + j, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
+    return written

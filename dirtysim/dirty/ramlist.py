@@ -9,9 +9,12 @@ in which every RAMBlock occupies ``[offset, offset + max_length)``):
 * per RAMBlock, ``bmap`` (L3, the migration bitmap) and ``clear_bmap`` (L3', one
   flag per 2^clear_bmap_shift pages) are owned by the migration code.
 
-The page oracle lives here too: ``src_gen`` is the write generation of each
-source page (0 = never written and zero), ``dst_gen`` what the destination holds
-(``UNSENT`` until the page is first received).
+The page oracle lives here too, as three bits per page (2 bytes per guest page
+is the memory budget of a whole run): ``nonzero`` (the source page holds data:
+written, or not zero at boot), ``stale`` (the destination's copy is out of date:
+never received, or written since it was last sent) and ``received`` (the
+destination got it at least once, to count re-sent pages). A write sets
+``nonzero`` and ``stale``; a send clears ``stale`` and sets ``received``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dirty.kernels import UNSENT
 from ..scenario.schema import PAGE_SIZE
 
 WORD_PAGES = 64
@@ -60,11 +62,16 @@ class RAMList:
         self.version = 0  # bumped on every block-list change (ram_state_reset on mismatch)
         self.total_pages = 0
         self.dirty_memory = np.zeros(0, dtype=np.uint64)
-        self.src_gen = np.zeros(0, dtype=np.uint32)
-        self.dst_gen = np.zeros(0, dtype=np.uint32)
+        self.nonzero = np.zeros(0, dtype=np.uint64)
+        self.stale = np.zeros(0, dtype=np.uint64)
+        self.received = np.zeros(0, dtype=np.uint64)
 
-    def ram_block_add(self, idstr: str, size: int, initial_gen: np.ndarray | None = None) -> RAMBlock:
-        """``qemu_ram_alloc`` + ``ram_block_add``: new RAM is marked dirty for every client."""
+    def ram_block_add(self, idstr: str, size: int, nonzero: np.ndarray | None = None) -> RAMBlock:
+        """``qemu_ram_alloc`` + ``ram_block_add``: new RAM is marked dirty for every client.
+
+        ``nonzero``: the block's initial contents as oracle words (default: all zero pages).
+        The destination has none of it yet: every page is stale.
+        """
         if size % (BLOCK_ALIGN_PAGES * PAGE_SIZE):
             raise ValueError(f"RAMBlock {idstr!r}: size must be a multiple of {BLOCK_ALIGN_PAGES * PAGE_SIZE} bytes")
         if any(b.idstr == idstr for b in self.blocks):
@@ -72,8 +79,9 @@ class RAMList:
         block = RAMBlock(idstr, self.total_pages * PAGE_SIZE, size)
         self._grow(self.total_pages + block.pages)
         self.dirty_memory[block.words] = ~np.uint64(0)
-        if initial_gen is not None:
-            self.src_gen[block.first_page : block.first_page + block.pages] = initial_gen
+        self.stale[block.words] = ~np.uint64(0)
+        if nonzero is not None:
+            self.nonzero[block.words] = nonzero
         self.blocks.append(block)
         self.version += 1
         return block
@@ -85,16 +93,15 @@ class RAMList:
         """
         self.blocks.remove(block)
         self.version += 1
-        pages = slice(block.first_page, block.first_page + block.pages)
-        self.src_gen[pages] = 0
-        self.dst_gen[pages] = 0
-        self.dirty_memory[block.words] = 0
+        for bitmap in (self.dirty_memory, self.nonzero, self.stale, self.received):
+            bitmap[block.words] = 0
 
     def _grow(self, pages: int) -> None:
         words = -(-pages // WORD_PAGES)
         self.dirty_memory = grown(self.dirty_memory, words)
-        self.src_gen = grown(self.src_gen, pages)
-        self.dst_gen = grown(self.dst_gen, pages, UNSENT)
+        self.nonzero = grown(self.nonzero, words)
+        self.stale = grown(self.stale, words)
+        self.received = grown(self.received, words)
         self.total_pages = pages
 
     def ram_bytes_total(self) -> int:
@@ -102,10 +109,10 @@ class RAMList:
         return sum(b.used_length for b in self.blocks)
 
 
-def grown(array: np.ndarray, n: int, fill=0) -> np.ndarray:
-    """``array`` extended to ``n`` entries with ``fill`` (unchanged if it is already that long)."""
+def grown(array: np.ndarray, n: int) -> np.ndarray:
+    """``array`` extended to ``n`` entries with zeros (unchanged if it is already that long)."""
     if array.shape[0] >= n:
         return array
-    out = np.full(n, fill, dtype=array.dtype)
+    out = np.zeros(n, dtype=array.dtype)
     out[: array.shape[0]] = array
     return out

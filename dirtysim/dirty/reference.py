@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import NORMAL_PAGE_BYTES, SEND_BUDGET, SEND_END_OF_BLOCK, SEND_NEED_CLEAR, UNSENT, ZERO_PAGE_BYTES
+from .kernels import NORMAL_PAGE_BYTES, SEND_BUDGET, SEND_END_OF_BLOCK, SEND_NEED_CLEAR, ZERO_PAGE_BYTES
 
 
 def bits(words: np.ndarray) -> np.ndarray:
@@ -58,24 +58,23 @@ def clear_by_mask(kvm, mask, w0, w1):
     return n
 
 
-def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, gen, faults):
-    k = bits(kvm_dirty)
+def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale, faults):
+    k, nz, st = bits(kvm_dirty), bits(nonzero), bits(stale)
     unassigned = 0
     start = 0
     for v, stop in enumerate(seg_end):
         for g in gpa_pages[start:stop]:
-            slots = [s for s in range(len(slot_gpa)) if slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]]
-            if not slots:
+            s = _slot_of(g, slot_gpa, slot_pages)
+            if s is None:
                 unassigned += 1
                 continue
-            s = slots[0]
             r = g - slot_gpa[s] + slot_ram[s]
-            gen[r] += 1
+            nz[r] = st[r] = True
             if slot_logging[s] and not k[r]:
                 k[r] = True
                 faults[v] += 1
         start = stop
-    kvm_dirty[:] = words(k)
+    kvm_dirty[:], nonzero[:], stale[:] = words(k), words(nz), words(st)
     return unassigned
 
 
@@ -85,9 +84,9 @@ def find_next_bit(bmap, page, end):
     return page + int(hits[0]) if hits.size else end
 
 
-def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift, lazy_clear, zero_detect,
+def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
                first_extra, out):
-    b = bits(bmap)
+    b, nz, st, rc = bits(bmap), bits(nonzero), bits(stale), bits(received)
     nbytes = normal = zero = resent = unchanged = 0
     extra = first_extra
     status = SEND_END_OF_BLOCK
@@ -104,16 +103,16 @@ def send_pages(bmap, clear_bmap, src_gen, dst_gen, page, end, budget, cap, shift
             status = SEND_NEED_CLEAR
             break
         b[page] = False
-        is_zero = zero_detect and src_gen[page] == 0
+        is_zero = zero_detect and not nz[page]
         zero += is_zero
         normal += not is_zero
         nbytes += (ZERO_PAGE_BYTES if is_zero else NORMAL_PAGE_BYTES) + extra
         extra = 0
-        resent += dst_gen[page] != UNSENT
-        unchanged += dst_gen[page] == src_gen[page]
-        dst_gen[page] = src_gen[page]
+        resent += bool(rc[page])
+        unchanged += bool(rc[page] and not st[page])
+        rc[page], st[page] = True, False
         page += 1
-    bmap[:] = words(b)
+    bmap[:], stale[:], received[:] = words(b), words(st), words(rc)
     out[:6] = (page, normal, zero, nbytes, resent, unchanged)
     return status
 
@@ -122,12 +121,12 @@ def count_set(bmap, w0, w1):
     return int(np.count_nonzero(bits(bmap)[w0 * 64 : w1 * 64]))
 
 
-def count_stale(src_gen, dst_gen, tracked, first, last):
-    stale = src_gen[first:last] != dst_gen[first:last]
-    seen = np.zeros(last - first, dtype=bool)
+def count_stale(stale, tracked, w0, w1):
+    st = bits(stale)[w0 * 64 : w1 * 64]
+    seen = np.zeros(st.shape[0], dtype=bool)
     for row in tracked:
-        seen |= bits(row)[first:last]
-    return int(np.count_nonzero(stale)), int(np.count_nonzero(stale & ~seen))
+        seen |= bits(row)[w0 * 64 : w1 * 64]
+    return int(np.count_nonzero(st)), int(np.count_nonzero(st & ~seen))
 
 
 def map_writes(u, seg_end, first, pages, hot_first, hot_pages, hot_share, out):
@@ -159,15 +158,19 @@ def _slot_of(g, slot_gpa, slot_pages):
     return hits[0] if hits else None
 
 
-def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, gen,
-                      rings, dirty_index, reset_index, soft_limit, faults, out):
-    prot = bits(protected)
+def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero,
+                      stale, rings, dirty_index, reset_index, soft_limit, faults, out):
+    prot, nz, st = bits(protected), bits(nonzero), bits(stale)
+
+    def store():
+        protected[:], nonzero[:], stale[:] = words(prot), words(nz), words(st)
+
     n = rings.shape[1]
     seg_start = 0
     for v, stop in enumerate(seg_end):
         for i in range(max(seg_start, start), stop):
             if dirty_index[v] - reset_index[v] >= soft_limit:
-                protected[:] = words(prot)
+                store()
                 out[0], out[1] = v, i
                 return 1
             s = _slot_of(gpa_pages[i], slot_gpa, slot_pages)
@@ -175,18 +178,18 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                 out[2] += 1
                 continue
             r = gpa_pages[i] - slot_gpa[s] + slot_ram[s]
-            gen[r] += 1
+            nz[r] = st[r] = True
             if slot_logging[s] and prot[r]:
                 prot[r] = False
                 rings[v, dirty_index[v] % n] = r
                 dirty_index[v] += 1
                 faults[v] += 1
                 if dirty_index[v] - reset_index[v] >= soft_limit:
-                    protected[:] = words(prot)
+                    store()
                     out[0], out[1] = v, i + 1
                     return 1
         seg_start = stop
-    protected[:] = words(prot)
+    store()
     return 0
 
 
@@ -214,17 +217,18 @@ def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
     out_bmap[:] = words(o)
 
 
-def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, gen, log, logging):
-    lg = bits(log)
+def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging):
+    lg, nz, st = bits(log), bits(nonzero), bits(stale)
     logged = 0
     for g in gpa_pages:
         s = _slot_of(g, slot_gpa, slot_pages)
         if s is None:
             continue
-        gen[g - slot_gpa[s] + slot_ram[s]] += 1
+        r = g - slot_gpa[s] + slot_ram[s]
+        nz[r] = st[r] = True
         lg[g] |= bool(logging)
         logged += 1
-    log[:] = words(lg)
+    log[:], nonzero[:], stale[:] = words(lg), words(nz), words(st)
     return logged
 
 

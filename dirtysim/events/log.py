@@ -15,14 +15,20 @@ _decoder = msgspec.json.Decoder(AnyEvent)
 
 
 class Recorder:
-    """Appends events with monotonic ``seq`` and the current simulated time."""
+    """Appends events with monotonic ``seq`` and the current simulated time.
+
+    ``time_override``: the time of an event a lazy actor emits while it catches up
+    (a ring-full exit happens in its quantum, not when someone later looks).
+    """
 
     def __init__(self, clock: Callable[[], int]):
         self._clock = clock
         self.events: list[Event] = []
+        self.time_override: int | None = None
 
     def emit(self, cls: type[Event], **payload) -> Event:
-        event = cls(seq=len(self.events), t_ns=int(self._clock()), **payload)
+        t = self._clock() if self.time_override is None else self.time_override
+        event = cls(seq=len(self.events), t_ns=int(t), **payload)
         self.events.append(event)
         return event
 

@@ -1,53 +1,47 @@
-"""vhost-user device backends as actors: device DMA into guest buffers, then used-ring writes.
+"""vhost-user device backends: device DMA into guest buffers, then used-ring writes.
 
 A virtio-net backend receiving packets (``vu_queue_fill`` logs every written
 buffer) and a virtio-blk backend serving reads both write guest memory without
 KVM seeing it: the only record is the vhost log bit each write sets
 (``vu_log_write`` -> ``vu_log_page``, atomic OR), plus the used-ring element
-and index writes (``vring_used_write`` / ``vring_used_idx_set``).
+and index writes (``vring_used_write`` / ``vring_used_idx_set``). A backend is a
+lazy actor like the guest (``kernels.run_backend`` applies many quanta at once).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import simpy
 
 from ..accel.vhost import VhostListener
 from ..dirty import kernels
+from ..dirty.ramlist import RAMList
 from ..scenario.schema import PAGE_SIZE, VhostUserNet
-from .actor import QuantumActor
+from .vcpu import LazyActor
 
 NS_PER_S = 10**9
 
 
-class VhostUserBackend(QuantumActor):
+class VhostUserBackend(LazyActor):
     """One device: ``queues`` used-ring pages, then buffers used round-robin, a quantum at a time."""
 
-    def __init__(self, env: simpy.Environment, name: str, spec, offset: int, listener: VhostListener,
-                 gen: np.ndarray, quantum_ns: int):
-        super().__init__(env, quantum_ns)  # stops at vhost_dev_stop (switchover)
-        self.name, self.listener, self.gen = name, listener, gen
+    def __init__(self, name: str, spec, offset: int, listener: VhostListener, ram_list: RAMList, quantum_ns: int):
+        self.name, self.listener, self.ram_list, self.quantum_ns = name, listener, ram_list, quantum_ns
         self.queues = spec.queues
-        self.rate = spec.rx if isinstance(spec, VhostUserNet) else spec.read  # bytes/s into guest memory
-        self.unit = spec.packet if isinstance(spec, VhostUserNet) else spec.request
-        self.unit_pages = -(-self.unit // PAGE_SIZE)
-        first = offset // PAGE_SIZE
-        self.used_rings = np.arange(first, first + self.queues, dtype=np.int64)  # one page per queue
-        self.buf_first = first + self.queues
+        rate = spec.rx if isinstance(spec, VhostUserNet) else spec.read  # bytes/s into guest memory
+        unit = spec.packet if isinstance(spec, VhostUserNet) else spec.request
+        self.rate_q, self.unit_div = rate * quantum_ns, unit * NS_PER_S
+        self.unit_pages = -(-unit // PAGE_SIZE)
+        self.used_first = offset // PAGE_SIZE  # one used-ring page per queue
+        self.buf_first = self.used_first + self.queues
         self.buf_slots = (spec.buffers // PAGE_SIZE - self.queues) // self.unit_pages
-        self.cursor = 0
-        self.carry = 0
-        self.pages_written = 0
+        self.carry = np.zeros(1, dtype=np.int64)
+        self.cursor = np.zeros(1, dtype=np.int64)
 
-    def step(self, quantum_ns: int) -> None:
-        """Write the units (packets or read requests) of one quantum, then each used ring once."""
-        n, self.carry = divmod(self.carry + self.rate * quantum_ns, self.unit * NS_PER_S)
-        if n == 0:
-            return
-        slots = (self.cursor + np.arange(n, dtype=np.int64)) % self.buf_slots
-        self.cursor = int((self.cursor + n) % self.buf_slots)
-        pages = (self.buf_first + slots[:, None] * self.unit_pages + np.arange(self.unit_pages)).ravel()
-        pages = np.concatenate([pages, self.used_rings[: min(self.queues, n)]])
-        ls = self.listener
-        self.pages_written += int(kernels.backend_writes(pages, ls.tbl_gpa, ls.tbl_pages, ls.tbl_ram, self.gen,
-                                                         ls.log.words, ls.logging))
+    def run_quanta(self, n: int) -> None:
+        """Per quantum: the units (packets or read requests) that arrived, then each used ring once."""
+        ls, rl = self.listener, self.ram_list
+        kernels.run_backend(
+            n, self.rate_q, self.unit_div, self.carry, self.cursor, self.buf_slots, self.buf_first, self.unit_pages,
+            self.used_first, self.queues, ls.tbl_gpa, ls.tbl_pages, ls.tbl_ram, rl.nonzero, rl.stale, ls.log.words,
+            ls.logging)
+        self.next_t += n * self.quantum_ns

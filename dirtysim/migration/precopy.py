@@ -65,7 +65,7 @@ class PrecopyMigration:
 
     def _wait(self, ns: int):
         if ns > 0:
-            yield self.env.timeout(ns)
+            yield from self.m.sleep(ns)
 
     def _status(self, status: str) -> None:
         self.rec.emit(ev.MigrationStatus, status=status)
@@ -180,8 +180,8 @@ class PrecopyMigration:
             self.dirty_pages_rate = rs.num_dirty_pages_period * 1000 // (end - rs.time_last_bitmap_sync)
             rs.time_last_bitmap_sync = end
             rs.num_dirty_pages_period = 0
-        for v in self.m.guest.vcpus:
-            self.rec.emit(ev.VcpuStats, vcpu=v.index, **v.take_stats())
+        for v, stats in enumerate(self.m.guest.take_stats()):
+            self.rec.emit(ev.VcpuStats, vcpu=v, **stats)
         self.rec.emit(ev.BitmapSync, dirty_sync_count=self.dirty_sync_count, reason=reason,
                       pending_before=pending_before, threshold_size=self.counters.threshold_size,
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
@@ -221,9 +221,9 @@ class PrecopyMigration:
         while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget:
             block = blocks[rs.block_index]
             extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
-            span = slice(block.first_page, block.first_page + block.pages)
-            status = kernels.send_pages(block.bmap, block.clear_bmap, self.m.ram_list.src_gen[span],
-                                        self.m.ram_list.dst_gen[span], rs.page, block.pages, budget - nbytes,
+            rl, w = self.m.ram_list, block.words
+            status = kernels.send_pages(block.bmap, block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w],
+                                        rs.page, block.pages, budget - nbytes,
                                         cap - nbytes, self.shift, lazy, self.zero_detect, extra, self._out)
             page, n, z, b, resent, unchanged = (int(x) for x in self._out)
             if n + z:
