@@ -76,11 +76,11 @@ def warm_up_kernels() -> float:
     kernels.mark_ring_entries(rings, idx, idx.copy(), w)
     kernels.backend_writes(i64, i64, i64 + 128, i64, w, w.copy(), w.copy(), True)
     kernels.harvest_log(w, w.copy(), 0, 2, 0, True, w.copy())
+    vi = np.zeros((kernels.VI_ROWS, 1), dtype=np.int64)
+    vi[kernels.VI_PAGES] = 128
     for ring in (False, True):
-        kernels.run_vcpus(1, 10**6, ring, one, i64.copy(), i64.copy(), one, np.zeros((1, 2)), i64.copy(), one * 2,
-                          i64, one * 128, i64, i64, f, *slots, w, w.copy(), w.copy(), rings, idx, idx.copy(), 2, 0,
-                          i64.copy(), i64.copy(), i64.copy(), i64.copy(), i64.copy(), i64.copy(),
-                          np.zeros(2, dtype=np.int64), np.zeros(3, dtype=np.int64), np.array([0, -1, 0, 0]))
+        kernels.run_vcpus(1, 10**6, 0, vi, f, np.zeros((1, 2)), i64.copy(), np.array([0, -1, 0, 0, 0, 0, 0]), *slots,
+                          w, w.copy(), w.copy(), ring, rings, idx, idx.copy(), 2)
     kernels.run_backend(1, 1, 1, i64.copy(), i64.copy(), 1, 0, 1, 0, 1, i64, one * 128, i64, w, w.copy(), w.copy(),
                         True)
     return time.perf_counter() - t0

@@ -15,6 +15,7 @@ from numba import types
 from numba.extending import intrinsic
 
 jit = numba.njit(cache=True, nogil=True)
+inline = numba.njit(cache=True, nogil=True, inline="always")  # per-write helpers, inlined into the loops
 
 PAGE_SIZE = 4096
 PAGE_HEADER = 8  # save_page_header: be64 offset|flags
@@ -109,16 +110,17 @@ def clear_by_mask(kvm, mask, w0, w1):
     return n
 
 
-@jit
+@inline
 def slot_of(g, slot_gpa, slot_pages):
     """Index of the memslot holding guest page ``g`` (a linear scan: guests have few), or len(slots)."""
-    s = 0
-    while s < slot_gpa.shape[0] and not (slot_gpa[s] <= g < slot_gpa[s] + slot_pages[s]):
-        s += 1
-    return s
+    for s in range(slot_gpa.shape[0]):
+        lo = slot_gpa[s]
+        if lo <= g and g < lo + slot_pages[s]:
+            return s
+    return slot_gpa.shape[0]
 
 
-@jit
+@inline
 def oracle_write(r, nonzero, stale):
     """The page oracle sees RAM page ``r`` written: it now holds data the destination does not have."""
     w = r >> 6
@@ -127,7 +129,7 @@ def oracle_write(r, nonzero, stale):
     stale[w] |= b
 
 
-@jit
+@inline
 def guest_write(g, slot_gpa, slot_pages, slot_ram, slot_logging, nonzero, stale):
     """Write guest page ``g`` through the memslots. Returns (RAM page, slot logs?), or (-1, False)."""
     s = slot_of(g, slot_gpa, slot_pages)
@@ -284,7 +286,7 @@ def count_stale(stale, tracked, w0, w1):
     return nstale, lost
 
 
-@jit
+@inline
 def map_write(x, first, pages, hot_first, hot_pages, hot_share):
     """One uniform variate in [0, 1) -> a guest-physical page of a hot/cold workload.
 
@@ -406,7 +408,7 @@ def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
             out_bmap[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
 
 
-@jit
+@inline
 def backend_write(g, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging):
     """A vhost backend writes guest page ``g`` (DMA), then ``vu_log_page`` (atomic OR). False: not in the table."""
     s = slot_of(g, slot_gpa, slot_pages)
@@ -455,37 +457,46 @@ def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
 # run_vcpus() results
 RUN_DONE, RUN_RING_FULL, RUN_REFILL = 0, 1, 2
 NS_PER_S = 1_000_000_000
+# Rows of run_vcpus' per-vCPU int64 table ``vi`` (one column per vCPU)
+(VI_RATE, VI_CARRY, VI_DEBT, VI_MAXN, VI_UPOS, VI_ULEN, VI_FIRST, VI_PAGES, VI_HOT_FIRST, VI_HOT_PAGES, VI_WRITES,
+ VI_FAULTS, VI_FAULT_NS, VI_RING_FULL_EXITS, VI_RING_FULL_NS, VI_INHIBIT_NS, VI_QN, VI_QF, VI_SEG_END) = range(19)
+VI_ROWS = 19
+# run_vcpus' ``state``: quanta done, resume index (-1 none), exiting vCPU, unassigned writes, 3 for apply_writes_ring
+ST_DONE, ST_RESUME, ST_VCPU, ST_UNASSIGNED, ST_ROUT = 0, 1, 2, 3, 4
 
 
 @jit
-def run_vcpus(nq, quantum, ring, rate, carry, debt, maxn, ubuf, upos, ulen, first, pages, hot_first, hot_pages,
-              hot_share, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, rings, dirty_index,
-              reset_index, soft_limit, fault_cost, writes, faults, fault_ns, qn, qf, seg_end, buf, rout, state):
+def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, slot_gpa, slot_pages, slot_ram, slot_logging,
+              target, nonzero, stale, ring, rings, dirty_index, reset_index, soft_limit):
     """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
 
     Per quantum, as the guest runs it: each vCPU first serves the run time it
-    owes (``debt``: write-protect faults, ring-full stalls, atomic memslot
+    owes (``VI_DEBT``: write-protect faults, ring-full stalls, atomic memslot
     updates), then makes ``rate * run_ns`` bytes of page writes (remainder
     carried, one page per 4 KiB), drawing one variate per write from its own
-    stream ``ubuf[v, upos[v]:ulen[v]]``; the pages (``map_write``) are applied
-    vCPU by vCPU through the memslots (``apply_writes`` into ``target``, the KVM
-    bitmap or TCG's dirty memory; ``apply_writes_ring`` with the dirty ring).
-    Each fault costs the vCPU ``fault_cost`` of later run time.
+    stream ``ubuf[v, upos:ulen]``; the pages (``map_write``) are applied vCPU by
+    vCPU through the memslots (``apply_writes`` into ``target``, the KVM bitmap
+    or TCG's dirty memory; ``apply_writes_ring`` with the dirty ring, where
+    ``target`` is the write-protection map). Each fault costs the vCPU
+    ``fault_cost`` of later run time.
 
-    ``state``: [0] quanta completed by this call, [1] resume index of a quantum
-    interrupted by KVM_EXIT_DIRTY_RING_FULL (-1: none), [2] the exiting vCPU,
-    [3] writes that hit no memslot (accumulated). Returns RUN_DONE,
-    RUN_RING_FULL (the caller reaps and calls again: the quantum resumes at
-    state[1]), or RUN_REFILL (before a quantum: some vCPU may lack variates).
+    ``vi`` holds the per-vCPU state and counters (rows ``VI_*``). Returns
+    RUN_DONE; RUN_RING_FULL (``state[ST_VCPU]`` exited with
+    KVM_EXIT_DIRTY_RING_FULL: the caller reaps and calls again, and the quantum
+    resumes at ``state[ST_RESUME]``); or RUN_REFILL (before a quantum: a vCPU
+    may lack variates). ``state[ST_DONE]`` = quanta completed by this call.
     """
     page_ns = 4096 * NS_PER_S
-    nv = rate.shape[0]
+    nv = vi.shape[1]
+    rate, carry, debt, maxn = vi[VI_RATE], vi[VI_CARRY], vi[VI_DEBT], vi[VI_MAXN]
+    upos, ulen, qn, qf, seg_end = vi[VI_UPOS], vi[VI_ULEN], vi[VI_QN], vi[VI_QF], vi[VI_SEG_END]
+    rout = state[ST_ROUT:]
     done = 0
     while done < nq:
-        if state[1] < 0:
+        if state[ST_RESUME] < 0:
             for v in range(nv):
                 if ulen[v] - upos[v] < maxn[v]:
-                    state[0] = done
+                    state[ST_DONE] = done
                     return RUN_REFILL
             total = 0
             for v in range(nv):
@@ -496,36 +507,36 @@ def run_vcpus(nq, quantum, ring, rate, carry, debt, maxn, ubuf, upos, ulen, firs
                 carry[v] = x - n * page_ns
                 qn[v] = n
                 for i in range(n):
-                    buf[total + i] = map_write(ubuf[v, upos[v] + i], first[v], pages[v], hot_first[v],
-                                               hot_pages[v], hot_share[v])
+                    buf[total + i] = map_write(ubuf[v, upos[v] + i], vi[VI_FIRST, v], vi[VI_PAGES, v],
+                                               vi[VI_HOT_FIRST, v], vi[VI_HOT_PAGES, v], hot_share[v])
                 upos[v] += n
                 total += n
                 seg_end[v] = total
                 qf[v] = 0
             start = 0
         else:
-            start = state[1]
-            state[1] = -1
+            start = state[ST_RESUME]
+            state[ST_RESUME] = -1
         if ring:
             rout[2] = 0
             exited = apply_writes_ring(buf, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, target,
                                        nonzero, stale, rings, dirty_index, reset_index, soft_limit, qf, rout)
-            state[3] += rout[2]
+            state[ST_UNASSIGNED] += rout[2]
             if exited:
-                state[0] = done
-                state[1] = rout[1]
-                state[2] = rout[0]
+                state[ST_DONE] = done
+                state[ST_RESUME] = rout[1]
+                state[ST_VCPU] = rout[0]
                 return RUN_RING_FULL
         else:
-            state[3] += apply_writes(buf, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero,
-                                     stale, qf)
+            state[ST_UNASSIGNED] += apply_writes(buf, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, target,
+                                                 nonzero, stale, qf)
         for v in range(nv):
-            writes[v] += qn[v]
-            faults[v] += qf[v]
-            fault_ns[v] += qf[v] * fault_cost
+            vi[VI_WRITES, v] += qn[v]
+            vi[VI_FAULTS, v] += qf[v]
+            vi[VI_FAULT_NS, v] += qf[v] * fault_cost
             debt[v] += qf[v] * fault_cost
         done += 1
-    state[0] = done
+    state[ST_DONE] = done
     return RUN_DONE
 
 

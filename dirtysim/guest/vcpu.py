@@ -22,13 +22,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..dirty import kernels
+from ..dirty import kernels as K
 from ..scenario.schema import PAGE_SIZE
 from .workload import Workload
 
 NS_PER_S = 10**9
 MIN_BLOCK = 8192  # variates drawn per vCPU at a time, at least
-STAT_FIELDS = ("writes", "faults", "fault_ns", "ring_full_exits", "ring_full_ns", "inhibit_ns")
+STAT_ROWS = {"writes": K.VI_WRITES, "faults": K.VI_FAULTS, "fault_ns": K.VI_FAULT_NS,
+             "ring_full_exits": K.VI_RING_FULL_EXITS, "ring_full_ns": K.VI_RING_FULL_NS, "inhibit_ns": K.VI_INHIBIT_NS}
 
 
 class LazyActor(ABC):
@@ -69,74 +70,72 @@ class LazyActor(ABC):
 
 
 class Guest(LazyActor):
-    """All vCPUs of the VM, their workloads, RNG streams and per-sync counters."""
+    """All vCPUs of the VM, their workloads, RNG streams and per-sync counters (one int64 table, ``vi``)."""
 
     def __init__(self, workloads: list[Workload], rngs: list[np.random.Generator], rates: list[int], writer,
                  quantum_ns: int, fault_ns: int, recorder):
         """``writer`` applies writes (``KvmDirtyLog`` or ``TcgDirtyMemory``): it gives the kernel its target arrays."""
         self.quantum_ns, self.fault_ns, self.writer, self.recorder = quantum_ns, fault_ns, writer, recorder
         self.rngs = rngs
-        nv = len(workloads)
-        i64 = lambda values: np.array(values, dtype=np.int64)  # noqa: E731
-        self.rate = i64(rates)
+        self.vi = vi = np.zeros((K.VI_ROWS, len(workloads)), dtype=np.int64)
+        vi[K.VI_RATE] = rates
         page_ns = PAGE_SIZE * NS_PER_S
-        if int(self.rate.max(initial=0)) * quantum_ns >= (1 << 62) - page_ns:
+        if int(vi[K.VI_RATE].max(initial=0)) * quantum_ns >= (1 << 62) - page_ns:
             raise ValueError("a vCPU's writes in one quantum overflow 64-bit arithmetic: lower rate or quantum")
-        self.maxn = (page_ns - 1 + self.rate * quantum_ns) // page_ns  # most writes one quantum can make
-        self.params = (i64([w.first_page for w in workloads]), i64([w.pages for w in workloads]),
-                       i64([w.hot_first for w in workloads]), i64([w.hot_pages for w in workloads]),
-                       np.array([w.hot_share for w in workloads], dtype=np.float64))
-        self.carry, self.debt = np.zeros(nv, dtype=np.int64), np.zeros(nv, dtype=np.int64)
-        self.stats = {name: np.zeros(nv, dtype=np.int64) for name in STAT_FIELDS}
-        block = max(MIN_BLOCK, 16 * int(self.maxn.max(initial=0)))
-        self.ubuf = np.zeros((nv, block))
-        self.upos, self.ulen = np.zeros(nv, dtype=np.int64), np.zeros(nv, dtype=np.int64)
-        self.qn, self.qf, self.seg_end = (np.zeros(nv, dtype=np.int64) for _ in range(3))
-        self.buf = np.zeros(max(1, int(self.maxn.sum())), dtype=np.int64)
-        self.rout = np.zeros(3, dtype=np.int64)
-        self.state = np.array([0, -1, 0, 0], dtype=np.int64)  # see kernels.run_vcpus
+        vi[K.VI_MAXN] = (page_ns - 1 + vi[K.VI_RATE] * quantum_ns) // page_ns  # most writes one quantum can make
+        for row, attr in ((K.VI_FIRST, "first_page"), (K.VI_PAGES, "pages"), (K.VI_HOT_FIRST, "hot_first"),
+                          (K.VI_HOT_PAGES, "hot_pages")):
+            vi[row] = [getattr(w, attr) for w in workloads]
+        self.hot_share = np.array([w.hot_share for w in workloads], dtype=np.float64)
+        self.debt = vi[K.VI_DEBT]
+        self.stats = {name: vi[row] for name, row in STAT_ROWS.items()}
+        self.ubuf = np.zeros((len(workloads), max(MIN_BLOCK, 16 * int(vi[K.VI_MAXN].max(initial=0)))))
+        self.buf = np.zeros(max(1, int(vi[K.VI_MAXN].sum())), dtype=np.int64)
+        self.state = np.array([0, -1, 0, 0, 0, 0, 0], dtype=np.int64)  # kernels.ST_*
         self.on_ring_full: Optional[Callable[[int], int]] = None  # reaps; returns the stall in ns
 
     @property
     def nvcpus(self) -> int:
-        return self.rate.shape[0]
+        return self.vi.shape[1]
 
     @property
     def unassigned_writes(self) -> int:
         """Writes to guest-physical pages that no memslot maps (counted, not performed)."""
-        return int(self.state[3])
+        return int(self.state[K.ST_UNASSIGNED])
 
-    def run_quanta(self, n: int) -> None:
+    def kernel_args(self) -> tuple:
+        """The arguments of ``kernels.run_vcpus`` after ``nq``: this guest's arrays and where its writes go."""
         w = self.writer
         ring = w.ring
-        rings, di, ri, soft = (w.rings, w.dirty_index, w.reset_index, w.soft_limit) if ring else _NO_RING
-        oracle = w.ram_list
-        s = self.stats
+        rings = (w.rings, w.dirty_index, w.reset_index, w.soft_limit) if ring else _NO_RING
+        return (self.quantum_ns, self.fault_ns, self.vi, self.hot_share, self.ubuf, self.buf, self.state,
+                *w.write_args(), w.ram_list.nonzero, w.ram_list.stale, ring, *rings)
+
+    def run_quanta(self, n: int) -> None:
+        args = self.kernel_args()
         while n:
-            status = kernels.run_vcpus(n, self.quantum_ns, ring, self.rate, self.carry, self.debt, self.maxn,
-                                       self.ubuf, self.upos, self.ulen, *self.params, *w.write_args(),
-                                       oracle.nonzero, oracle.stale, rings, di, ri,
-                                       soft, self.fault_ns, s["writes"], s["faults"], s["fault_ns"], self.qn,
-                                       self.qf, self.seg_end, self.buf, self.rout, self.state)
-            done = int(self.state[0])
+            status = K.run_vcpus(n, *args)
+            done = int(self.state[K.ST_DONE])
             self.next_t += done * self.quantum_ns
             n -= done
-            if status == kernels.RUN_REFILL:
-                self._refill()
-            elif status == kernels.RUN_RING_FULL:
+            if status == K.RUN_REFILL:
+                self.refill()
+            elif status == K.RUN_RING_FULL:
+                vcpu = int(self.state[K.ST_VCPU])
                 self.recorder.time_override = self.next_t  # the exit happens in the quantum being run
                 try:
-                    self.stall(int(self.state[2]), self.on_ring_full(int(self.state[2])))
+                    self.stall(vcpu, self.on_ring_full(vcpu))
                 finally:
                     self.recorder.time_override = None
 
-    def _refill(self) -> None:
+    def refill(self) -> None:
         """Draw the next block of each vCPU's variates (unused ones move to the front)."""
+        upos, ulen = self.vi[K.VI_UPOS], self.vi[K.VI_ULEN]
         for v, rng in enumerate(self.rngs):
-            left = int(self.ulen[v] - self.upos[v])
-            self.ubuf[v, :left] = self.ubuf[v, self.upos[v] : self.ulen[v]]
+            left = int(ulen[v] - upos[v])
+            self.ubuf[v, :left] = self.ubuf[v, upos[v] : ulen[v]]
             rng.random(out=self.ubuf[v, left:])
-            self.upos[v], self.ulen[v] = 0, self.ubuf.shape[1]
+            upos[v], ulen[v] = 0, self.ubuf.shape[1]
 
     def stall(self, vcpu: int, ns: int) -> None:
         """KVM_EXIT_DIRTY_RING_FULL: the vCPU is out of the guest for ``ns`` (exit + reaping)."""
@@ -151,7 +150,7 @@ class Guest(LazyActor):
 
     def take_stats(self) -> list[dict]:
         """Per-vCPU counters since the previous call (one VcpuStats event each per sync)."""
-        rows = [{name: int(self.stats[name][v]) for name in STAT_FIELDS} for v in range(self.nvcpus)]
+        rows = [{name: int(self.stats[name][v]) for name in STAT_ROWS} for v in range(self.nvcpus)]
         for arr in self.stats.values():
             arr[:] = 0
         return rows
