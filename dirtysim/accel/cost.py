@@ -10,6 +10,10 @@ class CostMeter:
     def add(self, ns: int) -> None:
         self._ns += int(ns)
 
+    def idle(self) -> bool:
+        """Nothing charged since the last drain."""
+        return self._ns == 0
+
     def drain(self) -> int:
         ns, self._ns = self._ns, 0
         return ns

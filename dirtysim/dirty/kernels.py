@@ -565,3 +565,105 @@ def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_
         for j in range(min(queues, n)):
             written += backend_write(used_first + j, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
     return written
+
+
+# iterate_slices() results, and the rows of its ``io`` array
+IT_DONE, IT_MORE, IT_PENDING, IT_PARTIAL, IT_STUCK = 0, 1, 2, 3, 4
+IO_NOW, IO_PAGE, IO_DIRTY, IO_TRANSFERRED, IO_EXTRA, IO_GUEST_NEXT, IO_NREC = range(7)
+# columns of its slice records
+REC_START, REC_END, REC_NORMAL, REC_ZERO, REC_BYTES, REC_RESENT, REC_UNCHANGED, REC_WRAPS = range(8)
+MAX_WAIT_MS = 50  # ram_save_iterate
+
+
+@jit
+def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
+                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, hot_share, ubuf, buf, state,
+                   slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale):
+    """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
+
+    Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
+    in address order from ``io[IO_PAGE]`` (``send_pages``, wrapping at the end of
+    the block) until ``cap`` bytes or the window's budget
+    (``migration_rate_exceeded``) are reached; then the thread waits for the wire
+    (``nbytes / link``) while the vCPUs run (``run_vcpus`` up to the wake-up
+    time, the quantum starting exactly then included iff it was already due when
+    the thread went to sleep, as SimPy orders it). The loop ends as QEMU's does:
+    budget exceeded, nothing sent, or more than MAX_WAIT (50 ms) since ``t0_ms``
+    (IT_DONE). It returns to Python before anything it does not model: a chunk
+    whose lazy clear is due (IT_PARTIAL: the slice in progress continues in
+    Python), a wait that would reach ``horizon`` (the next event of another
+    SimPy process) or need more variates (IT_PENDING: the slice is sent, Python
+    waits), a full record table (IT_MORE), or a dirty count the bitmap cannot
+    satisfy (IT_STUCK, a broken invariant). ``rec`` rows ``[0, io[IO_NREC])`` are
+    completed slices; row ``io[IO_NREC]`` is the pending or partial one.
+    """
+    now, page, dirty, transferred = io[IO_NOW], io[IO_PAGE], io[IO_DIRTY], io[IO_TRANSFERRED]
+    extra, g_next = io[IO_EXTRA], io[IO_GUEST_NEXT]
+    maxn, upos, ulen = vi[VI_MAXN], vi[VI_UPOS], vi[VI_ULEN]
+    nrec = 0
+    status = IT_MORE
+    while nrec < rec.shape[0] - 1:
+        budget = rl_start + rl_max - transferred if rl_max > 0 else 1 << 62
+        nbytes = normal = zero = resent = unchanged = wraps = 0
+        sent_since_wrap = 1
+        st = SEND_BUDGET
+        while dirty > 0 and nbytes < cap and nbytes <= budget:
+            st = send_pages(bmap, clear_bmap, bnonzero, bstale, breceived, page, end, budget - nbytes, cap - nbytes,
+                            shift, True, zero_detect, extra, sout)
+            n = sout[1] + sout[2]
+            if n:
+                extra = 0
+            normal += sout[1]
+            zero += sout[2]
+            nbytes += sout[3]
+            resent += sout[4]
+            unchanged += sout[5]
+            dirty -= n
+            page = sout[0]
+            sent_since_wrap += n
+            if st == SEND_NEED_CLEAR:
+                break
+            if st == SEND_END_OF_BLOCK:
+                if sent_since_wrap == 0:
+                    status = IT_STUCK
+                    break
+                page = 0
+                wraps += 1
+                sent_since_wrap = 0
+        r = rec[nrec]
+        r[REC_START], r[REC_END], r[REC_NORMAL], r[REC_ZERO] = now, -1, normal, zero
+        r[REC_BYTES], r[REC_RESENT], r[REC_UNCHANGED], r[REC_WRAPS] = nbytes, resent, unchanged, wraps
+        if status == IT_STUCK:
+            break
+        if st == SEND_NEED_CLEAR:
+            status = IT_PARTIAL
+            break
+        t_end = now + nbytes * NS_PER_S // link
+        if t_end > now:  # a zero wait does not yield in SimPy: nobody else runs
+            if t_end >= horizon:
+                status = IT_PENDING
+                break
+            last = t_end if g_next == t_end else t_end - 1
+            nq = (last - g_next) // quantum + 1 if g_next <= last else 0
+            short = False
+            for v in range(maxn.shape[0]):
+                if ulen[v] - upos[v] < maxn[v] * nq:
+                    short = True
+            if short:
+                status = IT_PENDING
+                break
+            if nq:
+                run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, slot_gpa, slot_pages, slot_ram,
+                          slot_logging, target, nonzero, stale, False, vi[:1, :1], vi[0, :1], vi[0, :1], 0)
+                g_next += nq * quantum
+        r[REC_END] = t_end
+        nrec += 1
+        now = t_end
+        transferred += nbytes
+        if normal + zero == 0 or now // 1_000_000 - t0_ms > MAX_WAIT_MS or (
+                rl_max > 0 and transferred - rl_start > rl_max):
+            status = IT_DONE
+            break
+    io[IO_NOW], io[IO_PAGE], io[IO_DIRTY], io[IO_TRANSFERRED] = now, page, dirty, transferred
+    io[IO_EXTRA], io[IO_GUEST_NEXT], io[IO_NREC] = extra, g_next, nrec
+    return status

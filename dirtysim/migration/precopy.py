@@ -16,6 +16,7 @@ from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
 from ..scenario.schema import PAGE_SIZE, Scenario
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
+from .slices import FusedSlices
 
 MAX_WAIT = 50  # ms, ram_save_iterate
 RAM_SAVE_FLAG_EOS_BYTES = 8
@@ -58,6 +59,7 @@ class PrecopyMigration:
         self._out = np.zeros(6, dtype=np.int64)
         self._deferred: tuple[RAMBlock, int] | None = None  # send-before-clear: chunk awaiting its clear
         self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes, resent, unchanged in flight
+        self.slices = FusedSlices(self)
 
     # -- clock ---------------------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -193,6 +195,10 @@ class PrecopyMigration:
         self._reset_if_blocks_changed()
         t0 = self.now_ms()
         while not self.counters.rate_exceeded(self.transferred):
+            if self.slices.eligible():
+                if (yield from self.slices.run(t0)):
+                    break
+                continue
             sent = yield from self.send_slice(self.counters.budget_left(self.transferred))
             if sent == 0 or self.now_ms() - t0 > MAX_WAIT:
                 break
@@ -205,19 +211,27 @@ class PrecopyMigration:
             rs.block_index, rs.page, rs.last_sent_block = 0, 0, None
             rs.ram_list_version = self.m.ram_list.version
 
-    def send_slice(self, budget: int):
+    def slice_cap(self) -> int:
+        """Bytes one send slice may put on the wire: ``engine.send_quantum`` of link time."""
+        return max(1, self.link_bytes_per_s * self.sc.engine.send_quantum // 10**9)
+
+    def send_slice(self, budget: int, carried: tuple[int, int, int] = (0, 0, 0), clear_first: bool = False):
         """Send dirty pages in address order for at most one send quantum of link time.
 
         ``ram_find_and_save_block`` from (last_seen_block, last_page), wrapping at
         the end of the block list; a chunk whose ``clear_bmap`` bit is set is
         cleared first (``migration_clear_memory_region_dirty_bitmap``) unless in
-        the last stage. Returns the number of pages sent.
+        the last stage. Returns the number of pages sent. ``carried`` (bytes,
+        normal, zero pages) and ``clear_first`` continue a slice that
+        ``FusedSlices`` began and stopped at a chunk to clear.
         """
         self._reset_if_blocks_changed()  # a block list change lands between slices (QEMU: between iterations)
         rs, blocks = self.rs, self.m.ram_list.blocks
-        cap = max(1, self.link_bytes_per_s * self.sc.engine.send_quantum // 10**9)
+        cap = self.slice_cap()
         lazy = not rs.last_stage
-        nbytes = normal = zero = 0
+        nbytes, normal, zero = carried
+        if clear_first:
+            self.clear_chunk(blocks[rs.block_index], rs.page >> self.shift)
         while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget:
             block = blocks[rs.block_index]
             extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)

@@ -1,0 +1,95 @@
+"""``ram_save_iterate``'s send slices and the running guest in one numba call (``kernels.iterate_slices``).
+
+The migration thread's common case, one RAMBlock and a KVM bitmap or TCG guest
+with no vhost backend, is a tight loop: send up to a slice of pages, wait for
+the wire while the vCPUs run, repeat until the window's budget, 50 ms or the
+dirty pages run out. Python takes only the decisions around it (a lazy clear, a
+wait that another SimPy process would interrupt) and turns the kernel's slice
+records into the same events, at the same times, as ``send_slice`` would emit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dirty import kernels as K
+from ..events import schema as ev
+
+RECORDS = 4096  # slices per kernel call at most
+NS_PER_S = 10**9
+
+
+class FusedSlices:
+    def __init__(self, migration):
+        self.mig = migration
+        self.io = np.zeros(7, dtype=np.int64)
+        self.rec = np.zeros((RECORDS, 8), dtype=np.int64)
+        self.sout = np.zeros(6, dtype=np.int64)
+
+    def eligible(self) -> bool:
+        """Only what the kernel models: one block, no ring, no backend, no cost waiting to be charged."""
+        m, rs = self.mig.m, self.mig.rs
+        g = m.guest
+        return (len(m.ram_list.blocks) == 1 and rs.block_index == 0 and not m.backends and not g.writer.ring
+                and g.started and g.running and m.meter.idle() and g.state[K.ST_RESUME] < 0)
+
+    def run(self, t0_ms: int):
+        """Slices until QEMU's loop ends (returns True) or Python must take the next step (returns False)."""
+        mig = self.mig
+        m, rs, env, rec, io = mig.m, mig.rs, mig.env, mig.rec, self.io
+        block, rl, guest = m.ram_list.blocks[0], m.ram_list, m.guest
+        first_extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
+        io[:] = (env.now, rs.page, rs.migration_dirty_pages, mig.transferred, first_extra, guest.next_t, 0)
+        horizon = min(env.peek(), float(1 << 62))
+        w = block.words
+        status = K.iterate_slices(io, self.rec, int(horizon), t0_ms, mig.link_bytes_per_s, mig.slice_cap(),
+                                  mig.counters.rate_limit_start, mig.counters.rate_limit_max, block.bmap,
+                                  block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w], block.pages,
+                                  mig.shift, mig.zero_detect, self.sout, *guest.kernel_args()[:14])
+        nrec = int(io[K.IO_NREC])
+        for row in self.rec[:nrec].tolist():
+            self._emit_slice(block.idstr, row)
+        rs.page, rs.migration_dirty_pages = int(io[K.IO_PAGE]), int(io[K.IO_DIRTY])
+        if io[K.IO_EXTRA] == 0:
+            rs.last_sent_block = block
+        guest.next_t = int(io[K.IO_GUEST_NEXT])
+        now = int(io[K.IO_NOW])
+        if now > env.now:
+            yield env.timeout(now - env.now)  # the guest is already up to date: a plain SimPy wait
+        if status == K.IT_DONE:
+            return True
+        if status == K.IT_MORE:
+            return False
+        if status == K.IT_STUCK:
+            raise RuntimeError(f"migration_dirty_pages is {rs.migration_dirty_pages} but {block.idstr}'s bitmap has "
+                               "no dirty page: the dirty count and the bitmap disagree")
+        start, _, n, z, nbytes, resent, unchanged, wraps = self.rec[nrec].tolist()
+        for _ in range(wraps):
+            rec.emit(ev.ScanWrap)
+        if n + z:
+            mig._account_block(block, n, z, nbytes, resent, unchanged)
+        if status == K.IT_PARTIAL:  # a lazy clear is due: the slice goes on in Python
+            sent = yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z), True)
+        else:  # IT_PENDING: sent; the wait meets another process, or the vCPUs need more variates
+            yield from mig._wait(nbytes * NS_PER_S // mig.link_bytes_per_s + m.meter.drain())
+            mig._record_pages()
+            sent = n + z
+        return sent == 0 or mig.now_ms() - t0_ms > K.MAX_WAIT_MS
+
+    def _emit_slice(self, idstr: str, row: list) -> None:
+        """A completed slice's events at their own times: scan wraps at its start, the transfer at its end."""
+        mig, rec = self.mig, self.mig.rec
+        start, end, n, z, nbytes, resent, unchanged, wraps = row
+        try:
+            rec.time_override = start
+            for _ in range(wraps):
+                rec.emit(ev.ScanWrap)
+            if n + z:
+                rec.time_override = end
+                mig.transferred += nbytes
+                mig.pages_sent += n + z
+                rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=nbytes,
+                         wire_ns=nbytes * NS_PER_S // mig.link_bytes_per_s, running=True, resent=resent,
+                         unchanged=unchanged)
+        finally:
+            rec.time_override = None
