@@ -22,7 +22,7 @@ from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog
 from .accel.virtio import DeviceMemoryListener, VirtioListener
 from .dirty import kernels
-from .dirty.ramlist import RAMBlock, RAMList, grown
+from .dirty.ramlist import RAMBlock, RAMList
 from .events import schema as ev
 from .events.log import Recorder
 from .guest.vcpu import Guest, LazyActor
@@ -267,15 +267,17 @@ class Machine:
 
     # -- the oracle ----------------------------------------------------------------------------------------
     def oracle(self) -> tuple[int, int]:
-        """(stale pages, stale pages that no dirty layer remembers)."""
+        """(stale pages, stale pages that no dirty layer remembers): L2, every bmap, and what listeners hold."""
         rl = self.ram_list
         words = rl.dirty_memory.shape[0]
-        bmap = np.zeros(words, dtype=np.uint64)
+        tracked = rl.dirty_memory.copy()  # one word array for the union: no stack of layers at 1 TiB
         for block in rl.blocks:
             if block.bmap is not None:
-                bmap[block.words] = block.bmap
-        layers = [rl.dirty_memory, bmap] + [grown(x, words)[:words] for t in self.trackers for x in t.pending_dirty()]
-        stale, lost = kernels.count_stale(rl.stale, np.stack(layers), 0, words)
+                tracked[block.words] |= block.bmap
+        for layer in (x for t in self.trackers for x in t.pending_dirty()):
+            n = min(words, layer.shape[0])
+            kernels.or_into(tracked, layer, 0, n)
+        stale, lost = kernels.count_stale(rl.stale, tracked[None, :], 0, words)
         return int(stale), int(lost)
 
     def audit(self, at: str) -> None:

@@ -72,8 +72,10 @@ class KvmDirtyLog:
 
     def ensure_capacity(self) -> None:
         words = self.ram_list.dirty_memory.shape[0]
-        self.dirty = grown(self.dirty, words)
-        self.protected = grown(self.protected, words)
+        if self.ring:  # each mode keeps only the bitmap it uses (1 bit per guest page)
+            self.protected = grown(self.protected, words)
+        else:
+            self.dirty = grown(self.dirty, words)
 
     def set_user_memory_region(self, gpa: int, size: int, ram_addr: int, readonly: bool = False) -> KVMSlot:
         if gpa % (WORD_PAGES * PAGE_SIZE) or ram_addr % (WORD_PAGES * PAGE_SIZE) or size % (WORD_PAGES * PAGE_SIZE):
@@ -212,7 +214,7 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
         if inhibit and self.on_inhibit is not None:
             self.on_inhibit(stall)
         self._add, self._del = [], []
-        self.dirty_bmap = grown(self.dirty_bmap, self.kvm.dirty.shape[0])
+        self.dirty_bmap = grown(self.dirty_bmap, self.kvm.ram_list.dirty_memory.shape[0])
         for section in added:
             self.dirty_bmap[self._by_section[_key(section)].words] = 0
 
@@ -312,7 +314,7 @@ class KvmRingMemoryListener(KvmMemoryListener):
 
     def reap(self, reason: str, vcpu: int = -1) -> int:
         """``kvm_dirty_ring_reap`` (all vCPUs) + ``KVM_RESET_DIRTY_RINGS``; returns the time it took."""
-        self.dirty_bmap = grown(self.dirty_bmap, self.kvm.protected.shape[0])
+        self.dirty_bmap = grown(self.dirty_bmap, self.kvm.ram_list.dirty_memory.shape[0])
         n = int(kernels.reap_rings(self.kvm.rings, self.kvm.dirty_index, self.kvm.reset_index, self.dirty_bmap,
                                    self.kvm.protected, self.reaped))
         cost = n * (self.costs.ring_reap_per_entry + self.costs.ring_reset_per_entry)
