@@ -155,20 +155,27 @@ def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[st
 
 
 @main.command()
-@click.argument("events", type=click.Path(dir_okay=False, exists=True))
+@click.argument("events", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), required=True)
 def replay(events: str, outdir: str) -> None:
-    """Recompute rounds.csv, summary.json and the plot from a saved events.jsonl."""
-    from .events.log import fingerprint, read_events
-    from .report.files import write_projections
+    """Check a saved events.jsonl, then recompute rounds.csv, vcpus.csv, summary.json and the plot from it."""
+    from .report.files import write_replay
 
-    log = read_events(events)
-    scenario = log[0].scenario if log else {}
-    info = {"fingerprint": fingerprint(log), "wall-time-s": None, "compile-time-s": None, "sim-speed": None,
-            "scenario": scenario}
-    summary = write_projections(log, Path(outdir), info, plots=scenario.get("outputs", {}).get("plots", True))
+    _, log = _read_log(events)
+    summary = write_replay(log, Path(outdir))
     click.echo(f"replayed {len(log)} events -> {outdir}/ (status {summary['status']}, "
-               f"fingerprint {info['fingerprint']})")
+               f"fingerprint {summary['dirtysim']['fingerprint']})")
+
+
+def _read_log(path: str):
+    """The checked header and events of a log; a bad log is one ``FILE:LINE: message`` and exit 2."""
+    from .events.replay import LogError, read_log
+
+    try:
+        return read_log(path)
+    except LogError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..events.log import encode_lines
+from ..events.log import encode_log, fingerprint
 from . import tables
 
 
@@ -44,9 +44,22 @@ def write_projections(events: list, outdir: Path, run_info: dict, plots: bool) -
     return summary
 
 
-def write_run(result, outdir: Path) -> dict:
-    """Every file of a run. Called for failed runs too: the summary then carries the error."""
-    write_atomic(outdir / "events.jsonl", encode_lines(result.events))
+def write_replay(events: list, outdir: Path, plots: bool | None = None) -> dict:
+    """The projections of a saved log; the wall-clock facts of the run are not in the log, so they are null."""
+    scenario = events[0].scenario
+    info = {"fingerprint": fingerprint(events), "wall-time-s": None, "compile-time-s": None, "sim-speed": None,
+            "scenario": scenario}
+    if plots is None:
+        plots = scenario.get("outputs", {}).get("plots", True)
+    return write_projections(events, outdir, info, plots)
+
+
+def write_run(result, outdir: Path, plots: bool | None = None) -> dict:
+    """Every file of a run. Called for failed runs too: the summary then carries the error.
+
+    ``plots`` overrides the scenario's ``outputs.plots`` (tests skip the slow figure).
+    """
+    write_atomic(outdir / "events.jsonl", encode_log(result.events))
     info = {
         "fingerprint": result.fingerprint,
         "wall-time-s": round(result.wall_time_s, 3),
@@ -54,5 +67,6 @@ def write_run(result, outdir: Path) -> dict:
         "sim-speed": round(result.sim_speed, 3),
         "scenario": result.scenario.model_dump(mode="json"),
     }
-    plots = result.scenario.outputs.plots and result.error is None
+    if plots is None:
+        plots = result.scenario.outputs.plots and result.error is None
     return write_projections(result.events, outdir, info, plots)

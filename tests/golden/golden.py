@@ -15,6 +15,7 @@ the memory map run as written, to completion.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -44,13 +45,19 @@ def runs() -> Iterator[tuple[str, Path, list[str]]]:
                 yield f"{path.stem}/{name}", path, [*shrink, *over]
 
 
-def fingerprint(path: Path, overrides: list[str]) -> str:
+@functools.lru_cache(maxsize=None)
+def result(path: Path, overrides: tuple[str, ...]):
+    """The run of one entry, kept for the session: the golden and the replay tests share it."""
     from dirtysim.scenario.load import load_scenario
     from dirtysim.sim import run
 
-    result = run(load_scenario(path, overrides), progress=False)
-    assert result.error is None, f"{path} {overrides}: {result.error}"
-    return result.fingerprint
+    res = run(load_scenario(path, list(overrides)), progress=False)
+    assert res.error is None, f"{path} {overrides}: {res.error}"
+    return res
+
+
+def fingerprint(path: Path, overrides: list[str]) -> str:
+    return result(path, tuple(overrides)).fingerprint
 
 
 def load() -> dict:
