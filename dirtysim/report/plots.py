@@ -55,11 +55,11 @@ def convergence_figure(events: list) -> plt.Figure:
     return fig
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    from .files import write_atomic
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes."""
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()
