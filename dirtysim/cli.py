@@ -1,4 +1,4 @@
-"""``dirtysim`` command line: run | validate | schema | replay.
+"""``dirtysim`` command line: run | validate | schema | listeners | sweep | replay | trace.
 
 Exit codes: 0 ok, 2 bad input or an unusable output directory (nothing was
 simulated), 1 the simulation failed, lost pages (its result record is still
@@ -233,6 +233,24 @@ def replay(events: str, outdir: str) -> None:
         summary = _writing(target, lambda: write_replay(log, target))
     click.echo(f"replayed {len(log)} events -> {outdir}/ (status {summary['status']}, "
                f"fingerprint {summary['dirtysim']['fingerprint']})")
+
+
+@main.command()
+@click.argument("events", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
+              help="trace file (default: trace.json beside EVENTS)")
+def trace(events: str, output: str | None) -> None:
+    """Write a checked events.jsonl as Chrome trace JSON for the Perfetto UI (ui.perfetto.dev)."""
+    from .report.files import write_atomic
+    from .report.trace import trace_bytes
+
+    _, log = _read_log(events)
+    path = Path(output) if output else Path(events).with_name("trace.json")
+    try:
+        write_atomic(path, trace_bytes(log))
+    except OSError as exc:
+        _fail(f"{path}: cannot write: {exc.strerror}", EXIT_SIM_ERROR)
+    click.echo(f"{path}  ({len(log)} events; open it in https://ui.perfetto.dev)")
 
 
 def _read_log(path: str):
