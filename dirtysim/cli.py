@@ -217,6 +217,9 @@ def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[st
         _fail(str(exc), EXIT_BAD_INPUT)
     except OutputError as exc:
         _fail(str(exc), EXIT_SIM_ERROR)
+    except KeyboardInterrupt:
+        _fail(f"interrupted: the variants run so far are in {out}/ (the one interrupted with status cancelled)",
+              EXIT_INTERRUPTED)
     click.echo(markdown(rows))
     click.echo(f"\noutputs: {out}/<variant>/ and {out}/comparison.csv")
 

@@ -74,6 +74,8 @@ def run_variants(scenario_file: str | Path, variants: dict[str, list[str]], outd
         result = run(scenario, progress=False)
         out = child(outdir or Path("out") / f"{scenario.name}-sweep", name, "variant")
         rows.append(comparison_row(name, write_run(result, out)))
+        if result.stop_reason == "interrupted":  # Ctrl-C stops the sweep, not only this variant
+            raise KeyboardInterrupt
     if outdir is not None:
         write_atomic(outdir / "comparison.csv", csv_bytes(rows, COMPARE_FIELDS))
     return rows

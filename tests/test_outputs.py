@@ -197,3 +197,23 @@ def test_sigint_to_a_running_simulation(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["status"], summary["dirtysim"]["stop-reason"]) == ("cancelled", "interrupted")
     read_log(out / "events.jsonl")
+
+
+def test_interrupt_stops_a_sweep(tmp_path, earlier, monkeypatch):
+    """Ctrl-C in the first variant stops the sweep: that variant's partial results, no later variant run."""
+    real = PrecopyMigration.bitmap_sync
+
+    def bitmap_sync(self, *args, **kw):
+        if self.dirty_sync_count == 1:
+            raise KeyboardInterrupt
+        return (yield from real(self, *args, **kw))
+
+    monkeypatch.setattr(PrecopyMigration, "bitmap_sync", bitmap_sync)
+    variants = tmp_path / "v.yaml"
+    variants.write_text(yaml.safe_dump({"variants": {"first": {"seed": 2}, "second": {"seed": 3}}}))
+    res = CliRunner().invoke(main, ["sweep", str(earlier[0]), str(variants), "-o", str(tmp_path / "sw")])
+    assert (res.exit_code, res.stdout, res.stderr) == (
+        130, "", f"interrupted: the variants run so far are in {tmp_path / 'sw'}/ (the one interrupted with status "
+                 "cancelled)\n")
+    assert json.loads((tmp_path / "sw" / "first" / "summary.json").read_text())["status"] == "cancelled"
+    assert not (tmp_path / "sw" / "second").exists()
