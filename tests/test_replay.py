@@ -221,3 +221,30 @@ def test_replay_of_every_scenario_reproduces_its_outputs(tmp_path, name, path, o
     original = json.loads((tmp_path / "run" / "summary.json").read_text())
     original["dirtysim"].update(dict.fromkeys(WALL_CLOCK))
     assert json_bytes(original) == (tmp_path / "re" / "summary.json").read_bytes()
+
+
+SPECIAL = {  # runs whose logs exercise the checker's rarer paths
+    "hotplug during migration (a block added while migrating)": (
+        golden.ROOT / "scenarios" / "memory-map.yaml", ("what_if.hotplug_during_migration=true",)),
+    "clear-all (oracle audits)": (golden.ROOT / "scenarios" / "quickstart.yaml",
+                                  ("dirty_tracking.kvm_clear=clear-all", "machine.memory.size=4GiB",
+                                   "machine.vcpus.0.workload.working_set=3GiB")),
+}
+
+
+@pytest.mark.parametrize("path,overrides", SPECIAL.values(), ids=list(SPECIAL))
+def test_rarer_logs_are_accepted_and_replay(tmp_path, path, overrides):
+    from dirtysim.scenario.load import load_scenario
+
+    result = run(load_scenario(path, list(overrides)), progress=False)
+    assert result.error is None
+    write_run(result, tmp_path / "run", plots=False)
+    _, events = read_log(tmp_path / "run" / "events.jsonl")
+    kinds = {e.__struct_config__.tag for e in events}
+    if "hotplug" in str(overrides):
+        setup = next(e.seq for e in events if getattr(e, "status", None) == "setup")
+        assert any(e.__struct_config__.tag == "ram-block-added" and e.seq > setup for e in events)
+    else:
+        assert sum(e.__struct_config__.tag == "oracle-check" for e in events) > 1 and "oracle-check" in kinds
+    write_replay(events, tmp_path / "re", plots=False)
+    assert (tmp_path / "run" / "rounds.csv").read_bytes() == (tmp_path / "re" / "rounds.csv").read_bytes()
