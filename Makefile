@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench golden clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# Re-record tests/golden/fingerprints.json after an intended change of behaviour.
+golden: $(STAMP)
+	$(PY) tests/golden/golden.py
 
 clean:
 	rm -rf out .pytest_cache .hypothesis

@@ -1,11 +1,13 @@
-"""``dirtysim`` command line: run | validate | schema | replay.
+"""``dirtysim`` command line: run | validate | schema | listeners | sweep | replay | trace.
 
-Exit codes: 0 ok, 2 bad input (nothing was simulated), 1 the simulation failed
-or lost pages (its result record is still written).
+Exit codes: 0 ok, 2 bad input or an unusable output directory (nothing was
+simulated), 1 the simulation failed, lost pages (its result record is still
+written) or the outputs could not be written, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import click
 
 from .scenario.load import ScenarioError, load_scenario, scenario_json_schema
 
-EXIT_OK, EXIT_SIM_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_SIM_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: 128 + SIGINT, as shells report it
 
 
 def _load(file: str, overrides=(), seed=None):
@@ -33,25 +35,87 @@ def main() -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), help="output directory")
+@click.option("-o", "--output", "outdir", type=click.Path(), help="output directory")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a scenario key")
 @click.option("--seed", type=int, help="override the scenario seed")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a TTY)")
 def run(file: str, outdir: str | None, overrides: tuple[str, ...], seed: int | None, progress: bool | None) -> None:
-    """Run the scenario FILE; write summary.json, rounds.csv, vcpus.csv, events.jsonl, convergence.png."""
+    """Run the scenario FILE; write summary.json, rounds.csv, vcpus.csv, events.jsonl, convergence.png.
+
+    The output directory is locked and checked before the run, and written whole
+    or not at all (see dirtysim/report/files.py). Ctrl-C stops the simulation and
+    writes what was simulated, with status cancelled (stop reason interrupted): exit 130.
+    """
     from .report.files import write_run
     from .sim import run as simulate
 
     scenario = _load(file, overrides, seed)
-    out = Path(outdir or scenario.outputs.dir or f"out/{scenario.name}")
-    result = simulate(scenario, progress=progress)
-    summary = write_run(result, out)
+    out = _output_dir(file, scenario, outdir)
+    with _claim(out) as target:
+        result = _writing(target, lambda: simulate(scenario, progress=progress))
+        summary = _writing(target, lambda: write_run(result, target))
+    if result.stop_reason == "interrupted":
+        below_bar = "\n" if (sys.stderr.isatty() if progress is None else progress) else ""
+        click.echo(f"{below_bar}interrupted at {result.sim_time_ns / 1e9:.3f} simulated s: partial results in {out}/ "
+                   f"(status {summary['status']}, {summary['ram']['dirty-sync-count']} syncs)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     _print_summary(summary, out)
     lost = summary["dirtysim"]["lost-pages"]
     wrong = scenario.dirty_tracking.wrong_semantics()
     if lost and wrong:
         click.echo(f"                  (expected: deliberately wrong {', '.join(wrong)})")
     sys.exit(EXIT_SIM_ERROR if result.error or (lost and not wrong) else EXIT_OK)
+
+
+def _output_dir(file: str, scenario, outdir: str | None) -> Path:
+    """-o, else the scenario's ``outputs.dir`` (relative, inside the working directory), else out/<name>."""
+    from .report.files import OutputError, child
+
+    if outdir:
+        return Path(outdir)
+    chosen = scenario.outputs.dir
+    if chosen is not None:
+        if Path(chosen).is_absolute() or ".." in Path(chosen).parts or "\0" in chosen:
+            _fail(f"{file}: outputs.dir: must be a relative path inside the working directory (got {chosen!r}); "
+                  "use -o to write elsewhere", EXIT_BAD_INPUT)
+        return Path(chosen)
+    try:
+        return child(Path("out"), scenario.name, "name")
+    except OutputError as exc:
+        _fail(f"{file}: {exc}", EXIT_BAD_INPUT)
+
+
+@contextlib.contextmanager
+def _claim(out: Path):
+    """The locked output directory; not usable (not writable, another run in it) -> one line, exit 2."""
+    from .report.files import OutputDir, OutputError
+
+    try:
+        target = OutputDir(out).__enter__()
+    except OutputError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    try:
+        yield target
+    finally:
+        target.__exit__()
+
+
+def _writing(target, work):
+    """Run ``work``; a failed write is one line and exit 1, Ctrl-C outside the simulation exit 130."""
+    from .report.files import OutputError
+
+    try:
+        return work()
+    except OutputError as exc:
+        _fail(str(exc), EXIT_SIM_ERROR)
+    except KeyboardInterrupt:
+        state = "holds the new files" if target.committed else "keeps its previous files"
+        _fail(f"interrupted: {target.path}/ {state}", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int):
+    click.echo(message, err=True)
+    sys.exit(code)
 
 
 def _print_summary(s: dict, out: Path) -> None:
@@ -137,38 +201,70 @@ def schema() -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("variants_file", metavar="VARIANTS", type=click.Path(dir_okay=False, exists=True))
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), help="output directory")
+@click.option("-o", "--output", "outdir", type=click.Path(), help="output directory")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override for every variant")
 def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[str, ...]) -> None:
     """Run FILE once per variant of VARIANTS (name -> overrides) and print a comparison table."""
     from .sweep import load_variants, markdown, run_variants
+
+    from .report.files import OutputError
 
     try:
         variants = load_variants(variants_file)
         out = Path(outdir or f"out/{Path(file).stem}-sweep")
         rows = run_variants(file, variants, out, overrides)
     except ScenarioError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except OutputError as exc:
+        _fail(str(exc), EXIT_SIM_ERROR)
+    except KeyboardInterrupt:
+        _fail(f"interrupted: the variants run so far are in {out}/ (the one interrupted with status cancelled)",
+              EXIT_INTERRUPTED)
     click.echo(markdown(rows))
     click.echo(f"\noutputs: {out}/<variant>/ and {out}/comparison.csv")
 
 
 @main.command()
-@click.argument("events", type=click.Path(dir_okay=False, exists=True))
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), required=True)
+@click.argument("events", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "outdir", type=click.Path(), required=True)
 def replay(events: str, outdir: str) -> None:
-    """Recompute rounds.csv, summary.json and the plot from a saved events.jsonl."""
-    from .events.log import fingerprint, read_events
-    from .report.files import write_projections
+    """Check a saved events.jsonl, then recompute rounds.csv, vcpus.csv, summary.json and the plot from it."""
+    from .report.files import write_replay
 
-    log = read_events(events)
-    scenario = log[0].scenario if log else {}
-    info = {"fingerprint": fingerprint(log), "wall-time-s": None, "compile-time-s": None, "sim-speed": None,
-            "scenario": scenario}
-    summary = write_projections(log, Path(outdir), info, plots=scenario.get("outputs", {}).get("plots", True))
+    _, log = _read_log(events)
+    with _claim(Path(outdir)) as target:
+        summary = _writing(target, lambda: write_replay(log, target))
     click.echo(f"replayed {len(log)} events -> {outdir}/ (status {summary['status']}, "
-               f"fingerprint {info['fingerprint']})")
+               f"fingerprint {summary['dirtysim']['fingerprint']})")
+
+
+@main.command()
+@click.argument("events", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
+              help="trace file (default: trace.json beside EVENTS)")
+def trace(events: str, output: str | None) -> None:
+    """Write a checked events.jsonl as Chrome trace JSON for the Perfetto UI (ui.perfetto.dev)."""
+    from .report.files import write_atomic
+    from .report.trace import trace_bytes
+
+    _, log = _read_log(events)
+    path = Path(output) if output else Path(events).with_name("trace.json")
+    try:
+        write_atomic(path, trace_bytes(log))
+    except OSError as exc:
+        _fail(f"{path}: cannot write: {exc.strerror}", EXIT_SIM_ERROR)
+    click.echo(f"{path}  ({len(log)} events; open it in https://ui.perfetto.dev)")
+
+
+def _read_log(path: str):
+    """The checked header and events of a log; a bad log is one ``FILE:LINE: message`` and exit 2."""
+    from .events.replay import LogError, read_log
+
+    try:
+        return read_log(path)
+    except LogError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Like desmod's environment, one ``run`` owns the configuration, the RNG streams
 and the recorder. Like py-pde, a Python control loop advances SimPy in steps
 (driving the progress bar) while numba kernels do the bulk work inside each
 step; kernel compile time is measured apart from run time, and the run ends
-with an explicit stop reason (completed, timeout, error).
+with an explicit stop reason (completed, timeout, error, interrupted).
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
         machine.finish()
         result.stop_reason = migration.stop_reason or "error"
         recorder.emit(ev.RunFinished, stop_reason=result.stop_reason)
+    except KeyboardInterrupt:  # SIGINT: what was simulated so far is the result, stop reason "interrupted"
+        result.stop_reason = "interrupted"
+        recorder.emit(ev.RunFinished, stop_reason="interrupted")
     except Exception as exc:  # noqa: BLE001 - every failure becomes a result record
         result.error = f"{type(exc).__name__}: {exc}"
         result.stop_reason = "error"

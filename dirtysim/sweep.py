@@ -12,7 +12,7 @@ from typing import Iterable
 
 import yaml
 
-from .report.files import write_atomic, write_run
+from .report.files import OutputError, child, write_atomic, write_run
 from .report.tables import csv_bytes
 from .scenario.load import ScenarioError, load_scenario
 from .sim import run
@@ -33,6 +33,10 @@ def load_variants(path: str | Path) -> dict[str, list[str]]:
         raise ScenarioError([f"{path}:1: variants: expected a mapping of variant names to overrides"])
     out = {}
     for name, over in variants.items():
+        try:
+            child(Path("out"), str(name), "variant")  # each variant's files go to OUT/<variant>/
+        except OutputError as exc:
+            raise ScenarioError([f"{path}: variants.{name}: {exc}"]) from None
         if not isinstance(over, dict):
             raise ScenarioError([f"{path}: variants.{name}: expected a mapping of key.path: value (got {over!r})"])
         out[str(name)] = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
@@ -68,8 +72,10 @@ def run_variants(scenario_file: str | Path, variants: dict[str, list[str]], outd
     rows = []
     for name, scenario in scenarios.items():
         result = run(scenario, progress=False)
-        out = (outdir or Path("out") / f"{scenario.name}-sweep") / name
+        out = child(outdir or Path("out") / f"{scenario.name}-sweep", name, "variant")
         rows.append(comparison_row(name, write_run(result, out)))
+        if result.stop_reason == "interrupted":  # Ctrl-C stops the sweep, not only this variant
+            raise KeyboardInterrupt
     if outdir is not None:
         write_atomic(outdir / "comparison.csv", csv_bytes(rows, COMPARE_FIELDS))
     return rows

@@ -27,7 +27,7 @@ def test_run_writes_every_output(tmp_path):
                                     "--set", "migration.downtime_limit=200ms"])
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"summary.json", "rounds.csv", "vcpus.csv", "events.jsonl",
-                                               "convergence.png"}
+                                               "convergence.png", ".dirtysim.lock"}  # no temporary left
     vcpu_rows = list(csv.DictReader((out / "vcpus.csv").open()))
     assert len(vcpu_rows) == 2 * len(list(csv.DictReader((out / "rounds.csv").open())))  # 2 vCPUs, every sync
     assert sum(int(r["faults"]) for r in vcpu_rows) > 0
@@ -90,3 +90,14 @@ def test_every_shipped_scenario_validates_and_says_what_it_shows():
         assert path.read_text().startswith("# "), f"{path.name} must start with a comment saying what it shows"
         res = CliRunner().invoke(main, ["validate", str(path)])
         assert res.exit_code == 0, (path, res.output)
+
+
+def test_matplotlib_is_imported_only_to_plot():
+    """`dirtysim run` with plots off, replay and trace never import matplotlib (it costs ~0.5 s to import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dirtysim.cli, dirtysim.sim, dirtysim.sweep, dirtysim.report.files, dirtysim.report.trace; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,17 +1,30 @@
-"""The recorder (in-memory log with seq numbering), JSONL I/O and the fingerprint."""
+"""The recorder (in-memory log with seq numbering), JSONL encoding, the header line and the fingerprint.
+
+``events.jsonl`` is one header line (``LogHeader``) followed by one compact
+JSON event per line. The fingerprint covers the event lines only, so adding
+or changing header fields never changes a run's fingerprint.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Callable
 
 import msgspec
 
-from .schema import AnyEvent, Event
+from .. import __version__
+from .schema import SCHEMA_VERSION, Event, RunStarted
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+class LogHeader(msgspec.Struct, tag="dirtysim-log", tag_field="type", kw_only=True, forbid_unknown_fields=True):
+    """First line of ``events.jsonl``: which schema and program wrote the log, for which scenario and seed."""
+
+    schema_version: int  # the event schema (events/schema.py SCHEMA_VERSION)
+    dirtysim_version: str
+    scenario_hash: str  # scenario_hash() of run-started's resolved scenario
+    seed: int
 
 
 class Recorder:
@@ -34,7 +47,7 @@ class Recorder:
 
 
 def encode_lines(events: list[Event]) -> bytes:
-    """Canonical bytes of a log: one compact JSON object per line."""
+    """Canonical bytes of the events: one compact JSON object per line (what the fingerprint hashes)."""
     return b"".join(_encoder.encode(e) + b"\n" for e in events)
 
 
@@ -43,6 +56,20 @@ def fingerprint(events: list[Event]) -> str:
     return hashlib.blake2b(encode_lines(events), digest_size=16).hexdigest()
 
 
-def read_events(path: str | Path) -> list[Event]:
-    with open(path, "rb") as f:
-        return [_decoder.decode(line) for line in f if line.strip()]
+def scenario_hash(scenario: dict) -> str:
+    """blake2b (128 bit) of the resolved scenario as JSON with sorted keys."""
+    return hashlib.blake2b(msgspec.json.encode(scenario, order="sorted"), digest_size=16).hexdigest()
+
+
+def header_for(events: list[Event]) -> LogHeader:
+    """The header of a log whose first event is ``run-started``."""
+    if not events or not isinstance(events[0], RunStarted):
+        raise ValueError("an event log starts with run-started")
+    first = events[0]
+    return LogHeader(schema_version=SCHEMA_VERSION, dirtysim_version=__version__,
+                     scenario_hash=scenario_hash(first.scenario), seed=first.seed)
+
+
+def encode_log(events: list[Event]) -> bytes:
+    """The bytes of ``events.jsonl``: the header line, then the event lines."""
+    return _encoder.encode(header_for(events)) + b"\n" + encode_lines(events)

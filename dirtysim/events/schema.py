@@ -213,7 +213,7 @@ class OracleCheck(Event, tag="oracle-check"):
 
 
 class RunFinished(Event, tag="run-finished"):
-    stop_reason: str  # completed | timeout | error
+    stop_reason: str  # completed | timeout | error | interrupted (SIGINT; the summary says cancelled)
     error: Optional[str] = None
 
 

@@ -1,21 +1,23 @@
-"""Figures from the event log (each function returns a matplotlib Figure)."""
+"""Figures from the event log and from sweeps, as ``matplotlib.figure.Figure`` objects.
+
+No pyplot and no backend switch: a Figure built directly saves to PNG on any
+machine, without a display and without changing the user's backend, and renders
+in Jupyter as a cell's value once the inline backend is on (``%matplotlib
+inline``, as the notebooks do). Only ``dirtysim.report.files`` imports this
+module, and only when a run writes its plot.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from matplotlib.figure import Figure
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..events import schema as ev  # noqa: E402
-from . import tables  # noqa: E402
+from ..events import schema as ev
+from . import tables
 
 MIB = 1 << 20
 
 
-def convergence_figure(events: list) -> plt.Figure:
+def convergence_figure(events: list) -> Figure:
     """Remaining bytes over time with the syncs marked; dirty rate against measured bandwidth."""
     f = tables.fold(events)
     t0 = f.migrate_ns or 0
@@ -32,7 +34,8 @@ def convergence_figure(events: list) -> plt.Figure:
         rem_v.append(dirty * f.page_size / MIB)
     syncs = [e for e in events if isinstance(e, ev.BitmapSync)]
     windows = [e for e in events if isinstance(e, ev.RateWindow)]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, constrained_layout=True)
+    fig = Figure(figsize=(9, 6.5), layout="constrained")
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(rem_t, rem_v, lw=1.2, label="remaining (migration_dirty_pages)")
     ax1.plot([sec(e.t_ns) for e in windows], [e.threshold_size / MIB for e in windows], lw=1, ls="--",
              color="tab:green", label="threshold_size")
@@ -55,11 +58,40 @@ def convergence_figure(events: list) -> plt.Figure:
     return fig
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    from .files import write_atomic
+SWEEP_PANELS = [("total-time", "total time (ms)"), ("transferred-mib", "transferred (MiB)"),
+                ("write-not-dirty-pages", "write-not-dirty pages"), ("vcpu-lost-ms", "vCPU time lost (ms)")]
+
+
+def sweep_figure(rows: list[dict]) -> Figure:
+    """One bar per variant of a sweep (``sweep.comparison_row``) in four panels; variants that lost pages in red."""
+    names = [r["variant"] for r in rows]
+    colors = ["tab:red" if r["lost-pages"] else "tab:blue" for r in rows]
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    for ax, (key, label) in zip(fig.subplots(2, 2).flat, SWEEP_PANELS):
+        ax.barh(names, [r[key] for r in rows], color=colors)
+        ax.set_title(label)
+        ax.invert_yaxis()
+    return fig
+
+
+def remaining_figure(runs: dict[str, list[dict]]) -> Figure:
+    """Remaining bytes after each sync (``rounds.csv`` rows) of several runs, one line per run."""
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, rounds in runs.items():
+        ax.plot([float(r["time"]) / 1000 for r in rounds], [int(r["remaining"]) / MIB for r in rounds], "o-",
+                label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since migrate")
+    ax.set_ylabel("remaining after sync (MiB)")
+    ax.legend()
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (Agg, chosen by savefig for this one call)."""
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()

@@ -227,7 +227,8 @@ def summary(events: list[ev.Event]) -> dict:
     }
     if not completed:
         ram["dirty-pages-rate"] = f.dirty_pages_rate
-    out = {"status": f.status if f.stop_reason != "error" else "failed", "total-time": total_ms}
+    status = {"error": "failed", "interrupted": "cancelled"}.get(f.stop_reason, f.status)
+    out = {"status": status, "total-time": total_ms}
     if setup_ms is not None:
         out["setup-time"] = setup_ms
     if completed and f.stop_ns is not None:
