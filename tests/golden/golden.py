@@ -26,6 +26,7 @@ GOLDEN = Path(__file__).with_name("fingerprints.json")
 
 # scenario stem -> overrides applied to it and to each of its sweep variants
 SHRINK: dict[str, list[str]] = {
+    "bench-1t-64vcpu": ["machine.memory.size=64GiB", "machine.vcpus.0.workload.hot=8GiB", "migration.timeout=1s"],
     "bench-64g-16vcpu": ["migration.timeout=2s"],
     "lab-db": ["migration.timeout=3s"],
     "no-convergence": ["migration.timeout=3s"],
