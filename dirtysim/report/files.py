@@ -160,14 +160,14 @@ def json_bytes(obj) -> bytes:
 
 def projections(events: list, run_info: dict, plots: bool) -> tuple[dict, dict[str, bytes]]:
     """The summary, and the bytes of rounds.csv, vcpus.csv, the plot and summary.json (``run_info`` in ``dirtysim``)."""
-    summary = tables.summary(events)
+    f = tables.fold(events)  # once: a 1 TiB run has hundreds of thousands of events
+    summary = tables.summary(events, f)
     summary["dirtysim"].update(run_info)
-    files = {"rounds.csv": tables.csv_bytes(tables.rounds(events)),
-             "vcpus.csv": tables.csv_bytes(tables.vcpu_rounds(events), tables.VCPU_FIELDS)}
+    files = {"rounds.csv": tables.csv_bytes(f.rounds), "vcpus.csv": tables.csv_bytes(f.vcpu_rows, tables.VCPU_FIELDS)}
     if plots:
         from .plots import convergence_figure, figure_png
 
-        files["convergence.png"] = figure_png(convergence_figure(events))
+        files["convergence.png"] = figure_png(convergence_figure(events, f))
     files["summary.json"] = json_bytes(summary)
     return summary, files
 

@@ -17,24 +17,45 @@ from . import tables
 MIB = 1 << 20
 
 
-def convergence_figure(events: list) -> Figure:
-    """Remaining bytes over time with the syncs marked; dirty rate against measured bandwidth."""
-    f = tables.fold(events)
+MAX_POINTS = 4000  # a line has at most about this many points: a 1 TiB run sends 300,000 slices
+
+
+def _remaining(events: list, f: tables._Fold) -> tuple[list[float], list[float]]:
+    """(seconds, MiB) of migration_dirty_pages after each sync and send slice, thinned for the plot.
+
+    Every point next to a sync is kept (the jumps); between syncs the
+    remaining bytes fall steadily, so every k-th slice draws the same line.
+    """
     t0 = f.migrate_ns or 0
-    sec = lambda t: (t - t0) / 1e9  # noqa: E731
-    rem_t, rem_v, dirty = [], [], f.ram_bytes // f.page_size
+    t, v, keep, dirty = [], [], set(), f.ram_bytes // f.page_size
     for e in events:  # remaining (migration_dirty_pages) changes at syncs and with every send
-        if isinstance(e, ev.BitmapSync):
+        if type(e) is ev.BitmapSync:
             dirty = e.migration_dirty_pages
-        elif isinstance(e, ev.Transfer) and e.kind == "pages":
+            keep.update((len(t) - 1, len(t)))
+        elif type(e) is ev.Transfer and e.kind == "pages":
             dirty -= e.normal + e.zero
         else:
             continue
-        rem_t.append(sec(e.t_ns))
-        rem_v.append(dirty * f.page_size / MIB)
+        t.append((e.t_ns - t0) / 1e9)
+        v.append(dirty * f.page_size / MIB)
+    stride = max(1, len(t) // MAX_POINTS)
+    idx = sorted(keep.union(range(0, len(t), stride), (len(t) - 1,)) - {-1, len(t)})
+    return [t[i] for i in idx], [v[i] for i in idx]
+
+
+def convergence_figure(events: list, f: tables._Fold | None = None) -> Figure:
+    """Remaining bytes over time with the syncs marked; dirty rate against measured bandwidth.
+
+    ``f``: the fold of ``events`` when the caller already has it.
+    """
+    f = tables.fold(events) if f is None else f
+    t0 = f.migrate_ns or 0
+    sec = lambda t: (t - t0) / 1e9  # noqa: E731
+    rem_t, rem_v = _remaining(events, f)
     syncs = [e for e in events if isinstance(e, ev.BitmapSync)]
     windows = [e for e in events if isinstance(e, ev.RateWindow)]
-    fig = Figure(figsize=(9, 6.5), layout="constrained")
+    fig = Figure(figsize=(9, 6.5))  # a fixed layout: the constrained engine costs seconds on big logs
+    fig.subplots_adjust(left=0.09, right=0.97, top=0.94, bottom=0.08, hspace=0.12)
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(rem_t, rem_v, lw=1.2, label="remaining (migration_dirty_pages)")
     ax1.plot([sec(e.t_ns) for e in windows], [e.threshold_size / MIB for e in windows], lw=1, ls="--",

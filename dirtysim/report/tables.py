@@ -71,70 +71,87 @@ class _Fold:
             self.totals[key] += n
 
     def apply(self, e: ev.Event) -> None:
-        if isinstance(e, ev.RunStarted):
-            self.page_size, self.seed = e.page_size, e.seed
-            self.latency_ns = e.scenario["network"]["latency"]
-            self.expected_downtime = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
-        elif isinstance(e, ev.RamBlockAdded):
-            self.blocks[e.idstr] = e.size
-            self.ram_bytes = sum(self.blocks.values())
-        elif isinstance(e, ev.RamBlockRemoved):
-            del self.blocks[e.idstr]
-            self.ram_bytes = sum(self.blocks.values())
-        elif isinstance(e, ev.MigrationStatus):
-            self.status = e.status
-            if e.status == "setup":
-                self.migrate_ns = e.t_ns
-            elif e.status == "active":
-                self.setup_end_ns = e.t_ns
-            elif e.status in ("completed", "cancelled", "failed"):
-                self.end_ns = e.t_ns
-        elif isinstance(e, ev.Transfer):
-            self.transferred += e.bytes
-            if e.kind != "device-state":
-                self.normal += e.normal
-                self.zero += e.zero
-                self.dirty_pages -= e.normal + e.zero
-                self._add(**{"resent": e.resent, "write-not-dirty": e.unchanged})
-                if e.running:
-                    self.precopy_bytes += e.bytes
-                else:
-                    self.downtime_bytes += e.bytes
-        elif isinstance(e, ev.RateWindow):
-            self.mbps, self.pages_per_second = e.mbps, e.pages_per_second
-            self.expected_downtime = e.expected_downtime
-        elif isinstance(e, ev.VcpuStats):
-            self._add(**{"vcpu-writes": e.writes, "vcpu-faults": e.faults, "vcpu-fault-ns": e.fault_ns,
-                         "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns,
-                         "vcpu-inhibit-ns": e.inhibit_ns})
-            self.vcpu_rows.append({  # emitted inside the sync that ends the interval
-                "dirty-sync-count": self.syncs + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
-                "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
-                "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3), "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3)})
-        elif isinstance(e, ev.LazyClear):
-            self._add(**{"lazy-clears": 1})
-        elif isinstance(e, ev.KvmClearDirtyLog):
-            self._add(**{"reprotected-pages": e.reprotected, "thread-clear-ns": e.cost_ns})
-        elif isinstance(e, ev.KvmGetDirtyLog):
-            self._add(**{"reprotected-pages": e.reprotected, "thread-get-ns": e.cost_ns})
-        elif isinstance(e, ev.DirtyRingReap):
-            self._add(**{"ring-reaped": e.entries, "reprotected-pages": e.entries})
-            if e.reason == "sync":
-                self._add(**{"thread-reap-ns": e.cost_ns})
-        elif isinstance(e, ev.VhostLogSync):
-            self._add(**{"vhost-logged-pages": e.pages})
-        elif isinstance(e, ev.ListenerCall):
-            self.hook_calls[(e.listener, e.hook)] += 1
-        elif isinstance(e, ev.BitmapSync):
-            self._sync(e)
-        elif isinstance(e, ev.VcpusStopped):
-            self.stop_ns = e.t_ns
-        elif isinstance(e, ev.OracleCheck):
-            self.lost_pages, self.stale_pages = e.lost_pages, e.stale_pages
-            if e.lost_pages and self.first_lost_ns is None:
-                self.first_lost_ns, self.first_lost_at = e.t_ns, e.at
-        elif isinstance(e, ev.RunFinished):
-            self.stop_reason, self.error = e.stop_reason, e.error
+        handler = _HANDLERS.get(type(e))
+        if handler is not None:
+            handler(self, e)
+
+    def _run_started(self, e: ev.RunStarted) -> None:
+        self.page_size, self.seed = e.page_size, e.seed
+        self.latency_ns = e.scenario["network"]["latency"]
+        self.expected_downtime = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
+
+    def _block_added(self, e: ev.RamBlockAdded) -> None:
+        self.blocks[e.idstr] = e.size
+        self.ram_bytes = sum(self.blocks.values())
+
+    def _block_removed(self, e: ev.RamBlockRemoved) -> None:
+        del self.blocks[e.idstr]
+        self.ram_bytes = sum(self.blocks.values())
+
+    def _status(self, e: ev.MigrationStatus) -> None:
+        self.status = e.status
+        if e.status == "setup":
+            self.migrate_ns = e.t_ns
+        elif e.status == "active":
+            self.setup_end_ns = e.t_ns
+        elif e.status in ("completed", "cancelled", "failed"):
+            self.end_ns = e.t_ns
+
+    def _transfer(self, e: ev.Transfer) -> None:
+        self.transferred += e.bytes
+        if e.kind != "device-state":
+            self.normal += e.normal
+            self.zero += e.zero
+            self.dirty_pages -= e.normal + e.zero
+            self._add(**{"resent": e.resent, "write-not-dirty": e.unchanged})
+            if e.running:
+                self.precopy_bytes += e.bytes
+            else:
+                self.downtime_bytes += e.bytes
+
+    def _window(self, e: ev.RateWindow) -> None:
+        self.mbps, self.pages_per_second = e.mbps, e.pages_per_second
+        self.expected_downtime = e.expected_downtime
+
+    def _vcpu_stats(self, e: ev.VcpuStats) -> None:
+        self._add(**{"vcpu-writes": e.writes, "vcpu-faults": e.faults, "vcpu-fault-ns": e.fault_ns,
+                     "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns,
+                     "vcpu-inhibit-ns": e.inhibit_ns})
+        self.vcpu_rows.append({  # emitted inside the sync that ends the interval
+            "dirty-sync-count": self.syncs + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
+            "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
+            "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3), "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3)})
+
+    def _lazy_clear(self, e: ev.LazyClear) -> None:
+        self._add(**{"lazy-clears": 1})
+
+    def _kvm_clear(self, e: ev.KvmClearDirtyLog) -> None:
+        self._add(**{"reprotected-pages": e.reprotected, "thread-clear-ns": e.cost_ns})
+
+    def _kvm_get(self, e: ev.KvmGetDirtyLog) -> None:
+        self._add(**{"reprotected-pages": e.reprotected, "thread-get-ns": e.cost_ns})
+
+    def _ring_reap(self, e: ev.DirtyRingReap) -> None:
+        self._add(**{"ring-reaped": e.entries, "reprotected-pages": e.entries})
+        if e.reason == "sync":
+            self._add(**{"thread-reap-ns": e.cost_ns})
+
+    def _vhost_sync(self, e: ev.VhostLogSync) -> None:
+        self._add(**{"vhost-logged-pages": e.pages})
+
+    def _listener_call(self, e: ev.ListenerCall) -> None:
+        self.hook_calls[(e.listener, e.hook)] += 1
+
+    def _stopped(self, e: ev.VcpusStopped) -> None:
+        self.stop_ns = e.t_ns
+
+    def _oracle(self, e: ev.OracleCheck) -> None:
+        self.lost_pages, self.stale_pages = e.lost_pages, e.stale_pages
+        if e.lost_pages and self.first_lost_ns is None:
+            self.first_lost_ns, self.first_lost_at = e.t_ns, e.at
+
+    def _finished(self, e: ev.RunFinished) -> None:
+        self.stop_reason, self.error = e.stop_reason, e.error
 
     def _sync(self, e: ev.BitmapSync) -> None:
         self.syncs = e.dirty_sync_count
@@ -167,6 +184,16 @@ class _Fold:
         self.interval = Counter()
 
 
+_HANDLERS = {  # event type -> what it changes in the fold (one dict lookup per event, not an isinstance chain)
+    ev.RunStarted: _Fold._run_started, ev.RamBlockAdded: _Fold._block_added, ev.RamBlockRemoved: _Fold._block_removed,
+    ev.MigrationStatus: _Fold._status, ev.Transfer: _Fold._transfer, ev.RateWindow: _Fold._window,
+    ev.VcpuStats: _Fold._vcpu_stats, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
+    ev.KvmGetDirtyLog: _Fold._kvm_get, ev.DirtyRingReap: _Fold._ring_reap, ev.VhostLogSync: _Fold._vhost_sync,
+    ev.ListenerCall: _Fold._listener_call, ev.BitmapSync: _Fold._sync, ev.VcpusStopped: _Fold._stopped,
+    ev.OracleCheck: _Fold._oracle, ev.RunFinished: _Fold._finished,
+}
+
+
 def fold(events: list[ev.Event]) -> _Fold:
     f = _Fold()
     for e in events:
@@ -197,9 +224,12 @@ def csv_bytes(rows: list[dict], fields: list[str] = ROUND_FIELDS) -> bytes:
     return buf.getvalue().encode()
 
 
-def summary(events: list[ev.Event]) -> dict:
-    """The final ``query-migrate`` answer (``populate_ram_info`` / ``populate_time_info``) + ``dirtysim``."""
-    f = fold(events)
+def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
+    """The final ``query-migrate`` answer (``populate_ram_info`` / ``populate_time_info``) + ``dirtysim``.
+
+    ``f``: the fold of ``events`` when the caller already has it.
+    """
+    f = fold(events) if f is None else f
     last_ns = events[-1].t_ns if events else 0
     start = f.migrate_ns if f.migrate_ns is not None else last_ns
     end = f.end_ns if f.end_ns is not None else last_ns
