@@ -259,6 +259,26 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
             status = SEND_NEED_CLEAR
             break
         w = p >> 6
+        x = bmap[w] & (~np.uint64(0) << np.uint64(p & 63))  # the dirty pages from p to the end of its word
+        if end - (w << 6) < 64:
+            x &= (np.uint64(1) << np.uint64(end - (w << 6))) - np.uint64(1)
+        k = np.int64(popcount64(x))
+        worst = nbytes + (k - 1) * NORMAL_PAGE_BYTES + extra  # bytes out before the word's last page, at most
+        if worst <= budget and worst < cap:
+            # Every page left in the word passes the per-page checks (one chunk: shift >= 6): send them at once.
+            bmap[w] &= ~x
+            z = np.int64(popcount64(x & ~nonzero[w])) if zero_detect else 0
+            zero += z
+            normal += k - z
+            nbytes += z * ZERO_PAGE_BYTES + (k - z) * NORMAL_PAGE_BYTES + extra
+            extra = 0
+            rc = received[w] & x
+            resent += np.int64(popcount64(rc))
+            unchanged += np.int64(popcount64(rc & ~stale[w]))
+            received[w] |= x
+            stale[w] &= ~x
+            page = min((w + 1) << 6, end)
+            continue
         b = np.uint64(1) << np.uint64(p & 63)
         bmap[w] &= ~b
         if zero_detect and not (nonzero[w] & b):
