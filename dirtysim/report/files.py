@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..events.log import encode_lines
+from ..scenario.load import resolved_to_file
 from . import tables
 
 
@@ -33,7 +34,7 @@ def json_bytes(obj) -> bytes:
 def write_projections(events: list, outdir: Path, run_info: dict, plots: bool) -> dict:
     """rounds.csv, vcpus.csv, summary.json (with ``run_info`` merged into ``dirtysim``) and the plot."""
     summary = tables.summary(events)
-    summary["dirtysim"].update(run_info)
+    summary["dirtysim"].update(run_info, scenario=resolved_to_file(run_info.get("scenario", {})))
     write_atomic(outdir / "rounds.csv", tables.csv_bytes(tables.rounds(events)))
     write_atomic(outdir / "vcpus.csv", tables.csv_bytes(tables.vcpu_rounds(events), tables.VCPU_FIELDS))
     write_atomic(outdir / "summary.json", json_bytes(summary))
