@@ -10,13 +10,13 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Union
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ValidationError
 
 from . import limits, units
-from .schema import MAX_SEED, PAGE_SIZE, QEMU_SPELLINGS, Scenario, UnitFormat
+from .schema import MAX_SEED, PAGE_SIZE, QEMU_BARE_UNITS, QEMU_SPELLINGS, Device, Scenario, UnitFormat, Workload
 from .source import SourceError, load_yaml, read_yaml_file
 
 
@@ -54,30 +54,39 @@ def _spellings(model: type[BaseModel]) -> dict[str, str]:
 
 def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
     """The pydantic model whose field list applies at ``loc`` (for 'allowed keys')."""
-    model: Any = Scenario
+    ann: Any = Scenario
     for part in loc:
         if isinstance(part, int):
             data = data[part] if isinstance(data, list) and part < len(data) else None
+            ann = _resolve(ann.__args__[0], data) if getattr(ann, "__origin__", None) is list else None
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        name = _spellings(model).get(part)
+        model = _resolve(ann, data)
+        name = _spellings(model).get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if name is None:
             return None
         data = data.get(part) if isinstance(data, dict) else None
-        model = _resolve(model.model_fields[name].annotation, data)
+        ann = _strip(model.model_fields[name].annotation)
+    model = _resolve(ann, data)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _strip(ann: Any) -> Any:
+    """Annotated[X, ...] and Optional[X] -> X (lists stay lists)."""
+    while True:
+        if getattr(ann, "__metadata__", None) is not None:
+            ann = ann.__origin__
+        elif getattr(ann, "__origin__", None) is Union and type(None) in ann.__args__:
+            rest = [a for a in ann.__args__ if a is not type(None)]
+            ann = rest[0] if len(rest) == 1 else Union[tuple(rest)]
+        else:
+            return ann
+
+
 def _resolve(ann: Any, data: Any) -> Any:
-    """Strip Optional/list/discriminated unions down to the model that applies to ``data``."""
-    args = getattr(ann, "__args__", ())
-    if getattr(ann, "__metadata__", None) is not None:  # Annotated[...]
-        return _resolve(ann.__origin__, data)
-    if getattr(ann, "__origin__", None) is list:
-        return _resolve(args[0], None)
-    if args:
-        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    """A (discriminated) union down to the model that applies to ``data``."""
+    ann = _strip(ann)
+    if getattr(ann, "__origin__", None) is Union:
+        models = [a for a in ann.__args__ if isinstance(a, type) and issubclass(a, BaseModel)]
         kind = data.get("kind") if isinstance(data, dict) else None
         for m in models:
             if "kind" in m.model_fields and kind in getattr(m.model_fields["kind"].annotation, "__args__", ()):
@@ -182,6 +191,9 @@ _TYPE_ERRORS = {
     "model_type": "not a mapping", "model_attributes_type": "not a mapping", "list_type": "not a list",
     "literal_error": "not an allowed value",
 }
+# pydantic puts a discriminated union's tag in the error location (machine.devices.0.vhost-user-net.packet)
+_UNION_TAGS = {tag for union in (Workload, Device) for model in union.__origin__.__args__
+               for tag in model.model_fields["kind"].annotation.__args__}
 _RANGE_ERRORS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
 
 
@@ -205,7 +217,7 @@ def _bounds(loc: tuple, data: Any) -> str | None:
 def _describe(err: dict, data: dict) -> tuple[tuple, str]:
     """Turn one pydantic error into (loc, 'message (got ...; allowed ...)')."""
     ctx = err.get("ctx") or {}
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("uniform", "hotset")))
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     loc = tuple(ctx.get("loc", loc))
     kind = err["type"]
     allowed = ctx.get("allowed")
@@ -298,7 +310,8 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | N
     if seed is not None:
         data["seed"] = seed
         blamed.append(("seed",))
-    data.setdefault("name", path.stem)
+    if data.get("name") is None:  # 'name: null' too means the default
+        data["name"] = path.stem
 
     def where(loc: tuple) -> tuple[int, str]:
         key = ".".join(map(str, loc)) or "(top level)"
@@ -354,10 +367,34 @@ def scenario_yaml(scenario: Scenario) -> str:
 
 
 def scenario_json_schema() -> dict:
-    """JSON Schema of the scenario file (``dirtysim schema``), QEMU's spellings included."""
+    """JSON Schema of the scenario file (``dirtysim schema``): defaults written with units, QEMU's spellings included."""
     schema = Scenario.model_json_schema()
-    for definition in [schema, *schema.get("$defs", {}).values()]:
-        props = definition.get("properties", {})
+    models = {m.__name__: m for m in _models(Scenario)}
+    for title, definition in [("Scenario", schema), *schema.get("$defs", {}).items()]:
+        props, model = definition.get("properties", {}), models.get(title)
+        if model is not None:
+            defaulted = {n for n, f in model.model_fields.items() if not f.is_required()}
+            written = model.model_construct().model_dump(mode="json", context={"units": True}, include=defaulted)
+            for name, value in written.items():
+                props[name]["default"] = value
         for name, qemu in [(n, QEMU_SPELLINGS[n]) for n in list(props) if n in QEMU_SPELLINGS]:
             props[qemu] = {**props[name], "description": f"QEMU's spelling of {name}"}
+            if qemu in QEMU_BARE_UNITS:
+                props[qemu].update(type=["string", "integer"], description=f"QEMU's spelling of {name}; a bare "
+                                   f"integer is {QEMU_BARE_UNITS[qemu]}, as in QMP")
     return schema
+
+
+def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """``model`` and every model its fields may hold."""
+    out, todo = [], [model]
+    while todo:
+        m = todo.pop()
+        if m in out:
+            continue
+        out.append(m)
+        for field in m.model_fields.values():
+            ann = _strip(field.annotation)
+            ann = _strip(ann.__args__[0]) if getattr(ann, "__origin__", None) is list else ann
+            todo += [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return out

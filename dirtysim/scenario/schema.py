@@ -30,6 +30,9 @@ QEMU_SPELLINGS = {
     "clear_bitmap_shift": "x-clear-bitmap-shift", "ring_size": "dirty-ring-size",
 }
 
+# QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
+QEMU_BARE_UNITS = {"downtime-limit": "ms", "max-bandwidth": "B/s", "avail-switchover-bandwidth": "B/s"}
+
 
 def fail(loc: tuple, message: str, got: str, allowed: str, kind: str = "scenario") -> PydanticCustomError:
     """An error the loader prints as ``FILE:LINE: loc: message (got ...; allowed ...)``."""
@@ -345,8 +348,8 @@ class Migration(_Model):
         """Under QEMU's spellings a bare integer has QEMU's unit: ms for downtime-limit, bytes/s for bandwidths."""
         if isinstance(data, dict):
             data = dict(data)
-            for key, unit in (("downtime-limit", "ms"), ("max-bandwidth", "B/s"), ("avail-switchover-bandwidth", "B/s")):
-                if type(data.get(key)) is int and data[key] >= 0:
+            for key, unit in QEMU_BARE_UNITS.items():
+                if type(data.get(key)) is int:
                     data[key] = f"{data[key]}{unit}"
         return data
 
@@ -445,6 +448,10 @@ class WhatIf(_Model):
 
 
 class Scenario(_Model):
+    """A whole scenario. Top-level keys starting with ``x-`` are ignored: a place for YAML anchors."""
+
+    model_config = ConfigDict(json_schema_extra={"patternProperties": {"^x-": {}}})
+
     name: Optional[str] = Field(None, description="default: the file name without .yaml; names out/<name>")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="root of the run's numpy SeedSequence")
     machine: Machine
@@ -456,6 +463,13 @@ class Scenario(_Model):
     outputs: Outputs = Outputs()
     timeline: list[TimelineEntry] = Field(default_factory=list, description="memory-map actions at given times")
     what_if: WhatIf = WhatIf()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extensions(cls, data):
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -523,7 +537,7 @@ class Scenario(_Model):
             if offset < 0 or offset + size > ram or offset % PAGE_SIZE or size % PAGE_SIZE or size < need:
                 raise fail(loc + ("buffers",), f"device {i} ({dev.kind}): its buffers do not fit in RAM",
                            f"{units.format_size(size)} at {units.format_size(max(offset, 0))}",
-                           f"whole pages, at least {units.format_size(need)} ({dev.queues} used-ring pages + one "
+                           f"whole pages, at least {units.format_size(need)} ({dev.queues} used-ring page(s) + one "
                            f"{'packet' if isinstance(dev, VhostUserNet) else 'request'}), inside "
                            f"{units.format_size(ram)} of RAM")
 

@@ -121,21 +121,22 @@ class _Loader(yaml.SafeLoader):
 
 def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
     """(data, root node) of one YAML document, with the limits above. Raises ``SourceError``."""
-    loader = _Loader(text)
     try:
+        loader = _Loader(text)  # the reader checks every character here
         node = loader.get_single_node()
         data = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise SourceError(*_syntax(exc)) from None
     except yaml.reader.ReaderError as exc:
         line, col = _position(text, exc.position)
-        raise SourceError(line, f"a control character in the text (got {exc.character!r} at column {col}; "
+        raise SourceError(line, f"a control character in the text (got {_codepoint(exc.character)} at column {col}; "
                                 f"allowed: printable UTF-8, tabs and newlines)") from None
-    except RecursionError:  # unreachable with MAX_DEPTH, kept as the last line of defence
-        raise SourceError(loader.line + 1, "YAML nested too deeply") from None
-    finally:
-        loader.dispose()
+    loader.dispose()
     return data, node
+
+
+def _codepoint(character: int | str) -> str:
+    return f"U+{character if isinstance(character, int) else ord(character):04X}"
 
 
 def _syntax(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
@@ -146,6 +147,8 @@ def _syntax(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
         tag = problem.split("'")[1] if "'" in problem else problem
         return line, (f"YAML tag not allowed (got {tag.replace('tag:yaml.org,2002:', '!!')}; allowed: plain "
                       f"mappings, lists, strings, numbers and booleans)")
+    if "expected a single document" in f"{exc.context} {problem}":
+        return line, "a second YAML document (got '---' and more; allowed: one document per scenario file)"
     if "found unhashable key" in problem:
         return line, "a key must be a name (got a list or mapping as a key; allowed: names such as machine)"
     text = f"YAML syntax error: {problem}"
