@@ -147,6 +147,9 @@ def _apply_override(data: dict, text: str) -> tuple:
                 if field == spellings.get(part) and other != part and other in target:
                     target[part] = target.pop(other)
             if part not in target and not last:
+                if parts[i + 1].isdigit():
+                    raise ScenarioError([f"--set {key}: {'.'.join(map(str, path + (part,)))} has no item {parts[i + 1]} "
+                                         f"(got {parts[i + 1]}; allowed: none: the list is not in the file)"])
                 target[part] = {}
                 blame = blame or path + (part,)
         else:

@@ -536,7 +536,7 @@ class Scenario(_Model):
             need = (dev.queues + -(-dev.unit // PAGE_SIZE)) * PAGE_SIZE
             if offset < 0 or offset + size > ram or offset % PAGE_SIZE or size % PAGE_SIZE or size < need:
                 raise fail(loc + ("buffers",), f"device {i} ({dev.kind}): its buffers do not fit in RAM",
-                           f"{units.format_size(size)} at {units.format_size(max(offset, 0))}",
+                           f"{units.format_size(size)} at {offset:#x}",
                            f"whole pages, at least {units.format_size(need)} ({dev.queues} used-ring page(s) + one "
                            f"{'packet' if isinstance(dev, VhostUserNet) else 'request'}), inside "
                            f"{units.format_size(ram)} of RAM")

@@ -119,11 +119,12 @@ class _Loader(yaml.SafeLoader):
                                              f"expanding aliases; allowed: at most {MAX_NODES})")
 
 
-def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
-    """(data, root node) of one YAML document, with the limits above. Raises ``SourceError``."""
+def load_yaml(text: str) -> tuple[Any, dict[tuple, int]]:
+    """(data, line map) of one YAML document, with the limits above. Raises ``SourceError``."""
     try:
         loader = _Loader(text)  # the reader checks every character here
         node = loader.get_single_node()
+        lines = {} if node is None else line_map(node)  # before construction rewrites merge keys
         data = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise SourceError(*_syntax(exc)) from None
@@ -132,7 +133,7 @@ def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
         raise SourceError(line, f"a control character in the text (got {_codepoint(exc.character)} at column {col}; "
                                 f"allowed: printable UTF-8, tabs and newlines)") from None
     loader.dispose()
-    return data, node
+    return data, lines
 
 
 def _codepoint(character: int | str) -> str:
@@ -149,8 +150,6 @@ def _syntax(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
                       f"mappings, lists, strings, numbers and booleans)")
     if "expected a single document" in f"{exc.context} {problem}":
         return line, "a second YAML document (got '---' and more; allowed: one document per scenario file)"
-    if "found unhashable key" in problem:
-        return line, "a key must be a name (got a list or mapping as a key; allowed: names such as machine)"
     text = f"YAML syntax error: {problem}"
     if exc.problem and exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
         text += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
@@ -165,6 +164,7 @@ def line_map(node: yaml.Node) -> dict[tuple, int]:
     Merge keys (``<<: *base``) contribute their keys at the same path, overridable as in YAML.
     """
     out: dict[tuple, int] = {}
+    from_merge: set[tuple] = set()  # paths a merge key gave, which an explicit key may override once
 
     def walk(node: yaml.Node, path: tuple, merged: bool = False) -> None:
         out.setdefault(path, node.start_mark.line + 1)
@@ -176,17 +176,21 @@ def line_map(node: yaml.Node) -> dict[tuple, int]:
                     continue
                 if key.tag != _STR:
                     where = ".".join(map(str, path)) or "(top level)"
-                    raise SourceError(key.start_mark.line + 1,
-                                      f"{where}: a key must be a name (got {key.value or 'null'}, read as "
-                                      f"{key.tag.rsplit(':', 1)[-1]}; allowed: names such as machine)")
+                    got = (f"{key.value or 'null'}, read as {key.tag.rsplit(':', 1)[-1]}"
+                           if isinstance(key, yaml.ScalarNode) else f"a {key.tag.rsplit(':', 1)[-1]} as a key")
+                    raise SourceError(key.start_mark.line + 1, f"{where}: a key must be a name (got {got}; "
+                                                               f"allowed: names such as machine)")
                 sub = path + (key.value,)
-                if sub in out and not merged:
+                if merged:
+                    if sub not in out:
+                        out[sub] = key.start_mark.line + 1
+                        from_merge.add(sub)
+                elif sub in out and sub not in from_merge:
                     raise SourceError(key.start_mark.line + 1, f"{'.'.join(map(str, sub))}: duplicate key "
                                                                f"(first given on line {out[sub]})")
-                if merged:
-                    out.setdefault(sub, key.start_mark.line + 1)
                 else:
                     out[sub] = key.start_mark.line + 1
+                    from_merge.discard(sub)
                 walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -198,6 +202,4 @@ def line_map(node: yaml.Node) -> dict[tuple, int]:
 
 def read_yaml_file(path: Path) -> tuple[Any, dict[tuple, int]]:
     """(data, line map) of a scenario file. Raises ``SourceError``."""
-    data, node = load_yaml(read_text(path))
-    return data, ({} if node is None else line_map(node))
-
+    return load_yaml(read_text(path))
