@@ -390,3 +390,13 @@ def test_zero_rates_run(tmp_path: Path, over: list[str]) -> None:
     if over[0].startswith("machine"):
         syncs = [e for e in result.events if type(e).__name__ == "BitmapSync"]
         assert sum(e.new_dirty_pages for e in syncs[1:]) == 0  # nothing dirtied after the setup sync
+
+
+def test_guest_larger_than_host_memory(tmp_path: Path, monkeypatch) -> None:
+    """The page oracle and bitmaps must fit in the memory this machine has available (both numbers named)."""
+    monkeypatch.setattr("dirtysim.scenario.limits.available_memory", lambda: 2 << 30)
+    path = _write(tmp_path, V.replace("1GiB", "1TiB"))
+    assert _report(path) == (
+        "{file}:2: machine.memory.size: the run needs about 2560MiB of host memory (9 bytes per guest page + "
+        "256MiB), more than the 2GiB available (got 1TiB of guest memory; allowed: at most about 796GiB on this "
+        "machine)")

@@ -20,7 +20,9 @@ from . import limits, units
 PAGE_SIZE = 4096  # TARGET_PAGE_SIZE on x86
 CLEAR_BITMAP_SHIFT_MIN, CLEAR_BITMAP_SHIFT_DEFAULT, CLEAR_BITMAP_SHIFT_MAX = 6, 18, 31  # migration/migration.h
 MAX_SEED = (1 << 63) - 1  # an int64 in the event log; numpy's SeedSequence takes any int >= 0
-MIN_BAR = 4 << 10  # PCI 3.0 6.2.5.1: memory BARs should decode at least 4 KiB (a page)
+# PCI Local Bus 3.0 6.2.5.1: BAR sizes are powers of two, naturally aligned, and a memory BAR should
+# decode at least 4 KiB; QEMU's pci_register_bar asserts is_power_of_2(size).
+MIN_BAR = 4 << 10
 MAX_PHYS_ADDR = 1 << 52  # x86-64 MAXPHYADDR is at most 52 bits
 # QEMU's spellings of the same knobs (QMP migrate-set-parameters, -accel kvm,dirty-ring-size=,
 # -global migration.x-clear-bitmap-shift=); a scenario may use either.
@@ -34,9 +36,9 @@ QEMU_SPELLINGS = {
 QEMU_BARE_UNITS = {"downtime-limit": "ms", "max-bandwidth": "B/s", "avail-switchover-bandwidth": "B/s"}
 
 
-def fail(loc: tuple, message: str, got: str, allowed: str, kind: str = "scenario") -> PydanticCustomError:
+def fail(loc: tuple, message: str, got: str, allowed: str) -> PydanticCustomError:
     """An error the loader prints as ``FILE:LINE: loc: message (got ...; allowed ...)``."""
-    return PydanticCustomError(kind, message, {"loc": loc, "got": got, "allowed": allowed})
+    return PydanticCustomError("scenario", message, {"loc": loc, "got": got, "allowed": allowed})
 
 
 class UnitFormat:
@@ -98,7 +100,8 @@ class UniformWorkload(_Model):
 
     @field_validator("working_set", "offset", "hot", "hot_offset", check_fields=False)
     @classmethod
-    def _whole_pages(cls, value: Optional[int], info):
+    def _whole_pages(cls, value: Optional[int]):
+        """The workload draws whole pages; a fraction of one would be dropped silently."""
         if value is not None and value % PAGE_SIZE:
             raise PydanticCustomError("page_multiple", "not a whole number of 4KiB pages",
                                       {"got": units.format_size(value), "allowed": "a multiple of 4KiB"})
