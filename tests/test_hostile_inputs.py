@@ -199,6 +199,23 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      '{file}:6: migration.downtime-limt: unknown key; did you mean downtime-limit? (got 500; allowed: start_at, max_bandwidth, downtime_limit, avail_switchover_bandwidth, zero_page_detection, timeout)'),
     ("downtime_over_qemu_max", V + "migration: {downtime_limit: 2001s}\n",
      "{file}:6: migration.downtime_limit: above QEMU's maximum (migrate_params_check) (got 2001s; allowed: 0 .. 2000s)"),
+    # more that a new user writes
+    ("unknown_device_kind", V + "  devices: [{kind: e1000}]\n",
+     "{file}:6: machine.devices.0.kind: unknown device kind (got \"e1000\"; allowed: 'vhost-user-net', 'vhost-net', "
+     "'vhost-user-blk', 'virtio-net', 'virtio-blk', 'vfio-pci')"),
+    ("device_without_kind", V + "  devices: [{rx: 1MiB/s}]\n",
+     "{file}:6: machine.devices.0.kind: required key is missing (allowed: vhost-user-net, vhost-net, vhost-user-blk, "
+     "virtio-net, virtio-blk, vfio-pci)"),
+    ("duplicate_anchor", "x-a: &x 1\nx-b: &x 2\n" + V,
+     "{file}:2: YAML anchor &x defined twice (first on line 1; allowed: one anchor per name)"),
+    ("custom_tag", V + "name: !custom x\n",
+     "{file}:6: YAML tag not allowed (got !custom; allowed: plain mappings, lists, strings, numbers and booleans)"),
+    ("quoted_boolean", V + "outputs: {plots: 'yes'}\n", '{file}:6: outputs.plots: not a boolean (got "yes")'),
+    ("two_timeline_actions", V + "timeline: [{at: 1s, pam: {enabled: true}, unplug: {id: d0}}]\n",
+     "{file}:6: timeline.0: a timeline entry needs exactly one action (got unplug, pam; allowed: one of hotplug, "
+     "unplug, bar, pam, ioeventfd)"),
+    ("ring_size_not_power_of_two", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 3072}\n",
+     "{file}:6: dirty_tracking.dirty-ring-size: not a power of two (got 3072; allowed: 1024, 2048, ..., 65536)"),
 ]
 OVERRIDE_CASES = [  # (--set arguments on a valid file, the whole report)
     (["migration.max_bandwidth=["],

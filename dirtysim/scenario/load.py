@@ -236,9 +236,11 @@ def _describe(err: dict, data: dict) -> tuple[tuple, str]:
         msg = "not an allowed value"
         allowed = ctx.get("expected")
     elif kind == "union_tag_invalid":
-        msg, loc, allowed = "unknown workload kind", loc + ("kind",), ctx.get("expected_tags")
+        msg, loc, allowed = f"unknown {_union_of(loc)} kind", loc + ("kind",), ctx.get("expected_tags")
     elif kind == "union_tag_not_found":
-        msg, loc, allowed, kind = "required key is missing", loc + ("kind",), "uniform, hotset", "missing"
+        union = Device if _union_of(loc) == "device" else Workload
+        msg, loc, kind = "required key is missing", loc + ("kind",), "missing"
+        allowed = ", ".join(t for m in union.__origin__.__args__ for t in m.model_fields["kind"].annotation.__args__)
     elif kind in _RANGE_ERRORS:
         msg, allowed = "out of range", _bounds(loc, data)
     elif kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
@@ -265,6 +267,10 @@ def _describe(err: dict, data: dict) -> tuple[tuple, str]:
     if allowed:
         parts.append(f"allowed: {allowed}")
     return loc, msg + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _union_of(loc: tuple) -> str:
+    return "device" if "devices" in loc else "workload"
 
 
 def _twin(loc: tuple, model: type[BaseModel] | None, data: Any) -> str | None:

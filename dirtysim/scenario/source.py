@@ -150,6 +150,10 @@ def _syntax(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
                       f"mappings, lists, strings, numbers and booleans)")
     if "expected a single document" in f"{exc.context} {problem}":
         return line, "a second YAML document (got '---' and more; allowed: one document per scenario file)"
+    if "found duplicate anchor" in (exc.context or ""):
+        anchor = exc.context.split("'")[1]
+        first = exc.context_mark.line + 1 if exc.context_mark else line
+        return line, f"YAML anchor &{anchor} defined twice (first on line {first}; allowed: one anchor per name)"
     text = f"YAML syntax error: {problem}"
     if exc.problem and exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
         text += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
