@@ -417,3 +417,14 @@ def test_guest_larger_than_host_memory(tmp_path: Path, monkeypatch) -> None:
         "{file}:2: machine.memory.size: the run needs about 2560MiB of host memory (9 bytes per guest page + "
         "256MiB), more than the 2GiB available (got 1TiB of guest memory; allowed: at most about 796GiB on this "
         "machine)")
+
+
+@pytest.mark.parametrize("case", ["latin1", "alias_bomb", "recursive_alias"])
+def test_sweep_variants_file_is_read_like_a_scenario(tmp_path: Path, case: str) -> None:
+    from dirtysim.sweep import load_variants
+
+    content, expected = next(c[1:] for c in FILE_CASES if c[0] == case)
+    path = _write(tmp_path, content)
+    with pytest.raises(ScenarioError) as info:
+        load_variants(path)
+    assert str(info.value) == expected.replace("{file}", str(path))

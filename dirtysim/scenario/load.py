@@ -28,11 +28,16 @@ class ScenarioError(ValueError):
         super().__init__("\n".join(lines))
 
 
-def _read(path: Path) -> tuple[dict, dict[tuple, int]]:
+def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
+    """(data, line map) of any YAML input file, with the scenario reader's limits. Raises ``ScenarioError``."""
     try:
-        data, lines = read_yaml_file(path)
+        return read_yaml_file(Path(path))
     except SourceError as exc:
         raise ScenarioError([f"{path}{'' if exc.line is None else f':{exc.line}'}: {exc.message}"]) from None
+
+
+def _read(path: Path) -> tuple[dict, dict[tuple, int]]:
+    data, lines = read_yaml(path)
     if data is None:
         raise ScenarioError([f"{path}:1: the file is empty (a scenario needs at least machine.memory and machine.vcpus)"])
     if not isinstance(data, dict):
