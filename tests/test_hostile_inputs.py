@@ -179,7 +179,12 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("vcpus_over_4096", V.replace("count: 1", "count: 4000") + "    - count: 200\n      workload: {kind: uniform, rate: 1MiB/s}\n",
      "{file}:6: machine.vcpus.1.count: too many vCPUs across the groups (got 4200 so far; allowed: at most 4096 in all (QEMU's q35 max_cpus))"),
     ("events_budget", V + "engine: {quantum: 10us}\nmigration: {timeout: 36000s}\n",
-     '{file}:6: engine.quantum: the run would take too many simulation steps (got about 3.64e+09 for 36000s of simulated time; allowed: at most 1e+08: a longer quantum/send_quantum or a shorter migration.timeout)'),
+     '{file}:6: engine.quantum: the run would take too many simulation steps (got about 3.64e+09 for 36000s of run and 0s of switchover; allowed: at most 1e+08: a longer quantum/send_quantum or a shorter migration.timeout)'),
+    ("slow_switchover", V + "  device_state: 64GiB\nnetwork: {bandwidth: 1KB/s}\n",
+     '{file}:7: network.bandwidth: the run would take too many simulation steps (got about 6.88e+08 for 600s of run '
+     'and 68719477s of switchover; allowed: at most 1e+08: a faster link or less machine.device_state)'),
+    ("device_state_over_64GiB", V + "  device_state: 7E\n",
+     '{file}:6: machine.device_state: out of range (got "7E"; allowed: <= 64GiB)'),
     ("writes_budget", V.replace("10MiB/s", "100GiB/s") + "migration: {timeout: 3600s}\n",
      '{file}:6: migration.timeout: the run would make too many page writes (got about 9.44e+10 in 3600s; allowed: at most 2e+10: lower rates or a shorter migration.timeout)'),
     ("writes_per_quantum", V.replace("10MiB/s", "100GiB/s").replace("count: 1", "count: 1000") + "engine: {quantum: 1s}\nmigration: {timeout: 1s}\n",

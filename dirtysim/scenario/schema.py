@@ -219,7 +219,8 @@ class Machine(_Model):
     devices: list[Device] = Field(default_factory=list, description="PCI devices: vhost, virtio, vfio")
     device_memory: Size = Field(0, description="memory-hotplug area (maxmem - size) for pc-dimm hotplug")
     device_state: Size = Field(
-        256 << 10, description="non-iterable device state sent during downtime [modelling assumption]"
+        256 << 10, le=64 << 30,
+        description="non-iterable device state sent during downtime, at most 64GiB [modelling assumption]"
     )
 
 
@@ -587,17 +588,25 @@ class Scenario(_Model):
                            ", ".join(plugged) or "none")
 
     def _work_fits(self) -> None:
-        """Refuse a run whose simulation steps or page writes would exceed dirtysim's budgets."""
+        """Refuse a run whose simulation steps or page writes would exceed dirtysim's budgets.
+
+        The guest runs until the timeout at most; the switchover then sends the device state and up
+        to a downtime's worth of pages with the guest stopped, stepped every 100 ms of simulated time.
+        """
         mig, eng = self.migration, self.engine
         horizon = mig.start_at + mig.timeout
+        switchover = self.machine.device_state * 10**9 // self.network.bandwidth + mig.downtime_limit
         backends = [d for d in self.machine.devices if d.kind in VHOST_KINDS]
         reaper = self.dirty_tracking.reaper_period if self.dirty_tracking.mode == "ring" else None
         n = limits.steps(horizon, mig.timeout, eng.quantum, eng.send_quantum, 1 + len(backends), reaper,
-                         len(self.timeline))
+                         len(self.timeline)) + switchover // limits.BUFFER_DELAY_NS
         if n > limits.MAX_STEPS:
-            raise fail(("engine", "quantum"), "the run would take too many simulation steps",
-                       f"about {n:.2e} for {units.format_duration(horizon)} of simulated time",
-                       f"at most {limits.MAX_STEPS:.0e}: a longer quantum/send_quantum or a shorter migration.timeout")
+            slow_link = switchover > horizon
+            raise fail(("network", "bandwidth") if slow_link else ("engine", "quantum"),
+                       "the run would take too many simulation steps",
+                       f"about {n:.2e} for {horizon / 1e9:.0f}s of run and {switchover / 1e9:.0f}s of switchover",
+                       f"at most {limits.MAX_STEPS:.0e}: " + ("a faster link or less machine.device_state" if slow_link
+                       else "a longer quantum/send_quantum or a shorter migration.timeout"))
         per_s = sum(g.count * g.workload.rate for g in self.machine.vcpus) / PAGE_SIZE
         per_s += sum(d.rate / d.unit * -(-d.unit // PAGE_SIZE) for d in backends)
         if per_s * eng.quantum / 1e9 > limits.MAX_WRITES_PER_QUANTUM:
