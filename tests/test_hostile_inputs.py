@@ -185,6 +185,13 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      'and 68719477s of switchover; allowed: at most 1e+08: a faster link or less machine.device_state)'),
     ("device_state_over_64GiB", V + "  device_state: 7E\n",
      '{file}:6: machine.device_state: out of range (got "7E"; allowed: <= 64GiB)'),
+    ("cost_of_an_hour", V + "costs: {bitmap_sync_per_gib: 1h}\n",
+     "{file}:6: costs.bitmap_sync_per_gib: unknown unit 'h' (got \"1h\"; allowed: a number with a unit, e.g. 300ms; "
+     "units: ns, us, ms, s, min)"),
+    ("cost_over_1s", V + "costs: {bitmap_sync_per_gib: 60min}\n",
+     "{file}:6: costs.bitmap_sync_per_gib: more than any single operation costs (got 3600s; allowed: 0 .. 1s)"),
+    ("latency_over_10s", V + "network: {latency: 1min}\n",
+     '{file}:6: network.latency: out of range (got "1min"; allowed: <= 10s)'),
     ("writes_budget", V.replace("10MiB/s", "100GiB/s") + "migration: {timeout: 3600s}\n",
      '{file}:6: migration.timeout: the run would make too many page writes (got about 9.44e+10 in 3600s; allowed: at most 2e+10: lower rates or a shorter migration.timeout)'),
     ("writes_per_quantum", V.replace("10MiB/s", "100GiB/s").replace("count: 1", "count: 1000") + "engine: {quantum: 1s}\nmigration: {timeout: 1s}\n",

@@ -254,7 +254,7 @@ class DirtyTracking(_Model):
         "exchange", description="vhost log words taken by atomic exchange, or WRONG: a read, then a store of 0"
     )
     vhost_harvest_gap: Duration = Field(
-        2 * 10**6, description="read-then-zero: time between the read and the store of 0 (a descheduled thread)"
+        2 * 10**6, le=10**9, description="read-then-zero: time between the read and the store of 0 (a descheduled thread)"
     )
     def wrong_semantics(self) -> list[str]:
         """The deliberately wrong options turned on (pages lost with them are the point, not a bug)."""
@@ -326,10 +326,26 @@ class Costs(_Model):
         20_000, description="one KVM_SET_USER_MEMORY_REGION while vCPUs are held out (atomic update) [assumption]"
     )
 
+    @field_validator("*")
+    @classmethod
+    def _one_operation(cls, value: int, info):
+        """Each cost is of one fault, ioctl, entry or GiB: above 1 s it is a typo (and would stall the run)."""
+        if value > 10**9:
+            raise PydanticCustomError("cost", "more than any single operation costs",
+                                      {"got": units.format_duration(value), "allowed": "0 .. 1s"})
+        return value
+
+    def worst_sync_ns(self, ram_bytes: int) -> int:
+        """An upper bound of one sync's cost (GET, sync, vhost scan per GiB; CLEAR per page)."""
+        gib = -(-ram_bytes // (1 << 30))
+        per_gib = self.get_dirty_log_per_gib + self.bitmap_sync_per_gib + self.vhost_log_sync_per_gib
+        return per_gib * gib + self.clear_dirty_log_per_page * (ram_bytes // PAGE_SIZE)
+
 
 class Network(_Model):
     bandwidth: Rate = Field(1_250_000_000, ge=1, description="link bandwidth (default 10Gbit/s); the wire time divides by it")
-    latency: Duration = Field(100_000, description="one-way latency, paid once at the end of switchover")
+    latency: Duration = Field(100_000, le=10 * 10**9,
+                              description="one-way latency, paid once at the end of switchover (at most 10s)")
 
 
 class Migration(_Model):
@@ -596,6 +612,7 @@ class Scenario(_Model):
         mig, eng = self.migration, self.engine
         horizon = mig.start_at + mig.timeout
         switchover = self.machine.device_state * 10**9 // self.network.bandwidth + mig.downtime_limit
+        horizon += self.costs.worst_sync_ns(self.machine.memory.size + self.machine.device_memory)  # an overrun
         backends = [d for d in self.machine.devices if d.kind in VHOST_KINDS]
         reaper = self.dirty_tracking.reaper_period if self.dirty_tracking.mode == "ring" else None
         n = limits.steps(horizon, mig.timeout, eng.quantum, eng.send_quantum, 1 + len(backends), reaper,
@@ -615,7 +632,7 @@ class Scenario(_Model):
                        f"at most {limits.MAX_WRITES_PER_QUANTUM}: a shorter quantum or lower rates")
         if per_s * horizon / 1e9 > limits.MAX_WRITES:
             raise fail(("migration", "timeout"), "the run would make too many page writes",
-                       f"about {per_s * horizon / 1e9:.2e} in {units.format_duration(horizon)}",
+                       f"about {per_s * horizon / 1e9:.2e} in {horizon / 1e9:.0f}s",
                        f"at most {limits.MAX_WRITES:.0e}: lower rates or a shorter migration.timeout")
 
     def to_file(self) -> dict:
