@@ -165,6 +165,10 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      '{file}:6: machine.devices.0.buffers: device 0 (vhost-user-net): its buffers do not fit in RAM (got 64MiB at 0x40000000; allowed: whole pages, at least 8KiB (1 used-ring page(s) + one packet), inside 1GiB of RAM)'),
     ("ioeventfd_vfio", V + "  devices: [{kind: vfio-pci}]\ntimeline: [{at: 1s, ioeventfd: {device: 0}}]\n",
      '{file}:7: timeline.0.ioeventfd.device: device 0 (vfio-pci) has no virtio queues (got 0; allowed: a virtio or vhost device)'),
+    ("duplicate_dimm_id", V.replace("  vcpus:", "  device_memory: 1GiB\n  vcpus:")
+     + "timeline: [{at: 1s, hotplug: {id: d0, size: 256MiB}}, {at: 2s, hotplug: {id: d0, size: 256MiB}}]\n",
+     "{file}:7: timeline.1.hotplug.id: a DIMM with this id is already plugged (qdev_set_id: Duplicate device ID) "
+     "(got d0; allowed: an id other than d0)"),
     ("timeline_after_end", V + "timeline: [{at: 700s, pam: {enabled: true}}]\n",
      '{file}:6: timeline.0.at: after the end of the run (got 700s; allowed: at most migration.start_at + migration.timeout = 600s)'),
     ("tcg_ring", TCG + "dirty_tracking: {mode: ring}\n",

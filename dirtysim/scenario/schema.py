@@ -591,6 +591,9 @@ class Scenario(_Model):
             if kind == "ioeventfd" and self.machine.devices[act.device].kind == "vfio-pci":
                 raise fail(loc + ("device",), f"device {act.device} (vfio-pci) has no virtio queues",
                            str(act.device), "a virtio or vhost device")
+            if kind == "hotplug" and act.id in plugged:
+                raise fail(loc + ("id",), "a DIMM with this id is already plugged (qdev_set_id: Duplicate device ID)",
+                           act.id, f"an id other than {', '.join(plugged)}")
             if kind == "hotplug":
                 if act.size % (64 * PAGE_SIZE) or act.size == 0:
                     raise fail(loc + ("size",), "a DIMM size must be a multiple of 256KiB",
