@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .scenario.load import ScenarioError, load_scenario, scenario_json_schema
+from .scenario.load import ScenarioError, load_scenario, scenario_json_schema, scenario_yaml
 
 EXIT_OK, EXIT_SIM_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: 128 + SIGINT, as shells report it
 
@@ -143,9 +143,9 @@ def _print_summary(s: dict, out: Path) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
 def validate(file: str, overrides: tuple[str, ...]) -> None:
-    """Check FILE against the schema; print the resolved scenario as JSON."""
+    """Check FILE against the schema; print the resolved scenario as YAML (itself a valid scenario)."""
     scenario = _load(file, overrides)
-    click.echo(json.dumps(scenario.model_dump(mode="json"), indent=2))
+    click.echo(scenario_yaml(scenario), nl=False)
 
 
 @main.command()

@@ -14,7 +14,7 @@ import yaml
 
 from .report.files import OutputError, child, write_atomic, write_run
 from .report.tables import csv_bytes
-from .scenario.load import ScenarioError, load_scenario
+from .scenario.load import ScenarioError, load_scenario, read_yaml
 from .sim import run
 
 MIB = 1 << 20
@@ -27,7 +27,7 @@ COMPARE_FIELDS = [
 
 def load_variants(path: str | Path) -> dict[str, list[str]]:
     """``variants: {name: {key.path: value, ...}}`` -> {name: ["key.path=value", ...]}."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml(path)[0] or {}  # bounded, UTF-8 only, as scenario files
     variants = data.get("variants") if isinstance(data, dict) else None
     if not isinstance(variants, dict) or not variants:
         raise ScenarioError([f"{path}:1: variants: expected a mapping of variant names to overrides"])

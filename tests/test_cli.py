@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from builders import BASE
 from dirtysim.cli import main
+from dirtysim.scenario.units import parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,12 +36,12 @@ def test_run_writes_every_output(tmp_path):
     assert summary["status"] == "completed"
     assert summary["dirtysim"]["lost-pages"] == 0
     assert summary["dirtysim"]["seed"] == 4
-    assert summary["dirtysim"]["scenario"]["migration"]["downtime_limit"] == 200_000_000
+    assert summary["dirtysim"]["scenario"]["migration"]["downtime_limit"] == "200ms"
     for key in ("total-time", "downtime", "setup-time"):
         assert isinstance(summary[key], int)
     ram = summary["ram"]
-    assert ram["transferred"] == ram["precopy-bytes"] + ram["downtime-bytes"] + summary["dirtysim"]["scenario"][
-        "machine"]["device_state"]
+    assert ram["transferred"] == ram["precopy-bytes"] + ram["downtime-bytes"] + parse_size(
+        summary["dirtysim"]["scenario"]["machine"]["device_state"])
     assert ram["normal-bytes"] == ram["normal"] * 4096
     rows = list(csv.DictReader((out / "rounds.csv").open()))
     assert len(rows) == ram["dirty-sync-count"]
@@ -71,8 +72,8 @@ def test_lost_pages_exit_code(tmp_path):
 def test_validate_and_schema():
     res = CliRunner().invoke(main, ["validate", str(ROOT / "scenarios" / "quickstart.yaml")])
     assert res.exit_code == 0
-    resolved = json.loads(res.output)
-    assert resolved["migration"]["downtime_limit"] == 300_000_000
+    resolved = yaml.safe_load(res.output)
+    assert resolved["migration"]["downtime_limit"] == "300ms"
     assert resolved["dirty_tracking"]["clear_bitmap_shift"] == 18
     schema = json.loads(CliRunner().invoke(main, ["schema"]).output)
     assert "machine" in schema["properties"] and "machine" in schema["required"]
@@ -80,9 +81,9 @@ def test_validate_and_schema():
 
 def test_qemu_defaults_for_everything_unset(tmp_path):
     res = CliRunner().invoke(main, ["validate", str(_scenario_file(tmp_path, migration={}))])
-    m = json.loads(res.output)["migration"]
-    assert m["max_bandwidth"] == 128 << 20 and m["downtime_limit"] == 300_000_000
-    assert m["avail_switchover_bandwidth"] == 0 and m["zero_page_detection"] == "multifd"
+    m = yaml.safe_load(res.output)["migration"]
+    assert m["max_bandwidth"] == "128MiB/s" and m["downtime_limit"] == "300ms"
+    assert m["avail_switchover_bandwidth"] == "0B/s" and m["zero_page_detection"] == "multifd"
 
 
 def test_every_shipped_scenario_validates_and_says_what_it_shows():

@@ -126,7 +126,7 @@ def test_listener_views_follow_the_flatview(steps):
     sc, rec, machine = _machine(machine={"devices": DEVICES, "device_memory": "4MiB",
                                          "memory": {"size": "64MiB"},
                                          "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]},
-                                timeline=[{"at": "60min", "pam": {"enabled": False}}])  # the board gets pc.rom
+                                timeline=[{"at": "30s", "pam": {"enabled": False}}])  # the board gets pc.rom
     vfio = next(d["vfio"] for d in machine.devices if "vfio" in d)
     fds: set[int] = set()
     for step in steps:

@@ -46,6 +46,9 @@ class FusedSlices:
                                   mig.counters.rate_limit_start, mig.counters.rate_limit_max, block.bmap,
                                   block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w], block.pages,
                                   mig.shift, mig.zero_detect, self.sout, *guest.kernel_args()[:14])
+        now = int(io[K.IO_NOW])
+        if now > env.now:  # first the clock (the guest is up to date: a plain SimPy wait), then the past's events
+            yield env.timeout(now - env.now)
         nrec = int(io[K.IO_NREC])
         for row in self.rec[:nrec].tolist():
             self._emit_slice(block.idstr, row)
@@ -53,9 +56,6 @@ class FusedSlices:
         if io[K.IO_EXTRA] == 0:
             rs.last_sent_block = block
         guest.next_t = int(io[K.IO_GUEST_NEXT])
-        now = int(io[K.IO_NOW])
-        if now > env.now:
-            yield env.timeout(now - env.now)  # the guest is already up to date: a plain SimPy wait
         if status == K.IT_DONE:
             return True
         if status == K.IT_MORE:

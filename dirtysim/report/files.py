@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..events.log import encode_log, fingerprint
+from ..scenario.load import resolved_to_file
 from . import tables
 
 LOCK_NAME = ".dirtysim.lock"
@@ -162,7 +163,7 @@ def projections(events: list, run_info: dict, plots: bool) -> tuple[dict, dict[s
     """The summary, and the bytes of rounds.csv, vcpus.csv, the plot and summary.json (``run_info`` in ``dirtysim``)."""
     f = tables.fold(events)  # once: a 1 TiB run has hundreds of thousands of events
     summary = tables.summary(events, f)
-    summary["dirtysim"].update(run_info)
+    summary["dirtysim"].update(run_info, scenario=resolved_to_file(run_info.get("scenario", {})))
     files = {"rounds.csv": tables.csv_bytes(f.rounds), "vcpus.csv": tables.csv_bytes(f.vcpu_rows, tables.VCPU_FIELDS)}
     if plots:
         from .plots import convergence_figure, figure_png

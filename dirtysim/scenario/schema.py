@@ -11,49 +11,101 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
+                      WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from . import units
+from . import limits, units
 
 PAGE_SIZE = 4096  # TARGET_PAGE_SIZE on x86
 CLEAR_BITMAP_SHIFT_MIN, CLEAR_BITMAP_SHIFT_DEFAULT, CLEAR_BITMAP_SHIFT_MAX = 6, 18, 31  # migration/migration.h
+MAX_SEED = (1 << 63) - 1  # an int64 in the event log; numpy's SeedSequence takes any int >= 0
+# PCI Local Bus 3.0 6.2.5.1: BAR sizes are powers of two, naturally aligned, and a memory BAR should
+# decode at least 4 KiB; QEMU's pci_register_bar asserts is_power_of_2(size).
+MIN_BAR = 4 << 10
+MAX_PHYS_ADDR = 1 << 52  # x86-64 MAXPHYADDR is at most 52 bits
+# QEMU's spellings of the same knobs (QMP migrate-set-parameters, -accel kvm,dirty-ring-size=,
+# -global migration.x-clear-bitmap-shift=); a scenario may use either.
+QEMU_SPELLINGS = {
+    "downtime_limit": "downtime-limit", "max_bandwidth": "max-bandwidth",
+    "avail_switchover_bandwidth": "avail-switchover-bandwidth", "zero_page_detection": "zero-page-detection",
+    "clear_bitmap_shift": "x-clear-bitmap-shift", "ring_size": "dirty-ring-size",
+}
+
+# QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
+QEMU_BARE_UNITS = {"downtime-limit": "ms", "max-bandwidth": "B/s", "avail-switchover-bandwidth": "B/s"}
 
 
-def _unit_validator(parse, kind: str, example: str):
-    def validate(value):
+def fail(loc: tuple, message: str, got: str, allowed: str) -> PydanticCustomError:
+    """An error the loader prints as ``FILE:LINE: loc: message (got ...; allowed ...)``."""
+    return PydanticCustomError("scenario", message, {"loc": loc, "got": got, "allowed": allowed})
+
+
+class UnitFormat:
+    """Marks a field written with units; ``fmt`` renders its int value (for bounds in messages)."""
+
+    def __init__(self, fmt):
+        self.fmt = fmt
+
+
+def _unit_type(parse, fmt, kind: str, example: str, base: str):
+    """An int field written with units; ``context={"base_units": True}`` also takes bare ``base`` ints."""
+    allowed = {"size": f"{', '.join(units.SIZE_UNITS)}, or QEMU's K, M, G, T, P, E (powers of 1024)",
+               "rate": ", ".join(units.RATE_UNITS), "duration": ", ".join(units.DURATION_UNITS)}[kind]
+
+    def validate(value, info):
+        if (info.context or {}).get("base_units") and type(value) is int:
+            return value
         try:
             return parse(value)
         except ValueError as exc:
-            allowed = {"size": units.SIZE_UNITS, "rate": units.RATE_UNITS, "duration": units.DURATION_UNITS}[kind]
-            raise PydanticCustomError(
-                f"{kind}_unit", str(exc), {"allowed": f"a number with a unit, e.g. {example}; units: {', '.join(allowed)}"}
-            ) from None
+            raise PydanticCustomError(f"{kind}_unit", str(exc),
+                                      {"allowed": f"a number with a unit, e.g. {example}; units: {allowed}"}) from None
+
+    def serialize(value, info):
+        return fmt(value) if (info.context or {}).get("units") else value
 
     return Annotated[
         int,
         BeforeValidator(validate),
-        WithJsonSchema({"type": ["string", "integer"], "description": f"a {kind} such as {example!r}"}),
+        PlainSerializer(serialize, when_used="json"),
+        UnitFormat(fmt),
+        WithJsonSchema({"type": ["string", "integer"] if kind == "size" else "string",
+                        "description": f"a {kind} such as {example!r} ({base})"}),
     ]
 
 
-Size = _unit_validator(units.parse_size, "size", "8GiB")
-Rate = _unit_validator(units.parse_rate, "rate", "128MiB/s")
-Duration = _unit_validator(units.parse_duration, "duration", "300ms")
+Size = _unit_type(units.parse_size, units.format_size, "size", "8GiB", "a bare integer is bytes")
+Rate = _unit_type(units.parse_rate, units.format_rate, "rate", "128MiB/s", "bytes per second")
+Duration = _unit_type(units.parse_duration, units.format_duration, "duration", "300ms", "stored in nanoseconds")
 Fraction01 = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _spellings(name: str) -> AliasChoices | str:
+    return AliasChoices(name, QEMU_SPELLINGS[name]) if name in QEMU_SPELLINGS else name
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True,
+                              alias_generator=AliasGenerator(validation_alias=_spellings))
 
 
 class UniformWorkload(_Model):
     """Writes pages uniformly at random over a working set (like ``mm_dirty -p random``)."""
 
     kind: Literal["uniform"]
-    rate: Rate = Field(description="guest write rate; every 4 KiB of it dirties one page")
+    rate: Rate = Field(description="guest write rate; every 4 KiB of it dirties one page (0: an idle guest)")
     working_set: Optional[Size] = Field(None, description="bytes written over; default: all RAM after offset")
     offset: Size = Field(0, description="guest-physical start of the working set")
+
+    @field_validator("working_set", "offset", "hot", "hot_offset", check_fields=False)
+    @classmethod
+    def _whole_pages(cls, value: Optional[int]):
+        """The workload draws whole pages; a fraction of one would be dropped silently."""
+        if value is not None and value % PAGE_SIZE:
+            raise PydanticCustomError("page_multiple", "not a whole number of 4KiB pages",
+                                      {"got": units.format_size(value), "allowed": "a multiple of 4KiB"})
+        return value
 
 
 class HotsetWorkload(UniformWorkload):
@@ -69,7 +121,7 @@ Workload = Annotated[Union[UniformWorkload, HotsetWorkload], Field(discriminator
 
 
 class VcpuGroup(_Model):
-    count: int = Field(1, ge=1, le=4096, strict=True)
+    count: int = Field(1, ge=1, le=limits.MAX_VCPUS)
     workload: Workload
 
 
@@ -81,12 +133,22 @@ class MemoryConfig(_Model):
 class _PciDevice(_Model):
     bar: Size = Field(16 << 10, description="size of the device's MMIO BAR (mapped by a timeline 'bar' action)")
 
+    @field_validator("bar")
+    @classmethod
+    def _power_of_two(cls, value: int):
+        """``pci_register_bar`` asserts a power-of-two size (the BAR's low bits are read-only zeros)."""
+        if value < MIN_BAR or value & (value - 1):
+            raise PydanticCustomError(
+                "bar", "a PCI BAR size must be a power of two, at least 4KiB",
+                {"got": units.format_size(value), "allowed": "4KiB, 8KiB, 16KiB, ..., e.g. 16MiB"})
+        return value
+
 
 class VirtioDevice(_PciDevice):
     """A virtio-pci device emulated in QEMU: a 'virtio' listener and queue-notify ioeventfds; no traffic modelled."""
 
     kind: Literal["virtio-net", "virtio-blk"]
-    queues: int = Field(1, ge=1, le=64, strict=True)
+    queues: int = Field(1, ge=1, le=64)
 
 
 class VfioPci(_PciDevice):
@@ -97,7 +159,7 @@ class VfioPci(_PciDevice):
 
 
 class _VhostUserDevice(_PciDevice):
-    queues: int = Field(1, ge=1, le=64, strict=True, description="queue pairs; each has a used ring page")
+    queues: int = Field(1, ge=1, le=64, description="queue pairs; each has a used ring page")
     buffers: Size = Field(64 << 20, description="guest RAM holding the device's buffers, used round-robin")
     buffer_offset: Optional[Size] = Field(
         None, description="guest-physical start of the buffers (default: stacked below the top of RAM)"
@@ -109,7 +171,16 @@ class VhostUserNet(_VhostUserDevice):
 
     kind: Literal["vhost-user-net", "vhost-net"]
     rx: Rate = Field(description="received payload written into guest memory")
-    packet: Size = Field(1500, description="bytes per packet (one RX buffer per packet)")
+    packet: Size = Field(1500, ge=64, le=64 << 10,
+                         description="bytes per packet, one RX buffer each (64 B minimum Ethernet frame .. 64KiB)")
+
+    @property
+    def unit(self) -> int:
+        return self.packet
+
+    @property
+    def rate(self) -> int:
+        return self.rx
 
 
 class VhostUserBlk(_VhostUserDevice):
@@ -117,7 +188,24 @@ class VhostUserBlk(_VhostUserDevice):
 
     kind: Literal["vhost-user-blk"]
     read: Rate = Field(description="read data written into guest memory")
-    request: Size = Field(64 << 10, description="bytes per read request")
+    request: Size = Field(64 << 10, ge=512, le=64 << 20,
+                          description="bytes per read request, whole 512-byte sectors (VIRTIO_BLK_SECTOR_SIZE)")
+
+    @field_validator("request")
+    @classmethod
+    def _sectors(cls, value: int):
+        if value % 512:
+            raise PydanticCustomError("request", "a virtio-blk request is a whole number of 512-byte sectors",
+                                      {"got": units.format_size(value), "allowed": "a multiple of 512B"})
+        return value
+
+    @property
+    def unit(self) -> int:
+        return self.request
+
+    @property
+    def rate(self) -> int:
+        return self.read
 
 
 Device = Annotated[Union[VhostUserNet, VhostUserBlk, VirtioDevice, VfioPci], Field(discriminator="kind")]
@@ -127,11 +215,12 @@ VHOST_KINDS = ("vhost-user-net", "vhost-net", "vhost-user-blk")
 class Machine(_Model):
     accel: Literal["kvm", "tcg"] = Field("kvm", description="kvm, or tcg (per-CPU address spaces, no eventfds)")
     memory: MemoryConfig
-    vcpus: list[VcpuGroup] = Field(min_length=1)
+    vcpus: list[VcpuGroup] = Field(min_length=1, max_length=limits.MAX_VCPUS)
     devices: list[Device] = Field(default_factory=list, description="PCI devices: vhost, virtio, vfio")
     device_memory: Size = Field(0, description="memory-hotplug area (maxmem - size) for pc-dimm hotplug")
     device_state: Size = Field(
-        256 << 10, description="non-iterable device state sent during downtime [modelling assumption]"
+        256 << 10, le=64 << 30,
+        description="non-iterable device state sent during downtime, at most 64GiB [modelling assumption]"
     )
 
 
@@ -145,17 +234,16 @@ class DirtyTracking(_Model):
     )
     clear_bitmap_shift: int = Field(
         CLEAR_BITMAP_SHIFT_DEFAULT,
-        strict=True,
         ge=CLEAR_BITMAP_SHIFT_MIN,
         le=CLEAR_BITMAP_SHIFT_MAX,
         description="x-clear-bitmap-shift: log2 pages per lazy-clear chunk (QEMU clamps to 6..31; dirtysim rejects)",
     )
     ring_size: int = Field(
-        4096, strict=True, ge=1024, le=65536,
+        4096, ge=1024, le=65536,
         description="dirty-ring-size in entries, a power of two (ring mode; QEMU's 0 means bitmap mode)",
     )
     pml: bool = Field(True, description="x86 PML: 512 more ring entries reserved (soft-full at N-576, else N-64)")
-    reaper_period: Duration = Field(10**9, gt=0, description="kvm-reaper harvest period (1 s)")
+    reaper_period: Duration = Field(10**9, ge=limits.MIN_QUANTUM, description="kvm-reaper harvest period (1 s)")
     kvm_clear: Literal["mask", "clear-all"] = Field(
         "mask", description="KVM_CLEAR_DIRTY_LOG by QEMU's fetched mask, or WRONG: clear the whole range"
     )
@@ -166,7 +254,7 @@ class DirtyTracking(_Model):
         "exchange", description="vhost log words taken by atomic exchange, or WRONG: a read, then a store of 0"
     )
     vhost_harvest_gap: Duration = Field(
-        2 * 10**6, description="read-then-zero: time between the read and the store of 0 (a descheduled thread)"
+        2 * 10**6, le=10**9, description="read-then-zero: time between the read and the store of 0 (a descheduled thread)"
     )
     def wrong_semantics(self) -> list[str]:
         """The deliberately wrong options turned on (pages lost with them are the point, not a bug)."""
@@ -238,17 +326,35 @@ class Costs(_Model):
         20_000, description="one KVM_SET_USER_MEMORY_REGION while vCPUs are held out (atomic update) [assumption]"
     )
 
+    @field_validator("*")
+    @classmethod
+    def _one_operation(cls, value: int, info):
+        """Each cost is of one fault, ioctl, entry or GiB: above 1 s it is a typo (and would stall the run)."""
+        if value > 10**9:
+            raise PydanticCustomError("cost", "more than any single operation costs",
+                                      {"got": units.format_duration(value), "allowed": "0 .. 1s"})
+        return value
+
+    def worst_sync_ns(self, ram_bytes: int) -> int:
+        """An upper bound of one sync's cost (GET, sync, vhost scan per GiB; CLEAR per page)."""
+        gib = -(-ram_bytes // (1 << 30))
+        per_gib = self.get_dirty_log_per_gib + self.bitmap_sync_per_gib + self.vhost_log_sync_per_gib
+        return per_gib * gib + self.clear_dirty_log_per_page * (ram_bytes // PAGE_SIZE)
+
 
 class Network(_Model):
-    bandwidth: Rate = Field(1_250_000_000, description="link bandwidth (default 10Gbit/s)")
-    latency: Duration = Field(100_000, description="one-way latency, paid once at the end of switchover")
+    bandwidth: Rate = Field(1_250_000_000, ge=1, description="link bandwidth (default 10Gbit/s); the wire time divides by it")
+    latency: Duration = Field(100_000, le=10 * 10**9,
+                              description="one-way latency, paid once at the end of switchover (at most 10s)")
 
 
 class Migration(_Model):
     """Migration parameters (``migration/options.c``) and when to start."""
 
     start_at: Duration = Field(0, description="simulated time at which 'migrate' is issued")
-    max_bandwidth: Rate = Field(128 << 20, description="max-bandwidth (MAX_THROTTLE = 128 MiB/s)")
+    max_bandwidth: Rate = Field(
+        128 << 20, description="max-bandwidth (MAX_THROTTLE = 128 MiB/s); 0 (or under 10 B/s) is unlimited, as in "
+                               "QEMU: migration_rate_set stores max-bandwidth / 10 and 0 disables the limit")
     downtime_limit: Duration = Field(300_000_000, description="downtime-limit (300 ms)")
     avail_switchover_bandwidth: Rate = Field(0, description="avail-switchover-bandwidth (0 = use the estimate)")
     zero_page_detection: Literal["none", "legacy", "multifd"] = Field(
@@ -256,36 +362,58 @@ class Migration(_Model):
     )
     timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
 
-    @model_validator(mode="after")
-    def _limits(self):
-        if self.downtime_limit > 2_000 * 10**9:
-            raise PydanticCustomError(
-                "downtime_limit", "downtime_limit is above QEMU's maximum", {"allowed": "0 .. 2000s"}
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _qemu_units(cls, data):
+        """Under QEMU's spellings a bare integer has QEMU's unit: ms for downtime-limit, bytes/s for bandwidths."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, unit in QEMU_BARE_UNITS.items():
+                if type(data.get(key)) is int:
+                    data[key] = f"{data[key]}{unit}"
+        return data
+
+    @field_validator("downtime_limit")
+    @classmethod
+    def _downtime_max(cls, value: int):
+        """``migrate_params_check``: downtime-limit is at most MAX_MIGRATE_DOWNTIME (2000 s)."""
+        if value > 2_000 * 10**9:
+            raise PydanticCustomError("downtime_limit", "above QEMU's maximum (migrate_params_check)",
+                                      {"got": units.format_duration(value), "allowed": "0 .. 2000s"})
+        return value
 
 
 class Engine(_Model):
-    quantum: Duration = Field(1_000_000, gt=0, description="vCPU run slice: writes are applied in one batch per quantum")
-    send_quantum: Duration = Field(1_000_000, gt=0, description="longest send slice of the migration thread")
+    quantum: Duration = Field(1_000_000, ge=limits.MIN_QUANTUM, le=10**9,
+                              description="vCPU run slice: writes are applied in one batch per quantum (10us .. 1s)")
+    send_quantum: Duration = Field(1_000_000, ge=limits.MIN_QUANTUM, le=10**9,
+                                   description="longest send slice of the migration thread (10us .. 1s)")
 
 
 class Outputs(_Model):
-    dir: Optional[str] = Field(None, description="output directory (default out/<name>)")
+    dir: Optional[str] = Field(None, min_length=1, description="output directory (default out/<name>)")
+
+    @field_validator("dir")
+    @classmethod
+    def _no_nul(cls, value: Optional[str]):
+        if value is not None and "\0" in value:
+            raise PydanticCustomError("dir", "a path cannot contain a NUL character",
+                                      {"got": repr(value), "allowed": "a directory path"})
+        return value
     plots: bool = True
 
 
 class Hotplug(_Model):
     """``device_add pc-dimm``: a new RAMBlock mapped in the device-memory area."""
 
-    id: str
+    id: str = Field(min_length=1, max_length=64)
     size: Size
 
 
 class Unplug(_Model):
     """``device_del`` of a pc-dimm."""
 
-    id: str
+    id: str = Field(min_length=1, max_length=64)
 
 
 class BarMap(_Model):
@@ -340,8 +468,12 @@ class WhatIf(_Model):
 
 
 class Scenario(_Model):
-    name: Optional[str] = Field(None, description="default: the file name without .yaml")
-    seed: int = Field(0, ge=0, strict=True, description="root of the run's numpy SeedSequence")
+    """A whole scenario. Top-level keys starting with ``x-`` are ignored: a place for YAML anchors."""
+
+    model_config = ConfigDict(json_schema_extra={"patternProperties": {"^x-": {}}})
+
+    name: Optional[str] = Field(None, description="default: the file name without .yaml; names out/<name>")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="root of the run's numpy SeedSequence")
     machine: Machine
     dirty_tracking: DirtyTracking = DirtyTracking()
     costs: Costs = Costs()
@@ -352,85 +484,163 @@ class Scenario(_Model):
     timeline: list[TimelineEntry] = Field(default_factory=list, description="memory-map actions at given times")
     what_if: WhatIf = WhatIf()
 
-    @model_validator(mode="after")
-    def _fits_in_ram(self):
-        ram = self.machine.memory.size
-        if ram % (64 * PAGE_SIZE) or ram < (1 << 20):
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extensions(cls, data):
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_directory_name(cls, value: Optional[str]):
+        """The name becomes the output directory ``out/<name>``: one plain path component."""
+        if value is None:
+            return value
+        bad = next((c for c in value if c in "/\\" or ord(c) < 32 or c == "\x7f"), None)
+        if not value or value in (".", "..") or bad is not None or len(value.encode()) > 100:
             raise PydanticCustomError(
-                "ram_size", "RAM size must be at least 1MiB and a multiple of 256KiB",
-                {"allowed": "e.g. 512MiB, 16GiB", "loc": ("machine", "memory", "size"), "got": units.format_size(ram)},
-            )
+                "name", "not usable as a directory name", {
+                    "got": repr(value) if len(value) <= 60 else f"{len(value.encode())} bytes",
+                    "allowed": "1 to 100 bytes, no / or \\ or control characters, not . or .."})
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self):
+        """Cross-field rules, in file order: RAM, vCPUs, devices, tracking, timeline, then the run's cost."""
+        self._ram_fits()
+        self._vcpus_fit()
+        self._devices_fit()
+        self._tcg_rules()
+        self._timeline_fits()
+        self._work_fits()
+        return self
+
+    def _ram_fits(self) -> None:
+        ram, dm = self.machine.memory.size, self.machine.device_memory
+        if ram % (64 * PAGE_SIZE) or ram < (1 << 20) or ram > limits.MAX_RAM:
+            raise fail(("machine", "memory", "size"), "RAM size must be at least 1MiB and a multiple of 256KiB",
+                       units.format_size(ram), f"e.g. 512MiB, 16GiB; at most {units.format_size(limits.MAX_RAM)}")
+        if dm % (64 * PAGE_SIZE) or ram + dm > limits.MAX_RAM:
+            raise fail(("machine", "device_memory"), "the device-memory area must be a multiple of 256KiB and, "
+                       "with RAM, within dirtysim's ceiling", units.format_size(dm),
+                       f"a multiple of 256KiB, at most {units.format_size(limits.MAX_RAM - ram)}")
+
+    def _vcpus_fit(self) -> None:
+        ram, total = self.machine.memory.size, 0
         for i, group in enumerate(self.machine.vcpus):
+            total += group.count
+            if total > limits.MAX_VCPUS:
+                raise fail(("machine", "vcpus", i, "count"), "too many vCPUs across the groups", f"{total} so far",
+                           f"at most {limits.MAX_VCPUS} in all (QEMU's q35 max_cpus)")
             w = group.workload
             ws = ram - w.offset if w.working_set is None else w.working_set
             loc = ("machine", "vcpus", i, "workload")
             if w.offset + ws > ram or ws < PAGE_SIZE:
-                raise PydanticCustomError(
-                    "working_set", "the working set does not fit in RAM",
-                    {"allowed": f"offset + working_set <= {units.format_size(ram)}", "loc": loc + ("working_set",),
-                     "got": f"offset {units.format_size(w.offset)} + {units.format_size(ws)}"},
-                )
+                raise fail(loc + ("working_set",), "the working set does not fit in RAM",
+                           f"offset {units.format_size(w.offset)} + {units.format_size(max(ws, 0))}",
+                           f"offset + working_set <= {units.format_size(ram)}")
             if isinstance(w, HotsetWorkload) and (w.hot_offset + w.hot > ws or w.hot < PAGE_SIZE):
-                raise PydanticCustomError(
-                    "hot", "the hot region does not fit in the working set",
-                    {"allowed": f"4KiB <= hot, hot_offset + hot <= {units.format_size(ws)}", "loc": loc + ("hot",),
-                     "got": units.format_size(w.hot)},
-                )
-        self._devices_fit()
-        self._timeline_fits()
-        for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
-            if dev.kind not in VHOST_KINDS:
-                continue
-            if offset < 0 or offset + size > ram or offset % PAGE_SIZE or size < (dev.queues + 1) * PAGE_SIZE:
-                raise PydanticCustomError(
-                    "buffers", "the device buffers do not fit in RAM",
-                    {"allowed": f"page-aligned, >= {dev.queues + 1} pages, inside {units.format_size(ram)}",
-                     "loc": ("machine", "devices", i, "buffers"),
-                     "got": f"{units.format_size(size)} at {units.format_size(offset)}"},
-                )
-        return self
+                raise fail(loc + ("hot",), "the hot region does not fit in the working set",
+                           units.format_size(w.hot), f"4KiB <= hot, hot_offset + hot <= {units.format_size(ws)}")
 
     def _devices_fit(self) -> None:
-        for i, dev in enumerate(self.machine.devices):
+        ram = self.machine.memory.size
+        for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
+            loc = ("machine", "devices", i)
             if dev.kind in VHOST_KINDS and self.machine.accel != "kvm":
-                raise PydanticCustomError(
-                    "accel", "vhost devices need KVM (ioeventfds and irqfds); TCG provides no eventfds",
-                    {"allowed": "accel: kvm, or a virtio-net/virtio-blk device", "loc": ("machine", "devices", i, "kind"),
-                     "got": dev.kind})
-            if dev.bar % (64 * PAGE_SIZE) and dev.bar & (dev.bar - 1):
-                raise PydanticCustomError("bar", "a BAR size must be a power of two",
-                                          {"allowed": "e.g. 16KiB, 16MiB", "loc": ("machine", "devices", i, "bar"),
-                                           "got": units.format_size(dev.bar)})
+                raise fail(loc + ("kind",), f"device {i} ({dev.kind}): vhost devices need KVM (ioeventfds and "
+                           "irqfds); TCG provides no eventfds", dev.kind, "accel: kvm, or a virtio-net/virtio-blk device")
+            if dev.kind not in VHOST_KINDS:
+                continue
+            need = (dev.queues + -(-dev.unit // PAGE_SIZE)) * PAGE_SIZE
+            if offset < 0 or offset + size > ram or offset % PAGE_SIZE or size % PAGE_SIZE or size < need:
+                raise fail(loc + ("buffers",), f"device {i} ({dev.kind}): its buffers do not fit in RAM",
+                           f"{units.format_size(size)} at {offset:#x}",
+                           f"whole pages, at least {units.format_size(need)} ({dev.queues} used-ring page(s) + one "
+                           f"{'packet' if isinstance(dev, VhostUserNet) else 'request'}), inside "
+                           f"{units.format_size(ram)} of RAM")
+
+    def _tcg_rules(self) -> None:
+        """TCG has no KVM dirty log: no ring (KVM_CAP_DIRTY_LOG_RING), no KVM_CLEAR_DIRTY_LOG variants."""
+        if self.machine.accel != "tcg":
+            return
+        dt = self.dirty_tracking
+        if dt.mode == "ring":
+            raise fail(("dirty_tracking", "mode"), "the dirty ring is a KVM feature (kvm_dirty_ring_init); TCG "
+                       "guests dirty global dirty memory directly", "ring", "bitmap with accel: tcg")
+        for key in ("kvm_clear", "send_order"):
+            if getattr(dt, key) != DirtyTracking.model_fields[key].default:
+                raise fail(("dirty_tracking", key), "a KVM_CLEAR_DIRTY_LOG variant, but accel is tcg",
+                           getattr(dt, key), "the default with accel: tcg")
 
     def _timeline_fits(self) -> None:
         ndev, plugged, dm = len(self.machine.devices), {}, self.machine.device_memory
+        end = self.migration.start_at + self.migration.timeout
         for i, entry in enumerate(self.timeline):
             kind, act = entry.action
             loc = ("timeline", i, kind)
+            if entry.at > end:
+                raise fail(("timeline", i, "at"), "after the end of the run", units.format_duration(entry.at),
+                           f"at most migration.start_at + migration.timeout = {units.format_duration(end)}")
             if kind in ("bar", "ioeventfd") and act.device >= ndev:
-                raise PydanticCustomError("device", "no such device", {
-                    "allowed": f"0 .. {ndev - 1} (machine.devices)" if ndev else "none: machine.devices is empty",
-                    "loc": loc + ("device",), "got": str(act.device)})
+                raise fail(loc + ("device",), "no such device", str(act.device),
+                           f"0 .. {ndev - 1} (machine.devices)" if ndev else "none: machine.devices is empty")
             if kind == "bar":
                 self._bar_fits(act, loc)
             if kind == "ioeventfd" and self.machine.devices[act.device].kind == "vfio-pci":
-                raise PydanticCustomError("device", "a vfio device has no virtio queues",
-                                          {"allowed": "a virtio or vhost device", "loc": loc + ("device",),
-                                           "got": str(act.device)})
+                raise fail(loc + ("device",), f"device {act.device} (vfio-pci) has no virtio queues",
+                           str(act.device), "a virtio or vhost device")
+            if kind == "hotplug" and act.id in plugged:
+                raise fail(loc + ("id",), "a DIMM with this id is already plugged (qdev_set_id: Duplicate device ID)",
+                           act.id, f"an id other than {', '.join(plugged)}")
             if kind == "hotplug":
                 if act.size % (64 * PAGE_SIZE) or act.size == 0:
-                    raise PydanticCustomError("size", "a DIMM size must be a multiple of 256KiB",
-                                              {"allowed": "e.g. 1GiB", "loc": loc + ("size",),
-                                               "got": units.format_size(act.size)})
+                    raise fail(loc + ("size",), "a DIMM size must be a multiple of 256KiB",
+                               units.format_size(act.size), "e.g. 1GiB")
                 plugged[act.id] = act.size
                 if sum(plugged.values()) > dm:
-                    raise PydanticCustomError("device_memory", "the DIMMs do not fit in machine.device_memory",
-                                              {"allowed": f"at most {units.format_size(dm)} plugged at once",
-                                               "loc": loc + ("size",), "got": units.format_size(sum(plugged.values()))})
+                    raise fail(loc + ("size",), "the DIMMs do not fit in machine.device_memory",
+                               units.format_size(sum(plugged.values())), f"at most {units.format_size(dm)} plugged at once")
             if kind == "unplug" and plugged.pop(act.id, None) is None:
-                raise PydanticCustomError("id", "no DIMM with this id is plugged at that point",
-                                          {"allowed": ", ".join(plugged) or "none", "loc": loc + ("id",),
-                                           "got": act.id})
+                raise fail(loc + ("id",), "no DIMM with this id is plugged at that point", act.id,
+                           ", ".join(plugged) or "none")
+
+    def _work_fits(self) -> None:
+        """Refuse a run whose simulation steps or page writes would exceed dirtysim's budgets.
+
+        The guest runs until the timeout at most; the switchover then sends the device state and up
+        to a downtime's worth of pages with the guest stopped, stepped every 100 ms of simulated time.
+        """
+        mig, eng = self.migration, self.engine
+        horizon = mig.start_at + mig.timeout
+        switchover = self.machine.device_state * 10**9 // self.network.bandwidth + mig.downtime_limit
+        horizon += self.costs.worst_sync_ns(self.machine.memory.size + self.machine.device_memory)  # an overrun
+        backends = [d for d in self.machine.devices if d.kind in VHOST_KINDS]
+        reaper = self.dirty_tracking.reaper_period if self.dirty_tracking.mode == "ring" else None
+        n = limits.steps(horizon, mig.timeout, eng.quantum, eng.send_quantum, 1 + len(backends), reaper,
+                         len(self.timeline)) + switchover // limits.BUFFER_DELAY_NS
+        if n > limits.MAX_STEPS:
+            slow_link = switchover > horizon
+            raise fail(("network", "bandwidth") if slow_link else ("engine", "quantum"),
+                       "the run would take too many simulation steps",
+                       f"about {n:.2e} for {horizon / 1e9:.0f}s of run and {switchover / 1e9:.0f}s of switchover",
+                       f"at most {limits.MAX_STEPS:.0e}: " + ("a faster link or less machine.device_state" if slow_link
+                       else "a longer quantum/send_quantum or a shorter migration.timeout"))
+        per_s = sum(g.count * g.workload.rate for g in self.machine.vcpus) / PAGE_SIZE
+        per_s += sum(d.rate / d.unit * -(-d.unit // PAGE_SIZE) for d in backends)
+        if per_s * eng.quantum / 1e9 > limits.MAX_WRITES_PER_QUANTUM:
+            raise fail(("engine", "quantum"), "too many page writes in one quantum",
+                       f"about {per_s * eng.quantum / 1e9:.2e} per {units.format_duration(eng.quantum)}",
+                       f"at most {limits.MAX_WRITES_PER_QUANTUM}: a shorter quantum or lower rates")
+        if per_s * horizon / 1e9 > limits.MAX_WRITES:
+            raise fail(("migration", "timeout"), "the run would make too many page writes",
+                       f"about {per_s * horizon / 1e9:.2e} in {horizon / 1e9:.0f}s",
+                       f"at most {limits.MAX_WRITES:.0e}: lower rates or a shorter migration.timeout")
+
+    def to_file(self) -> dict:
+        """The resolved scenario as a scenario file would say it: sizes, rates and durations with units."""
+        return self.model_dump(mode="json", context={"units": True})
 
     def device_memory_base(self) -> int:
         """pc: the DIMM area starts above 4 GiB and above RAM, 1 GiB aligned."""
@@ -438,15 +648,18 @@ class Scenario(_Model):
         return -(-max(self.machine.memory.size, 4 * gib) // gib) * gib
 
     def _bar_fits(self, act: "BarMap", loc: tuple) -> None:
-        size = self.machine.devices[act.device].bar
+        dev = self.machine.devices[act.device]
         taken = [(0, self.machine.memory.size), (self.device_memory_base(), self.machine.device_memory)]
-        if act.addr % size or any(lo < act.addr + size and act.addr < lo + n for lo, n in taken if n):
-            raise PydanticCustomError(
-                "addr", "a BAR must be aligned to its size and lie outside RAM and the DIMM area "
-                "(dirtysim keeps memslots 256 KiB aligned, so it does not split RAM around BARs)",
-                {"allowed": f"a multiple of {units.format_size(size)} at or above "
-                            f"{units.format_size(max(lo + n for lo, n in taken if n))}",
-                 "loc": loc + ("addr",), "got": f"{act.addr:#x}"})
+        if act.addr % dev.bar:
+            raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR address must be aligned to the "
+                       "BAR size (PCI BARs are naturally aligned)", f"{act.addr:#x}",
+                       f"a multiple of {units.format_size(dev.bar)}")
+        if act.addr + dev.bar > MAX_PHYS_ADDR or any(lo < act.addr + dev.bar and act.addr < lo + n for lo, n in taken if n):
+            raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR must lie outside RAM and the DIMM "
+                       "area, below 2**52 (dirtysim keeps memslots 256 KiB aligned, so it does not split RAM "
+                       "around BARs)", f"{act.addr:#x}",
+                       f"a multiple of {units.format_size(dev.bar)} at or above "
+                       f"{units.format_size(max(lo + n for lo, n in taken if n))}")
 
     def device_buffers(self) -> list[tuple[int, int]]:
         """(offset, size) of each vhost device's buffers (stacked down from the top of RAM); (0, 0) for others."""
