@@ -75,23 +75,30 @@ def sync_xchg(src, dst, w0, w1):
     The fast path of ``physical_memory_sync_dirty_bitmap`` (migration/ram.c):
     moves global dirty memory (L2) into ``RAMBlock.bmap`` (L3) counting only
     0->1 transitions. Branchless: it also stores 0 into words that were 0.
+    Like every bitmap kernel here it loops over views from index 0, a form
+    LLVM vectorizes (an offset loop over the whole arrays ran at 60 %).
     """
+    s, d = src[w0:w1], dst[w0:w1]
     new = np.uint64(0)
-    for w in range(w0, w1):
-        old = src[w]
-        src[w] = 0
-        new += popcount64(old & ~dst[w])
-        dst[w] |= old
+    for w in range(s.shape[0]):
+        old = s[w]
+        x = d[w]
+        s[w] = 0
+        new += popcount64(old & ~x)
+        d[w] = x | old
     return new
 
 
 @jit
 def or_into(dst, src, w0, w1):
-    """dst |= src over words [w0, w1) (``physical_memory_set_dirty_lebitmap``)."""
-    for w in range(w0, w1):
-        x = src[w]
-        if x:
-            dst[w] |= x
+    """dst |= src over words [w0, w1) (``physical_memory_set_dirty_lebitmap``).
+
+    QEMU skips zero words (to save atomic ops); OR-ing a zero word changes
+    nothing, and writing every word avoids a mispredicted branch per word.
+    """
+    d, s = dst[w0:w1], src[w0:w1]
+    for w in range(d.shape[0]):
+        d[w] |= s[w]
 
 
 @jit
@@ -101,11 +108,12 @@ def xchg_into(src, dst, w0, w1):
     Legacy ``KVM_GET_DIRTY_LOG`` (``kvm_get_dirty_log_protect`` without manual
     protect): the kernel exchanges each word with 0 and re-protects those pages.
     """
+    s, d = src[w0:w1], dst[w0:w1]
     n = np.uint64(0)
-    for w in range(w0, w1):
-        x = src[w]
-        src[w] = 0
-        dst[w] = x
+    for w in range(s.shape[0]):
+        x = s[w]
+        d[w] = x
+        s[w] = 0
         n += popcount64(x)
     return n
 
@@ -120,13 +128,14 @@ def clear_by_mask(kvm, mask, w0, w1):
     second clear never re-clears bits it has not fetched again. Returns the
     number of re-protected pages.
     """
+    k, msk = kvm[w0:w1], mask[w0:w1]
     n = np.uint64(0)
-    for w in range(w0, w1):
-        m = mask[w]
-        if m:
-            n += popcount64(kvm[w] & m)
-            kvm[w] &= ~m
-            mask[w] = 0
+    for w in range(k.shape[0]):  # branch-free: a zero mask word clears nothing
+        m = msk[w]
+        x = k[w]
+        n += popcount64(x & m)
+        k[w] = x & ~m
+        msk[w] = 0
     return n
 
 
@@ -307,9 +316,10 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
 @jit
 def count_set(bmap, w0, w1):
     """Number of set bits in words [w0, w1)."""
+    b = bmap[w0:w1]
     n = np.uint64(0)
-    for w in range(w0, w1):
-        n += popcount64(bmap[w])
+    for w in range(b.shape[0]):
+        n += popcount64(b[w])
     return n
 
 
@@ -371,11 +381,12 @@ def clear_all(kvm, mask, w0, w1):
     Bits set by the guest after the last GET are dropped although nobody fetched
     them: those writes are never reported (reference §5.3, rule 1).
     """
+    k, msk = kvm[w0:w1], mask[w0:w1]
     n = np.uint64(0)
-    for w in range(w0, w1):
-        n += popcount64(kvm[w] & mask[w])
-        kvm[w] = 0
-        mask[w] = 0
+    for w in range(k.shape[0]):
+        n += popcount64(k[w] & msk[w])
+        k[w] = 0
+        msk[w] = 0
     return n
 
 
@@ -488,16 +499,22 @@ def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
 
     exchange=True: each non-zero word is atomically exchanged with 0 (QEMU).
     exchange=False: a plain read only (the WRONG read-then-zero variant; the
-    caller stores 0 later). ``seen`` receives the words read. Returns set bits.
+    caller stores 0 later), and ``seen`` receives the words read (the exchange
+    leaves it untouched). Returns set bits.
     """
+    lg, d = log[w0:w1], dst[dst_w0 : dst_w0 + w1 - w0]
     n = np.uint64(0)
-    for w in range(w0, w1):
-        x = log[w]
-        seen[w - w0] = x
-        if x:
-            if exchange:
-                log[w] = 0
-            dst[dst_w0 + w - w0] |= x
+    if exchange:  # branch-free: exchanging or OR-ing a zero word changes nothing
+        for w in range(lg.shape[0]):
+            x = lg[w]
+            lg[w] = 0
+            d[w] |= x
+            n += popcount64(x)
+    else:
+        for w in range(lg.shape[0]):
+            x = lg[w]
+            seen[w] = x
+            d[w] |= x
             n += popcount64(x)
     return n
 

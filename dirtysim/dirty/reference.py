@@ -236,7 +236,8 @@ def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
     lg, d = bits(log), bits(dst)
     n = 0
     for w in range(w0, w1):
-        seen[w - w0] = log[w]
+        if not exchange:
+            seen[w - w0] = log[w]
         page_bits = lg[w * 64 : (w + 1) * 64].copy()
         n += int(np.count_nonzero(page_bits))
         d[(dst_w0 + w - w0) * 64 : (dst_w0 + w - w0 + 1) * 64] |= page_bits
