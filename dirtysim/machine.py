@@ -29,6 +29,7 @@ from .guest.vcpu import Guest, LazyActor
 from .guest.vhost_backend import VhostUserBackend
 from .guest.workload import make_workload
 from .memory.address_space import MemorySystem
+from .oracle.guest_map import GuestMap
 from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
 from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario
@@ -56,6 +57,8 @@ class Machine:
         self._lost_seen = 0
         self.block_listeners: list[Callable[[str, RAMBlock], None]] = []  # ram_block_notify_add / _remove
         self.system_memory = memory_region_init("system", SYSTEM_MEMORY_SIZE)
+        self.guest_map = GuestMap(self.system_memory)  # the oracle's own view of guest RAM
+        self.memory.topology_hooks.append(self.guest_map.refresh)
         self.as_memory = self.memory.address_space_init(self.system_memory, "memory")
         self.as_io = self.memory.address_space_init(memory_region_init_io("io", IO_SPACE_SIZE), "I/O")
         self.trackers: list = []  # listeners that hold dirty bits for a later sync
@@ -69,7 +72,7 @@ class Machine:
         writer = self.kvm if self.kvm is not None else self.tcg_memory
         self.guest = Guest([make_workload(scenario, g) for g in groups],
                            [np.random.default_rng(seed) for seed in vcpu_seeds], [g.workload.rate for g in groups],
-                           writer, scenario.engine.quantum, costs.write_fault, recorder)
+                           writer, self.guest_map, scenario.engine.quantum, costs.write_fault, recorder)
         if self.kvm is not None:
             listener = self.kvm_listener
             self.guest.on_ring_full = lambda v: listener.reap("ring-full", v) + costs.ring_full_exit
@@ -135,7 +138,7 @@ class Machine:
                 listener.on_loss_window = self.audit
                 self.memory.memory_listener_register(listener, self.as_memory)
                 self.trackers.append(listener)
-                self.backends.append(VhostUserBackend(name, spec, offset, listener, self.ram_list,
+                self.backends.append(VhostUserBackend(name, spec, offset, listener, self.ram_list, self.guest_map,
                                                       scenario.engine.quantum))
         self.device_memory = None
         if m.device_memory:

@@ -198,9 +198,14 @@ def apply_writes_case(draw):
     kvm_dirty = draw(words_of(n))
     nonzero, stale = draw(words_of(n)), draw(words_of(n))
     faults = np.array(draw(st.lists(st.integers(0, 5), min_size=nvcpu, max_size=nvcpu)), dtype=np.int64)
+    # the oracle's own map of guest RAM: the same runs as the memslots (a correct map), or a shifted copy
+    shift = draw(st.sampled_from([0, 0, 1, 7]))
+    gmap = np.array([[s[0] for s in slots], [s[1] for s in slots],
+                     [min(s[2] + shift, ram_pages - s[1]) for s in slots]], dtype=np.int64)
     return (
         np.array(writes, dtype=np.int64),
         seg_end,
+        gmap,
         np.array([s[0] for s in slots], dtype=np.int64),
         np.array([s[1] for s in slots], dtype=np.int64),
         np.array([s[2] for s in slots], dtype=np.int64),
@@ -230,9 +235,10 @@ def test_apply_writes_example():
     kvm = wa([2])
     nonzero, stale = wa([5]), wa([])
     faults = np.zeros(2, dtype=np.int64)
-    args = (gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm, nonzero, stale, faults)
+    gmap = np.stack([slot_gpa, slot_pages, slot_ram])
+    args = (gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm, nonzero, stale, faults)
     k_ret, k_args, r_ret, r_args = run_both(K.apply_writes, R.apply_writes, *args)
-    k_kvm, k_nonzero, k_stale, k_faults = k_args[6:]
+    k_kvm, k_nonzero, k_stale, k_faults = k_args[7:]
     assert int(k_ret) == 1
     assert pages_of(k_kvm) == {0, 1, 2}  # no KVM bit for the non-logging slot
     assert pages_of(k_nonzero) == {0, 1, 2, 5, 64}  # every written RAM page holds data now
@@ -525,7 +531,7 @@ def test_map_writes_matches_reference(case):
 @st.composite
 def ring_case(draw):
     """apply_writes' inputs plus per-vCPU rings (small, possibly partly full) and a resume index."""
-    (writes, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale,
+    (writes, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale,
      faults) = draw(apply_writes_case())
     nvcpu = seg_end.shape[0]
     size = draw(st.sampled_from([8, 16, 64]))
@@ -538,8 +544,8 @@ def ring_case(draw):
                      dtype=np.int64).reshape(nvcpu, size)
     start = draw(st.integers(0, len(writes)))
     out = np.zeros(3, dtype=np.int64)
-    return (writes, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale, rings,
-            dirty, reset, soft_limit, faults, out)
+    return (writes, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale,
+            rings, dirty, reset, soft_limit, faults, out)
 
 
 @SLOW
@@ -547,9 +553,9 @@ def ring_case(draw):
 def test_apply_writes_ring_matches_reference(case):
     k_ret, k_args, r_ret, r_args = run_both(K.apply_writes_ring, R.apply_writes_ring, *case)
     assert_same(k_ret, k_args, r_ret, r_args)
-    dirty, reset, soft_limit = k_args[11], k_args[12], case[13]
+    dirty, reset, soft_limit = k_args[12], k_args[13], case[14]
     if int(k_ret) == 1:  # stopped because a vCPU's ring reached the soft limit, right after its push
-        v = int(k_args[15][0])
+        v = int(k_args[16][0])
         assert dirty[v] - reset[v] == soft_limit
     else:
         assert (dirty - reset < soft_limit).all()
@@ -558,8 +564,8 @@ def test_apply_writes_ring_matches_reference(case):
 @SLOW
 @given(ring_case())
 def test_reap_rings_matches_reference(case):
-    rings, dirty, reset = case[10], case[11], case[12]
-    protected = case[7]
+    rings, dirty, reset = case[11], case[12], case[13]
+    protected = case[8]
     dirty_bmap = np.zeros_like(protected)
     reaped = np.zeros(rings.shape[0], dtype=np.int64)
     k_ret, k_args, r_ret, r_args = run_both(K.reap_rings, R.reap_rings, rings, dirty, reset, dirty_bmap, protected,
@@ -575,9 +581,9 @@ def test_reap_rings_matches_reference(case):
 @SLOW
 @given(apply_writes_case(), st.booleans())
 def test_backend_writes_matches_reference(case, logging):
-    writes, _, slot_gpa, slot_pages, slot_ram, _, _, nonzero, stale, _ = case
+    writes, _, gmap, slot_gpa, slot_pages, _, _, _, nonzero, stale, _ = case
     log = np.zeros(-(-(int(writes.max(initial=0)) + 1) // 64), dtype=U64)
-    check(K.backend_writes, R.backend_writes, writes, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
+    check(K.backend_writes, R.backend_writes, writes, slot_gpa, slot_pages, gmap, nonzero, stale, log, logging)
 
 
 @FAST

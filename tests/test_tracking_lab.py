@@ -47,7 +47,7 @@ def _write(machine, vcpu, pages):
     seg_end = np.zeros(nv, dtype=np.int64)
     seg_end[vcpu:] = len(pages)
     faults = np.zeros(nv, dtype=np.int64)
-    machine.kvm.apply_writes(np.asarray(pages, dtype=np.int64), seg_end, faults)
+    machine.kvm.apply_writes(np.asarray(pages, dtype=np.int64), seg_end, faults, machine.guest_map.table)
     return faults
 
 
@@ -84,8 +84,8 @@ def _vhost_machine(harvest):
 def _device_write(machine, pages):
     ls = machine.backends[0].listener
     rl = machine.ram_list
-    return kernels.backend_writes(np.asarray(pages, dtype=np.int64), ls.tbl_gpa, ls.tbl_pages, ls.tbl_ram,
-                                  rl.nonzero, rl.stale, ls.log.words, ls.logging)
+    return kernels.backend_writes(np.asarray(pages, dtype=np.int64), ls.tbl_gpa, ls.tbl_pages,
+                                  machine.guest_map.table, rl.nonzero, rl.stale, ls.log.words, ls.logging)
 
 
 def _l2_pages(machine):

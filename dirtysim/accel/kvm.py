@@ -121,14 +121,21 @@ class KvmDirtyLog:
         return (self.slot_gpa, self.slot_pages, self.slot_ram, self.slot_logging,
                 self.protected if self.ring else self.dirty)
 
-    def apply_writes(self, gpa_pages: np.ndarray, seg_end: np.ndarray, faults: np.ndarray) -> int:
-        """A batch of writes per vCPU (``seg_end``); in ring mode a full ring exits to QEMU and resumes."""
+    def apply_writes(self, gpa_pages: np.ndarray, seg_end: np.ndarray, faults: np.ndarray,
+                     gmap: np.ndarray | None = None) -> int:
+        """A batch of writes per vCPU (``seg_end``); in ring mode a full ring exits to QEMU and resumes.
+
+        ``gmap``: the oracle's map of the guest (``oracle.GuestMap.table``); by
+        default the writable memslots, which is what a correct memory map gives.
+        """
         rl = self.ram_list
+        if gmap is None:
+            gmap = np.stack([self.slot_gpa, self.slot_pages, self.slot_ram])
         if not self.ring:
-            return kernels.apply_writes(gpa_pages, seg_end, *self.write_args(), rl.nonzero, rl.stale, faults)
+            return kernels.apply_writes(gpa_pages, seg_end, gmap, *self.write_args(), rl.nonzero, rl.stale, faults)
         out, start = self._out, 0
         out[2] = 0
-        while kernels.apply_writes_ring(gpa_pages, seg_end, start, *self.write_args(), rl.nonzero, rl.stale,
+        while kernels.apply_writes_ring(gpa_pages, seg_end, start, gmap, *self.write_args(), rl.nonzero, rl.stale,
                                         self.rings, self.dirty_index, self.reset_index, self.soft_limit, faults, out):
             start = int(out[1])
             self.on_ring_full(int(out[0]))  # KVM_EXIT_DIRTY_RING_FULL

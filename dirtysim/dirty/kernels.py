@@ -159,47 +159,61 @@ def oracle_write(r, nonzero, stale):
 
 
 @inline
-def guest_write(g, slot_gpa, slot_pages, slot_ram, slot_logging, nonzero, stale):
-    """Write guest page ``g`` through the memslots. Returns (RAM page, slot logs?), or (-1, False)."""
+def guest_write(g, gmap, nonzero, stale):
+    """The oracle sees guest page ``g`` written, through its own map of the guest. False: no RAM there.
+
+    ``gmap`` rows: first guest page, pages, first RAM page of each writable RAM
+    run (``oracle.GuestMap``), never the memslots or tables that track writes.
+    """
+    o = slot_of(g, gmap[0], gmap[1])
+    if o == gmap.shape[1]:
+        return False
+    oracle_write(g - gmap[0, o] + gmap[2, o], nonzero, stale)
+    return True
+
+
+@inline
+def kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging):
+    """The RAM page whose dirty state KVM updates for a write to ``g``: its memslot's, if it logs; else -1."""
     s = slot_of(g, slot_gpa, slot_pages)
-    if s == slot_gpa.shape[0]:
-        return -1, False
-    r = g - slot_gpa[s] + slot_ram[s]
-    oracle_write(r, nonzero, stale)
-    return r, slot_logging[s]
+    if s == slot_gpa.shape[0] or not slot_logging[s]:
+        return -1
+    return g - slot_gpa[s] + slot_ram[s]
 
 
 @jit
-def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale, faults):
+def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale,
+                 faults):
     """Apply one quantum of guest writes of all vCPUs.
 
     ``gpa_pages[seg_end[v-1]:seg_end[v]]`` are vCPU v's writes (guest-physical
-    page numbers). Each write marks its RAM page written in the oracle (``oracle_write``).
-    In a memslot with dirty logging, a write to a write-protected page faults:
+    page numbers). Each write marks its RAM page written in the oracle
+    (``guest_write``, through the oracle's own map ``gmap``). In a memslot with
+    dirty logging, a write to a write-protected page faults:
     ``mark_page_dirty_in_slot`` sets the KVM bit and the page becomes writable.
     In bitmap mode the protection state is exactly "KVM bit clear" (GET/CLEAR
     re-protect precisely the bits they clear), so no separate array is kept.
-    Returns the number of writes that hit no memslot.
+    Returns the number of writes that hit no RAM (MMIO, ROM, or nothing).
     """
     n = seg_end[seg_end.shape[0] - 1] if seg_end.shape[0] else 0
     for i in range(n):  # random pages of a big guest miss the cache: ask for them all first
-        s = slot_of(gpa_pages[i], slot_gpa, slot_pages)
-        if s < slot_gpa.shape[0]:
-            w = (gpa_pages[i] - slot_gpa[s] + slot_ram[s]) >> 6
-            prefetch_write(kvm_dirty, w)
+        o = slot_of(gpa_pages[i], gmap[0], gmap[1])
+        if o < gmap.shape[1]:
+            w = (gpa_pages[i] - gmap[0, o] + gmap[2, o]) >> 6
             prefetch_write(nonzero, w)
             prefetch_write(stale, w)
+        r = kvm_page(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging)
+        if r >= 0:
+            prefetch_write(kvm_dirty, r >> 6)
     unassigned = 0
     start = 0
     for v in range(seg_end.shape[0]):
         stop = seg_end[v]
         nfault = 0
         for i in range(start, stop):
-            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, nonzero, stale)
-            if r < 0:
-                unassigned += 1
-                continue
-            if logging:
+            unassigned += not guest_write(gpa_pages[i], gmap, nonzero, stale)
+            r = kvm_page(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging)
+            if r >= 0:
                 w = r >> 6
                 b = np.uint64(1) << np.uint64(r & 63)
                 if not (kvm_dirty[w] & b):
@@ -391,8 +405,8 @@ def clear_all(kvm, mask, w0, w1):
 
 
 @jit
-def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero,
-                      stale, rings, dirty_index, reset_index, soft_limit, faults, out):
+def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected,
+                      nonzero, stale, rings, dirty_index, reset_index, soft_limit, faults, out):
     """Guest writes with the KVM dirty ring (``mark_page_dirty_in_slot`` -> ``kvm_dirty_ring_push``).
 
     A write to a write-protected page faults, pushes (the page's RAM index) onto
@@ -412,12 +426,10 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                 out[0] = v
                 out[1] = i
                 return 1
-            r, logging = guest_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging, nonzero, stale)
+            out[2] += not guest_write(gpa_pages[i], gmap, nonzero, stale)
+            r = kvm_page(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging)
             i += 1
-            if r < 0:
-                out[2] += 1
-                continue
-            if logging:
+            if r >= 0:
                 w = r >> 6
                 b = np.uint64(1) << np.uint64(r & 63)
                 if protected[w] & b:
@@ -468,19 +480,22 @@ def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
 
 
 @inline
-def backend_write(g, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging):
-    """A vhost backend writes guest page ``g`` (DMA), then ``vu_log_page`` (atomic OR). False: not in the table."""
-    s = slot_of(g, slot_gpa, slot_pages)
-    if s == slot_gpa.shape[0]:
+def backend_write(g, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging):
+    """A vhost backend writes guest page ``g`` (DMA), then ``vu_log_page`` (atomic OR). False: not in its table.
+
+    The backend reaches only what its memory table maps; the oracle learns the
+    page from its own map (``guest_write``). The log is indexed by guest page.
+    """
+    if slot_of(g, tbl_gpa, tbl_pages) == tbl_gpa.shape[0]:
         return False
-    oracle_write(g - slot_gpa[s] + slot_ram[s], nonzero, stale)
+    guest_write(g, gmap, nonzero, stale)
     if logging:
         log[g >> 6] |= np.uint64(1) << np.uint64(g & 63)
     return True
 
 
 @jit
-def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging):
+def backend_writes(gpa_pages, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging):
     """A vhost backend writes guest memory (``backend_write`` per page).
 
     The log is indexed by guest-physical page (``VHOST_LOG_PAGE`` = 4 KiB per
@@ -489,7 +504,7 @@ def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, nonzero, stale, lo
     """
     logged = 0
     for i in range(gpa_pages.shape[0]):
-        logged += backend_write(gpa_pages[i], slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
+        logged += backend_write(gpa_pages[i], tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging)
     return logged
 
 
@@ -531,8 +546,8 @@ ST_DONE, ST_RESUME, ST_VCPU, ST_UNASSIGNED, ST_ROUT = 0, 1, 2, 3, 4
 
 
 @jit
-def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, slot_gpa, slot_pages, slot_ram, slot_logging,
-              target, nonzero, stale, ring, rings, dirty_index, reset_index, soft_limit):
+def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
+              slot_logging, target, nonzero, stale, ring, rings, dirty_index, reset_index, soft_limit):
     """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
 
     Per quantum, as the guest runs it: each vCPU first serves the run time it
@@ -584,8 +599,8 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, slot_gpa
             state[ST_RESUME] = -1
         if ring:
             rout[2] = 0
-            exited = apply_writes_ring(buf, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, target,
-                                       nonzero, stale, rings, dirty_index, reset_index, soft_limit, qf, rout)
+            exited = apply_writes_ring(buf, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
+                                       target, nonzero, stale, rings, dirty_index, reset_index, soft_limit, qf, rout)
             state[ST_UNASSIGNED] += rout[2]
             if exited:
                 state[ST_DONE] = done
@@ -593,8 +608,8 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, slot_gpa
                 state[ST_VCPU] = rout[0]
                 return RUN_RING_FULL
         else:
-            state[ST_UNASSIGNED] += apply_writes(buf, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, target,
-                                                 nonzero, stale, qf)
+            state[ST_UNASSIGNED] += apply_writes(buf, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
+                                                 target, nonzero, stale, qf)
         for v in range(nv):
             vi[VI_WRITES, v] += qn[v]
             vi[VI_FAULTS, v] += qf[v]
@@ -606,8 +621,8 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, slot_gpa
 
 
 @jit
-def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_pages, used_first, queues, slot_gpa,
-                slot_pages, slot_ram, nonzero, stale, log, logging):
+def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_pages, used_first, queues, tbl_gpa,
+                tbl_pages, gmap, nonzero, stale, log, logging):
     """Advance one vhost backend by ``nq`` quanta: each quantum's units (packets, read requests), then its used rings.
 
     A quantum carries ``rate_q`` byte-nanoseconds; every ``unit_div`` of them is one
@@ -625,10 +640,10 @@ def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_
         for j in range(n):
             base = buf_first + ((cursor[0] + j) % buf_slots) * unit_pages
             for k in range(unit_pages):
-                written += backend_write(base + k, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
+                written += backend_write(base + k, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging)
         cursor[0] = (cursor[0] + n) % buf_slots
         for j in range(min(queues, n)):
-            written += backend_write(used_first + j, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging)
+            written += backend_write(used_first + j, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging)
     return written
 
 
@@ -643,7 +658,7 @@ MAX_WAIT_MS = 50  # ram_save_iterate
 @jit
 def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
                    breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, hot_share, ubuf, buf, state,
-                   slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale):
+                   gmap, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale):
     """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
 
     Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
@@ -718,8 +733,8 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
                 status = IT_PENDING
                 break
             if nq:
-                run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, slot_gpa, slot_pages, slot_ram,
-                          slot_logging, target, nonzero, stale, False, vi[:1, :1], vi[0, :1], vi[0, :1], 0)
+                run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, slot_gpa, slot_pages,
+                          slot_ram, slot_logging, target, nonzero, stale, False, vi[:1, :1], vi[0, :1], vi[0, :1], 0)
                 g_next += nq * quantum
         r[REC_END] = t_end
         nrec += 1

@@ -58,18 +58,27 @@ def clear_by_mask(kvm, mask, w0, w1):
     return n
 
 
-def apply_writes(gpa_pages, seg_end, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale, faults):
+def _oracle_write(g, gmap, nz, st) -> bool:
+    o = _slot_of(g, gmap[0], gmap[1])
+    if o is None:
+        return False
+    r = g - gmap[0][o] + gmap[2][o]
+    nz[r] = st[r] = True
+    return True
+
+
+def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale,
+                 faults):
     k, nz, st = bits(kvm_dirty), bits(nonzero), bits(stale)
     unassigned = 0
     start = 0
     for v, stop in enumerate(seg_end):
         for g in gpa_pages[start:stop]:
+            unassigned += not _oracle_write(g, gmap, nz, st)
             s = _slot_of(g, slot_gpa, slot_pages)
             if s is None:
-                unassigned += 1
                 continue
             r = g - slot_gpa[s] + slot_ram[s]
-            nz[r] = st[r] = True
             if slot_logging[s] and not k[r]:
                 k[r] = True
                 faults[v] += 1
@@ -158,8 +167,8 @@ def _slot_of(g, slot_gpa, slot_pages):
     return hits[0] if hits else None
 
 
-def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero,
-                      stale, rings, dirty_index, reset_index, soft_limit, faults, out):
+def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected,
+                      nonzero, stale, rings, dirty_index, reset_index, soft_limit, faults, out):
     prot, nz, st = bits(protected), bits(nonzero), bits(stale)
 
     def store():
@@ -173,12 +182,11 @@ def apply_writes_ring(gpa_pages, seg_end, start, slot_gpa, slot_pages, slot_ram,
                 store()
                 out[0], out[1] = v, i
                 return 1
+            out[2] += not _oracle_write(gpa_pages[i], gmap, nz, st)
             s = _slot_of(gpa_pages[i], slot_gpa, slot_pages)
             if s is None:
-                out[2] += 1
                 continue
             r = gpa_pages[i] - slot_gpa[s] + slot_ram[s]
-            nz[r] = st[r] = True
             if slot_logging[s] and prot[r]:
                 prot[r] = False
                 rings[v, dirty_index[v] % n] = r
@@ -217,15 +225,13 @@ def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
     out_bmap[:] = words(o)
 
 
-def backend_writes(gpa_pages, slot_gpa, slot_pages, slot_ram, nonzero, stale, log, logging):
+def backend_writes(gpa_pages, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging):
     lg, nz, st = bits(log), bits(nonzero), bits(stale)
     logged = 0
     for g in gpa_pages:
-        s = _slot_of(g, slot_gpa, slot_pages)
-        if s is None:
+        if _slot_of(g, tbl_gpa, tbl_pages) is None:
             continue
-        r = g - slot_gpa[s] + slot_ram[s]
-        nz[r] = st[r] = True
+        _oracle_write(g, gmap, nz, st)
         lg[g] |= bool(logging)
         logged += 1
     log[:], nonzero[:], stale[:] = words(lg), words(nz), words(st)

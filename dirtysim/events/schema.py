@@ -204,12 +204,13 @@ class VcpusStopped(Event, tag="vcpus-stopped"):
     """``migration_stop_vm``: downtime starts."""
 
 
-class OracleCheck(Event, tag="oracle-check"):
+class OracleCheck(Event, tag="oracle-check", omit_defaults=True):
     """Destination against the source page oracle."""
 
     at: str  # switchover | timeout | after a deliberately wrong step (clear-all, send-before-clear, vhost-zero)
     stale_pages: int
     lost_pages: int
+    unassigned_writes: int = 0  # guest writes so far that hit no RAM in the oracle's map (MMIO, ROM, nothing)
 
 
 class RunFinished(Event, tag="run-finished"):

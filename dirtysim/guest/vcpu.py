@@ -73,9 +73,11 @@ class Guest(LazyActor):
     """All vCPUs of the VM, their workloads, RNG streams and per-sync counters (one int64 table, ``vi``)."""
 
     def __init__(self, workloads: list[Workload], rngs: list[np.random.Generator], rates: list[int], writer,
-                 quantum_ns: int, fault_ns: int, recorder):
-        """``writer`` applies writes (``KvmDirtyLog`` or ``TcgDirtyMemory``): it gives the kernel its target arrays."""
+                 guest_map, quantum_ns: int, fault_ns: int, recorder):
+        """``writer`` tracks writes (``KvmDirtyLog`` or ``TcgDirtyMemory``: memslots and the target bitmap);
+        ``guest_map`` (``oracle.GuestMap``) tells the page oracle which RAM page a write changes."""
         self.quantum_ns, self.fault_ns, self.writer, self.recorder = quantum_ns, fault_ns, writer, recorder
+        self.guest_map = guest_map
         self.rngs = rngs
         self.vi = vi = np.zeros((K.VI_ROWS, len(workloads)), dtype=np.int64)
         vi[K.VI_RATE] = rates
@@ -103,13 +105,17 @@ class Guest(LazyActor):
         """Writes to guest-physical pages that no memslot maps (counted, not performed)."""
         return int(self.state[K.ST_UNASSIGNED])
 
-    def kernel_args(self) -> tuple:
-        """The arguments of ``kernels.run_vcpus`` after ``nq``: this guest's arrays and where its writes go."""
+    def write_args(self) -> tuple:
+        """``kernels.run_vcpus``' arguments after ``nq`` up to ``stale``: the guest's arrays, where writes go."""
         w = self.writer
-        ring = w.ring
-        rings = (w.rings, w.dirty_index, w.reset_index, w.soft_limit) if ring else _NO_RING
         return (self.quantum_ns, self.fault_ns, self.vi, self.hot_share, self.ubuf, self.buf, self.state,
-                *w.write_args(), w.ram_list.nonzero, w.ram_list.stale, ring, *rings)
+                self.guest_map.table, *w.write_args(), w.ram_list.nonzero, w.ram_list.stale)
+
+    def kernel_args(self) -> tuple:
+        """All of ``kernels.run_vcpus``' arguments after ``nq`` (``write_args`` and the dirty rings)."""
+        w = self.writer
+        rings = (w.rings, w.dirty_index, w.reset_index, w.soft_limit) if w.ring else _NO_RING
+        return (*self.write_args(), w.ring, *rings)
 
     def run_quanta(self, n: int) -> None:
         args = self.kernel_args()

@@ -24,8 +24,11 @@ NS_PER_S = 10**9
 class VhostUserBackend(LazyActor):
     """One device: ``queues`` used-ring pages, then buffers used round-robin, a quantum at a time."""
 
-    def __init__(self, name: str, spec, offset: int, listener: VhostListener, ram_list: RAMList, quantum_ns: int):
+    def __init__(self, name: str, spec, offset: int, listener: VhostListener, ram_list: RAMList, guest_map,
+                 quantum_ns: int):
+        """``guest_map`` (``oracle.GuestMap``): where the oracle sees the DMA land (the table decides if it does)."""
         self.name, self.listener, self.ram_list, self.quantum_ns = name, listener, ram_list, quantum_ns
+        self.guest_map = guest_map
         self.queues = spec.queues
         rate = spec.rx if isinstance(spec, VhostUserNet) else spec.read  # bytes/s into guest memory
         unit = spec.packet if isinstance(spec, VhostUserNet) else spec.request
@@ -42,6 +45,7 @@ class VhostUserBackend(LazyActor):
         ls, rl = self.listener, self.ram_list
         kernels.run_backend(
             n, self.rate_q, self.unit_div, self.carry, self.cursor, self.buf_slots, self.buf_first, self.unit_pages,
-            self.used_first, self.queues, ls.tbl_gpa, ls.tbl_pages, ls.tbl_ram, rl.nonzero, rl.stale, ls.log.words,
+            self.used_first, self.queues, ls.tbl_gpa, ls.tbl_pages, self.guest_map.table, rl.nonzero, rl.stale,
+            ls.log.words,
             ls.logging)
         self.next_t += n * self.quantum_ns

@@ -4,7 +4,7 @@ coalesced MMIO, region edits and global dirty logging (``system/memory.c``)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..events import schema as ev
 from ..events.log import Recorder
@@ -45,6 +45,7 @@ class MemorySystem:
         self.update_pending = False
         self.ioeventfd_update_pending = False
         self.global_dirty_tracking = 0
+        self.topology_hooks: list[Callable[[], None]] = []  # called after each re-render (the oracle's own map)
 
     # -- address spaces and the dirty-log mask --------------------------------------------------
     def address_space_init(self, root: MemoryRegion, name: str) -> AddressSpace:
@@ -120,6 +121,8 @@ class MemorySystem:
                 self._update_ioeventfds(asp)
             self.update_pending = self.ioeventfd_update_pending = False
             self._call_global("commit")
+            for hook in self.topology_hooks:
+                hook()
         elif self.ioeventfd_update_pending:
             for asp in self.address_spaces:
                 self._update_ioeventfds(asp)

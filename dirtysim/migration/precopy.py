@@ -336,4 +336,5 @@ class PrecopyMigration:
         stale, lost = self.m.oracle()
         if at == "switchover":
             lost = stale  # the guest resumes on the destination now: every stale page is lost
-        self.rec.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)
+        self.rec.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost,
+                      unassigned_writes=self.m.guest.unassigned_writes)

@@ -45,7 +45,7 @@ class FusedSlices:
         status = K.iterate_slices(io, self.rec, int(horizon), t0_ms, mig.link_bytes_per_s, mig.slice_cap(),
                                   mig.counters.rate_limit_start, mig.counters.rate_limit_max, block.bmap,
                                   block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w], block.pages,
-                                  mig.shift, mig.zero_detect, self.sout, *guest.kernel_args()[:14])
+                                  mig.shift, mig.zero_detect, self.sout, *guest.write_args())
         now = int(io[K.IO_NOW])
         if now > env.now:  # first the clock (the guest is up to date: a plain SimPy wait), then the past's events
             yield env.timeout(now - env.now)

@@ -51,6 +51,7 @@ class _Fold:
     pages_per_second: float = 0.0
     expected_downtime: int = 300
     lost_pages: int | None = None
+    unassigned_writes: int = 0  # guest writes that hit no RAM (reported with the final oracle check)
     stale_pages: int | None = None
     first_lost_ns: int | None = None
     first_lost_at: str | None = None
@@ -147,6 +148,7 @@ class _Fold:
 
     def _oracle(self, e: ev.OracleCheck) -> None:
         self.lost_pages, self.stale_pages = e.lost_pages, e.stale_pages
+        self.unassigned_writes = max(self.unassigned_writes, e.unassigned_writes)
         if e.lost_pages and self.first_lost_ns is None:
             self.first_lost_ns, self.first_lost_at = e.t_ns, e.at
 
@@ -273,6 +275,7 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "stop-reason": f.stop_reason,
         "lost-pages": f.lost_pages,
         "stale-pages": f.stale_pages,
+        "unassigned-writes": f.unassigned_writes,
         "first-lost-ms": (f.first_lost_ns - start) // NS_PER_MS if f.first_lost_ns is not None else None,
         "first-lost-at": f.first_lost_at,
         "seed": f.seed,
