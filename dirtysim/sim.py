@@ -11,6 +11,7 @@ with an explicit stop reason (completed, timeout, error, interrupted).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -49,8 +50,27 @@ class Result:
         return self.sim_time_ns / 1e9 / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
 
-def warm_up_kernels() -> float:
-    """Compile (or load from cache) every kernel on tiny inputs; returns the seconds it took."""
+COMPILE_NOTICE_S = 1.0  # loading every kernel from numba's cache takes about 0.3 s; compiling them about 15 s
+
+
+def warm_up_kernels(notice: bool = False) -> float:
+    """Compile (or load from cache) every kernel on tiny inputs; returns the seconds it took.
+
+    ``notice``: say on stderr that the kernels are being compiled if it takes
+    longer than a cache load would (the first run after an install), once.
+    """
+    timer = threading.Timer(COMPILE_NOTICE_S, lambda: print(
+        "dirtysim: compiling the numba kernels (once after install; later runs load them from the cache)...",
+        file=sys.stderr, flush=True))
+    if notice:
+        timer.start()
+    try:
+        return _warm_up()
+    finally:
+        timer.cancel()
+
+
+def _warm_up() -> float:
     t0 = time.perf_counter()
     w = np.zeros(2, dtype=np.uint64)
     i64 = np.zeros(1, dtype=np.int64)
@@ -93,7 +113,7 @@ def warm_up_kernels() -> float:
 def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
     """Simulate one migration. Never raises for simulation errors: they land in ``Result.error``."""
     result = Result(scenario)
-    result.compile_time_s = warm_up_kernels()
+    result.compile_time_s = warm_up_kernels(notice=sys.stderr.isatty() if progress is None else progress)
     env = simpy.Environment()
     recorder = Recorder(lambda: env.now)
     result.events = recorder.events
