@@ -4,7 +4,10 @@ Kernels take only arrays and scalars (no objects, no global state) and are
 compiled with one decorator (``cache=True``). Bitmaps are little-endian uint64
 words: page ``p`` is bit ``p & 63`` of word ``p >> 6``, the layout of QEMU's
 ``unsigned long`` bitmaps and of the KVM/vhost logs on 64-bit hosts. Every
-kernel has a slow, obviously correct twin in ``reference.py``.
+page-level kernel has a slow, obviously correct twin in ``reference.py``; the
+engine loops built from them (``run_vcpus``, ``run_backend``,
+``iterate_slices``) are checked against the plain Python paths they replace
+(``tests/test_engine.py``) and by the golden event logs.
 """
 
 from __future__ import annotations
