@@ -25,7 +25,8 @@ from .dirty import kernels
 from .dirty.ramlist import RAMBlock, RAMList
 from .events import schema as ev
 from .events.log import Recorder
-from .guest.vcpu import Guest, LazyActor
+from .guest.lazy import LazyActor
+from .guest.vcpu import Guest
 from .guest.vhost_backend import VhostUserBackend
 from .guest.workload import make_workload
 from .memory.address_space import MemorySystem

@@ -7,7 +7,7 @@ time it holds vCPUs out), then writes pages at its rate. A vCPU that faults a
 lot writes less: the fault cost is what ``dirty_log_perf_test`` measures as
 "dirty memory time".
 
-The guest is a *lazy actor* (``LazyActor``): nothing happens per quantum in
+The guest is a lazy actor (``guest.lazy``): nothing happens per quantum in
 Python or SimPy. Whoever acts next (the migration thread, the reaper, a timeline
 action) first brings the guest up to its own simulated time, and
 ``run_vcpus`` applies all the quanta in between. Each vCPU draws its variates
@@ -17,56 +17,19 @@ the sequence of one-by-one draws, so results do not depend on the batching.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from typing import Callable, Optional
 
 import numpy as np
 
 from ..dirty import kernels as K
 from ..scenario.schema import PAGE_SIZE
+from .lazy import LazyActor
 from .workload import Workload
 
 NS_PER_S = 10**9
 MIN_BLOCK = 8192  # variates drawn per vCPU at a time, at least
 STAT_ROWS = {"writes": K.VI_WRITES, "faults": K.VI_FAULTS, "fault_ns": K.VI_FAULT_NS,
              "ring_full_exits": K.VI_RING_FULL_EXITS, "ring_full_ns": K.VI_RING_FULL_NS, "inhibit_ns": K.VI_INHIBIT_NS}
-
-
-class LazyActor(ABC):
-    """An actor that acts once per quantum from time 0, applied only when someone needs its effects.
-
-    ``next_t`` is the start of its next quantum. SimPy would order a quantum
-    that starts exactly when another process wakes by scheduling order: the
-    quantum goes first iff its event was already scheduled when that process
-    went to sleep, i.e. iff ``next_t`` then equalled the wake-up time
-    (``Machine.sleep`` takes that snapshot).
-    """
-
-    quantum_ns: int
-    next_t: int = 0
-    started: bool = False  # by Machine.start (tests may drive a machine that never starts)
-    running: bool = True  # the VM runs (until vm_stop)
-
-    def start(self) -> None:
-        """Begin at time 0 with the first quantum (SimPy runs a new process before anything scheduled later)."""
-        self.started = True
-        self.advance(0, True)
-
-    def stop(self) -> None:
-        """The VM stops (``vm_stop``): no further quanta."""
-        self.running = False
-
-    def advance(self, until: int, include: bool) -> None:
-        """Apply every quantum starting before ``until`` (and at ``until`` if ``include``)."""
-        if not (self.started and self.running):
-            return
-        last = until if include else until - 1
-        if self.next_t <= last:
-            self.run_quanta((last - self.next_t) // self.quantum_ns + 1)
-
-    @abstractmethod
-    def run_quanta(self, n: int) -> None:
-        """Apply the next ``n`` quanta (``next_t`` advances by ``n`` quanta)."""
 
 
 class Guest(LazyActor):

@@ -16,7 +16,7 @@ from ..accel.vhost import VhostListener
 from ..dirty import kernels
 from ..dirty.ramlist import RAMList
 from ..scenario.schema import PAGE_SIZE, VhostUserNet
-from .vcpu import LazyActor
+from .lazy import LazyActor
 
 NS_PER_S = 10**9
 
