@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench golden clean
+.PHONY: demo test bench golden mutation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,11 @@ bench: $(STAMP)
 golden: $(STAMP)
 	$(PY) tests/golden/golden.py
 
+# Mutation run of the Python decision rules (not in CI: tens of minutes); see benchmarks/mutation/.
+mutation: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,mutation]'
+	rm -rf mutants
+	nice $(VENV)/bin/mutmut run --max-children 2
+
 clean:
-	rm -rf out .pytest_cache .hypothesis
+	rm -rf mutants out .pytest_cache .hypothesis

@@ -16,6 +16,7 @@ def _plots(cell) -> bool:
     return cell.cell_type == "code" and "_figure(" in cell.source
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_and_shows_its_figures(path):
     nb = nbformat.read(path, as_version=4)
