@@ -1,4 +1,4 @@
-"""The closed-form precopy model (reference/anchors.md C.1) with QEMU's decision rule.
+"""The closed-form precopy model (Liu et al., HPDC 2011, doi:10.1145/1996130.1996154) with QEMU's decision rule.
 
 A uniform random writer making ``r`` page writes per second over ``N`` pages
 dirties ``N (1 - exp(-r T / N))`` distinct pages in ``T`` seconds. Precopy sends

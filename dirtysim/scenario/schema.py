@@ -1,7 +1,7 @@
 """The scenario schema: what a scenario file may say, with QEMU's defaults.
 
 Every key that mirrors a QEMU parameter carries QEMU's default
-(``migration/options.c``; see ``reference/qemu-dirty-tracking.md`` §11). Keys
+(``migration/options.c``, ``qapi/migration.json``). Keys
 that model hardware (costs, network) cite the public measurement they come from.
 Unknown keys are rejected (``extra="forbid"``) so a typo never becomes a silent
 default.
@@ -301,12 +301,13 @@ class DirtyTracking(_Model):
 
 
 class Costs(_Model):
-    """Time costs of the tracking machinery (hardware-dependent; reference §15).
+    """Time costs of the tracking machinery (hardware-dependent: each default cites its source).
 
-    Defaults from ``reference/anchors.md`` C.6 (dirty_log_perf_test, 96 GiB, TDP MMU):
+    Defaults from KVM's ``dirty_log_perf_test`` (tools/testing/selftests/kvm; 96 vCPUs x 1 GiB,
+    TDP MMU, as posted with "KVM: x86/mmu: Optimize disabling dirty logging", 2021-11-10):
     GET 0.66 ms / 96 GiB ≈ 7 us per GiB; CLEAR 1.83 s / 25.2 M re-protected pages
     ≈ 73 ns per page. The write fault default (2 us) is a modelling assumption for
-    a fast-path write-protect fault on an already-split 4 KiB mapping; C.6's 14 us
+    a fast-path write-protect fault on an already-split 4 KiB mapping; the test's 14 us
     per first write includes 1 GiB hugepage splitting and is an upper bound. No
     public measurement of dirty-ring costs was found: the ring-full exit (10 us)
     and reap (50 ns per entry) are assumptions; reset re-protects like CLEAR.
@@ -316,7 +317,7 @@ class Costs(_Model):
     get_dirty_log_per_gib: Duration = Field(7_000, description="KVM_GET_DIRTY_LOG time per GiB of memslot")
     clear_dirty_log_per_page: Duration = Field(73, description="KVM_CLEAR_DIRTY_LOG time per re-protected page")
     bitmap_sync_per_gib: Duration = Field(
-        2_000, description="migration_bitmap_sync L2->L3 exchange per GiB (perf-limits.md: 1.9 ms per TiB)"
+        2_000, description="migration_bitmap_sync L2->L3 exchange per GiB (measured: 1.9 ms per TiB with the numba sync kernel, benchmarks/)"
     )
     ring_full_exit: Duration = Field(10_000, description="KVM_EXIT_DIRTY_RING_FULL round trip to userspace [assumption]")
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
