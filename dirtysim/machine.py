@@ -270,15 +270,20 @@ class Machine:
             actor.stop()
 
     # -- the oracle ----------------------------------------------------------------------------------------
-    def oracle(self) -> tuple[int, int]:
-        """(stale pages, stale pages that no dirty layer remembers): L2, every bmap, and what listeners hold."""
+    def oracle(self, layers: bool = True) -> tuple[int, int]:
+        """(stale pages, stale pages that no dirty layer remembers).
+
+        The layers are L2, every bmap and what listeners hold; ``layers=False``
+        counts only what bmap holds (the pages the migration will still send).
+        """
         rl = self.ram_list
         words = rl.dirty_memory.shape[0]
-        tracked = rl.dirty_memory.copy()  # one word array for the union: no stack of layers at 1 TiB
+        # one word array for the union: no stack of layers at 1 TiB
+        tracked = rl.dirty_memory.copy() if layers else np.zeros_like(rl.dirty_memory)
         for block in rl.blocks:
             if block.bmap is not None:
                 tracked[block.words] |= block.bmap
-        for layer in (x for t in self.trackers for x in t.pending_dirty()):
+        for layer in (x for t in self.trackers for x in t.pending_dirty()) if layers else ():
             n = min(words, layer.shape[0])
             kernels.or_into(tracked, layer, 0, n)
         stale, lost = kernels.count_stale(rl.stale, tracked[None, :], 0, words)

@@ -8,7 +8,8 @@ or changing header fields never changes a run's fingerprint.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import msgspec
 
@@ -38,12 +39,23 @@ class Recorder:
         self._clock = clock
         self.events: list[Event] = []
         self.time_override: int | None = None
+        self._muted = False
 
     def emit(self, cls: type[Event], **payload) -> Event:
         t = self._clock() if self.time_override is None else self.time_override
         event = cls(seq=len(self.events), t_ns=int(t), **payload)
-        self.events.append(event)
+        if not self._muted:
+            self.events.append(event)
         return event
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Drop events inside the block: the oracle's look-ahead is not part of the run."""
+        self._muted = True
+        try:
+            yield
+        finally:
+            self._muted = False
 
 
 def encode_lines(events: list[Event]) -> bytes:

@@ -24,6 +24,10 @@ NS_PER_MS = 10**6
 UNLIMITED = 1 << 62
 
 
+class MigrationTimeout(Exception):
+    """``migration.timeout`` fell inside a wait: the thread is cancelled at the deadline itself."""
+
+
 class RAMState:
     """``RAMState``: scan position and dirty-page bookkeeping of the RAM migration."""
 
@@ -54,6 +58,7 @@ class PrecopyMigration:
         self.dirty_pages_rate = 0
         self.dirty_bytes_last_sync = 0
         self.stop_reason: str | None = None
+        self.deadline_ns: int | None = None  # start + migration.timeout, once the thread starts
         self.rs: RAMState | None = None
         machine.block_listeners.append(self.ram_block_changed)
         self._out = np.zeros(6, dtype=np.int64)
@@ -66,6 +71,16 @@ class PrecopyMigration:
         return self.env.now // NS_PER_MS
 
     def _wait(self, ns: int):
+        """Sleep ``ns``, or until the deadline and raise ``MigrationTimeout`` if it falls inside.
+
+        guestperf cancels at ``max_time`` whatever the thread is doing (a slow link
+        must not carry the run past its timeout). A fused send call is not cut: it
+        ends within one ``ram_save_iterate`` window, so it overshoots by at most that.
+        """
+        if self.deadline_ns is not None and self.env.now + ns > self.deadline_ns:
+            if self.deadline_ns > self.env.now:
+                yield from self.m.sleep(self.deadline_ns - self.env.now)
+            raise MigrationTimeout
         if ns > 0:
             yield from self.m.sleep(ns)
 
@@ -76,15 +91,20 @@ class PrecopyMigration:
     def run(self):
         """``migration_thread``: setup, then iterate / rate-limit until completion or timeout."""
         yield from self._wait(self.sc.migration.start_at - self.env.now)
-        start_ns = self.env.now
+        self.deadline_ns = self.env.now + self.sc.migration.timeout
+        try:
+            yield from self._migrate()
+        except MigrationTimeout:
+            self.cancel()
+
+    def _migrate(self):
         self._status("setup")
         self.counters.update_iteration_initial_status(self.now_ms(), self.transferred, self.pages_sent)
         yield from self.ram_save_setup()
         self._status("active")
         while True:
-            if self.env.now - start_ns >= self.sc.migration.timeout:
-                self.cancel()
-                return
+            if self.env.now >= self.deadline_ns:
+                raise MigrationTimeout
             if not self.counters.rate_exceeded(self.transferred):
                 if (yield from self.iteration_run()):
                     return
@@ -163,12 +183,7 @@ class PrecopyMigration:
         self.dirty_sync_count += 1
         if rs.time_last_bitmap_sync is None:
             rs.time_last_bitmap_sync = self.now_ms()
-        mem.memory_global_dirty_log_sync(last_stage)
-        new = 0
-        l2 = self.m.ram_list.dirty_memory
-        for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
-            new += int(kernels.sync_xchg(l2[block.words], block.bmap, 0, block.bmap.shape[0]))
-            block.clear_bmap[:] = 1  # lazy clear: every chunk must be cleared before its next send
+        new = self._sync_into_bmap(last_stage)
         rs.migration_dirty_pages += new
         rs.num_dirty_pages_period += new
         self.dirty_bytes_last_sync = rs.migration_dirty_pages * PAGE_SIZE
@@ -188,6 +203,16 @@ class PrecopyMigration:
                       pending_before=pending_before, threshold_size=self.counters.threshold_size,
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
                       period_closed=period_closed, dirty_pages_rate=self.dirty_pages_rate, cost_ns=cost)
+
+    def _sync_into_bmap(self, last_stage: bool) -> int:
+        """The data path of ``migration_bitmap_sync``: every listener into L2, L2 into bmap; new dirty pages."""
+        self.m.memory.memory_global_dirty_log_sync(last_stage)
+        new = 0
+        l2 = self.m.ram_list.dirty_memory
+        for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
+            new += int(kernels.sync_xchg(l2[block.words], block.bmap, 0, block.bmap.shape[0]))
+            block.clear_bmap[:] = 1  # lazy clear: every chunk must be cleared before its next send
+        return new
 
     # -- sending -------------------------------------------------------------------------------------
     def ram_save_iterate(self):
@@ -332,8 +357,22 @@ class PrecopyMigration:
         self.stop_reason = "timeout"
 
     def check_oracle(self, at: str) -> None:
-        """Destination vs source: stale pages, and those no dirty layer remembers (lost)."""
-        stale, lost = self.m.oracle()
+        """Destination vs source: stale pages, and those the migration would never send again (lost).
+
+        At the switchover every stale page is lost: the guest resumes on the
+        destination. At a timeout the migration stops mid-way, so the oracle asks
+        what it would still send: it runs the data path of one more sync
+        (listeners -> L2 -> bmap, the real code, with the recorder muted) and
+        counts stale pages left outside bmap. Reading the dirty layers instead
+        would let a bit that sits in a layer but never reaches bmap (a stuck
+        word, a listener that never harvests) pass for remembered.
+        """
+        if at == "timeout" and self.rs is not None:
+            with self.rec.muted():
+                self._sync_into_bmap(last_stage=True)
+            stale, lost = self.m.oracle(layers=False)
+        else:
+            stale, lost = self.m.oracle()
         if at == "switchover":
             lost = stale  # the guest resumes on the destination now: every stale page is lost
         self.rec.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost,
