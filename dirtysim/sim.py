@@ -84,27 +84,28 @@ def _warm_up() -> float:
     kernels.find_next_bit(w, 0, 128)
     slots = (i64, one * 128, i64, np.ones(1, dtype=np.bool_))
     gmap = np.array([[0], [128], [0]], dtype=np.int64)
-    kernels.apply_writes(i64, one, gmap, *slots, w, w.copy(), w.copy(), i64.copy())
+    win = np.zeros((2, 2), dtype=np.uint64)
+    kernels.apply_writes(i64, one, gmap, *slots, w, w.copy(), w.copy(), win, i64.copy())
     u8, out6 = np.zeros(1, dtype=np.uint8), np.zeros(6, dtype=np.int64)
     kernels.send_pages(w, u8, w.copy(), w.copy(), w.copy(), 0, 128, 1 << 40, 1 << 40, 18, True, True, 0, out6)
     kernels.count_stale(w, np.stack([w]), 0, 2)
     f = np.zeros(1)
     kernels.map_writes(f, one, i64, i64 + 128, i64, i64, f, i64.copy())
     rings, idx = np.zeros((1, 4), dtype=np.int64), np.zeros(1, dtype=np.int64)
-    kernels.apply_writes_ring(i64, one, 0, gmap, *slots, w, w.copy(), w.copy(), rings, idx, idx.copy(), 2,
+    kernels.apply_writes_ring(i64, one, 0, gmap, *slots, w, w.copy(), w.copy(), win, rings, idx, idx.copy(), 2,
                               idx.copy(), np.zeros(3, dtype=np.int64))
     kernels.reap_rings(rings, idx, idx.copy(), w, w.copy(), idx.copy())
     kernels.mark_ring_entries(rings, idx, idx.copy(), w)
-    kernels.backend_writes(i64, i64, i64 + 128, gmap, w, w.copy(), w.copy(), True)
+    kernels.backend_writes(i64, i64, i64 + 128, gmap, w, w.copy(), win, w.copy(), True)
     kernels.harvest_log(w, w.copy(), 0, 2, 0, True, w.copy())
     vi = np.zeros((kernels.VI_ROWS, 1), dtype=np.int64)
     vi[kernels.VI_PAGES] = 128
-    guest = (10**6, 0, vi, f, np.zeros((1, 2)), i64.copy(), np.array([0, -1, 0, 0, 0, 0, 0]), gmap, *slots, w,
-             w.copy(), w.copy())
+    guest = (10**6, 0, vi, f, f.copy(), np.zeros((1, 2)), i64.copy(), np.array([0, -1, 0, 0, 0, 0, 0]), gmap, *slots,
+             w, w.copy(), w.copy(), win)
     for ring in (False, True):
         kernels.run_vcpus(1, *guest, ring, rings, idx, idx.copy(), 2)
-    kernels.run_backend(1, 1, 1, i64.copy(), i64.copy(), 1, 0, 1, 0, 1, i64, one * 128, gmap, w, w.copy(), w.copy(),
-                        True)
+    kernels.run_backend(1, 1, 1, i64.copy(), i64.copy(), 1, 0, 1, 0, 1, i64, one * 128, gmap, w, w.copy(), win,
+                        w.copy(), True)
     kernels.iterate_slices(np.zeros(7, dtype=np.int64), np.zeros((2, 8), dtype=np.int64), 0, 0, 1, 1, 0, 0, w, u8,
                            w.copy(), w.copy(), w.copy(), 128, 18, True, out6, *guest)
     return time.perf_counter() - t0

@@ -192,11 +192,15 @@ def apply_writes_case(draw):
     # writes: mostly inside slots, some anywhere (possibly unassigned), repeats likely
     inside = st.sampled_from(slots).flatmap(lambda s: st.integers(s[0], s[0] + s[1] - 1))
     writes = draw(st.lists(st.one_of(inside, inside, st.integers(0, gpa_end)), max_size=150))
+    # some writes store identical bytes (encoded ~page, as run_vcpus records them)
+    writes = [~g if same else g for g, same in zip(writes, draw(st.lists(st.booleans(), min_size=len(writes),
+                                                                          max_size=len(writes))))]
     nvcpu = draw(st.integers(1, 4))
     cuts = sorted(draw(st.lists(st.integers(0, len(writes)), min_size=nvcpu - 1, max_size=nvcpu - 1)))
     seg_end = np.array(cuts + [len(writes)], dtype=np.int64)
     kvm_dirty = draw(words_of(n))
     nonzero, stale = draw(words_of(n)), draw(words_of(n))
+    win = np.stack([draw(words_of(n)), draw(words_of(n))]) if draw(st.booleans()) else np.zeros((2, 0), dtype=U64)
     faults = np.array(draw(st.lists(st.integers(0, 5), min_size=nvcpu, max_size=nvcpu)), dtype=np.int64)
     # the oracle's own map of guest RAM: the same runs as the memslots (a correct map), or a shifted copy
     shift = draw(st.sampled_from([0, 0, 1, 7]))
@@ -213,6 +217,7 @@ def apply_writes_case(draw):
         kvm_dirty,
         nonzero,
         stale,
+        win,
         faults,
     )
 
@@ -236,15 +241,43 @@ def test_apply_writes_example():
     nonzero, stale = wa([5]), wa([])
     faults = np.zeros(2, dtype=np.int64)
     gmap = np.stack([slot_gpa, slot_pages, slot_ram])
-    args = (gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm, nonzero, stale, faults)
+    closed = np.zeros((2, 0), dtype=U64)
+    args = (gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm, nonzero, stale, closed, faults)
     k_ret, k_args, r_ret, r_args = run_both(K.apply_writes, R.apply_writes, *args)
-    k_kvm, k_nonzero, k_stale, k_faults = k_args[7:]
+    k_kvm, k_nonzero, k_stale, _, k_faults = k_args[7:]
     assert int(k_ret) == 1
     assert pages_of(k_kvm) == {0, 1, 2}  # no KVM bit for the non-logging slot
     assert pages_of(k_nonzero) == {0, 1, 2, 5, 64}  # every written RAM page holds data now
     assert pages_of(k_stale) == {0, 1, 2, 64}  # and the destination's copy of it is out of date
     assert k_faults.tolist() == [2, 0]  # first write to a protected page faults, the rest do not
     assert_same(k_ret, k_args, r_ret, r_args)
+
+
+def test_a_write_of_identical_bytes_is_logged_but_changes_no_content():
+    """KVM cannot tell identical bytes from new ones (the bit is set, the fault taken); the page's content,
+    and so the destination's copy, stays as it was. The open window records the write, not a change."""
+    slot = (np.array([0], dtype=np.int64), np.array([64], dtype=np.int64), np.array([0], dtype=np.int64),
+            np.array([True]))
+    gmap = np.stack(slot[:3])
+    nonzero, stale, kvm = wa([]), wa([]), wa([])
+    win = np.zeros((2, 2), dtype=U64)
+    faults = np.zeros(1, dtype=np.int64)
+    writes = np.array([~3, 4, ~4], dtype=np.int64)  # page 3 rewritten with its bytes; page 4 new data, then again
+    k_ret, k_args, r_ret, r_args = run_both(K.apply_writes, R.apply_writes, writes, np.array([3], dtype=np.int64),
+                                            gmap, *slot, kvm, nonzero, stale, win, faults)
+    assert_same(k_ret, k_args, r_ret, r_args)
+    k_kvm, k_nonzero, k_stale, k_win, k_faults = k_args[7:]
+    assert pages_of(k_kvm) == {3, 4} and int(k_faults[0]) == 2
+    assert pages_of(k_nonzero) == pages_of(k_stale) == {4}
+    assert pages_of(k_win[K.WIN_WRITTEN]) == {3, 4} and pages_of(k_win[K.WIN_MODIFIED]) == {4}
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.9])
+def test_rewrites_same_draws_the_share_it_is_given(share):
+    u = np.random.default_rng(7).random(20_000)
+    hits = sum(K.rewrites_same(x, share) for x in u)
+    sd = (len(u) * share * (1 - share)) ** 0.5
+    assert abs(hits - len(u) * share) <= 4 * sd
 
 
 # --------------------------------------------------------------------------- send_pages
@@ -531,7 +564,7 @@ def test_map_writes_matches_reference(case):
 @st.composite
 def ring_case(draw):
     """apply_writes' inputs plus per-vCPU rings (small, possibly partly full) and a resume index."""
-    (writes, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale,
+    (writes, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale, win,
      faults) = draw(apply_writes_case())
     nvcpu = seg_end.shape[0]
     size = draw(st.sampled_from([8, 16, 64]))
@@ -545,7 +578,7 @@ def ring_case(draw):
     start = draw(st.integers(0, len(writes)))
     out = np.zeros(3, dtype=np.int64)
     return (writes, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected, nonzero, stale,
-            rings, dirty, reset, soft_limit, faults, out)
+            win, rings, dirty, reset, soft_limit, faults, out)
 
 
 @SLOW
@@ -553,9 +586,9 @@ def ring_case(draw):
 def test_apply_writes_ring_matches_reference(case):
     k_ret, k_args, r_ret, r_args = run_both(K.apply_writes_ring, R.apply_writes_ring, *case)
     assert_same(k_ret, k_args, r_ret, r_args)
-    dirty, reset, soft_limit = k_args[12], k_args[13], case[14]
+    dirty, reset, soft_limit = k_args[13], k_args[14], case[15]
     if int(k_ret) == 1:  # stopped because a vCPU's ring reached the soft limit, right after its push
-        v = int(k_args[16][0])
+        v = int(k_args[17][0])
         assert dirty[v] - reset[v] == soft_limit
     else:
         assert (dirty - reset < soft_limit).all()
@@ -564,7 +597,7 @@ def test_apply_writes_ring_matches_reference(case):
 @SLOW
 @given(ring_case())
 def test_reap_rings_matches_reference(case):
-    rings, dirty, reset = case[11], case[12], case[13]
+    rings, dirty, reset = case[12], case[13], case[14]
     protected = case[8]
     dirty_bmap = np.zeros_like(protected)
     reaped = np.zeros(rings.shape[0], dtype=np.int64)
@@ -581,9 +614,10 @@ def test_reap_rings_matches_reference(case):
 @SLOW
 @given(apply_writes_case(), st.booleans())
 def test_backend_writes_matches_reference(case, logging):
-    writes, _, gmap, slot_gpa, slot_pages, _, _, _, nonzero, stale, _ = case
+    writes, _, gmap, slot_gpa, slot_pages, _, _, _, nonzero, stale, win, _ = case
+    writes = np.where(writes < 0, ~writes, writes)  # devices write new data
     log = np.zeros(-(-(int(writes.max(initial=0)) + 1) // 64), dtype=U64)
-    check(K.backend_writes, R.backend_writes, writes, slot_gpa, slot_pages, gmap, nonzero, stale, log, logging)
+    check(K.backend_writes, R.backend_writes, writes, slot_gpa, slot_pages, gmap, nonzero, stale, win, log, logging)
 
 
 @FAST

@@ -56,10 +56,9 @@ def _oracle_through_memslots(monkeypatch):
     real = Guest.write_args
 
     def write_args(self):
-        args = list(real(self))
         w = self.writer
-        args[7] = np.stack([w.slot_gpa, w.slot_pages, w.slot_ram])
-        return tuple(args)
+        return tuple(np.stack([w.slot_gpa, w.slot_pages, w.slot_ram]) if a is self.guest_map.table else a
+                     for a in real(self))
 
     monkeypatch.setattr(Guest, "write_args", write_args)
 

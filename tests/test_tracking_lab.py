@@ -85,7 +85,7 @@ def _device_write(machine, pages):
     ls = machine.backends[0].listener
     rl = machine.ram_list
     return kernels.backend_writes(np.asarray(pages, dtype=np.int64), ls.tbl_gpa, ls.tbl_pages,
-                                  machine.guest_map.table, rl.nonzero, rl.stale, ls.log.words, ls.logging)
+                                  machine.guest_map.table, *rl.oracle_args(), ls.log.words, ls.logging)
 
 
 def _l2_pages(machine):

@@ -132,10 +132,10 @@ class KvmDirtyLog:
         if gmap is None:
             gmap = np.stack([self.slot_gpa, self.slot_pages, self.slot_ram])
         if not self.ring:
-            return kernels.apply_writes(gpa_pages, seg_end, gmap, *self.write_args(), rl.nonzero, rl.stale, faults)
+            return kernels.apply_writes(gpa_pages, seg_end, gmap, *self.write_args(), *rl.oracle_args(), faults)
         out, start = self._out, 0
         out[2] = 0
-        while kernels.apply_writes_ring(gpa_pages, seg_end, start, gmap, *self.write_args(), rl.nonzero, rl.stale,
+        while kernels.apply_writes_ring(gpa_pages, seg_end, start, gmap, *self.write_args(), *rl.oracle_args(),
                                         self.rings, self.dirty_index, self.reset_index, self.soft_limit, faults, out):
             start = int(out[1])
             self.on_ring_full(int(out[0]))  # KVM_EXIT_DIRTY_RING_FULL

@@ -29,6 +29,8 @@ NORMAL_PAGE_BYTES = PAGE_HEADER + PAGE_SIZE  # save_normal_page
 
 # send_pages() stop reasons
 SEND_END_OF_BLOCK, SEND_BUDGET, SEND_NEED_CLEAR = 0, 1, 2
+# rows of the oracle's write window (``RAMList.window``): pages written, pages whose content changed
+WIN_WRITTEN, WIN_MODIFIED = 0, 1
 
 
 @intrinsic
@@ -153,16 +155,28 @@ def slot_of(g, slot_gpa, slot_pages):
 
 
 @inline
-def oracle_write(r, nonzero, stale):
-    """The page oracle sees RAM page ``r`` written: it now holds data the destination does not have."""
+def oracle_write(r, nonzero, stale, win, same):
+    """The page oracle sees RAM page ``r`` written.
+
+    A write of new data (``same`` False) leaves data the destination does not
+    have. A write that stores the bytes the page already holds changes nothing
+    the destination could miss: a zero page stays zero, a sent page stays sent.
+    While a write window is open (``win`` has columns) it records both kinds:
+    every page written, and every page whose content changed.
+    """
     w = r >> 6
     b = np.uint64(1) << np.uint64(r & 63)
-    nonzero[w] |= b
-    stale[w] |= b
+    if not same:
+        nonzero[w] |= b
+        stale[w] |= b
+    if win.shape[1]:
+        win[WIN_WRITTEN, w] |= b
+        if not same:
+            win[WIN_MODIFIED, w] |= b
 
 
 @inline
-def guest_write(g, gmap, nonzero, stale):
+def guest_write(g, gmap, nonzero, stale, win, same):
     """The oracle sees guest page ``g`` written, through its own map of the guest. False: no RAM there.
 
     ``gmap`` rows: first guest page, pages, first RAM page of each writable RAM
@@ -171,8 +185,31 @@ def guest_write(g, gmap, nonzero, stale):
     o = slot_of(g, gmap[0], gmap[1])
     if o == gmap.shape[1]:
         return False
-    oracle_write(g - gmap[0, o] + gmap[2, o], nonzero, stale)
+    oracle_write(g - gmap[0, o] + gmap[2, o], nonzero, stale, win, same)
     return True
+
+
+@inline
+def written_page(x):
+    """A write as the guest loop records it: the page, and whether it rewrote identical bytes (stored as ~page)."""
+    if x < 0:
+        return ~x, True
+    return x, False
+
+
+@inline
+def rewrites_same(u, share):
+    """Whether the write drawn from variate ``u`` stores identical bytes: a hash of ``u``'s 53 bits below ``share``.
+
+    The hash (splitmix64's finaliser) makes a second uniform number from the
+    first without drawing from the stream, so a workload with no identical
+    rewrites draws exactly the variates it always did.
+    """
+    z = np.uint64(u * 9007199254740992.0) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0) < share
 
 
 @inline
@@ -186,12 +223,14 @@ def kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging):
 
 @jit
 def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale,
-                 faults):
+                 win, faults):
     """Apply one quantum of guest writes of all vCPUs.
 
     ``gpa_pages[seg_end[v-1]:seg_end[v]]`` are vCPU v's writes (guest-physical
-    page numbers). Each write marks its RAM page written in the oracle
-    (``guest_write``, through the oracle's own map ``gmap``). In a memslot with
+    page numbers; ``~page`` for a write of identical bytes, ``written_page``).
+    Each write marks its RAM page written in the oracle (``guest_write``,
+    through the oracle's own map ``gmap``). KVM cannot tell an identical
+    rewrite from any other write. In a memslot with
     dirty logging, a write to a write-protected page faults:
     ``mark_page_dirty_in_slot`` sets the KVM bit and the page becomes writable.
     In bitmap mode the protection state is exactly "KVM bit clear" (GET/CLEAR
@@ -200,12 +239,13 @@ def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_
     """
     n = seg_end[seg_end.shape[0] - 1] if seg_end.shape[0] else 0
     for i in range(n):  # random pages of a big guest miss the cache: ask for them all first
-        o = slot_of(gpa_pages[i], gmap[0], gmap[1])
+        g, same = written_page(gpa_pages[i])
+        o = slot_of(g, gmap[0], gmap[1])
         if o < gmap.shape[1]:
-            w = (gpa_pages[i] - gmap[0, o] + gmap[2, o]) >> 6
+            w = (g - gmap[0, o] + gmap[2, o]) >> 6
             prefetch_write(nonzero, w)
             prefetch_write(stale, w)
-        r = kvm_page(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging)
+        r = kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging)
         if r >= 0:
             prefetch_write(kvm_dirty, r >> 6)
     unassigned = 0
@@ -214,8 +254,9 @@ def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_
         stop = seg_end[v]
         nfault = 0
         for i in range(start, stop):
-            unassigned += not guest_write(gpa_pages[i], gmap, nonzero, stale)
-            r = kvm_page(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging)
+            g, same = written_page(gpa_pages[i])
+            unassigned += not guest_write(g, gmap, nonzero, stale, win, same)
+            r = kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging)
             if r >= 0:
                 w = r >> 6
                 b = np.uint64(1) << np.uint64(r & 63)
@@ -409,7 +450,7 @@ def clear_all(kvm, mask, w0, w1):
 
 @jit
 def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected,
-                      nonzero, stale, rings, dirty_index, reset_index, soft_limit, faults, out):
+                      nonzero, stale, win, rings, dirty_index, reset_index, soft_limit, faults, out):
     """Guest writes with the KVM dirty ring (``mark_page_dirty_in_slot`` -> ``kvm_dirty_ring_push``).
 
     A write to a write-protected page faults, pushes (the page's RAM index) onto
@@ -429,8 +470,9 @@ def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slo
                 out[0] = v
                 out[1] = i
                 return 1
-            out[2] += not guest_write(gpa_pages[i], gmap, nonzero, stale)
-            r = kvm_page(gpa_pages[i], slot_gpa, slot_pages, slot_ram, slot_logging)
+            g, same = written_page(gpa_pages[i])
+            out[2] += not guest_write(g, gmap, nonzero, stale, win, same)
+            r = kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging)
             i += 1
             if r >= 0:
                 w = r >> 6
@@ -483,7 +525,7 @@ def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
 
 
 @inline
-def backend_write(g, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging):
+def backend_write(g, tbl_gpa, tbl_pages, gmap, nonzero, stale, win, log, logging):
     """A vhost backend writes guest page ``g`` (DMA), then ``vu_log_page`` (atomic OR). False: not in its table.
 
     The backend reaches only what its memory table maps; the oracle learns the
@@ -491,14 +533,14 @@ def backend_write(g, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging):
     """
     if slot_of(g, tbl_gpa, tbl_pages) == tbl_gpa.shape[0]:
         return False
-    guest_write(g, gmap, nonzero, stale)
+    guest_write(g, gmap, nonzero, stale, win, False)  # DMA of packets and blocks: new data
     if logging:
         log[g >> 6] |= np.uint64(1) << np.uint64(g & 63)
     return True
 
 
 @jit
-def backend_writes(gpa_pages, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging):
+def backend_writes(gpa_pages, tbl_gpa, tbl_pages, gmap, nonzero, stale, win, log, logging):
     """A vhost backend writes guest memory (``backend_write`` per page).
 
     The log is indexed by guest-physical page (``VHOST_LOG_PAGE`` = 4 KiB per
@@ -507,7 +549,7 @@ def backend_writes(gpa_pages, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, log
     """
     logged = 0
     for i in range(gpa_pages.shape[0]):
-        logged += backend_write(gpa_pages[i], tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging)
+        logged += backend_write(gpa_pages[i], tbl_gpa, tbl_pages, gmap, nonzero, stale, win, log, logging)
     return logged
 
 
@@ -549,15 +591,16 @@ ST_DONE, ST_RESUME, ST_VCPU, ST_UNASSIGNED, ST_ROUT = 0, 1, 2, 3, 4
 
 
 @jit
-def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
-              slot_logging, target, nonzero, stale, ring, rings, dirty_index, reset_index, soft_limit):
+def run_vcpus(nq, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf, state, gmap, slot_gpa, slot_pages,
+              slot_ram, slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
     """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
 
     Per quantum, as the guest runs it: each vCPU first serves the run time it
     owes (``VI_DEBT``: write-protect faults, ring-full stalls, atomic memslot
     updates), then makes ``rate * run_ns`` bytes of page writes (remainder
     carried, one page per 4 KiB), drawing one variate per write from its own
-    stream ``ubuf[v, upos:ulen]``; the pages (``map_write``) are applied vCPU by
+    stream ``ubuf[v, upos:ulen]``; a ``same_share[v]`` of the writes store
+    identical bytes (``rewrites_same``); the pages (``map_write``) are applied vCPU by
     vCPU through the memslots (``apply_writes`` into ``target``, the KVM bitmap
     or TCG's dirty memory; ``apply_writes_ring`` with the dirty ring, where
     ``target`` is the write-protection map). Each fault costs the vCPU
@@ -590,8 +633,10 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, sl
                 carry[v] = x - n * page_ns
                 qn[v] = n
                 for i in range(n):
-                    buf[total + i] = map_write(ubuf[v, upos[v] + i], vi[VI_FIRST, v], vi[VI_PAGES, v],
-                                               vi[VI_HOT_FIRST, v], vi[VI_HOT_PAGES, v], hot_share[v])
+                    u = ubuf[v, upos[v] + i]
+                    g = map_write(u, vi[VI_FIRST, v], vi[VI_PAGES, v], vi[VI_HOT_FIRST, v], vi[VI_HOT_PAGES, v],
+                                  hot_share[v])
+                    buf[total + i] = ~g if same_share[v] > 0.0 and rewrites_same(u, same_share[v]) else g
                 upos[v] += n
                 total += n
                 seg_end[v] = total
@@ -603,7 +648,8 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, sl
         if ring:
             rout[2] = 0
             exited = apply_writes_ring(buf, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
-                                       target, nonzero, stale, rings, dirty_index, reset_index, soft_limit, qf, rout)
+                                       target, nonzero, stale, win, rings, dirty_index, reset_index, soft_limit, qf,
+                                       rout)
             state[ST_UNASSIGNED] += rout[2]
             if exited:
                 state[ST_DONE] = done
@@ -612,7 +658,7 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, sl
                 return RUN_RING_FULL
         else:
             state[ST_UNASSIGNED] += apply_writes(buf, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
-                                                 target, nonzero, stale, qf)
+                                                 target, nonzero, stale, win, qf)
         for v in range(nv):
             vi[VI_WRITES, v] += qn[v]
             vi[VI_FAULTS, v] += qf[v]
@@ -625,7 +671,7 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, sl
 
 @jit
 def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_pages, used_first, queues, tbl_gpa,
-                tbl_pages, gmap, nonzero, stale, log, logging):
+                tbl_pages, gmap, nonzero, stale, win, log, logging):
     """Advance one vhost backend by ``nq`` quanta: each quantum's units (packets, read requests), then its used rings.
 
     A quantum carries ``rate_q`` byte-nanoseconds; every ``unit_div`` of them is one
@@ -643,10 +689,10 @@ def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_
         for j in range(n):
             base = buf_first + ((cursor[0] + j) % buf_slots) * unit_pages
             for k in range(unit_pages):
-                written += backend_write(base + k, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging)
+                written += backend_write(base + k, tbl_gpa, tbl_pages, gmap, nonzero, stale, win, log, logging)
         cursor[0] = (cursor[0] + n) % buf_slots
         for j in range(min(queues, n)):
-            written += backend_write(used_first + j, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging)
+            written += backend_write(used_first + j, tbl_gpa, tbl_pages, gmap, nonzero, stale, win, log, logging)
     return written
 
 
@@ -660,8 +706,8 @@ MAX_WAIT_MS = 50  # ram_save_iterate
 
 @jit
 def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
-                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, hot_share, ubuf, buf, state,
-                   gmap, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale):
+                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf,
+                   state, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, win):
     """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
 
     Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
@@ -736,8 +782,9 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
                 status = IT_PENDING
                 break
             if nq:
-                run_vcpus(nq, quantum, fault_cost, vi, hot_share, ubuf, buf, state, gmap, slot_gpa, slot_pages,
-                          slot_ram, slot_logging, target, nonzero, stale, False, vi[:1, :1], vi[0, :1], vi[0, :1], 0)
+                run_vcpus(nq, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf, state, gmap, slot_gpa,
+                          slot_pages, slot_ram, slot_logging, target, nonzero, stale, win, False, vi[:1, :1],
+                          vi[0, :1], vi[0, :1], 0)
                 g_next += nq * quantum
         r[REC_END] = t_end
         nrec += 1

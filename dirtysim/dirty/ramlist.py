@@ -1,4 +1,4 @@
-"""RAMBlocks and the dirty-state layers QEMU keeps in userspace (reference §1).
+"""RAMBlocks and the dirty-state layers QEMU keeps in userspace (``include/exec/ramlist.h``, ``system/physmem.c``).
 
 All bitmaps here are indexed by ``ram_addr`` page (QEMU's RAM address space,
 in which every RAMBlock occupies ``[offset, offset + max_length)``):
@@ -13,8 +13,11 @@ The page oracle lives here too, as three bits per page (2 bytes per guest page
 is the memory budget of a whole run): ``nonzero`` (the source page holds data:
 written, or not zero at boot), ``stale`` (the destination's copy is out of date:
 never received, or written since it was last sent) and ``received`` (the
-destination got it at least once, to count re-sent pages). A write sets
-``nonzero`` and ``stale``; a send clears ``stale`` and sets ``received``.
+destination got it at least once, to count re-sent pages). A write of new data
+sets ``nonzero`` and ``stale``; a write of the bytes a page already holds sets
+neither; a send clears ``stale`` and sets ``received``. While a dirty-rate
+measurement runs, a write window adds two bits per page: written, and content
+changed (the ground truth the estimators are judged against).
 """
 
 from __future__ import annotations
@@ -65,6 +68,26 @@ class RAMList:
         self.nonzero = np.zeros(0, dtype=np.uint64)
         self.stale = np.zeros(0, dtype=np.uint64)
         self.received = np.zeros(0, dtype=np.uint64)
+        self.window = _CLOSED
+
+    def oracle_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The arrays every write kernel updates: ``nonzero``, ``stale`` and the write window."""
+        return self.nonzero, self.stale, self.window
+
+    def open_window(self) -> None:
+        """Start recording pages written and pages whose content changed (ground truth for a measurement).
+
+        Two bits per page while open, none otherwise: the window exists only
+        while something measures, so a plain migration pays no memory for it.
+        """
+        if self.window.shape[1]:
+            raise RuntimeError("a write window is already open (one measurement at a time)")
+        self.window = np.zeros((2, self.dirty_memory.shape[0]), dtype=np.uint64)
+
+    def close_window(self) -> np.ndarray:
+        """Stop recording; the window's rows ``kernels.WIN_WRITTEN`` and ``WIN_MODIFIED``."""
+        window, self.window = self.window, _CLOSED
+        return window
 
     def ram_block_add(self, idstr: str, size: int, nonzero: np.ndarray | None = None) -> RAMBlock:
         """``qemu_ram_alloc`` + ``ram_block_add``: new RAM is marked dirty for every client.
@@ -102,11 +125,16 @@ class RAMList:
         self.nonzero = grown(self.nonzero, words)
         self.stale = grown(self.stale, words)
         self.received = grown(self.received, words)
+        if self.window.shape[1]:
+            self.window = np.stack([grown(row, words) for row in self.window])
         self.total_pages = pages
 
     def ram_bytes_total(self) -> int:
         """``ram_bytes_total``: sum of used_length of the (migratable) blocks."""
         return sum(b.used_length for b in self.blocks)
+
+
+_CLOSED = np.zeros((2, 0), dtype=np.uint64)
 
 
 def grown(array: np.ndarray, n: int) -> np.ndarray:

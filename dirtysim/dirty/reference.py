@@ -58,23 +58,48 @@ def clear_by_mask(kvm, mask, w0, w1):
     return n
 
 
-def _oracle_write(g, gmap, nz, st) -> bool:
-    o = _slot_of(g, gmap[0], gmap[1])
-    if o is None:
-        return False
-    r = g - gmap[0][o] + gmap[2][o]
-    nz[r] = st[r] = True
-    return True
+class _Oracle:
+    """The page oracle's bits as bool page arrays: nonzero, stale and (when open) the write window."""
+
+    def __init__(self, nonzero, stale, win):
+        self.arrays = (nonzero, stale, win)
+        self.nz, self.st = bits(nonzero), bits(stale)
+        self.win = [bits(row) for row in win] if win.shape[1] else None
+
+    def write(self, x, gmap) -> bool:
+        """Guest page ``x`` (``~page``: identical bytes) written; False when no RAM is there."""
+        g, same = (~x, True) if x < 0 else (x, False)
+        o = _slot_of(g, gmap[0], gmap[1])
+        if o is None:
+            return False
+        r = g - gmap[0][o] + gmap[2][o]
+        if not same:
+            self.nz[r] = self.st[r] = True
+        if self.win is not None:
+            self.win[0][r] = True
+            self.win[1][r] |= not same
+        return True
+
+    def store(self) -> None:
+        nonzero, stale, win = self.arrays
+        nonzero[:], stale[:] = words(self.nz), words(self.st)
+        if self.win is not None:
+            win[:] = np.stack([words(row) for row in self.win])
+
+
+def _page(x):
+    return ~x if x < 0 else x
 
 
 def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero, stale,
-                 faults):
-    k, nz, st = bits(kvm_dirty), bits(nonzero), bits(stale)
+                 win, faults):
+    k, oracle = bits(kvm_dirty), _Oracle(nonzero, stale, win)
     unassigned = 0
     start = 0
     for v, stop in enumerate(seg_end):
-        for g in gpa_pages[start:stop]:
-            unassigned += not _oracle_write(g, gmap, nz, st)
+        for x in gpa_pages[start:stop]:
+            unassigned += not oracle.write(x, gmap)
+            g = _page(x)
             s = _slot_of(g, slot_gpa, slot_pages)
             if s is None:
                 continue
@@ -83,7 +108,8 @@ def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_
                 k[r] = True
                 faults[v] += 1
         start = stop
-    kvm_dirty[:], nonzero[:], stale[:] = words(k), words(nz), words(st)
+    kvm_dirty[:] = words(k)
+    oracle.store()
     return unassigned
 
 
@@ -168,11 +194,12 @@ def _slot_of(g, slot_gpa, slot_pages):
 
 
 def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, protected,
-                      nonzero, stale, rings, dirty_index, reset_index, soft_limit, faults, out):
-    prot, nz, st = bits(protected), bits(nonzero), bits(stale)
+                      nonzero, stale, win, rings, dirty_index, reset_index, soft_limit, faults, out):
+    prot, oracle = bits(protected), _Oracle(nonzero, stale, win)
 
     def store():
-        protected[:], nonzero[:], stale[:] = words(prot), words(nz), words(st)
+        protected[:] = words(prot)
+        oracle.store()
 
     n = rings.shape[1]
     seg_start = 0
@@ -182,11 +209,12 @@ def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slo
                 store()
                 out[0], out[1] = v, i
                 return 1
-            out[2] += not _oracle_write(gpa_pages[i], gmap, nz, st)
-            s = _slot_of(gpa_pages[i], slot_gpa, slot_pages)
+            out[2] += not oracle.write(gpa_pages[i], gmap)
+            g = _page(gpa_pages[i])
+            s = _slot_of(g, slot_gpa, slot_pages)
             if s is None:
                 continue
-            r = gpa_pages[i] - slot_gpa[s] + slot_ram[s]
+            r = g - slot_gpa[s] + slot_ram[s]
             if slot_logging[s] and prot[r]:
                 prot[r] = False
                 rings[v, dirty_index[v] % n] = r
@@ -225,16 +253,17 @@ def mark_ring_entries(rings, dirty_index, reset_index, out_bmap):
     out_bmap[:] = words(o)
 
 
-def backend_writes(gpa_pages, tbl_gpa, tbl_pages, gmap, nonzero, stale, log, logging):
-    lg, nz, st = bits(log), bits(nonzero), bits(stale)
+def backend_writes(gpa_pages, tbl_gpa, tbl_pages, gmap, nonzero, stale, win, log, logging):
+    lg, oracle = bits(log), _Oracle(nonzero, stale, win)
     logged = 0
-    for g in gpa_pages:
+    for g in gpa_pages:  # device DMA: always new data
         if _slot_of(g, tbl_gpa, tbl_pages) is None:
             continue
-        _oracle_write(g, gmap, nz, st)
+        oracle.write(g, gmap)
         lg[g] |= bool(logging)
         logged += 1
-    log[:], nonzero[:], stale[:] = words(lg), words(nz), words(st)
+    log[:] = words(lg)
+    oracle.store()
     return logged
 
 

@@ -52,6 +52,7 @@ class Guest(LazyActor):
                           (K.VI_HOT_PAGES, "hot_pages")):
             vi[row] = [getattr(w, attr) for w in workloads]
         self.hot_share = np.array([w.hot_share for w in workloads], dtype=np.float64)
+        self.same_share = np.array([w.identical_rewrites for w in workloads], dtype=np.float64)
         self.debt = vi[K.VI_DEBT]
         self.stats = {name: vi[row] for name, row in STAT_ROWS.items()}
         self.ubuf = np.zeros((len(workloads), max(MIN_BLOCK, 16 * int(vi[K.VI_MAXN].max(initial=0)))))
@@ -71,8 +72,8 @@ class Guest(LazyActor):
     def write_args(self) -> tuple:
         """``kernels.run_vcpus``' arguments after ``nq`` up to ``stale``: the guest's arrays, where writes go."""
         w = self.writer
-        return (self.quantum_ns, self.fault_ns, self.vi, self.hot_share, self.ubuf, self.buf, self.state,
-                self.guest_map.table, *w.write_args(), w.ram_list.nonzero, w.ram_list.stale)
+        return (self.quantum_ns, self.fault_ns, self.vi, self.hot_share, self.same_share, self.ubuf, self.buf,
+                self.state, self.guest_map.table, *w.write_args(), *w.ram_list.oracle_args())
 
     def kernel_args(self) -> tuple:
         """All of ``kernels.run_vcpus``' arguments after ``nq`` (``write_args`` and the dirty rings)."""

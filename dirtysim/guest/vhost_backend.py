@@ -45,7 +45,6 @@ class VhostUserBackend(LazyActor):
         ls, rl = self.listener, self.ram_list
         kernels.run_backend(
             n, self.rate_q, self.unit_div, self.carry, self.cursor, self.buf_slots, self.buf_first, self.unit_pages,
-            self.used_first, self.queues, ls.tbl_gpa, ls.tbl_pages, self.guest_map.table, rl.nonzero, rl.stale,
-            ls.log.words,
-            ls.logging)
+            self.used_first, self.queues, ls.tbl_gpa, ls.tbl_pages, self.guest_map.table, *rl.oracle_args(),
+            ls.log.words, ls.logging)
         self.next_t += n * self.quantum_ns

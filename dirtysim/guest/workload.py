@@ -1,7 +1,8 @@
 """Page-write generators: which guest-physical pages a vCPU writes.
 
 A workload is a hot/cold mixture described by five numbers; ``uniform`` is the
-case with no hot region. Each vCPU draws uniform variates from its own
+case with no hot region. A share of the writes may store identical bytes
+(``identical_rewrites``): KVM logs them, a content hash cannot see them. Each vCPU draws uniform variates from its own
 ``numpy.random.Generator`` (reproducible per stream) and one kernel call maps
 all vCPUs' variates of a quantum to page numbers (``kernels.map_writes``).
 """
@@ -22,6 +23,7 @@ class Workload:
     hot_first: int = 0
     hot_pages: int = 0
     hot_share: float = 0.0
+    identical_rewrites: float = 0.0  # share of writes storing the bytes already there
 
 
 def make_workload(scenario: Scenario, group: VcpuGroup) -> Workload:
@@ -31,5 +33,5 @@ def make_workload(scenario: Scenario, group: VcpuGroup) -> Workload:
     if isinstance(w, HotsetWorkload):
         hot_pages = w.hot // PAGE_SIZE
         share = w.hot_share if hot_pages < pages else 1.0
-        return Workload(first, pages, first + w.hot_offset // PAGE_SIZE, hot_pages, share)
-    return Workload(first, pages)
+        return Workload(first, pages, first + w.hot_offset // PAGE_SIZE, hot_pages, share, w.identical_rewrites)
+    return Workload(first, pages, identical_rewrites=w.identical_rewrites)

@@ -97,6 +97,10 @@ class UniformWorkload(_Model):
     rate: Rate = Field(description="guest write rate; every 4 KiB of it dirties one page (0: an idle guest)")
     working_set: Optional[Size] = Field(None, description="bytes written over; default: all RAM after offset")
     offset: Size = Field(0, description="guest-physical start of the working set")
+    identical_rewrites: Fraction01 = Field(
+        0.0, description="share of writes that store the bytes the page already holds, 0..1: dirty logging sees "
+                         "them, a content hash (calc-dirty-rate page-sampling) does not, and the destination's "
+                         "copy stays good")
 
     @field_validator("working_set", "offset", "hot", "hot_offset", check_fields=False)
     @classmethod
