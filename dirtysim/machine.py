@@ -49,6 +49,7 @@ class Machine:
         self.env, self.recorder, self.scenario = env, recorder, scenario
         m, dt, costs = scenario.machine, scenario.dirty_tracking, scenario.costs
         nvcpus = sum(g.count for g in m.vcpus)
+        self.seeds = seeds  # later streams (a dirty-rate measurement) spawn from it without disturbing these
         layout_seed, *vcpu_seeds = seeds.spawn(1 + nvcpus)
         self.ram_list = RAMList()
         self.memory = MemorySystem(recorder, tcg_enabled=m.accel == "tcg")

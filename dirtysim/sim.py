@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import simpy
@@ -27,6 +27,9 @@ from .machine import Machine
 from .migration.precopy import PrecopyMigration
 from .scenario.schema import PAGE_SIZE, Scenario
 from .timeline import run_timeline
+
+if TYPE_CHECKING:
+    from .dirtyrate.config import DirtyRateConfig
 
 PROGRESS_STEP_NS = 100 * 10**6
 
@@ -113,6 +116,42 @@ def _warm_up() -> float:
 
 def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
     """Simulate one migration. Never raises for simulation errors: they land in ``Result.error``."""
+
+    def migrate(env, machine, recorder):
+        migration = PrecopyMigration(env, scenario, machine, recorder)
+        machine.start()
+        done = env.process(migration.run())
+        if scenario.timeline:
+            env.process(run_timeline(env, scenario, machine, migration, recorder))
+        return done, lambda: migration.stop_reason
+
+    return _simulate(scenario, progress, migrate, scenario.migration.start_at + scenario.migration.timeout)
+
+
+def run_dirtyrate(scenario: Scenario, config: "DirtyRateConfig", start_ns: int,
+                  progress: Optional[bool] = None) -> Result:
+    """Run the scenario's guest without migrating and measure its dirty rate once, from ``start_ns``.
+
+    As ``calc-dirty-rate`` on an idle-from-migration VM: the stop reason is
+    ``measured``. The scenario's timeline is not played.
+    """
+    from .dirtyrate.thread import DirtyRateThread
+
+    def measure(env, machine, recorder):
+        thread = DirtyRateThread(env, scenario, machine, recorder)
+        machine.start()
+
+        def at_start():
+            yield from machine.sleep(start_ns)
+            yield from thread.calculate(config)
+
+        return env.process(at_start()), lambda: thread.state
+
+    return _simulate(scenario, progress, measure, start_ns + config.calc_time_ms * 10**6)
+
+
+def _simulate(scenario: Scenario, progress: Optional[bool], main, horizon_ns: int) -> Result:
+    """Run ``main(env, machine, recorder) -> (process, stop reason)`` to its end and record the run around it."""
     result = Result(scenario)
     result.compile_time_s = warm_up_kernels(notice=sys.stderr.isatty() if progress is None else progress)
     env = simpy.Environment()
@@ -124,14 +163,10 @@ def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
                       schema_version=ev.SCHEMA_VERSION, ram_bytes=scenario.machine.memory.size, page_size=PAGE_SIZE,
                       scenario=scenario.model_dump(mode="json"))
         machine = Machine(env, scenario, recorder, np.random.SeedSequence(scenario.seed))
-        migration = PrecopyMigration(env, scenario, machine, recorder)
-        machine.start()
-        done = env.process(migration.run())
-        if scenario.timeline:
-            env.process(run_timeline(env, scenario, machine, migration, recorder))
-        _advance(env, done, scenario, progress)
+        done, stop_reason = main(env, machine, recorder)
+        _advance(env, done, horizon_ns, progress)
         machine.finish()
-        result.stop_reason = migration.stop_reason or "error"
+        result.stop_reason = stop_reason() or "error"
         recorder.emit(ev.RunFinished, stop_reason=result.stop_reason)
     except KeyboardInterrupt:  # SIGINT: what was simulated so far is the result, stop reason "interrupted"
         result.stop_reason = "interrupted"
@@ -145,10 +180,9 @@ def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
     return result
 
 
-def _advance(env: simpy.Environment, done: simpy.Process, scenario: Scenario, progress: Optional[bool]) -> None:
-    """Step SimPy until the migration process ends, updating a progress bar in simulated seconds."""
+def _advance(env: simpy.Environment, done: simpy.Process, horizon: int, progress: Optional[bool]) -> None:
+    """Step SimPy until the main process ends, updating a progress bar in simulated seconds up to ``horizon``."""
     show = sys.stderr.isatty() if progress is None else progress
-    horizon = scenario.migration.start_at + scenario.migration.timeout
     bar = None
     if show:
         from tqdm import tqdm

@@ -213,6 +213,36 @@ class OracleCheck(Event, tag="oracle-check", omit_defaults=True):
     unassigned_writes: int = 0  # guest writes so far that hit no RAM in the oracle's map (MMIO, ROM, nothing)
 
 
+class DirtyRateStarted(Event, tag="dirty-rate-started"):
+    """``qmp_calc_dirty_rate`` accepted: the "mig/dirtyrate" thread starts measuring."""
+
+    mode: str  # page-sampling | dirty-bitmap | dirty-ring
+    calc_time_ms: int
+    sample_pages: int  # per GiB (page-sampling)
+
+
+class DirtyRateMeasured(Event, tag="dirty-rate-measured", omit_defaults=True):
+    """The measurement ended (status measured): QEMU's result and, beside it, the oracle's ground truth.
+
+    ``dirty_rate`` (MiB/s) is what ``query-dirty-rate`` reports (-1: no
+    sample). The truth covers the same window: pages written (repeats once),
+    pages whose content changed, and guest page writes including repeats.
+    """
+
+    mode: str
+    start_time: int  # s, simulated (QEMU: host clock)
+    calc_time_ms: int  # the measured duration
+    sample_pages: int
+    dirty_rate: int
+    dirty_samples: int = 0
+    sample_count: int = 0
+    block_mem_mb: int = 0
+    thread_ns: int = 0  # the measuring thread's busy time (hashing)
+    written_pages: int = 0
+    modified_pages: int = 0
+    guest_writes: int = 0
+
+
 class RunFinished(Event, tag="run-finished"):
     stop_reason: str  # completed | timeout | error | interrupted (SIGINT; the summary says cancelled)
     error: Optional[str] = None
@@ -222,5 +252,6 @@ AnyEvent = Union[
     RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, LazyClear,
-    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, RunFinished,
+    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, DirtyRateStarted,
+    DirtyRateMeasured, RunFinished,
 ]

@@ -210,3 +210,11 @@ def write_run(result, out: Path | OutputDir, plots: bool | None = None) -> dict:
     summary, files = projections(result.events, info, plots)
     _commit(out, {"events.jsonl": encode_log(result.events), **files}, RUN_FILES)
     return summary
+
+
+DIRTYRATE_FILES = ("events.jsonl", "dirtyrate.json")
+
+
+def write_dirtyrate(result, out: Path | OutputDir, record: dict) -> None:
+    """A dirty-rate measurement's log and its record (``query-dirty-rate``, the truth, the run)."""
+    _commit(out, {"events.jsonl": encode_log(result.events), "dirtyrate.json": json_bytes(record)}, DIRTYRATE_FILES)

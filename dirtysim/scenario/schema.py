@@ -330,6 +330,10 @@ class Costs(_Model):
     memslot_update: Duration = Field(
         20_000, description="one KVM_SET_USER_MEMORY_REGION while vCPUs are held out (atomic update) [assumption]"
     )
+    page_hash: Duration = Field(
+        500, description="calc-dirty-rate hashing one sampled 4 KiB page (compute_page_hash, xxHash64 rounds): "
+                         "a page read from DRAM at ~10 GB/s [assumption; xxHash's own benchmark gives ~19 GB/s "
+                         "in cache]")
 
     @field_validator("*")
     @classmethod

@@ -1,0 +1,1 @@
+"""Dirty-rate measurement: QEMU's ``calc-dirty-rate`` (``migration/dirtyrate.c``) and its ground truth."""

@@ -1,0 +1,60 @@
+"""``qmp_calc_dirty_rate``'s arguments, checked with QEMU's limits and error messages.
+
+Units as QMP takes them: ``calc-time`` in ``calc-time-unit`` (second or
+millisecond), ``sample-pages`` per GiB, ``mode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_CALC_TIME_MS, MAX_CALC_TIME_MS = 50, 60_000  # dirtyrate.h
+MIN_SAMPLE_PAGE_COUNT, MAX_SAMPLE_PAGE_COUNT = 128, 16384
+DIRTYRATE_DEFAULT_SAMPLE_PAGES = 512
+MODES = ("page-sampling", "dirty-bitmap", "dirty-ring")
+TIME_UNITS = {"second": 0, "millisecond": -3}  # time_unit_to_power
+
+
+class DirtyRateError(ValueError):
+    """A request QEMU refuses; the message is QEMU's."""
+
+
+def convert_time_unit(value: int, unit_from: str, unit_to: str) -> int:
+    """``convert_time_unit``: scale by powers of ten, dividing in integers (rounds toward zero)."""
+    power = TIME_UNITS[unit_from] - TIME_UNITS[unit_to]
+    while power < 0:
+        value = int(value / 10)
+        power += 1
+    while power > 0:
+        value *= 10
+        power -= 1
+    return value
+
+
+@dataclass(frozen=True)
+class DirtyRateConfig:
+    """``struct DirtyRateConfig``."""
+
+    calc_time_ms: int
+    sample_pages_per_gigabytes: int
+    mode: str
+
+    @classmethod
+    def from_qmp(cls, calc_time: int, calc_time_unit: str = "second", sample_pages: int | None = None,
+                 mode: str = "page-sampling", dirty_ring: bool = False) -> "DirtyRateConfig":
+        """``qmp_calc_dirty_rate``'s checks, in its order. ``dirty_ring``: KVM runs with a dirty ring."""
+        if calc_time_unit not in TIME_UNITS:
+            raise DirtyRateError(f"calc-time-unit {calc_time_unit!r} is not one of: {', '.join(TIME_UNITS)}")
+        if mode not in MODES:
+            raise DirtyRateError(f"mode {mode!r} is not one of: {', '.join(MODES)}")
+        calc_time_ms = convert_time_unit(calc_time, calc_time_unit, "millisecond")
+        if not MIN_CALC_TIME_MS <= calc_time_ms <= MAX_CALC_TIME_MS:
+            raise DirtyRateError(f"Calculation time is out of range [{MIN_CALC_TIME_MS}ms, {MAX_CALC_TIME_MS}ms].")
+        if sample_pages is not None and mode != "page-sampling":
+            raise DirtyRateError("sample-pages is used only in page-sampling mode")
+        if sample_pages is not None and not MIN_SAMPLE_PAGE_COUNT <= sample_pages <= MAX_SAMPLE_PAGE_COUNT:
+            raise DirtyRateError(f"sample-pages is out of range[{MIN_SAMPLE_PAGE_COUNT}, {MAX_SAMPLE_PAGE_COUNT}].")
+        if (mode == "dirty-ring") != dirty_ring and mode != "page-sampling":
+            raise DirtyRateError(f"mode {mode} is not enabled, use other method instead.")
+        pages = DIRTYRATE_DEFAULT_SAMPLE_PAGES if sample_pages is None else sample_pages
+        return cls(calc_time_ms, pages, mode)

@@ -1,0 +1,52 @@
+"""``query-dirty-rate`` and the ground truth beside it, folded from a run's events."""
+
+from __future__ import annotations
+
+from ..events import schema as ev
+from ..scenario.schema import PAGE_SIZE
+from .config import convert_time_unit
+
+MIB = 1 << 20
+
+
+def query_dirty_rate(events: list, calc_time_unit: str = "second") -> dict:
+    """``query_dirty_rate_info`` for the last measurement in ``events`` (status unstarted if there is none)."""
+    started = [e for e in events if isinstance(e, ev.DirtyRateStarted)]
+    measured = [e for e in events if isinstance(e, ev.DirtyRateMeasured)]
+    if not started:
+        return {"status": "unstarted"}
+    s = started[-1]
+    done = measured[-1] if measured and measured[-1].seq > s.seq else None
+    calc_ms = done.calc_time_ms if done else s.calc_time_ms
+    info = {"status": "measured" if done else "measuring",
+            "start-time": done.start_time if done else s.t_ns // 10**9,
+            "calc-time": convert_time_unit(calc_ms, "millisecond", calc_time_unit),
+            "calc-time-unit": calc_time_unit, "sample-pages": s.sample_pages, "mode": s.mode}
+    if done:
+        info["dirty-rate"] = done.dirty_rate
+        if s.mode != "page-sampling":
+            info["sample-pages"] = 0
+    return info
+
+
+def ground_truth(events: list) -> dict:
+    """What the page oracle saw in the last measurement's window, as rates in MiB/s over its calc-time.
+
+    ``written``: distinct pages written (a page written twice counts once,
+    identical bytes count). ``content-changed``: distinct pages whose content
+    changed, what a perfect page-sampling converges to. ``writes``: every page
+    write of the vCPUs, repeats included (devices not counted).
+    """
+    measured = [e for e in events if isinstance(e, ev.DirtyRateMeasured)]
+    if not measured:
+        return {}
+    m = measured[-1]
+    seconds = m.calc_time_ms / 1000
+
+    def rate(pages: int) -> float:
+        return round(pages * PAGE_SIZE / MIB / seconds, 3)
+
+    return {"written-pages": m.written_pages, "content-changed-pages": m.modified_pages,
+            "guest-writes": m.guest_writes, "written-rate": rate(m.written_pages),
+            "content-changed-rate": rate(m.modified_pages), "write-rate": rate(m.guest_writes),
+            "dirty-samples": m.dirty_samples, "sample-count": m.sample_count, "thread-ms": m.thread_ns / 1e6}

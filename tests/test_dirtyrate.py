@@ -1,0 +1,176 @@
+"""calc-dirty-rate (``migration/dirtyrate.c``): QEMU's arithmetic and limits, and page-sampling against the truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from builders import NO_COSTS, of, scenario, simulate
+from dirtysim.cli import main
+from dirtysim.dirtyrate.config import DirtyRateConfig, DirtyRateError, convert_time_unit
+from dirtysim.dirtyrate.page_sampling import (
+    choose_samples,
+    sample_pages_count,
+    skip_sample_ramblock,
+    update_dirtyrate,
+)
+from dirtysim.dirtyrate.report import ground_truth, query_dirty_rate
+from dirtysim.events import schema as ev
+from dirtysim.sim import run_dirtyrate
+
+GIB, MIB, KIB = 1 << 30, 1 << 20, 1 << 10
+pytestmark = pytest.mark.rules
+
+
+def test_fact_10_page_sampling_arithmetic():
+    """4 GiB, one block, default sampling: 2048 samples; 205 changed in 1 s -> 410 MiB/s (integer arithmetic)."""
+    assert sample_pages_count(4 * GIB, 512) == 2048
+    assert update_dirtyrate(205, 4 * GIB // MIB, 2048, 1000) == 410
+    assert update_dirtyrate(205, 4096, 2048, 1001) == 409  # one division, rounded down
+
+
+def test_block_size_rules():
+    """Blocks under 128 KiB are skipped (a byte length compared with 128 << 10); under 2 MiB get no sample."""
+    assert skip_sample_ramblock(128 * KIB - 4 * KIB) and not skip_sample_ramblock(128 * KIB)
+    assert sample_pages_count(2 * MIB, 512) == 1 and sample_pages_count(2 * MIB - 4 * KIB, 512) == 0
+    assert sample_pages_count(1 * GIB, 16384) == 16384
+
+
+def test_samples_never_take_the_last_page():
+    """``g_rand_int_range(rand, 0, pages - 1)``: uniform over [0, pages - 1), duplicates allowed."""
+    vfn = choose_samples(np.random.default_rng(1), 3, 2000)
+    assert set(vfn.tolist()) == {0, 1}
+    assert choose_samples(np.random.default_rng(1), 1, 10).size == 0
+
+
+@pytest.mark.parametrize("value,unit_from,unit_to,expected", [
+    (1500, "millisecond", "second", 1), (999, "millisecond", "second", 0), (2, "second", "millisecond", 2000),
+    (60000, "millisecond", "millisecond", 60000)])
+def test_convert_time_unit(value, unit_from, unit_to, expected):
+    assert convert_time_unit(value, unit_from, unit_to) == expected
+
+
+@pytest.mark.parametrize("args,message", [
+    ((49, "millisecond"), "Calculation time is out of range [50ms, 60000ms]."),
+    ((61, "second"), "Calculation time is out of range [50ms, 60000ms]."),
+    ((0, "second"), "Calculation time is out of range [50ms, 60000ms]."),
+    ((1, "second", 127), "sample-pages is out of range[128, 16384]."),
+    ((1, "second", 16385), "sample-pages is out of range[128, 16384]."),
+    ((1, "second", 512, "dirty-bitmap"), "sample-pages is used only in page-sampling mode"),
+    ((1, "second", None, "dirty-ring"), "mode dirty-ring is not enabled, use other method instead."),
+    ((1, "minute"), "calc-time-unit 'minute' is not one of: second, millisecond"),
+])
+def test_qmp_calc_dirty_rate_refuses_what_qemu_refuses(args, message):
+    with pytest.raises(DirtyRateError) as exc:
+        DirtyRateConfig.from_qmp(*args)
+    assert str(exc.value) == message
+
+
+def test_dirty_bitmap_is_refused_with_a_ring_and_defaults_apply():
+    with pytest.raises(DirtyRateError, match="mode dirty-bitmap is not enabled"):
+        DirtyRateConfig.from_qmp(1, mode="dirty-bitmap", dirty_ring=True)
+    assert DirtyRateConfig.from_qmp(1) == DirtyRateConfig(1000, 512, "page-sampling")
+    assert DirtyRateConfig.from_qmp(50, "millisecond", 128).calc_time_ms == 50
+
+
+def _measure(workload: dict, size: str = "4GiB", calc_time: int = 1, sample_pages: int | None = None, seed: int = 1):
+    sc = scenario(seed=seed, costs=NO_COSTS,
+                  machine={"memory": {"size": size, "zero_fraction": 0.0}, "vcpus": [{"count": 2, "workload": workload}]})
+    result = run_dirtyrate(sc, DirtyRateConfig.from_qmp(calc_time, sample_pages=sample_pages), 200 * 10**6)
+    assert result.error is None, result.error
+    return result, of(result.events, ev.DirtyRateMeasured)[0]
+
+
+def test_page_sampling_is_within_its_binomial_error_of_the_pages_that_changed():
+    """The estimate counts sampled pages whose content changed; its error is the binomial error of the sample."""
+    result, m = _measure({"kind": "uniform", "rate": "256MiB/s", "working_set": "2GiB"})
+    pages = 4 * GIB // 4096
+    p = m.modified_pages / pages
+    assert m.sample_count == 2048 and 0.01 < p < 0.5
+    sd = (m.sample_count * p * (1 - p)) ** 0.5
+    assert abs(m.dirty_samples - m.sample_count * p) <= 4 * sd
+    assert m.dirty_rate == m.dirty_samples * 4096 * 1000 // (m.sample_count * m.calc_time_ms)
+    # a uniform writer: distinct pages over T = N (1 - exp(-r T / N)), below the write rate
+    writes = 2 * 256 * MIB // 4096
+    expected = (2 * GIB // 4096) * (1 - np.exp(-writes / (2 * GIB // 4096)))
+    assert abs(m.written_pages - expected) < 0.01 * expected
+    assert m.guest_writes == writes
+
+
+def test_page_sampling_is_blind_to_rewrites_of_identical_bytes():
+    """Every write stores the bytes already there: KVM would log each page, the content hash sees nothing."""
+    _, m = _measure({"kind": "uniform", "rate": "256MiB/s", "working_set": "2GiB", "identical_rewrites": 1.0})
+    assert m.written_pages > 50_000 and m.modified_pages == 0
+    assert m.dirty_samples == 0 and m.dirty_rate == 0
+
+
+def test_half_identical_rewrites_change_fewer_pages_than_are_written():
+    """A page written k times keeps its content with probability 0.5^k."""
+    _, m = _measure({"kind": "uniform", "rate": "256MiB/s", "working_set": "2GiB", "identical_rewrites": 0.5})
+    assert 0.45 < m.modified_pages / m.written_pages < 0.55  # almost every page is written once in 1 s
+
+
+def test_a_guest_with_no_sampled_block_reports_minus_one():
+    """No sample at all (a guest under 2 MiB): compare_page_hash_info fails and dirty-rate stays -1."""
+    _, m = _measure({"kind": "uniform", "rate": "1MiB/s"}, size="1MiB", calc_time=1)
+    assert m.sample_count == 0 and m.dirty_rate == -1
+
+
+def test_query_dirty_rate_has_qemus_fields_and_units():
+    result, m = _measure({"kind": "uniform", "rate": "64MiB/s"}, calc_time=1)
+    info = query_dirty_rate(result.events, "millisecond")
+    assert info == {"status": "measured", "start-time": 0, "calc-time": 1000, "calc-time-unit": "millisecond",
+                    "sample-pages": 512, "mode": "page-sampling", "dirty-rate": m.dirty_rate}
+    assert query_dirty_rate(result.events)["calc-time"] == 1
+    truth = ground_truth(result.events)
+    assert truth["write-rate"] == pytest.approx(128.0, abs=0.01)  # 2 vCPUs x 64 MiB/s, repeats included
+    assert truth["written-rate"] <= truth["write-rate"]
+    assert query_dirty_rate([]) == {"status": "unstarted"}
+
+
+def test_the_measurement_is_deterministic_and_leaves_the_guest_alone():
+    a, ma = _measure({"kind": "uniform", "rate": "64MiB/s"})
+    b, mb = _measure({"kind": "uniform", "rate": "64MiB/s"})
+    c, mc = _measure({"kind": "uniform", "rate": "64MiB/s"}, seed=2)
+    assert a.fingerprint == b.fingerprint and ma == mb
+    assert a.fingerprint != c.fingerprint
+
+
+def test_identical_rewrites_in_a_migration_lose_nothing_and_are_resent_unchanged():
+    """KVM logs an identical rewrite, so the page is sent again although the destination already holds it."""
+    result = simulate(costs=NO_COSTS, machine={"memory": {"size": "256MiB", "zero_fraction": 0.0}, "vcpus": [
+        {"count": 1, "workload": {"kind": "hotset", "rate": "32MiB/s", "hot": "16MiB", "hot_share": 0.9,
+                                  "identical_rewrites": 0.5}}]}, migration={"max_bandwidth": "256MiB/s"})
+    check = of(result.events, ev.OracleCheck)[-1]
+    assert result.stop_reason == "completed" and check.lost_pages == 0
+    unchanged = sum(t.unchanged for t in of(result.events, ev.Transfer) if t.kind == "pages")
+    assert unchanged > 0
+
+
+def test_cli_prints_the_answer_and_the_truth(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("machine:\n  memory: {size: 1GiB}\n  vcpus:\n    - count: 1\n"
+                    "      workload: {kind: uniform, rate: 32MiB/s}\n")
+    res = CliRunner().invoke(main, ["dirtyrate", str(path), "--calc-time", "500", "--calc-time-unit", "millisecond",
+                                    "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.output)
+    assert record["query-dirty-rate"]["calc-time"] == 500 and record["query-dirty-rate"]["sample-pages"] == 512
+    assert json.loads((tmp_path / "out" / "dirtyrate.json").read_text()) == record
+    assert (tmp_path / "out" / "events.jsonl").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--calc-time", "10", "--calc-time-unit", "millisecond"], "calc-dirty-rate: Calculation time is out of range"),
+    (["--mode", "dirty-bitmap"], "--mode: dirty-bitmap is not built yet (built: page-sampling)"),
+    (["--start", "soon"], "--start: "),
+])
+def test_cli_refuses_bad_requests_before_running(tmp_path, args, message):
+    path = tmp_path / "s.yaml"
+    path.write_text("machine:\n  memory: {size: 1GiB}\n  vcpus:\n    - count: 1\n"
+                    "      workload: {kind: uniform, rate: 32MiB/s}\n")
+    res = CliRunner().invoke(main, ["dirtyrate", str(path), *args])
+    assert res.exit_code == 2 and message in res.output
