@@ -18,6 +18,7 @@ import numpy as np
 from ..dirty import kernels
 from ..dirty.ramlist import RAMList, WORD_PAGES, grown
 from ..events import schema as ev
+from ..memory.address_space import GLOBAL_DIRTY_DIRTY_RATE
 from ..memory.listener import MEMORY_LISTENER_PRIORITY_ACCEL, MemoryListener, MemoryRegionSection
 from ..scenario.schema import PAGE_SIZE, DirtyTracking
 from .cost import CostMeter
@@ -264,6 +265,8 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
                 pages = reprotected = int(kernels.xchg_into(self.kvm.dirty, self.dirty_bmap, w.start, w.stop))
             if self.memory.global_dirty_tracking:
                 kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
+            if self.memory.global_dirty_tracking & GLOBAL_DIRTY_DIRTY_RATE:  # physical_memory_set_dirty_lebitmap
+                self.memory.total_dirty_pages += pages
             cost = self.costs.get_dirty_log_per_gib * slot.size // GIB + reprotected * self.costs.clear_dirty_log_per_page
             self.meter.add(cost)
             self.recorder.emit(ev.KvmGetDirtyLog, slot=slot.slot, pages=pages, reprotected=reprotected, cost_ns=cost)

@@ -49,4 +49,5 @@ def ground_truth(events: list) -> dict:
     return {"written-pages": m.written_pages, "content-changed-pages": m.modified_pages,
             "guest-writes": m.guest_writes, "written-rate": rate(m.written_pages),
             "content-changed-rate": rate(m.modified_pages), "write-rate": rate(m.guest_writes),
-            "dirty-samples": m.dirty_samples, "sample-count": m.sample_count, "thread-ms": m.thread_ns / 1e6}
+            "dirty-samples": m.dirty_samples, "sample-count": m.sample_count, "dirty-pages": m.dirty_pages,
+            "thread-ms": m.thread_ns / 1e6, "guest-faults": m.guest_faults, "guest-fault-ms": m.guest_fault_ns / 1e6}

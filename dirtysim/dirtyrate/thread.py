@@ -2,8 +2,11 @@
 
 States as QEMU's ``CalculatingState``: unstarted -> measuring -> measured. The
 thread waits through ``Machine.sleep``, so the guest it measures is exactly as
-far as simulated time. Page-sampling is built; dirty-bitmap and dirty-ring are
-refused with a clear error until they are.
+far as simulated time. page-sampling and dirty-bitmap are built; dirty-ring is
+refused with a clear error until it is.
+
+Beside QEMU's answer, every measurement records the page oracle's truth over
+its window and what it cost the guest (write-protect faults and their run time).
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import numpy as np
 
 from ..dirty import kernels
 from ..events import schema as ev
+from ..memory.address_space import GLOBAL_DIRTY_DIRTY_RATE
 from .config import DirtyRateConfig
-from .page_sampling import compare, record_samples, update_dirtyrate
+from .page_sampling import PAGES_PER_MIB_SHIFT, compare, record_samples, update_dirtyrate
 
 NS_PER_MS = 10**6
-BUILT_MODES = ("page-sampling",)
+BUILT_MODES = ("page-sampling", "dirty-bitmap")
 
 
 class DirtyRateThread:
@@ -40,8 +44,22 @@ class DirtyRateThread:
         self.state = "measuring"
         self.rec.emit(ev.DirtyRateStarted, mode=config.mode, calc_time_ms=config.calc_time_ms,
                       sample_pages=config.sample_pages_per_gigabytes)
-        yield from self._sample_vm(config)
+        body = self._sample_vm if config.mode == "page-sampling" else self._dirty_bitmap
+        yield from body(config)
         self.state = "measured"
+
+    def _busy(self, ns: int):
+        """The thread works for ``ns`` (hashing, ioctls); no time, no wait (the guest's next quantum stays ahead)."""
+        if ns > 0:
+            yield from self.m.sleep(ns)
+
+    def _wait(self, calc_time_ms: int, initial: int):
+        """``dirty_stat_wait``: sleep out calc-time from ``initial``; the measured ms (more if already past)."""
+        msec = (self.env.now - initial) // NS_PER_MS
+        if msec < calc_time_ms:
+            yield from self.m.sleep(initial + calc_time_ms * NS_PER_MS - self.env.now)
+            msec = calc_time_ms
+        return msec
 
     def _sample_vm(self, config: DirtyRateConfig):
         """``calculate_dirtyrate_sample_vm``: hash the samples, wait out calc-time from the start, hash again.
@@ -50,30 +68,70 @@ class DirtyRateThread:
         costs.page_hash``; dirtysim's window runs from the start of the first
         pass to the end of the wait, off by at most one pass for any sample.
         """
-        rl, guest = self.m.ram_list, self.m.guest
+        rl = self.m.ram_list
         initial = self.env.now
-        rl.open_window()
-        writes0 = guest.total_writes
+        window = _Window(self.m)
         rng = np.random.default_rng(self.m.seeds.spawn(1)[0])
         samples = record_samples(rl.blocks, config.sample_pages_per_gigabytes, rng)
-        count = sum(len(s.vfn) for s in samples)
-        pass_ns = count * self.sc.costs.page_hash
-        yield from self.m.sleep(pass_ns)
-        msec = (self.env.now - initial) // NS_PER_MS  # dirty_stat_wait
-        if msec < config.calc_time_ms:
-            yield from self.m.sleep(initial + config.calc_time_ms * NS_PER_MS - self.env.now)
-            msec = config.calc_time_ms
-        window = rl.close_window()
-        writes = guest.total_writes - writes0
-        modified = window[kernels.WIN_MODIFIED]
-        yield from self.m.sleep(pass_ns)  # compare_page_hash_info hashes every sample again
-        dirty, count, mem_mb = compare(samples, modified)
+        pass_ns = sum(len(s.vfn) for s in samples) * self.sc.costs.page_hash
+        yield from self._busy(pass_ns)
+        msec = yield from self._wait(config.calc_time_ms, initial)
+        truth = window.close()
+        yield from self._busy(pass_ns)  # compare_page_hash_info hashes every sample again
+        dirty, count, mem_mb = compare(samples, window.modified)
         rate = update_dirtyrate(dirty, mem_mb, count, msec) if count else -1  # no sample: QEMU keeps -1
         self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
                       sample_pages=config.sample_pages_per_gigabytes, dirty_rate=rate, dirty_samples=dirty,
-                      sample_count=count, block_mem_mb=mem_mb, thread_ns=2 * pass_ns,
-                      written_pages=_popcount(window[kernels.WIN_WRITTEN]), modified_pages=_popcount(modified),
-                      guest_writes=writes)
+                      sample_count=count, block_mem_mb=mem_mb, thread_ns=2 * pass_ns, **truth)
+
+    def _dirty_bitmap(self, config: DirtyRateConfig):
+        """``calculate_dirtyrate_dirty_bitmap``: count the bits KVM hands over between two syncs.
+
+        Start logging with GLOBAL_DIRTY_DIRTY_RATE; one sync whose result is
+        dropped (all ones under KVM_DIRTY_LOG_INITIALLY_SET); CLEAR every
+        migratable block, re-protecting guest memory, so the guest takes a
+        write fault on the first write to each page; wait; sync and stop the
+        flag. The rate is the growth of ``total_dirty_pages`` (every bit GET
+        returns while the flag is on), in MiB per second of the window.
+        """
+        mem, rl = self.m.memory, self.m.ram_list
+        start_ns = self.env.now
+        mem.memory_global_dirty_log_start(GLOBAL_DIRTY_DIRTY_RATE)
+        mem.memory_global_dirty_log_sync(False)
+        for block in rl.blocks:  # dirtyrate_manual_reset_protect
+            mem.memory_region_clear_dirty_bitmap(block.mr, 0, block.used_length)
+        yield from self._busy(self.m.meter.drain())  # the ioctls, with the BQL held
+        start_pages = mem.total_dirty_pages
+        initial = self.env.now
+        window = _Window(self.m)
+        msec = yield from self._wait(config.calc_time_ms, initial)
+        truth = window.close()
+        mem.memory_global_dirty_log_sync(False)  # global_dirty_log_sync(flag, one_shot=true)
+        mem.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+        delta = mem.total_dirty_pages - start_pages
+        cost = self.m.meter.drain()
+        yield from self._busy(cost)
+        rate = ((delta * 1000) >> PAGES_PER_MIB_SHIFT) // msec  # do_calculate_dirtyrate
+        self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
+                      sample_pages=config.sample_pages_per_gigabytes, dirty_rate=rate, dirty_pages=delta,
+                      thread_ns=initial - start_ns + cost, **truth)
+
+
+class _Window:
+    """The oracle's write window and the guest's counters over one measurement (the truth beside QEMU's answer)."""
+
+    def __init__(self, machine):
+        self.m, self.guest = machine, machine.guest
+        machine.ram_list.open_window()
+        self.start = {name: self.guest.total(name) for name in ("writes", "faults", "fault_ns")}
+        self.modified = np.zeros(0, dtype=np.uint64)
+
+    def close(self) -> dict:
+        window = self.m.ram_list.close_window()
+        self.modified = window[kernels.WIN_MODIFIED]
+        d = {name: self.guest.total(name) - v for name, v in self.start.items()}
+        return {"written_pages": _popcount(window[kernels.WIN_WRITTEN]), "modified_pages": _popcount(self.modified),
+                "guest_writes": d["writes"], "guest_faults": d["faults"], "guest_fault_ns": d["fault_ns"]}
 
 
 def _popcount(words: np.ndarray) -> int:

@@ -237,10 +237,13 @@ class DirtyRateMeasured(Event, tag="dirty-rate-measured", omit_defaults=True):
     dirty_samples: int = 0
     sample_count: int = 0
     block_mem_mb: int = 0
-    thread_ns: int = 0  # the measuring thread's busy time (hashing)
+    dirty_pages: int = 0  # dirty-bitmap: growth of total_dirty_pages
+    thread_ns: int = 0  # the measuring thread's busy time (hashing, ioctls)
     written_pages: int = 0
     modified_pages: int = 0
     guest_writes: int = 0
+    guest_faults: int = 0  # write-protect faults the measurement caused (dirty-bitmap re-protects memory)
+    guest_fault_ns: int = 0
 
 
 class RunFinished(Event, tag="run-finished"):

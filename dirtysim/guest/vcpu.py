@@ -59,7 +59,7 @@ class Guest(LazyActor):
         self.buf = np.zeros(max(1, int(vi[K.VI_MAXN].sum())), dtype=np.int64)
         self.state = np.array([0, -1, 0, 0, 0, 0, 0], dtype=np.int64)  # kernels.ST_*
         self.on_ring_full: Optional[Callable[[int], int]] = None  # reaps; returns the stall in ns
-        self._writes_taken = 0
+        self._taken = dict.fromkeys(STAT_ROWS, 0)
 
     @property
     def nvcpus(self) -> int:
@@ -122,15 +122,14 @@ class Guest(LazyActor):
     def take_stats(self) -> list[dict]:
         """Per-vCPU counters since the previous call (one VcpuStats event each per sync)."""
         rows = [{name: int(self.stats[name][v]) for name in STAT_ROWS} for v in range(self.nvcpus)]
-        self._writes_taken += sum(row["writes"] for row in rows)
-        for arr in self.stats.values():
+        for name, arr in self.stats.items():
+            self._taken[name] += int(arr.sum())
             arr[:] = 0
         return rows
 
-    @property
-    def total_writes(self) -> int:
-        """Page writes of all vCPUs since boot, repeats included."""
-        return self._writes_taken + int(self.stats["writes"].sum())
+    def total(self, name: str) -> int:
+        """A counter of ``STAT_ROWS`` summed over the vCPUs since boot (``take_stats`` does not reset it)."""
+        return self._taken[name] + int(self.stats[name].sum())
 
 
 _NO_RING = (np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 0)

@@ -45,6 +45,8 @@ class MemorySystem:
         self.update_pending = False
         self.ioeventfd_update_pending = False
         self.global_dirty_tracking = 0
+        # physmem.c total_dirty_pages: every bit KVM's GET hands over while GLOBAL_DIRTY_DIRTY_RATE is on
+        self.total_dirty_pages = 0
         self.topology_hooks: list[Callable[[], None]] = []  # called after each re-render (the oracle's own map)
 
     # -- address spaces and the dirty-log mask --------------------------------------------------
