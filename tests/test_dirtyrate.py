@@ -76,11 +76,17 @@ def test_dirty_bitmap_is_refused_with_a_ring_and_defaults_apply():
     assert DirtyRateConfig.from_qmp(50, "millisecond", 128).calc_time_ms == 50
 
 
+RING = {"mode": "ring", "manual_protect": False, "initially_set": False}
+
+
 def _measure(workload: dict, size: str = "4GiB", calc_time: int = 1, sample_pages: int | None = None, seed: int = 1,
-             mode: str = "page-sampling", costs: dict = NO_COSTS):
-    sc = scenario(seed=seed, costs=costs,
-                  machine={"memory": {"size": size, "zero_fraction": 0.0}, "vcpus": [{"count": 2, "workload": workload}]})
-    result = run_dirtyrate(sc, DirtyRateConfig.from_qmp(calc_time, sample_pages=sample_pages, mode=mode), 200 * 10**6)
+             mode: str = "page-sampling", costs: dict = NO_COSTS, vcpus: list | None = None, tracking: dict | None = None):
+    sc = scenario(seed=seed, costs=costs, dirty_tracking=tracking or {},
+                  machine={"memory": {"size": size, "zero_fraction": 0.0},
+                           "vcpus": vcpus or [{"count": 2, "workload": workload}]})
+    config = DirtyRateConfig.from_qmp(calc_time, sample_pages=sample_pages, mode=mode,
+                                      dirty_ring=(tracking or {}).get("mode") == "ring")
+    result = run_dirtyrate(sc, config, 200 * 10**6)
     assert result.error is None, result.error
     return result, of(result.events, ev.DirtyRateMeasured)[0]
 
@@ -167,8 +173,9 @@ def test_cli_prints_the_answer_and_the_truth(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--calc-time", "10", "--calc-time-unit", "millisecond"], "calc-dirty-rate: Calculation time is out of range"),
     (["--mode", "dirty-ring"], "calc-dirty-rate: mode dirty-ring is not enabled, use other method instead."),
-    (["--mode", "dirty-ring", "--set", "dirty_tracking.mode=ring", "--set", "dirty_tracking.manual_protect=false"],
-     "--mode: dirty-ring is not built yet (built: page-sampling, dirty-bitmap)"),
+    (["--mode", "page-sampling", "--set", "dirty_tracking.mode=ring", "--set", "dirty_tracking.manual_protect=false",
+      "--set", "dirty_tracking.initially_set=false", "--mode", "dirty-bitmap"],
+     "calc-dirty-rate: mode dirty-bitmap is not enabled, use other method instead."),
     (["--mode", "dirty-bitmap", "--sample-pages", "256"], "sample-pages is used only in page-sampling mode"),
     (["--start", "soon"], "--start: "),
 ])
@@ -213,3 +220,32 @@ def test_dirty_bitmap_counts_writes_made_while_the_clear_runs():
     result, m = _measure(UNIFORM, mode="dirty-bitmap", costs={"clear_dirty_log_per_page": "73ns"})
     assert m.thread_ns >= 73 * (4 * GIB // 4096)
     assert m.dirty_pages > 1.02 * m.written_pages
+
+
+def test_dirty_ring_with_no_reap_in_the_window_counts_each_written_page_once():
+    """A ring large enough and a reaper slower than the window: every written page pushes exactly one entry."""
+    result, m = _measure(UNIFORM, mode="dirty-ring", tracking={**RING, "ring_size": 65536, "reaper_period": "10s"})
+    assert m.dirty_pages == m.written_pages
+    truth = ground_truth(result.events)["written-rate"]
+    assert abs(m.dirty_rate - truth) <= 0.01 * truth + 2  # each vCPU's rate is rounded down to whole MiB/s
+    info = query_dirty_rate(result.events)
+    assert info["sample-pages"] == 0 and sum(v["dirty-rate"] for v in info["vcpu-dirty-rate"]) == m.dirty_rate
+    assert [v["id"] for v in info["vcpu-dirty-rate"]] == [0, 1]
+
+
+def test_dirty_ring_counts_a_page_again_after_each_reap_reprotects_it():
+    """Reaping resets the ring and re-protects its pages: a hot page written after a reap is pushed again."""
+    _, m = _measure({"kind": "hotset", "rate": "256MiB/s", "hot": "64MiB", "hot_share": 0.9}, mode="dirty-ring",
+                    tracking={**RING, "ring_size": 1024})
+    assert m.dirty_pages > 1.5 * m.written_pages and m.guest_faults == m.dirty_pages
+
+
+def test_dirty_ring_gives_each_vcpu_its_own_rate():
+    vcpus = [{"count": 1, "workload": {"kind": "uniform", "rate": "64MiB/s"}},
+             {"count": 1, "workload": {"kind": "uniform", "rate": "256MiB/s"}}]
+    _, m = _measure({}, mode="dirty-ring", vcpus=vcpus, tracking={**RING, "ring_size": 65536, "reaper_period": "10s"})
+    # A write faults only on a page nobody wrote yet: vCPU i pushes a_i N/A (1 - exp(-A T / N)) entries
+    n, a = 4 * GIB // 4096, np.array([64, 256]) * MIB // 4096
+    entries = a * n / a.sum() * (1 - np.exp(-a.sum() / n))
+    expected = entries * 1000 / 256 / 1000  # MiB/s over 1 s
+    assert np.all(np.abs(np.array(m.vcpu_dirty_rate) - expected) <= 1.0), (m.vcpu_dirty_rate, expected)

@@ -26,6 +26,8 @@ def query_dirty_rate(events: list, calc_time_unit: str = "second") -> dict:
         info["dirty-rate"] = done.dirty_rate
         if s.mode != "page-sampling":
             info["sample-pages"] = 0
+        if s.mode == "dirty-ring":
+            info["vcpu-dirty-rate"] = [{"id": i, "dirty-rate": r} for i, r in enumerate(done.vcpu_dirty_rate)]
     return info
 
 

@@ -2,8 +2,7 @@
 
 States as QEMU's ``CalculatingState``: unstarted -> measuring -> measured. The
 thread waits through ``Machine.sleep``, so the guest it measures is exactly as
-far as simulated time. page-sampling and dirty-bitmap are built; dirty-ring is
-refused with a clear error until it is.
+far as simulated time. All three of QEMU's modes are built.
 
 Beside QEMU's answer, every measurement records the page oracle's truth over
 its window and what it cost the guest (write-protect faults and their run time).
@@ -20,7 +19,7 @@ from .config import DirtyRateConfig
 from .page_sampling import PAGES_PER_MIB_SHIFT, compare, record_samples, update_dirtyrate
 
 NS_PER_MS = 10**6
-BUILT_MODES = ("page-sampling", "dirty-bitmap")
+BUILT_MODES = ("page-sampling", "dirty-bitmap", "dirty-ring")
 
 
 class DirtyRateThread:
@@ -44,7 +43,8 @@ class DirtyRateThread:
         self.state = "measuring"
         self.rec.emit(ev.DirtyRateStarted, mode=config.mode, calc_time_ms=config.calc_time_ms,
                       sample_pages=config.sample_pages_per_gigabytes)
-        body = self._sample_vm if config.mode == "page-sampling" else self._dirty_bitmap
+        body = {"page-sampling": self._sample_vm, "dirty-bitmap": self._dirty_bitmap,
+                "dirty-ring": self._dirty_ring}[config.mode]
         yield from body(config)
         self.state = "measured"
 
@@ -115,6 +115,34 @@ class DirtyRateThread:
         self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
                       sample_pages=config.sample_pages_per_gigabytes, dirty_rate=rate, dirty_pages=delta,
                       thread_ns=initial - start_ns + cost, **truth)
+
+
+    def _dirty_ring(self, config: DirtyRateConfig):
+        """``calculate_dirtyrate_dirty_ring`` -> ``vcpu_calculate_dirtyrate(one_shot=true)``: per-vCPU rates.
+
+        Start logging with GLOBAL_DIRTY_DIRTY_RATE (every page write-protected:
+        the first write to each pushes a ring entry); record each vCPU's
+        ``cpu->dirty_pages`` (entries reaped so far); wait; one sync, which
+        reaps every ring, and stop the flag; each vCPU's rate is its growth in
+        MiB per second, the VM's their sum. Entries still in a ring when the
+        window opens are counted when reaped, as in QEMU.
+        """
+        mem, listener = self.m.memory, self.m.kvm_listener
+        mem.memory_global_dirty_log_start(GLOBAL_DIRTY_DIRTY_RATE)
+        initial = self.env.now
+        window = _Window(self.m)
+        start = listener.reaped.copy()
+        msec = yield from self._wait(config.calc_time_ms, initial)
+        truth = window.close()
+        mem.memory_global_dirty_log_sync(False)  # global_dirty_log_sync(flag, one_shot=true)
+        mem.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+        delta = listener.reaped - start
+        cost = self.m.meter.drain()
+        yield from self._busy(cost)
+        rates = [int(((d * 1000) >> PAGES_PER_MIB_SHIFT) // msec) for d in delta.tolist()]  # do_calculate_dirtyrate
+        self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
+                      sample_pages=config.sample_pages_per_gigabytes, dirty_rate=sum(rates),
+                      dirty_pages=int(delta.sum()), vcpu_dirty_rate=rates, thread_ns=cost, **truth)
 
 
 class _Window:

@@ -237,7 +237,8 @@ class DirtyRateMeasured(Event, tag="dirty-rate-measured", omit_defaults=True):
     dirty_samples: int = 0
     sample_count: int = 0
     block_mem_mb: int = 0
-    dirty_pages: int = 0  # dirty-bitmap: growth of total_dirty_pages
+    dirty_pages: int = 0  # dirty-bitmap: growth of total_dirty_pages; dirty-ring: entries reaped
+    vcpu_dirty_rate: list[int] = []  # dirty-ring: MiB/s per vCPU, by cpu_index
     thread_ns: int = 0  # the measuring thread's busy time (hashing, ioctls)
     written_pages: int = 0
     modified_pages: int = 0
