@@ -8,15 +8,30 @@ to show what the migration code would have to do.
 
 from __future__ import annotations
 
+from .dirtyrate.thread import DirtyRateThread
 from .events import schema as ev
 
 
 def run_timeline(env, scenario, machine, migration, recorder):
     """A SimPy process applying the timeline entries in time order."""
+    dirtyrate = DirtyRateThread(env, scenario, machine, recorder)
     for entry in sorted(scenario.timeline, key=lambda e: e.at):
         if entry.at > env.now:
             yield from machine.sleep(entry.at - env.now)
-        apply_action(entry, scenario, machine, migration.is_running(), recorder)
+        kind, act = entry.action
+        if kind == "calc_dirty_rate":
+            target, result = "mig/dirtyrate", _calc_dirty_rate(env, act, scenario, dirtyrate)
+            recorder.emit(ev.TimelineAction, action=kind, target=target, result=result)
+        else:
+            apply_action(entry, scenario, machine, migration.is_running(), recorder)
+
+
+def _calc_dirty_rate(env, act, scenario, thread: DirtyRateThread) -> str:
+    """``qmp_calc_dirty_rate``: one measurement at a time; it runs beside the migration on its own thread."""
+    if thread.state == "measuring":
+        return "refused: the dirty rate is already being measured."
+    thread.start(act.config(scenario.dirty_tracking.mode == "ring"))
+    return "started"
 
 
 def apply_action(entry, scenario, machine, migrating: bool, recorder) -> None:

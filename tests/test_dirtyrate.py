@@ -249,3 +249,67 @@ def test_dirty_ring_gives_each_vcpu_its_own_rate():
     entries = a * n / a.sum() * (1 - np.exp(-a.sum() / n))
     expected = entries * 1000 / 256 / 1000  # MiB/s over 1 s
     assert np.all(np.abs(np.array(m.vcpu_dirty_rate) - expected) <= 1.0), (m.vcpu_dirty_rate, expected)
+
+
+# --- as a timeline action during a migration -------------------------------------------------------------------
+
+def _migrate_with(actions: list[dict], tracking: dict | None = None, workload: dict | None = None):
+    return simulate(seed=3, dirty_tracking=tracking or {},
+                    machine={"memory": {"size": "1GiB", "zero_fraction": 0.5}, "vcpus": [
+                        {"count": 2, "workload": workload or {"kind": "hotset", "rate": "64MiB/s", "hot": "128MiB",
+                                                             "hot_share": 0.9}}]},
+                    migration={"start_at": "500ms", "max_bandwidth": "128MiB/s", "timeout": "30s"},
+                    timeline=actions)
+
+
+@pytest.mark.parametrize("mode,tracking", [("page-sampling", None), ("dirty-bitmap", None), ("dirty-ring", RING)])
+def test_a_migration_with_a_measurement_running_loses_nothing(mode, tracking):
+    result = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2, "mode": mode}}], tracking)
+    check = of(result.events, ev.OracleCheck)[-1]
+    assert result.stop_reason == "completed" and check.at == "switchover" and check.lost_pages == 0
+    (m,) = of(result.events, ev.DirtyRateMeasured)
+    assert m.mode == mode and m.dirty_rate > 0
+
+
+def test_the_bitmap_measurement_costs_the_migrating_guest_faults():
+    """Its CLEAR re-protects the pages the dropped sync fetched: more write faults than the migration alone."""
+    def faults(result):
+        return sum(v.faults for v in of(result.events, ev.VcpuStats))
+
+    alone = _migrate_with([])
+    measured = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2, "mode": "dirty-bitmap"}}])
+    sampled = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2}}])
+    assert faults(measured) > faults(alone)
+    assert faults(sampled) == faults(alone)  # hashing pages write-protects nothing
+
+
+def test_a_second_measurement_while_one_runs_is_refused_as_qemu_refuses_it():
+    result = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2}},
+                            {"at": "2s", "calc_dirty_rate": {"calc_time": 1}},
+                            {"at": "3500ms", "calc_dirty_rate": {"calc_time": 1}}])
+    actions = [a.result for a in of(result.events, ev.TimelineAction)]
+    assert actions == ["started", "refused: the dirty rate is already being measured.", "started"]
+    assert len(of(result.events, ev.DirtyRateMeasured)) == 2
+
+
+@pytest.mark.parametrize("action,message", [
+    ({"calc_time": 1, "mode": "dirty-ring"}, "calc-dirty-rate refuses it: mode dirty-ring is not enabled"),
+    ({"calc_time": 1, "mode": "dirty-bitmap", "sample_pages": 256},
+     "calc-dirty-rate refuses it: sample-pages is used only in page-sampling mode"),
+    ({"calc_time": 70}, "calc-dirty-rate refuses it: Calculation time is out of range [50ms, 60000ms]."),
+])
+def test_a_measurement_qemu_would_refuse_is_a_scenario_error(action, message):
+    with pytest.raises(Exception) as exc:
+        scenario(timeline=[{"at": "1s", "calc_dirty_rate": action}])
+    assert message in str(exc.value)
+
+
+def test_the_summary_lists_each_measurement_with_its_truth(tmp_path):
+    from dirtysim.report.files import write_run
+
+    result = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 500, "calc_time_unit": "millisecond"}}])
+    summary = write_run(result, tmp_path, plots=False)
+    (entry,) = summary["calc-dirty-rate"]
+    assert entry["at-ms"] == 1000.0 and entry["query-dirty-rate"]["status"] == "measured"
+    assert entry["query-dirty-rate"]["calc-time"] == 0  # 500 ms in seconds, rounded down as QEMU converts
+    assert entry["truth"]["written-pages"] >= entry["truth"]["content-changed-pages"] > 0

@@ -53,6 +53,7 @@ timeline:
   - {at: 30ms, pam: {enabled: true}}
   - {at: 40ms, hotplug: {id: d0, size: 256MiB}}
   - {at: 50ms, unplug: {id: d0}}
+  - {at: 60ms, calc-dirty-rate: {calc-time: 50, calc-time-unit: millisecond, sample-pages: 256, mode: page-sampling}}
 what_if: {hotplug_during_migration: false}
 """
 # Where each model sits in RICH (a --set path), to try every field's default and limits in place.
@@ -63,7 +64,8 @@ WHERE = {
     "VfioPci": "machine.devices.3", "DirtyTracking": "dirty_tracking", "Costs": "costs", "Network": "network",
     "Migration": "migration", "Engine": "engine", "Outputs": "outputs", "TimelineEntry": "timeline.0",
     "BarMap": "timeline.0.bar", "Ioeventfd": "timeline.1.ioeventfd", "Pam": "timeline.2.pam",
-    "Hotplug": "timeline.3.hotplug", "Unplug": "timeline.4.unplug", "WhatIf": "what_if",
+    "Hotplug": "timeline.3.hotplug", "Unplug": "timeline.4.unplug", "CalcDirtyRate": "timeline.5.calc_dirty_rate",
+    "WhatIf": "what_if",
 }
 # Defaults valid in general but not with the rest of RICH: no devices or no device memory orphan RICH's timeline; an entry with no bar has no action.
 NOT_HERE = {("Machine", "devices"), ("Machine", "device_memory"),

@@ -9,14 +9,24 @@ from .config import convert_time_unit
 MIB = 1 << 20
 
 
+def _pairs(events: list) -> list[tuple]:
+    """Each measurement: its dirty-rate-started event and its dirty-rate-measured event (None while measuring)."""
+    out = []
+    for e in events:
+        if isinstance(e, ev.DirtyRateStarted):
+            out.append((e, None))
+        elif isinstance(e, ev.DirtyRateMeasured) and out:
+            out[-1] = (out[-1][0], e)
+    return out
+
+
 def query_dirty_rate(events: list, calc_time_unit: str = "second") -> dict:
     """``query_dirty_rate_info`` for the last measurement in ``events`` (status unstarted if there is none)."""
-    started = [e for e in events if isinstance(e, ev.DirtyRateStarted)]
-    measured = [e for e in events if isinstance(e, ev.DirtyRateMeasured)]
-    if not started:
-        return {"status": "unstarted"}
-    s = started[-1]
-    done = measured[-1] if measured and measured[-1].seq > s.seq else None
+    pairs = _pairs(events)
+    return _info(*pairs[-1], calc_time_unit) if pairs else {"status": "unstarted"}
+
+
+def _info(s: ev.DirtyRateStarted, done: ev.DirtyRateMeasured | None, calc_time_unit: str) -> dict:
     calc_ms = done.calc_time_ms if done else s.calc_time_ms
     info = {"status": "measured" if done else "measuring",
             "start-time": done.start_time if done else s.t_ns // 10**9,
@@ -32,17 +42,19 @@ def query_dirty_rate(events: list, calc_time_unit: str = "second") -> dict:
 
 
 def ground_truth(events: list) -> dict:
-    """What the page oracle saw in the last measurement's window, as rates in MiB/s over its calc-time.
+    """What the page oracle saw in the last finished measurement's window (``truth``)."""
+    done = [m for _, m in _pairs(events) if m is not None]
+    return truth(done[-1]) if done else {}
+
+
+def truth(m: ev.DirtyRateMeasured) -> dict:
+    """The window's truth as rates in MiB/s over its calc-time, and what the measurement cost.
 
     ``written``: distinct pages written (a page written twice counts once,
     identical bytes count). ``content-changed``: distinct pages whose content
-    changed, what a perfect page-sampling converges to. ``writes``: every page
+    changed, what a perfect page-sampling converges to. ``write``: every page
     write of the vCPUs, repeats included (devices not counted).
     """
-    measured = [e for e in events if isinstance(e, ev.DirtyRateMeasured)]
-    if not measured:
-        return {}
-    m = measured[-1]
     seconds = m.calc_time_ms / 1000
 
     def rate(pages: int) -> float:
@@ -53,3 +65,9 @@ def ground_truth(events: list) -> dict:
             "content-changed-rate": rate(m.modified_pages), "write-rate": rate(m.guest_writes),
             "dirty-samples": m.dirty_samples, "sample-count": m.sample_count, "dirty-pages": m.dirty_pages,
             "thread-ms": m.thread_ns / 1e6, "guest-faults": m.guest_faults, "guest-fault-ms": m.guest_fault_ns / 1e6}
+
+
+def measurements(events: list) -> list[dict]:
+    """Every measurement of a run: ``query-dirty-rate`` as QEMU would answer it, and the truth beside it."""
+    return [{"at-ms": s.t_ns / 1e6, "query-dirty-rate": _info(s, m, "second"), "truth": truth(m) if m else None}
+            for s, m in _pairs(events)]

@@ -2,7 +2,7 @@
 
 States as QEMU's ``CalculatingState``: unstarted -> measuring -> measured. The
 thread waits through ``Machine.sleep``, so the guest it measures is exactly as
-far as simulated time. All three of QEMU's modes are built.
+far as simulated time. All three of QEMU's modes are built (``BUILT_MODES``).
 
 Beside QEMU's answer, every measurement records the page oracle's truth over
 its window and what it cost the guest (write-protect faults and their run time).
@@ -35,14 +35,22 @@ class DirtyRateThread:
         order), so it falls inside the window. A calc-time of T ms then spans
         exactly T quanta of 1 ms.
         """
+        self._begin(config)
+        yield from self._measure(config)
+
+    def start(self, config: DirtyRateConfig):
+        """``qmp_calc_dirty_rate`` from a running simulation: the thread starts now, beside everything else."""
+        self._begin(config)
+        return self.env.process(self._measure(config))
+
+    def _begin(self, config: DirtyRateConfig) -> None:
         if self.state == "measuring":
             raise RuntimeError("the dirty rate is already being measured.")  # qmp_calc_dirty_rate
-        if config.mode not in BUILT_MODES:
-            raise NotImplementedError(f"calc-dirty-rate mode {config.mode} is not built yet (built: "
-                                      f"{', '.join(BUILT_MODES)})")
         self.state = "measuring"
         self.rec.emit(ev.DirtyRateStarted, mode=config.mode, calc_time_ms=config.calc_time_ms,
                       sample_pages=config.sample_pages_per_gigabytes)
+
+    def _measure(self, config: DirtyRateConfig):
         body = {"page-sampling": self._sample_vm, "dirty-bitmap": self._dirty_bitmap,
                 "dirty-ring": self._dirty_ring}[config.mode]
         yield from body(config)

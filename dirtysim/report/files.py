@@ -37,6 +37,7 @@ from typing import Iterable
 
 from ..events.log import encode_log, fingerprint
 from ..scenario.load import resolved_to_file
+from ..dirtyrate.report import measurements as dirtyrate_measurements
 from . import tables
 
 LOCK_NAME = ".dirtysim.lock"
@@ -164,6 +165,9 @@ def projections(events: list, run_info: dict, plots: bool) -> tuple[dict, dict[s
     f = tables.fold(events)  # once: a 1 TiB run has hundreds of thousands of events
     summary = tables.summary(events, f)
     summary["dirtysim"].update(run_info, scenario=resolved_to_file(run_info.get("scenario", {})))
+    measured = dirtyrate_measurements(events)
+    if measured:
+        summary["calc-dirty-rate"] = measured
     files = {"rounds.csv": tables.csv_bytes(f.rounds), "vcpus.csv": tables.csv_bytes(f.vcpu_rows, tables.VCPU_FIELDS)}
     if plots:
         from .plots import convergence_figure, figure_png

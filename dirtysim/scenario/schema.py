@@ -30,6 +30,8 @@ QEMU_SPELLINGS = {
     "downtime_limit": "downtime-limit", "max_bandwidth": "max-bandwidth",
     "avail_switchover_bandwidth": "avail-switchover-bandwidth", "zero_page_detection": "zero-page-detection",
     "clear_bitmap_shift": "x-clear-bitmap-shift", "ring_size": "dirty-ring-size",
+    "calc_dirty_rate": "calc-dirty-rate", "calc_time": "calc-time", "calc_time_unit": "calc-time-unit",
+    "sample_pages": "sample-pages",
 }
 
 # QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
@@ -445,6 +447,25 @@ class Ioeventfd(_Model):
     enabled: bool = True
 
 
+class CalcDirtyRate(_Model):
+    """QMP ``calc-dirty-rate``: measure the guest's dirty rate (``migration/dirtyrate.c``), during a migration too."""
+
+    calc_time: int = Field(description="measurement time in calc_time_unit (50 ms .. 60 s)")
+    calc_time_unit: Literal["second", "millisecond"] = "second"
+    sample_pages: Optional[int] = Field(None, description="samples per GiB, page-sampling only (128 .. 16384; "
+                                                          "default 512)")
+    mode: Literal["page-sampling", "dirty-bitmap", "dirty-ring"] = "page-sampling"
+
+    def config(self, dirty_ring: bool):
+        """``qmp_calc_dirty_rate``'s checks (``DirtyRateError`` with QEMU's message)."""
+        from ..dirtyrate.config import DirtyRateConfig
+
+        return DirtyRateConfig.from_qmp(self.calc_time, self.calc_time_unit, self.sample_pages, self.mode, dirty_ring)
+
+
+TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate")
+
+
 class TimelineEntry(_Model):
     at: Duration
     hotplug: Optional[Hotplug] = None
@@ -452,20 +473,20 @@ class TimelineEntry(_Model):
     bar: Optional[BarMap] = None
     pam: Optional[Pam] = None
     ioeventfd: Optional[Ioeventfd] = None
+    calc_dirty_rate: Optional[CalcDirtyRate] = None
 
     @model_validator(mode="after")
     def _one_action(self):
-        given = [k for k in ("hotplug", "unplug", "bar", "pam", "ioeventfd") if getattr(self, k) is not None]
+        given = [k for k in TIMELINE_ACTIONS if getattr(self, k) is not None]
         if len(given) != 1:
             raise PydanticCustomError("timeline", "a timeline entry needs exactly one action",
-                                      {"allowed": "one of hotplug, unplug, bar, pam, ioeventfd",
+                                      {"allowed": f"one of {', '.join(TIMELINE_ACTIONS)}",
                                        "got": ", ".join(given) or "none"})
         return self
 
     @property
     def action(self) -> tuple[str, _Model]:
-        return next((k, getattr(self, k)) for k in ("hotplug", "unplug", "bar", "pam", "ioeventfd")
-                    if getattr(self, k) is not None)
+        return next((k, getattr(self, k)) for k in TIMELINE_ACTIONS if getattr(self, k) is not None)
 
 
 class WhatIf(_Model):
@@ -611,6 +632,15 @@ class Scenario(_Model):
                 if sum(plugged.values()) > dm:
                     raise fail(loc + ("size",), "the DIMMs do not fit in machine.device_memory",
                                units.format_size(sum(plugged.values())), f"at most {units.format_size(dm)} plugged at once")
+            if kind == "calc_dirty_rate":
+                from ..dirtyrate.config import DirtyRateError
+
+                try:
+                    act.config(self.dirty_tracking.mode == "ring")
+                except DirtyRateError as exc:
+                    raise fail(loc, f"calc-dirty-rate refuses it: {exc}",
+                               f"{act.mode}, {act.calc_time} {act.calc_time_unit}",
+                               "what qmp_calc_dirty_rate accepts") from None
             if kind == "unplug" and plugged.pop(act.id, None) is None:
                 raise fail(loc + ("id",), "no DIMM with this id is plugged at that point", act.id,
                            ", ".join(plugged) or "none")
