@@ -70,23 +70,26 @@ def run(file: str, outdir: str | None, overrides: tuple[str, ...], seed: int | N
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--mode", default="page-sampling", show_default=True,
-              help="page-sampling | dirty-bitmap | dirty-ring (QEMU's calc-dirty-rate modes)")
+              help="page-sampling | dirty-bitmap | dirty-ring (QEMU's calc-dirty-rate modes), or dirtysim's "
+                   "x-sampled-wp | x-wss-curve")
 @click.option("--calc-time", default=1, show_default=True, help="measurement time, in --calc-time-unit")
 @click.option("--calc-time-unit", default="second", show_default=True, help="second | millisecond")
 @click.option("--sample-pages", type=int, help="samples per GiB (page-sampling; QEMU's default 512, 128..16384)")
+@click.option("--x-sample-shift", type=int, help="x-sampled-wp, x-wss-curve: protect one page in 2^N (0..6; 6)")
 @click.option("--start", default="1s", show_default=True, help="simulated time at which the measurement starts")
 @click.option("-o", "--output", "outdir", type=click.Path(), help="also write dirtyrate.json and events.jsonl here")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a scenario key")
 @click.option("--seed", type=int, help="override the scenario seed")
-def dirtyrate(file: str, mode: str, calc_time: int, calc_time_unit: str, sample_pages: int | None, start: str,
-              outdir: str | None, overrides: tuple[str, ...], seed: int | None) -> None:
+def dirtyrate(file: str, mode: str, calc_time: int, calc_time_unit: str, sample_pages: int | None,
+              x_sample_shift: int | None, start: str, outdir: str | None, overrides: tuple[str, ...],
+              seed: int | None) -> None:
     """Measure the dirty rate of the guest of scenario FILE as QEMU's calc-dirty-rate does (no migration).
 
     Prints query-dirty-rate's answer and, beside it, the truth from the page
     oracle over the same window (pages written, pages whose content changed,
     page writes with repeats) as JSON.
     """
-    from .dirtyrate.config import DirtyRateConfig, DirtyRateError
+    from .dirtyrate.config import DirtyRateConfig, DirtyRateError, tracking_flags
     from .dirtyrate.report import ground_truth, query_dirty_rate
     from .dirtyrate.thread import BUILT_MODES
     from .report.files import write_dirtyrate
@@ -101,8 +104,8 @@ def dirtyrate(file: str, mode: str, calc_time: int, calc_time_unit: str, sample_
     if start_ns < 0:
         _fail(f"--start: must not be negative (got {start})", EXIT_BAD_INPUT)
     try:
-        config = DirtyRateConfig.from_qmp(calc_time, calc_time_unit, sample_pages, mode,
-                                          dirty_ring=scenario.dirty_tracking.mode == "ring")
+        config = DirtyRateConfig.from_qmp(calc_time, calc_time_unit, sample_pages, mode, sample_shift=x_sample_shift,
+                                          **tracking_flags(scenario))
     except DirtyRateError as exc:
         _fail(f"calc-dirty-rate: {exc}", EXIT_BAD_INPUT)
     if mode not in BUILT_MODES:

@@ -30,7 +30,7 @@ def _calc_dirty_rate(env, act, scenario, thread: DirtyRateThread) -> str:
     """``qmp_calc_dirty_rate``: one measurement at a time; it runs beside the migration on its own thread."""
     if thread.state == "measuring":
         return "refused: the dirty rate is already being measured."
-    thread.start(act.config(scenario.dirty_tracking.mode == "ring"))
+    thread.start(act.config(scenario))
     return "started"
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from builders import NO_COSTS, of, scenario, simulate
 from dirtysim.cli import main
-from dirtysim.dirtyrate.config import DirtyRateConfig, DirtyRateError, convert_time_unit
+from dirtysim.dirtyrate.config import DirtyRateConfig, DirtyRateError, convert_time_unit, tracking_flags
 from dirtysim.dirtyrate.page_sampling import (
     choose_samples,
     sample_pages_count,
@@ -85,7 +85,7 @@ def _measure(workload: dict, size: str = "4GiB", calc_time: int = 1, sample_page
                   machine={"memory": {"size": size, "zero_fraction": 0.0},
                            "vcpus": vcpus or [{"count": 2, "workload": workload}]})
     config = DirtyRateConfig.from_qmp(calc_time, sample_pages=sample_pages, mode=mode,
-                                      dirty_ring=(tracking or {}).get("mode") == "ring")
+                                      **tracking_flags(sc))
     result = run_dirtyrate(sc, config, 200 * 10**6)
     assert result.error is None, result.error
     return result, of(result.events, ev.DirtyRateMeasured)[0]
@@ -313,3 +313,80 @@ def test_the_summary_lists_each_measurement_with_its_truth(tmp_path):
     assert entry["at-ms"] == 1000.0 and entry["query-dirty-rate"]["status"] == "measured"
     assert entry["query-dirty-rate"]["calc-time"] == 0  # 500 ms in seconds, rounded down as QEMU converts
     assert entry["truth"]["written-pages"] >= entry["truth"]["content-changed-pages"] > 0
+
+
+# --- dirtysim's estimators: write-protect a sample (dirtyrate/sampled_wp.py) -------------------------------------
+
+def test_sample_mask_takes_one_page_per_group_each_page_equally_likely():
+    from dirtysim.dirtyrate.sampled_wp import sample_mask
+
+    for shift in (0, 3, 6):
+        mask = sample_mask(np.random.default_rng(5), 4096, shift)
+        assert int(np.bitwise_count(mask).sum()) == 4096 * (64 >> shift)
+        groups = ((mask[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).reshape(4096, 64 >> shift, -1)
+        assert (groups.sum(axis=2) == 1).all()  # exactly one page in every group
+    per_position = ((mask[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).sum(axis=0).astype(np.int64)
+    assert abs(per_position - 64).max() < 5 * 8  # 4096 words, 1/64 each: mean 64, sd ~8
+
+
+def test_fit_uniform_recovers_the_model_and_says_when_it_cannot():
+    from dirtysim.dirtyrate.sampled_wp import curve_at, fit_uniform
+
+    n, r = 50_000.0, 80_000.0
+    w = [n * -np.expm1(-r * t / n) for t in (0.5, 1.0)]
+    fn, fr = fit_uniform(0.5, w[0], 1.0, w[1])
+    assert fn == pytest.approx(n) and fr == pytest.approx(r) and curve_at(fn, fr, 2.0) == pytest.approx(
+        n * -np.expm1(-r * 2 / n))
+    assert fit_uniform(0.5, 100, 1.0, 200) == (float("inf"), 200.0)  # no saturation: a straight line
+
+
+SAMPLED = {"kind": "hotset", "rate": "256MiB/s", "hot": "256MiB", "hot_share": 0.8}
+
+
+def test_sampled_wp_estimates_the_pages_written_for_a_64th_of_the_faults():
+    costs = {**NO_COSTS, "write_fault": "2us"}
+    result, m = _measure(SAMPLED, mode="x-sampled-wp", costs=costs)
+    _, bitmap = _measure(SAMPLED, mode="dirty-bitmap", costs=costs)
+    assert abs(m.dirty_pages - m.written_pages) <= 4 * (m.written_pages * 64) ** 0.5
+    assert abs(m.guest_faults - m.written_pages / 64) <= 4 * (m.written_pages / 64) ** 0.5
+    assert bitmap.guest_faults == bitmap.written_pages and bitmap.guest_faults > 40 * m.guest_faults
+    assert query_dirty_rate(result.events)["x-sample-shift"] == 6
+
+
+def test_sampled_wp_sees_identical_rewrites_as_migration_does():
+    _, m = _measure({**UNIFORM, "identical_rewrites": 1.0}, mode="x-sampled-wp")
+    assert m.modified_pages == 0 and m.dirty_rate > 400
+
+
+def test_wss_curve_follows_the_truth_and_fits_a_saturating_working_set():
+    """A uniform writer on 512 MiB (131072 pages) at 1 GiB/s saturates within the window: the fit finds N."""
+    result, m = _measure({"kind": "uniform", "rate": "512MiB/s", "working_set": "512MiB"}, mode="x-wss-curve")
+    assert [t for t, _, _ in m.curve] == [125, 250, 500, 1000]
+    for _, est, true in m.curve:
+        assert abs(est - true) <= 4 * (true * 64) ** 0.5
+    assert m.wss_pages == pytest.approx(131072, rel=0.1)
+    truth = ground_truth(result.events)
+    assert [p["written-pages"] for p in truth["curve"]] == [true for _, _, true in m.curve]
+
+
+@pytest.mark.parametrize("tracking,accel,message", [
+    ({"manual_protect": False, "initially_set": False}, "kvm", "needs KVM_CLEAR_DIRTY_LOG"),
+    (RING, "kvm", "needs KVM_CLEAR_DIRTY_LOG"),
+])
+def test_sampled_estimators_need_kvm_clear_dirty_log(tracking, accel, message):
+    sc = scenario(dirty_tracking=tracking)
+    with pytest.raises(DirtyRateError, match=message):
+        DirtyRateConfig.from_qmp(1, mode="x-sampled-wp", **tracking_flags(sc))
+    with pytest.raises(DirtyRateError, match="x-sample-shift is used only"):
+        DirtyRateConfig.from_qmp(1, sample_shift=3)
+    with pytest.raises(DirtyRateError, match=r"x-sample-shift is out of range\[0, 6\]"):
+        DirtyRateConfig.from_qmp(1, mode="x-wss-curve", sample_shift=7)
+
+
+def test_a_migration_with_a_sampled_estimator_running_loses_nothing():
+    result = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2, "mode": "x-wss-curve",
+                                                            "x_sample_shift": 4}}])
+    check = of(result.events, ev.OracleCheck)[-1]
+    assert result.stop_reason == "completed" and check.lost_pages == 0
+    (m,) = of(result.events, ev.DirtyRateMeasured)
+    assert m.sample_shift == 4 and len(m.curve) == 4

@@ -11,12 +11,22 @@ from dataclasses import dataclass
 MIN_CALC_TIME_MS, MAX_CALC_TIME_MS = 50, 60_000  # dirtyrate.h
 MIN_SAMPLE_PAGE_COUNT, MAX_SAMPLE_PAGE_COUNT = 128, 16384
 DIRTYRATE_DEFAULT_SAMPLE_PAGES = 512
-MODES = ("page-sampling", "dirty-bitmap", "dirty-ring")
+QEMU_MODES = ("page-sampling", "dirty-bitmap", "dirty-ring")
+EXTRA_MODES = ("x-sampled-wp", "x-wss-curve")  # dirtysim's estimators (dirtyrate/sampled_wp.py), not QEMU's
+MODES = QEMU_MODES + EXTRA_MODES
+DEFAULT_SAMPLE_SHIFT = 6  # x- modes: one page in 64 write-protected
 TIME_UNITS = {"second": 0, "millisecond": -3}  # time_unit_to_power
 
 
 class DirtyRateError(ValueError):
     """A request QEMU refuses; the message is QEMU's."""
+
+
+def tracking_flags(scenario) -> dict:
+    """What ``qmp_calc_dirty_rate`` asks of KVM, for a scenario: a dirty ring, and KVM_CLEAR_DIRTY_LOG."""
+    dt = scenario.dirty_tracking
+    ring = dt.mode == "ring"
+    return {"dirty_ring": ring, "clear_log": scenario.machine.accel == "kvm" and not ring and dt.manual_protect}
 
 
 def convert_time_unit(value: int, unit_from: str, unit_to: str) -> int:
@@ -38,11 +48,18 @@ class DirtyRateConfig:
     calc_time_ms: int
     sample_pages_per_gigabytes: int
     mode: str
+    sample_shift: int = DEFAULT_SAMPLE_SHIFT
 
     @classmethod
     def from_qmp(cls, calc_time: int, calc_time_unit: str = "second", sample_pages: int | None = None,
-                 mode: str = "page-sampling", dirty_ring: bool = False) -> "DirtyRateConfig":
-        """``qmp_calc_dirty_rate``'s checks, in its order. ``dirty_ring``: KVM runs with a dirty ring."""
+                 mode: str = "page-sampling", dirty_ring: bool = False, sample_shift: int | None = None,
+                 clear_log: bool = True) -> "DirtyRateConfig":
+        """``qmp_calc_dirty_rate``'s checks, in its order. ``dirty_ring``: KVM runs with a dirty ring.
+
+        The ``x-`` modes are dirtysim's: they take ``sample_shift`` (one page in
+        ``2^shift`` protected, 0..6) and need ``clear_log`` (KVM, bitmap mode,
+        manual protect).
+        """
         if calc_time_unit not in TIME_UNITS:
             raise DirtyRateError(f"calc-time-unit {calc_time_unit!r} is not one of: {', '.join(TIME_UNITS)}")
         if mode not in MODES:
@@ -54,7 +71,15 @@ class DirtyRateConfig:
             raise DirtyRateError("sample-pages is used only in page-sampling mode")
         if sample_pages is not None and not MIN_SAMPLE_PAGE_COUNT <= sample_pages <= MAX_SAMPLE_PAGE_COUNT:
             raise DirtyRateError(f"sample-pages is out of range[{MIN_SAMPLE_PAGE_COUNT}, {MAX_SAMPLE_PAGE_COUNT}].")
-        if (mode == "dirty-ring") != dirty_ring and mode != "page-sampling":
+        if (mode == "dirty-ring") != dirty_ring and mode in ("dirty-ring", "dirty-bitmap"):
             raise DirtyRateError(f"mode {mode} is not enabled, use other method instead.")
+        if sample_shift is not None and mode not in EXTRA_MODES:
+            raise DirtyRateError(f"x-sample-shift is used only in the modes {', '.join(EXTRA_MODES)}")
+        if mode in EXTRA_MODES and not clear_log:
+            raise DirtyRateError(f"mode {mode} needs KVM_CLEAR_DIRTY_LOG: accel kvm, dirty_tracking.mode bitmap, "
+                                 "manual_protect true")
+        shift = DEFAULT_SAMPLE_SHIFT if sample_shift is None else sample_shift
+        if not 0 <= shift <= 6:
+            raise DirtyRateError(f"x-sample-shift is out of range[0, 6] (got {shift})")
         pages = DIRTYRATE_DEFAULT_SAMPLE_PAGES if sample_pages is None else sample_pages
-        return cls(calc_time_ms, pages, mode)
+        return cls(calc_time_ms, pages, mode, shift)

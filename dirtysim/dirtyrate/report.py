@@ -38,6 +38,11 @@ def _info(s: ev.DirtyRateStarted, done: ev.DirtyRateMeasured | None, calc_time_u
             info["sample-pages"] = 0
         if s.mode == "dirty-ring":
             info["vcpu-dirty-rate"] = [{"id": i, "dirty-rate": r} for i, r in enumerate(done.vcpu_dirty_rate)]
+        if s.mode.startswith("x-"):  # dirtysim's estimators: what they add to QEMU's answer
+            info["x-sample-shift"] = done.sample_shift
+            info["x-curve"] = [{"ms": t, "pages": est} for t, est, _ in done.curve]
+            if s.mode == "x-wss-curve":
+                info["x-wss-pages"], info["x-wss-pages-per-s"] = done.wss_pages, done.wss_rate
     return info
 
 
@@ -64,7 +69,8 @@ def truth(m: ev.DirtyRateMeasured) -> dict:
             "guest-writes": m.guest_writes, "written-rate": rate(m.written_pages),
             "content-changed-rate": rate(m.modified_pages), "write-rate": rate(m.guest_writes),
             "dirty-samples": m.dirty_samples, "sample-count": m.sample_count, "dirty-pages": m.dirty_pages,
-            "thread-ms": m.thread_ns / 1e6, "guest-faults": m.guest_faults, "guest-fault-ms": m.guest_fault_ns / 1e6}
+            "thread-ms": m.thread_ns / 1e6, "guest-faults": m.guest_faults, "guest-fault-ms": m.guest_fault_ns / 1e6,
+            **({"curve": [{"ms": t, "written-pages": true} for t, _, true in m.curve]} if m.curve else {})}
 
 
 def measurements(events: list) -> list[dict]:

@@ -17,9 +17,10 @@ from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_DIRTY_RATE
 from .config import DirtyRateConfig
 from .page_sampling import PAGES_PER_MIB_SHIFT, compare, record_samples, update_dirtyrate
+from .sampled_wp import CHECKPOINTS, count_sampled, fit_uniform, sample_mask
 
 NS_PER_MS = 10**6
-BUILT_MODES = ("page-sampling", "dirty-bitmap", "dirty-ring")
+BUILT_MODES = ("page-sampling", "dirty-bitmap", "dirty-ring", "x-sampled-wp", "x-wss-curve")
 
 
 class DirtyRateThread:
@@ -52,7 +53,8 @@ class DirtyRateThread:
 
     def _measure(self, config: DirtyRateConfig):
         body = {"page-sampling": self._sample_vm, "dirty-bitmap": self._dirty_bitmap,
-                "dirty-ring": self._dirty_ring}[config.mode]
+                "dirty-ring": self._dirty_ring, "x-sampled-wp": self._sampled_wp,
+                "x-wss-curve": self._sampled_wp}[config.mode]
         yield from body(config)
         self.state = "measured"
 
@@ -153,6 +155,64 @@ class DirtyRateThread:
                       dirty_pages=int(delta.sum()), vcpu_dirty_rate=rates, thread_ns=cost, **truth)
 
 
+    def _sampled_wp(self, config: DirtyRateConfig):
+        """dirtysim's ``x-sampled-wp`` and ``x-wss-curve`` (``sampled_wp.py``): CLEAR only a sample, GET to read it.
+
+        Start logging with GLOBAL_DIRTY_DIRTY_RATE and sync once (what KVM
+        holds goes to global dirty memory, so a running migration keeps it);
+        KVM_CLEAR_DIRTY_LOG with the sample as mask; a sync at each checkpoint
+        (manual protect: a GET re-protects nothing), counting the sampled bits
+        it fetched; stop the flag. During a migration its own CLEARs re-protect
+        sampled pages too, so the estimate is then a lower bound.
+        """
+        mem, kvm, listener = self.m.memory, self.m.kvm, self.m.kvm_listener
+        shift = config.sample_shift
+        start_ns = self.env.now
+        mem.memory_global_dirty_log_start(GLOBAL_DIRTY_DIRTY_RATE)
+        mem.memory_global_dirty_log_sync(False)
+        mask = sample_mask(np.random.default_rng(self.m.seeds.spawn(1)[0]), kvm.dirty.shape[0], shift)
+        sampled = np.zeros_like(mask)
+        for slot in kvm.slots:
+            if slot.logging:
+                w = slot.words
+                sampled[w] = mask[w]
+                reprotected = int(kernels.clear_by_mask(kvm.dirty, mask, w.start, w.stop))
+                cost = reprotected * self.sc.costs.clear_dirty_log_per_page
+                self.m.meter.add(cost)
+                self.rec.emit(ev.KvmClearDirtyLog, slot=slot.slot, first_page=0, num_pages=slot.size // 4096,
+                              reprotected=reprotected, cost_ns=cost)
+        yield from self._busy(self.m.meter.drain())
+        initial = self.env.now
+        window = _Window(self.m)
+        points = CHECKPOINTS if config.mode == "x-wss-curve" else (1,)
+        curve = []
+        for div in points:
+            at = initial + config.calc_time_ms * NS_PER_MS // div
+            if at > self.env.now:
+                yield from self.m.sleep(at - self.env.now)
+            true_pages = window.written_so_far()
+            mem.memory_global_dirty_log_sync(False)
+            curve.append([(self.env.now - initial) // NS_PER_MS, count_sampled(listener.dirty_bmap, sampled) << shift,
+                          true_pages])
+            if div == 1:
+                truth = window.close()
+                mem.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+            yield from self._busy(self.m.meter.drain())
+        msec = config.calc_time_ms
+        estimate = curve[-1][1]
+        rate = ((estimate * 1000) >> PAGES_PER_MIB_SHIFT) // msec
+        fit = {}
+        if len(curve) > 1:
+            (t1, w1, _), (t2, w2, _) = curve[-2], curve[-1]
+            n, r = fit_uniform(t1 / 1000, w1, t2 / 1000, w2)
+            fit = {"wss_pages": -1.0 if n == float("inf") else round(n, 1),
+                   "wss_rate": -1.0 if r == float("inf") else round(r, 1)}
+        self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
+                      sample_pages=config.sample_pages_per_gigabytes, dirty_rate=rate, dirty_pages=estimate,
+                      sample_shift=shift, curve=curve, thread_ns=self.env.now - start_ns - msec * NS_PER_MS,
+                      **fit, **truth)
+
+
 class _Window:
     """The oracle's write window and the guest's counters over one measurement (the truth beside QEMU's answer)."""
 
@@ -161,6 +221,10 @@ class _Window:
         machine.ram_list.open_window()
         self.start = {name: self.guest.total(name) for name in ("writes", "faults", "fault_ns")}
         self.modified = np.zeros(0, dtype=np.uint64)
+
+    def written_so_far(self) -> int:
+        """Distinct pages written since the window opened (the truth at a checkpoint)."""
+        return _popcount(self.m.ram_list.window[kernels.WIN_WRITTEN])
 
     def close(self) -> dict:
         window = self.m.ram_list.close_window()

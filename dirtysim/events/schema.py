@@ -239,6 +239,10 @@ class DirtyRateMeasured(Event, tag="dirty-rate-measured", omit_defaults=True):
     block_mem_mb: int = 0
     dirty_pages: int = 0  # dirty-bitmap: growth of total_dirty_pages; dirty-ring: entries reaped
     vcpu_dirty_rate: list[int] = []  # dirty-ring: MiB/s per vCPU, by cpu_index
+    sample_shift: int = 0  # x- modes: one page in 2^shift write-protected
+    curve: list[list[int]] = []  # x-wss-curve: [ms into the window, estimated pages, true pages written]
+    wss_pages: float = 0.0  # x-wss-curve: fitted working set N (-1: unbounded)
+    wss_rate: float = 0.0  # x-wss-curve: fitted pages written per second r (-1: unbounded)
     thread_ns: int = 0  # the measuring thread's busy time (hashing, ioctls)
     written_pages: int = 0
     modified_pages: int = 0

@@ -31,7 +31,7 @@ QEMU_SPELLINGS = {
     "avail_switchover_bandwidth": "avail-switchover-bandwidth", "zero_page_detection": "zero-page-detection",
     "clear_bitmap_shift": "x-clear-bitmap-shift", "ring_size": "dirty-ring-size",
     "calc_dirty_rate": "calc-dirty-rate", "calc_time": "calc-time", "calc_time_unit": "calc-time-unit",
-    "sample_pages": "sample-pages",
+    "sample_pages": "sample-pages", "x_sample_shift": "x-sample-shift",
 }
 
 # QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
@@ -454,13 +454,17 @@ class CalcDirtyRate(_Model):
     calc_time_unit: Literal["second", "millisecond"] = "second"
     sample_pages: Optional[int] = Field(None, description="samples per GiB, page-sampling only (128 .. 16384; "
                                                           "default 512)")
-    mode: Literal["page-sampling", "dirty-bitmap", "dirty-ring"] = "page-sampling"
+    mode: Literal["page-sampling", "dirty-bitmap", "dirty-ring", "x-sampled-wp", "x-wss-curve"] = Field(
+        "page-sampling", description="QEMU's three modes, or dirtysim's estimators x-sampled-wp, x-wss-curve")
+    x_sample_shift: Optional[int] = Field(None, description="x- modes: write-protect one page in 2^shift (0 .. 6; "
+                                                            "default 6)")
 
-    def config(self, dirty_ring: bool):
+    def config(self, scenario: "Scenario"):
         """``qmp_calc_dirty_rate``'s checks (``DirtyRateError`` with QEMU's message)."""
-        from ..dirtyrate.config import DirtyRateConfig
+        from ..dirtyrate.config import DirtyRateConfig, tracking_flags
 
-        return DirtyRateConfig.from_qmp(self.calc_time, self.calc_time_unit, self.sample_pages, self.mode, dirty_ring)
+        return DirtyRateConfig.from_qmp(self.calc_time, self.calc_time_unit, self.sample_pages, self.mode,
+                                        sample_shift=self.x_sample_shift, **tracking_flags(scenario))
 
 
 TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate")
@@ -636,7 +640,7 @@ class Scenario(_Model):
                 from ..dirtyrate.config import DirtyRateError
 
                 try:
-                    act.config(self.dirty_tracking.mode == "ring")
+                    act.config(self)
                 except DirtyRateError as exc:
                     raise fail(loc, f"calc-dirty-rate refuses it: {exc}",
                                f"{act.mode}, {act.calc_time} {act.calc_time_unit}",
