@@ -24,7 +24,6 @@ import numpy as np
 from dirtysim.scenario.load import load_scenario
 from dirtysim.sim import run, warm_up_kernels
 
-UNPROFILED_RUNS = 3
 RNG_METHODS = ("random", "integers", "exponential", "standard_normal", "normal", "uniform", "choice", "permutation",
                "shuffle", "poisson", "binomial")
 
@@ -44,33 +43,38 @@ def profiled_rng(seed=None) -> ProfiledGenerator:
     return ProfiledGenerator(np.random.PCG64(seed))
 
 
-CATEGORIES = ("dirtysim Python (engine loops, events)", "RNG (numpy.random)", "numba kernels", "SimPy",
-              "numpy (other)", "other (stdlib, pydantic, ...)")
+CATEGORIES = ("guest loop (dirtysim/guest, Python)", "migration loop (dirtysim/migration, Python)",
+              "event log (dirtysim/events, Python)", "other dirtysim Python (setup, accel, memory)",
+              "RNG (numpy.random)", "numba kernels", "SimPy", "numpy (other)", "other (builtins, stdlib)")
 
 
 def category(file: str, func: str) -> str:
+    """The part of the program a function belongs to (by its file; RNG and numpy by name)."""
     if file.endswith("dirtysim/dirty/kernels.py"):
         return "numba kernels"
     if func.startswith("rng.") or "numpy/random" in file or "numpy.random" in func:
         return "RNG (numpy.random)"
     if "/simpy/" in file:
         return "SimPy"
-    if "/dirtysim/" in file:
-        return "dirtysim Python (engine loops, events)"
+    for part, cat in (("/dirtysim/guest/", CATEGORIES[0]), ("/dirtysim/migration/", CATEGORIES[1]),
+                      ("/dirtysim/events/", CATEGORIES[2]), ("/dirtysim/", CATEGORIES[3])):
+        if part in file:
+            return cat
     if "numpy" in file or "numpy" in func:
         return "numpy (other)"
-    return "other (stdlib, pydantic, ...)"
+    return "other (builtins, stdlib)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("scenario")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=3, help="unprofiled runs for the sim-speed (median)")
     args = ap.parse_args()
     scenario = load_scenario(args.scenario)
     np.random.default_rng = profiled_rng
     warm_up_kernels()
-    plain = [run(scenario, progress=False) for _ in range(UNPROFILED_RUNS)]
+    plain = [run(scenario, progress=False) for _ in range(args.runs)]
     speeds = sorted(r.sim_speed for r in plain)
     prof = cProfile.Profile()
     t0 = time.perf_counter()
@@ -84,7 +88,7 @@ def main() -> None:
         shares[cat] = shares.get(cat, 0.0) + tottime
         rows.append((tottime, ncalls, f"{file.split('site-packages/')[-1].split('/work/')[-1]}:{func}", cat))
     total = sum(shares.values())
-    print(f"{args.scenario}: sim-speed unprofiled {speeds[len(speeds) // 2]:.1f}x (median of {UNPROFILED_RUNS}; "
+    print(f"{args.scenario}: sim-speed unprofiled {speeds[len(speeds) // 2]:.1f}x (median of {args.runs}; "
           f"best {speeds[-1]:.1f}x; {plain[0].sim_time_ns / 1e9:.2f} sim-s); profiled run {wall:.2f} s wall\n")
     print("| share of profiled time | % |\n|---|---:|")
     for cat, t in shares.items():
