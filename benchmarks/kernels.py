@@ -217,8 +217,8 @@ def bench_apply_writes(guest_gib: int, writes: int, vcpus: int, per_vcpu: int, r
     gmap = np.stack(slot[:3])
     bitmaps = np.zeros((3, words), dtype=np.uint64)  # KVM dirty, oracle nonzero, oracle stale
     faults = np.zeros(vcpus, dtype=np.int64)
-    call = lambda: drive_apply_writes(gpa, per_vcpu, gmap, *slot, bitmaps[0], bitmaps[1], bitmaps[2], faults)  # noqa: E731
-    times = median_time(call, runs, warmups, setup=lambda: bitmaps.fill(0))
+    times = median_time(lambda: drive_apply_writes(gpa, per_vcpu, gmap, *slot, *bitmaps, faults), runs, warmups,
+                        setup=lambda: bitmaps.fill(0))
     done = (writes // (vcpus * per_vcpu)) * vcpus * per_vcpu
     return {"guest_gib": guest_gib, "writes": done, "vcpus": vcpus, "writes_per_vcpu_per_call": per_vcpu,
             "ns_per_write": float(np.median(times)) * 1e9 / done}

@@ -47,19 +47,30 @@ def run(quick: bool, cache_dir: str) -> dict:
     return res
 
 
+TERMS = ("fixed_s", "s_per_page_written", "s_per_page_sent", "s_per_guest_page")
+
+
 def fit(points: list[dict]) -> dict:
     """Least squares over all points: simulation wall = fixed + a x pages written + b x pages sent + c x guest pages.
 
     ``c`` is the cost that grows with the guest rather than with work (setup,
     the final oracle check, cache misses of bigger bitmaps); the residual of a
-    point is what none of the terms explains.
+    point is what none of the terms explains. A term whose coefficient comes out
+    negative (no physical meaning: it is below the noise, or its column moves
+    against another's) is dropped and the rest refitted; it is reported as 0.
     """
     a = np.array([[1.0, p["pages_written"], p["pages_sent"], p["guest_pages"]] for p in points])
     y = np.array([p["wall_time_s"] for p in points])
-    coef = np.linalg.lstsq(a, y, rcond=None)[0]
-    pred = a @ coef
-    return {"fixed_s": float(coef[0]), "ns_per_page_written": float(coef[1] * 1e9),
-            "ns_per_page_sent": float(coef[2] * 1e9), "ns_per_guest_page": float(coef[3] * 1e9),
+    keep = list(range(a.shape[1]))
+    while True:
+        coef = np.linalg.lstsq(a[:, keep], y, rcond=None)[0]
+        if (coef >= 0).all() or len(keep) == 1:
+            break
+        del keep[int(np.argmin(coef))]
+    full = np.zeros(a.shape[1])
+    full[keep] = coef
+    pred = a @ full
+    return {**dict(zip(TERMS, full.tolist())), "dropped": [TERMS[i] for i in range(a.shape[1]) if i not in keep],
             "residuals": [{"overrides": p["overrides"], "wall_time_s": p["wall_time_s"], "predicted_s": float(q)}
                           for p, q in zip(points, pred)]}
 
@@ -108,10 +119,11 @@ def markdown(res: dict) -> str:
         out += ["", table([a["label"], "status", "sim s", "sim wall s", "process wall s", "peak RSS MiB",
                            "pages written", "pages sent", "ns/page of work (sim)", "ns/page of work (process)"], rows)]
     f = res["fit"]
+    residuals = ", ".join(f"{r['overrides'][0].split('=')[-1]} {r['wall_time_s'] - r['predicted_s']:+.2f}"
+                          for r in f["residuals"])
     out += ["", f"Least-squares fit over all points: simulation wall = {f['fixed_s']:.3f} s + "
-            f"{f['ns_per_page_written']:.0f} ns x pages written + {f['ns_per_page_sent']:.0f} ns x pages sent + "
-            f"{f['ns_per_guest_page']:.2f} ns x guest pages; "
-            "residuals (measured - fitted, s): "
-            + ", ".join(f"{' '.join(o.split('=')[-1] for o in r['overrides'][:1])} {r['wall_time_s'] - r['predicted_s']:+.2f}"
-                        for r in f["residuals"])]
+            f"{f['s_per_page_written'] * 1e9:.0f} ns x pages written + "
+            f"{f['s_per_page_sent'] * 1e9:.0f} ns x pages sent + {f['s_per_guest_page'] * 1e9:.2f} ns x guest pages"
+            + (f" (dropped, negative: {', '.join(f['dropped'])})" if f["dropped"] else "")
+            + f"; residuals (measured - fitted, s): {residuals}"]
     return "\n".join(out)
