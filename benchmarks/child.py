@@ -38,8 +38,10 @@ def _count_unsynced_writes() -> None:
 def _own_usage() -> dict:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     status = Path("/proc/self/status").read_text()
-    hwm_kib = int(status.split("VmHWM:")[1].split()[0])
-    return {"vm_hwm_mib": hwm_kib / 1024, "ru_maxrss_mib": ru.ru_maxrss / 1024,
+    kib = {key: int(status.split(f"{key}:")[1].split()[0]) for key in ("VmHWM", "RssAnon", "RssFile")}
+    # RssAnon/RssFile at exit tell a peak of heap data from mapped library pages (which the host may reclaim)
+    return {"vm_hwm_mib": kib["VmHWM"] / 1024, "ru_maxrss_mib": ru.ru_maxrss / 1024,
+            "rss_anon_at_exit_mib": kib["RssAnon"] / 1024, "rss_file_at_exit_mib": kib["RssFile"] / 1024,
             "cpu_user_s": ru.ru_utime, "cpu_sys_s": ru.ru_stime, "cpu_s": ru.ru_utime + ru.ru_stime,
             "unsynced_writes": _unsynced["writes"]}
 
