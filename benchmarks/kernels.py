@@ -1,4 +1,4 @@
-"""Bitmap, ring and guest-write kernels against the memory streams they cannot beat, in one run.
+"""Bitmap, ring and guest-write kernels against plain memory streams with the same data flow, in one run.
 
 Protocol: the bitmaps of one guest (1 TiB: 2^28 pages, 32 MiB per bitmap);
 every kernel and its reference take turns, RUNS timed calls after WARMUPS,
@@ -8,8 +8,9 @@ bitmaps come from DRAM. Reported: the median.
 The reference of a bitmap kernel is an in-place read-modify-write stream over
 the same bytes with the same access pattern (``stream``): every word of each
 array the kernel writes is read and written back, every word of each array it
-only reads is read. A kernel at 100 % runs at the memory limit of its own
-data flow. The ring harvest is compared with random read-modify-writes per
+only reads is read, one array after the other. A kernel at 100 % runs as fast
+as that stream; it can exceed it a little (noise, or its interleaved streams
+prefetch differently). The ring harvest is compared with random read-modify-writes per
 entry (``random_rmw``), and the guest write kernel is reported in ns per write.
 """
 
