@@ -89,7 +89,7 @@ def dirtyrate(file: str, mode: str, calc_time: int, calc_time_unit: str, sample_
     oracle over the same window (pages written, pages whose content changed,
     page writes with repeats) as JSON.
     """
-    from .dirtyrate.config import DirtyRateConfig, DirtyRateError, tracking_flags
+    from .dirtyrate.config import DirtyRateConfig, DirtyRateError, check_run, tracking_flags
     from .dirtyrate.report import ground_truth, query_dirty_rate
     from .dirtyrate.thread import BUILT_MODES
     from .report.files import write_dirtyrate
@@ -108,6 +108,10 @@ def dirtyrate(file: str, mode: str, calc_time: int, calc_time_unit: str, sample_
                                           **tracking_flags(scenario))
     except DirtyRateError as exc:
         _fail(f"calc-dirty-rate: {exc}", EXIT_BAD_INPUT)
+    try:
+        check_run(scenario, start_ns, config.calc_time_ms)
+    except DirtyRateError as exc:
+        _fail(f"--start: {exc}", EXIT_BAD_INPUT)
     if mode not in BUILT_MODES:
         _fail(f"--mode: {mode} is not built yet (built: {', '.join(BUILT_MODES)})", EXIT_BAD_INPUT)
     result = run_dirtyrate(scenario, config, start_ns, progress=False)

@@ -178,6 +178,9 @@ def test_cli_prints_the_answer_and_the_truth(tmp_path):
      "calc-dirty-rate: mode dirty-bitmap is not enabled, use other method instead."),
     (["--mode", "dirty-bitmap", "--sample-pages", "256"], "sample-pages is used only in page-sampling mode"),
     (["--start", "soon"], "--start: "),
+    (["--start", "-1s"], "--start: a duration must not be negative"),
+    (["--start", "1000000s"], "--start: the guest would run 1000001 s"),
+    (["--mode", "x-sampled-wp", "--x-sample-shift", "7"], "x-sample-shift is out of range[0, 6]"),
 ])
 def test_cli_refuses_bad_requests_before_running(tmp_path, args, message):
     path = tmp_path / "s.yaml"

@@ -29,6 +29,23 @@ def tracking_flags(scenario) -> dict:
     return {"dirty_ring": ring, "clear_log": scenario.machine.accel == "kvm" and not ring and dt.manual_protect}
 
 
+def check_run(scenario, start_ns: int, calc_time_ms: int) -> None:
+    """Refuse a standalone measurement whose guest would run past dirtysim's budgets (``limits``)."""
+    from ..scenario import limits
+    from ..scenario.schema import PAGE_SIZE, VHOST_KINDS
+
+    horizon = start_ns + calc_time_ms * 10**6
+    eng = scenario.engine
+    backends = [d for d in scenario.machine.devices if d.kind in VHOST_KINDS]
+    reaper = scenario.dirty_tracking.reaper_period if scenario.dirty_tracking.mode == "ring" else None
+    steps = limits.steps(horizon, calc_time_ms * 10**6, eng.quantum, eng.send_quantum, 1 + len(backends), reaper, 0)
+    writes = sum(g.count * g.workload.rate for g in scenario.machine.vcpus) / PAGE_SIZE * horizon / 1e9
+    if steps > limits.MAX_STEPS or writes > limits.MAX_WRITES:
+        raise DirtyRateError(f"the guest would run {horizon / 1e9:.0f} s: about {steps:.1e} steps and {writes:.1e} "
+                             f"page writes (allowed: at most {limits.MAX_STEPS:.0e} and {limits.MAX_WRITES:.0e}; "
+                             "an earlier --start)")
+
+
 def convert_time_unit(value: int, unit_from: str, unit_to: str) -> int:
     """``convert_time_unit``: scale by powers of ten, dividing in integers (rounds toward zero)."""
     power = TIME_UNITS[unit_from] - TIME_UNITS[unit_to]
