@@ -162,39 +162,35 @@ def oracle_write(r, nonzero, stale, win, same):
     have. A write that stores the bytes the page already holds changes nothing
     the destination could miss: a zero page stays zero, a sent page stays sent.
     While a write window is open (``win`` has columns) it records both kinds:
-    every page written, and every page whose content changed.
+    every page written, and every page whose content changed. Branch-free on
+    ``same``: the per-write helpers run a hundred million times a second.
     """
     w = r >> 6
     b = np.uint64(1) << np.uint64(r & 63)
-    if not same:
-        nonzero[w] |= b
-        stale[w] |= b
+    d = np.uint64(0) if same else b
+    nonzero[w] |= d
+    stale[w] |= d
     if win.shape[1]:
         win[WIN_WRITTEN, w] |= b
-        if not same:
-            win[WIN_MODIFIED, w] |= b
+        win[WIN_MODIFIED, w] |= d
 
 
 @inline
-def guest_write(g, gmap, nonzero, stale, win, same):
-    """The oracle sees guest page ``g`` written, through its own map of the guest. False: no RAM there.
+def ram_page(g, m0, m1, m2):
+    """RAM page of guest page ``g`` in the oracle's own map, or -1 where there is no RAM.
 
-    ``gmap`` rows: first guest page, pages, first RAM page of each writable RAM
-    run (``oracle.GuestMap``), never the memslots or tables that track writes.
+    ``m0, m1, m2``: the rows of ``oracle.GuestMap`` (first guest page, pages,
+    first RAM page of each writable RAM run), never the memslots or tables that
+    track writes. Callers take the rows once per call, not per write.
     """
-    o = slot_of(g, gmap[0], gmap[1])
-    if o == gmap.shape[1]:
-        return False
-    oracle_write(g - gmap[0, o] + gmap[2, o], nonzero, stale, win, same)
-    return True
+    o = slot_of(g, m0, m1)
+    return g - m0[o] + m2[o] if o < m0.shape[0] else -1
 
 
 @inline
 def written_page(x):
-    """A write as the guest loop records it: the page, and whether it rewrote identical bytes (stored as ~page)."""
-    if x < 0:
-        return ~x, True
-    return x, False
+    """The page of a write as the guest loop records it: ``~page`` when it stored identical bytes (``x < 0``)."""
+    return x ^ (x >> 63)
 
 
 @inline
@@ -213,12 +209,13 @@ def rewrites_same(u, share):
 
 
 @inline
-def kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging):
-    """The RAM page whose dirty state KVM updates for a write to ``g``: its memslot's, if it logs; else -1."""
-    s = slot_of(g, slot_gpa, slot_pages)
-    if s == slot_gpa.shape[0] or not slot_logging[s]:
-        return -1
-    return g - slot_gpa[s] + slot_ram[s]
+def mark_dirty(bitmap, r):
+    """Set page ``r``'s bit; 1 if it was clear (in KVM's bitmap: the write faulted), else 0. Branch-free."""
+    w = r >> 6
+    b = np.uint64(1) << np.uint64(r & 63)
+    old = bitmap[w]
+    bitmap[w] = old | b
+    return np.int64((old & b) == 0)
 
 
 @jit
@@ -228,25 +225,23 @@ def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_
 
     ``gpa_pages[seg_end[v-1]:seg_end[v]]`` are vCPU v's writes (guest-physical
     page numbers; ``~page`` for a write of identical bytes, ``written_page``).
-    Each write marks its RAM page written in the oracle (``guest_write``,
-    through the oracle's own map ``gmap``). KVM cannot tell an identical
-    rewrite from any other write. In a memslot with
-    dirty logging, a write to a write-protected page faults:
-    ``mark_page_dirty_in_slot`` sets the KVM bit and the page becomes writable.
-    In bitmap mode the protection state is exactly "KVM bit clear" (GET/CLEAR
-    re-protect precisely the bits they clear), so no separate array is kept.
-    Returns the number of writes that hit no RAM (MMIO, ROM, or nothing).
+    Each write marks its RAM page written in the oracle (``ram_page`` through
+    the oracle's own map ``gmap``, ``oracle_write``). KVM cannot tell an
+    identical rewrite from any other write. In a memslot with dirty logging, a
+    write to a write-protected page faults: ``mark_page_dirty_in_slot`` sets
+    the KVM bit and the page becomes writable. In bitmap mode the protection
+    state is exactly "KVM bit clear" (GET/CLEAR re-protect precisely the bits
+    they clear), so no separate array is kept. Returns the number of writes
+    that hit no RAM (MMIO, ROM, or nothing).
     """
     n = seg_end[seg_end.shape[0] - 1] if seg_end.shape[0] else 0
+    m0, m1, m2 = gmap[0], gmap[1], gmap[2]
+    nslots = slot_gpa.shape[0]
     for i in range(n):  # random pages of a big guest miss the cache: ask for them all first
-        g, same = written_page(gpa_pages[i])
-        o = slot_of(g, gmap[0], gmap[1])
-        if o < gmap.shape[1]:
-            w = (g - gmap[0, o] + gmap[2, o]) >> 6
-            prefetch_write(nonzero, w)
-            prefetch_write(stale, w)
-        r = kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging)
-        if r >= 0:
+        r = ram_page(written_page(gpa_pages[i]), m0, m1, m2)
+        if r >= 0:  # KVM's bit is at the same RAM page whenever the memslots are right
+            prefetch_write(nonzero, r >> 6)
+            prefetch_write(stale, r >> 6)
             prefetch_write(kvm_dirty, r >> 6)
     unassigned = 0
     start = 0
@@ -254,15 +249,17 @@ def apply_writes(gpa_pages, seg_end, gmap, slot_gpa, slot_pages, slot_ram, slot_
         stop = seg_end[v]
         nfault = 0
         for i in range(start, stop):
-            g, same = written_page(gpa_pages[i])
-            unassigned += not guest_write(g, gmap, nonzero, stale, win, same)
-            r = kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging)
+            x = gpa_pages[i]
+            g = written_page(x)
+            r = ram_page(g, m0, m1, m2)
             if r >= 0:
-                w = r >> 6
-                b = np.uint64(1) << np.uint64(r & 63)
-                if not (kvm_dirty[w] & b):
-                    kvm_dirty[w] |= b
-                    nfault += 1
+                oracle_write(r, nonzero, stale, win, x < 0)
+            else:
+                unassigned += 1
+            # the memslot, written out here: as a helper returning a page or -1, it costs 3x the loop
+            s = slot_of(g, slot_gpa, slot_pages)
+            if s < nslots and slot_logging[s]:
+                nfault += mark_dirty(kvm_dirty, g - slot_gpa[s] + slot_ram[s])
         faults[v] += nfault
         start = stop
     return unassigned
@@ -461,6 +458,8 @@ def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slo
     Returns 0 when every write is applied; out[2] counts unassigned writes.
     """
     n = rings.shape[1]
+    m0, m1, m2 = gmap[0], gmap[1], gmap[2]
+    nslots = slot_gpa.shape[0]
     seg_start = 0
     for v in range(seg_end.shape[0]):
         stop = seg_end[v]
@@ -470,11 +469,17 @@ def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slo
                 out[0] = v
                 out[1] = i
                 return 1
-            g, same = written_page(gpa_pages[i])
-            out[2] += not guest_write(g, gmap, nonzero, stale, win, same)
-            r = kvm_page(g, slot_gpa, slot_pages, slot_ram, slot_logging)
+            x = gpa_pages[i]
+            g = written_page(x)
+            o = ram_page(g, m0, m1, m2)
+            if o >= 0:
+                oracle_write(o, nonzero, stale, win, x < 0)
+            else:
+                out[2] += 1
+            s = slot_of(g, slot_gpa, slot_pages)
             i += 1
-            if r >= 0:
+            if s < nslots and slot_logging[s]:
+                r = g - slot_gpa[s] + slot_ram[s]
                 w = r >> 6
                 b = np.uint64(1) << np.uint64(r & 63)
                 if protected[w] & b:
@@ -529,11 +534,13 @@ def backend_write(g, tbl_gpa, tbl_pages, gmap, nonzero, stale, win, log, logging
     """A vhost backend writes guest page ``g`` (DMA), then ``vu_log_page`` (atomic OR). False: not in its table.
 
     The backend reaches only what its memory table maps; the oracle learns the
-    page from its own map (``guest_write``). The log is indexed by guest page.
+    page from its own map (``ram_page``). The log is indexed by guest page.
     """
     if slot_of(g, tbl_gpa, tbl_pages) == tbl_gpa.shape[0]:
         return False
-    guest_write(g, gmap, nonzero, stale, win, False)  # DMA of packets and blocks: new data
+    r = ram_page(g, gmap[0], gmap[1], gmap[2])
+    if r >= 0:
+        oracle_write(r, nonzero, stale, win, False)  # DMA of packets and blocks: new data
     if logging:
         log[g >> 6] |= np.uint64(1) << np.uint64(g & 63)
     return True
