@@ -26,6 +26,8 @@ from dirtysim.events import schema as ev
 from dirtysim.guest.vcpu import Guest
 from dirtysim.machine import Machine
 
+pytestmark = pytest.mark.rules
+
 SLOT_CHUNK = 64 * 4096  # memslots are 256 KiB aligned
 
 

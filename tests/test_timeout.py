@@ -11,6 +11,8 @@ import pytest
 from builders import NO_COSTS, of, simulate
 from dirtysim.events import schema as ev
 
+pytestmark = pytest.mark.rules
+
 GUEST = {"memory": {"size": "64MiB", "zero_fraction": 0.0},
          "vcpus": [{"count": 1, "workload": {"kind": "hotset", "rate": "16MiB/s", "hot": "8MiB", "hot_share": 0.5}}]}
 
