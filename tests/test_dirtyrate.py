@@ -393,3 +393,15 @@ def test_a_migration_with_a_sampled_estimator_running_loses_nothing():
     assert result.stop_reason == "completed" and check.lost_pages == 0
     (m,) = of(result.events, ev.DirtyRateMeasured)
     assert m.sample_shift == 4 and len(m.curve) == 4
+
+
+def test_compare_estimators_runs_each_mode_the_guest_allows_beside_its_truth():
+    from dirtysim.dirtyrate.compare import compare_estimators
+
+    sc = scenario(costs=NO_COSTS, machine={"memory": {"size": "1GiB", "zero_fraction": 0.0},
+                                           "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "64MiB/s"}}]})
+    rows = compare_estimators(sc, ["page-sampling", "dirty-ring", "dirty-bitmap"], 500, 10**8, label="u")
+    assert [r["mode"] for r in rows] == ["page-sampling", "dirty-bitmap"]  # no ring on this guest
+    bitmap = rows[1]
+    assert bitmap["estimate"] == int(bitmap["written-rate"]) or abs(bitmap["error-vs-written"]) < 0.01
+    assert bitmap["error-vs-written"] == round((bitmap["estimate"] - bitmap["written-rate"]) / bitmap["written-rate"], 4)

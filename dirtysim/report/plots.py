@@ -116,3 +116,22 @@ def figure_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
+
+
+def dirtyrate_figure(rows: list[dict]) -> Figure:
+    """Each estimator's answer beside the truths of its window, one panel per workload (``compare_estimators``)."""
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    fig = Figure(figsize=(4.2 * len(workloads), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(workloads), squeeze=False)[0]
+    styles = {"written-rate": ("k", "-", "pages written"), "content-changed-rate": ("tab:green", "--",
+              "content changed"), "write-rate": ("tab:red", ":", "writes (with repeats)")}
+    for ax, w in zip(axes, workloads):
+        mine = [r for r in rows if r["workload"] == w]
+        ax.bar(range(len(mine)), [r["estimate"] for r in mine], color="tab:blue", alpha=0.7)
+        ax.set_xticks(range(len(mine)), [r["mode"] for r in mine], rotation=35, ha="right", fontsize=8)
+        for key, (color, ls, label) in styles.items():
+            ax.axhline(sum(r[key] for r in mine) / len(mine), color=color, ls=ls, lw=1.2, label=label)
+        ax.set_title(w, fontsize=10)
+        ax.set_ylabel("MiB/s")
+    axes[0].legend(fontsize=7, loc="lower left")
+    return fig
