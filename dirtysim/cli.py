@@ -127,6 +127,47 @@ def dirtyrate(file: str, mode: str, calc_time: int, calc_time_unit: str, sample_
         _fail(f"error: {result.error}", EXIT_SIM_ERROR)
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks of dirtysim's models against their ground truth."""
+
+
+@bench.command("dirtyrate")
+@click.option("-o", "--output", "outdir", default="out/bench-dirtyrate", show_default=True, type=click.Path(),
+              help="where rows.csv, summary.csv, summary.md and estimates.png go")
+@click.option("--quick", is_flag=True, help="2 workloads x 1 calc-time x 3 seeds on 1 GiB (about a minute on 2 cores)")
+@click.option("--seeds", default=5, show_default=True, type=click.IntRange(1, 1000), help="seeds per cell")
+@click.option("--size", default="4GiB", show_default=True, help="guest RAM")
+@click.option("--workers", type=click.IntRange(1, 256), help="parallel processes (default: one per core)")
+def bench_dirtyrate(outdir: str, quick: bool, seeds: int, size: str, workers: int | None) -> None:
+    """Every dirty-rate estimator on workloads x calc-times x seeds: error against each truth, guest overhead."""
+    from .dirtyrate import bench as B
+    from .report.files import json_bytes
+    from .report.plots import dirtyrate_figure, figure_png
+    from .scenario.units import parse_size
+
+    try:
+        parse_size(size)
+    except ValueError as exc:
+        _fail(f"--size: {exc}", EXIT_BAD_INPUT)
+    workloads, calc_times = (["uniform", "identical-rewrites"], [1000]) if quick else (list(B.WORKLOADS), [250, 1000, 4000])
+    if quick:
+        seeds, size = 3, "1GiB"
+    with _claim(Path(outdir)) as target:
+        rows = B.run_matrix(workloads, calc_times, list(range(1, seeds + 1)), size, B.MODES, workers,
+                            progress=sys.stderr.isatty())
+        summary = B.summarize(rows)
+        files = {"rows.csv": B.csv_text(rows).encode(), "summary.csv": B.csv_text(summary).encode(),
+                 "summary.md": B.markdown(summary).encode(),
+                 "estimates.png": figure_png(dirtyrate_figure([r for r in rows if r["seed"] == 1 and
+                                                               r["calc-time-ms"] == 1000])),
+                 "run.json": json_bytes({"workloads": workloads, "calc-times-ms": calc_times, "seeds": seeds,
+                                         "size": size, "modes": B.MODES})}
+        _writing(target, lambda: target.commit(files, list(files)))
+    click.echo(B.markdown(summary), nl=False)
+    click.echo(f"outputs           {outdir}/  ({', '.join(sorted(files))})")
+
+
 def _output_dir(file: str, scenario, outdir: str | None) -> Path:
     """-o, else the scenario's ``outputs.dir`` (relative, inside the working directory), else out/<name>."""
     from .report.files import OutputError, child

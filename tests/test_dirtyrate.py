@@ -405,3 +405,4 @@ def test_compare_estimators_runs_each_mode_the_guest_allows_beside_its_truth():
     bitmap = rows[1]
     assert bitmap["estimate"] == int(bitmap["written-rate"]) or abs(bitmap["error-vs-written"]) < 0.01
     assert bitmap["error-vs-written"] == round((bitmap["estimate"] - bitmap["written-rate"]) / bitmap["written-rate"], 4)
+
