@@ -157,14 +157,18 @@ def bench_dirtyrate(outdir: str, quick: bool, seeds: int, size: str, workers: in
         rows = B.run_matrix(workloads, calc_times, list(range(1, seeds + 1)), size, B.MODES, workers,
                             progress=sys.stderr.isatty())
         summary = B.summarize(rows)
+        preds = B.run_predictions(workloads, list(range(1, seeds + 1)), size, B.MODES, workers)
+        pred_summary = B.summarize_predictions(preds)
         files = {"rows.csv": B.csv_text(rows).encode(), "summary.csv": B.csv_text(summary).encode(),
-                 "summary.md": B.markdown(summary).encode(),
+                 "summary.md": B.markdown(summary).encode(), "predictions.csv": B.csv_text(preds).encode(),
+                 "predictions.md": B.markdown(pred_summary).encode(),
                  "estimates.png": figure_png(dirtyrate_figure([r for r in rows if r["seed"] == 1 and
                                                                r["calc-time-ms"] == 1000])),
                  "run.json": json_bytes({"workloads": workloads, "calc-times-ms": calc_times, "seeds": seeds,
                                          "size": size, "modes": B.MODES})}
         _writing(target, lambda: target.commit(files, list(files)))
     click.echo(B.markdown(summary), nl=False)
+    click.echo(B.markdown(pred_summary), nl=False)
     click.echo(f"outputs           {outdir}/  ({', '.join(sorted(files))})")
 
 

@@ -406,3 +406,21 @@ def test_compare_estimators_runs_each_mode_the_guest_allows_beside_its_truth():
     assert bitmap["estimate"] == int(bitmap["written-rate"]) or abs(bitmap["error-vs-written"]) < 0.01
     assert bitmap["error-vs-written"] == round((bitmap["estimate"] - bitmap["written-rate"]) / bitmap["written-rate"], 4)
 
+
+
+def test_the_pass_model_predicts_by_hand_arithmetic():
+    """All-data 1 GiB at 128 MiB/s: pass 0 takes 8 s x 4104/4096; a 16 MiB/s writer leaves 1/8 of each pass."""
+    from dirtysim.dirtyrate.predict import from_rate, predict
+
+    sc = scenario(machine={"memory": {"size": "1GiB", "zero_fraction": 0.0},
+                           "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]},
+                  migration={"max_bandwidth": "128MiB/s", "downtime_limit": "300ms"})
+    p = predict(sc, from_rate(16))
+    t0 = 262144 * 4104 / (128 * MIB)
+    passes = [t0]
+    while (16 * MIB / 4096 * passes[-1]) * 4104 / (128 * MIB) > 0.3:
+        passes.append(16 * MIB / 4096 * passes[-1] * 4104 / (128 * MIB))
+    last = 16 * MIB / 4096 * passes[-1] * 4104 / (128 * MIB)
+    assert p.converged and p.passes == len(passes)
+    assert p.total_time_ms == pytest.approx((sum(passes) + last) * 1000) and p.downtime_ms == pytest.approx(last * 1000)
+    assert not predict(sc, from_rate(200)).converged  # dirtying faster than sending never fits

@@ -29,11 +29,39 @@ WORKLOADS = {  # 4 vCPUs each; per-vCPU rates
 RING = {"mode": "ring", "manual_protect": False, "initially_set": False}
 
 
+MIGRATION = {"start_at": "1s", "max_bandwidth": "384MiB/s", "timeout": "120s"}  # for the prediction check
+
+
 def guest(workload: dict, size: str, seed: int, ring: bool) -> Scenario:
-    """The benchmark's guest: ``size`` of RAM, half of it zero, 4 vCPUs running ``workload``."""
+    """The benchmark's guest: ``size`` of RAM, half of it zero, 4 vCPUs running ``workload``, migrated at 384 MiB/s (near the write rate, where the estimate matters)."""
     return Scenario.model_validate({"name": "bench-dirtyrate", "seed": seed, "dirty_tracking": RING if ring else {},
                                     "machine": {"memory": {"size": size, "zero_fraction": 0.5},
-                                                "vcpus": [{"count": 4, "workload": workload}]}})
+                                                "vcpus": [{"count": 4, "workload": workload}]},
+                                    "migration": MIGRATION, "outputs": {"plots": False}})
+
+
+def prediction_job(label: str, size: str, seed: int, modes: list[str]) -> list[dict]:
+    """Migrate the workload's guest, and predict that migration from each estimator's 1 s measurement."""
+    from ..report.tables import summary
+    from ..sim import run
+    from .predict import from_curve, from_rate, predict
+
+    sc = guest(WORKLOADS[label], size, seed, False)
+    result = run(sc, progress=False)
+    s = summary(result.events)
+    real = {"total-time": s["total-time"], "downtime": s.get("downtime"), "syncs": s["ram"]["dirty-sync-count"],
+            "converged": s["status"] == "completed"}
+    rows = []
+    for r in compare_estimators(sc, [m for m in modes if m != "dirty-ring"], 1000, label=label):
+        curve = from_curve(r["wss-pages"], r["wss-rate"]) if "wss-pages" in r else from_rate(r["estimate"])
+        p = predict(sc, curve)
+        rows.append({"workload": label, "mode": r["mode"], "seed": seed, "estimate": r["estimate"],
+                     "predicted-total-ms": round(p.total_time_ms), "total-ms": real["total-time"],
+                     "total-error": round(p.total_time_ms / real["total-time"] - 1, 3),
+                     "predicted-downtime-ms": round(p.downtime_ms, 1), "downtime-ms": real["downtime"],
+                     "predicted-passes": p.passes, "syncs": real["syncs"],
+                     "predicted-converged": p.converged, "converged": real["converged"]})
+    return rows
 
 
 def job(label: str, size: str, calc_ms: int, seed: int, modes: list[str]) -> list[dict]:
@@ -62,6 +90,26 @@ def run_matrix(workloads: list[str], calc_times_ms: list[int], seeds: list[int],
     return [r for i in sorted(rows) for r in rows[i]]
 
 
+def run_predictions(workloads: list[str], seeds: list[int], size: str, modes: list[str],
+                    workers: int | None = None) -> list[dict]:
+    """``prediction_job`` for every workload and seed, in parallel processes."""
+    jobs = [(w, size, s, modes) for w in workloads for s in seeds]
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        results = list(pool.map(prediction_job, *zip(*jobs)))
+    return [r for rs in results for r in rs]
+
+
+def summarize_predictions(rows: list[dict]) -> list[dict]:
+    """Per (workload, mode): median |error| of the predicted total time, and how often convergence was right."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["mode"]), []).append(r)
+    return [{"workload": w, "mode": m, "runs": len(rs),
+             "total-time error median": round(float(np.median([abs(r["total-error"]) for r in rs])), 3),
+             "converged right": sum(r["predicted-converged"] == r["converged"] for r in rs)}
+            for (w, m), rs in groups.items()]
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (workload, mode, calc-time): median and p90 of |error| against each truth, median fault time."""
     groups: dict[tuple, list[dict]] = {}
@@ -81,7 +129,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # every column any row has, in first-seen order
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

@@ -35,5 +35,7 @@ def compare_estimators(scenario: Scenario, modes: list[str], calc_time_ms: int =
                **{k: t[k] for k in TRUTHS}, "guest-fault-ms": t["guest-fault-ms"], "thread-ms": t["thread-ms"]}
         for k in TRUTHS:
             row[f"error-vs-{k.removesuffix('-rate')}"] = round((m.dirty_rate - t[k]) / t[k], 4) if t[k] else None
+        if len(m.curve) > 1:  # x-wss-curve: the fitted working-set model
+            row.update({"wss-pages": m.wss_pages, "wss-rate": m.wss_rate})
         rows.append(row)
     return rows

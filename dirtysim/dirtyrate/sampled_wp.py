@@ -67,6 +67,8 @@ def fit_uniform(t1: float, w1: float, t2: float, w2: float) -> tuple[float, floa
 
 def curve_at(n: float, r: float, t: float) -> float:
     """W(t) of the fitted model."""
+    if n <= 0:  # nothing written at the first checkpoint
+        return 0.0
     if math.isinf(n):
         return r * t
     if math.isinf(r):
