@@ -86,10 +86,9 @@ def test_the_same_fault_is_hidden_from_an_oracle_that_trusts_the_memslots(monkey
     assert (check.stale_pages, check.lost_pages) == (0, 0)  # the blind spot the oracle's own map removes
 
 
-def test_a_stuck_bit_in_global_dirty_memory_is_lost_at_switchover(monkeypatch):
-    """A word of L2 the sync never takes: its pages are 'remembered' forever and never sent again."""
+def _stuck_l2_word(monkeypatch, stuck: int = 7):
+    """A word of L2 that the sync never takes (pages 64*stuck .. 64*stuck+63 of the block)."""
     real = kernels.sync_xchg
-    stuck = 7  # word 7 of the block: pages 448..511
 
     def sync_xchg(src, dst, w0, w1):
         if w1 - w0 <= stuck:  # the kernel warm-up's tiny arrays
@@ -101,6 +100,11 @@ def test_a_stuck_bit_in_global_dirty_memory_is_lost_at_switchover(monkeypatch):
         return new
 
     monkeypatch.setattr(kernels, "sync_xchg", sync_xchg)
+
+
+def test_a_stuck_bit_in_global_dirty_memory_is_lost_at_switchover(monkeypatch):
+    """A word of L2 the sync never takes: its pages are 'remembered' forever and never sent again."""
+    _stuck_l2_word(monkeypatch)
     result, check = _run()
     assert check.at == "switchover" and 0 < check.lost_pages <= 64
 
@@ -128,22 +132,6 @@ def _run_to_timeout():
                                "vcpus": [{"count": 1, "workload": {"kind": "hotset", "rate": "16MiB/s", "hot": "8MiB", "hot_share": 0.5}}]},
                       costs=NO_COSTS, migration={"max_bandwidth": "8MiB/s", "start_at": "100ms", "timeout": "3s"})
     return result, of(result.events, ev.OracleCheck)[-1]
-
-
-def _stuck_l2_word(monkeypatch, stuck: int = 7):
-    """A word of L2 that the sync never takes (pages 64*stuck .. 64*stuck+63 of the block)."""
-    real = kernels.sync_xchg
-
-    def sync_xchg(src, dst, w0, w1):
-        if w1 - w0 <= stuck:  # the kernel warm-up's tiny arrays
-            return real(src, dst, w0, w1)
-        keep = src[w0 + stuck]
-        src[w0 + stuck] = 0
-        new = real(src, dst, w0, w1)
-        src[w0 + stuck] |= keep
-        return new
-
-    monkeypatch.setattr(kernels, "sync_xchg", sync_xchg)
 
 
 def _verdict_reads_the_layers(monkeypatch):

@@ -469,7 +469,7 @@ def apply_writes_ring(gpa_pages, seg_end, start, gmap, slot_gpa, slot_pages, slo
                 out[0] = v
                 out[1] = i
                 return 1
-            x = gpa_pages[i]
+            x = gpa_pages[i]  # as in apply_writes, written out: an inlined helper with a branch costs 3x
             g = written_page(x)
             o = ram_page(g, m0, m1, m2)
             if o >= 0:

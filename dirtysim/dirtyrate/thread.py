@@ -63,6 +63,14 @@ class DirtyRateThread:
         if ns > 0:
             yield from self.m.sleep(ns)
 
+    def _last_sync(self):
+        """``global_dirty_log_sync(GLOBAL_DIRTY_DIRTY_RATE, one_shot=true)``: one sync, the flag off; its cost."""
+        self.m.memory.memory_global_dirty_log_sync(False)
+        self.m.memory.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+        cost = self.m.meter.drain()
+        yield from self._busy(cost)
+        return cost
+
     def _wait(self, calc_time_ms: int, initial: int):
         """``dirty_stat_wait``: sleep out calc-time from ``initial``; the measured ms (more if already past)."""
         msec = (self.env.now - initial) // NS_PER_MS
@@ -116,11 +124,8 @@ class DirtyRateThread:
         window = _Window(self.m)
         msec = yield from self._wait(config.calc_time_ms, initial)
         truth = window.close()
-        mem.memory_global_dirty_log_sync(False)  # global_dirty_log_sync(flag, one_shot=true)
-        mem.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+        cost = yield from self._last_sync()
         delta = mem.total_dirty_pages - start_pages
-        cost = self.m.meter.drain()
-        yield from self._busy(cost)
         rate = ((delta * 1000) >> PAGES_PER_MIB_SHIFT) // msec  # do_calculate_dirtyrate
         self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
                       sample_pages=config.sample_pages_per_gigabytes, dirty_rate=rate, dirty_pages=delta,
@@ -144,11 +149,8 @@ class DirtyRateThread:
         start = listener.reaped.copy()
         msec = yield from self._wait(config.calc_time_ms, initial)
         truth = window.close()
-        mem.memory_global_dirty_log_sync(False)  # global_dirty_log_sync(flag, one_shot=true)
-        mem.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+        cost = yield from self._last_sync()
         delta = listener.reaped - start
-        cost = self.m.meter.drain()
-        yield from self._busy(cost)
         rates = [int(((d * 1000) >> PAGES_PER_MIB_SHIFT) // msec) for d in delta.tolist()]  # do_calculate_dirtyrate
         self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
                       sample_pages=config.sample_pages_per_gigabytes, dirty_rate=sum(rates),
