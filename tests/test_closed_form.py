@@ -1,4 +1,4 @@
-"""The closed-form precopy model (anchors.md C.1): a uniform writer over a fixed link.
+"""The closed-form precopy model (Liu et al., HPDC 2011; dirtysim/migration/model.py): a uniform writer over a fixed link.
 
 Legacy KVM dirty logging (GET re-protects at the sync) and no costs, so the
 only difference from the model is the discretisation: writes arrive in 1 ms

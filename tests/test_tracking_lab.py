@@ -125,7 +125,7 @@ def test_fact9_exchange_reports_every_bit_exactly_once():
     assert _l2_pages(machine) == set()
 
 
-# -- the dirty_log_test invariant (anchors.md B.4) as a property --------------------------------------
+# -- the dirty_log_test invariant (KVM selftests dirty_log_test) as a property --------------------------------------
 
 MODES = {
     "legacy": {"manual_protect": False},
