@@ -16,6 +16,7 @@ import simpy
 from builders import of, scenario
 from dirtysim.events import schema as ev
 from dirtysim.events.log import Recorder
+from dirtysim.guest.lazy import LazyActor
 from dirtysim.guest.vcpu import Guest
 from dirtysim.guest.workload import Workload
 from dirtysim.machine import Machine
@@ -53,6 +54,43 @@ def _guest(m, rec, workloads, rates, fault_ns=0, quantum=MS, seeds=None) -> Gues
 
 def _column(g: Guest, name: str) -> list[int]:
     return [row[name] for row in g.take_stats()]
+
+
+class Ticker(LazyActor):
+    """A lazy actor that records which quanta it is asked to run."""
+
+    def __init__(self, quantum_ns: int):
+        self.quantum_ns, self.calls = quantum_ns, []
+
+    def run_quanta(self, n: int) -> None:
+        self.calls.append((self.next_t, n))
+        self.next_t += n * self.quantum_ns
+
+
+def test_lazy_actor_runs_the_quanta_simpy_would_have_run():
+    """Quanta start at 0, q, 2q ...; a process waking at t sees those before t, and the one at t iff ``include``."""
+    a = Ticker(10)
+    a.advance(100, True)
+    assert a.calls == [], "not started"
+    a.start()
+    assert (a.calls, a.next_t) == ([(0, 1)], 10)
+    a.advance(30, False)  # quanta at 10 and 20
+    a.advance(30, True)  # and the one at 30
+    a.advance(35, True)  # none starts in (30, 35]
+    a.advance(41, False)  # the one at 40
+    assert a.calls == [(0, 1), (10, 2), (30, 1), (40, 1)]
+    a.stop()
+    a.advance(1000, True)
+    assert a.next_t == 50 and len(a.calls) == 4
+
+
+def test_lazy_actor_boundaries_at_one_nanosecond():
+    """With 1 ns quanta every boundary shows: start runs only the quantum at 0; excluding t keeps t - 1."""
+    a = Ticker(1)
+    a.start()
+    a.advance(5, False)
+    a.advance(5, True)
+    assert a.calls == [(0, 1), (1, 4), (5, 1)]
 
 
 def test_writes_are_rate_times_run_time_with_the_remainder_carried():
@@ -194,12 +232,14 @@ def test_ring_full_exit_stalls_the_vcpu_and_is_recorded_in_its_quantum():
     time of the quantum being run; the ring is reaped, so the vCPU goes on.
     """
     m, rec = _machine(mode="ring")
-    g = _guest(m, rec, [Workload(0, 16384)], [100 * PAGES_PER_MS])
+    g = _guest(m, rec, [Workload(0, 16384), Workload(0, 1)], [100 * PAGES_PER_MS, PAGES_PER_MS])
     g.start()
     g.advance(30 * MS, False)
     reaps = [e for e in of(rec.events, ev.DirtyRingReap) if e.reason == "ring-full"]
     rows = g.take_stats()
     assert len(reaps) == rows[0]["ring_full_exits"] >= 2
+    assert (rows[1]["ring_full_exits"], rows[1]["ring_full_ns"], rows[1]["writes"]) == (0, 0, 30), \
+        "vCPU 1 pushes one entry per reap: its ring never fills"
     assert reaps[0].vcpu == 0 and reaps[0].t_ns == 4 * MS and 448 <= reaps[0].entries < 548
     assert rows[0]["ring_full_ns"] == sum(10_000 + r.entries * 120 for r in reaps)
     assert rec.time_override is None
@@ -219,10 +259,15 @@ def test_kernel_arguments_follow_the_writer():
 
 
 def test_overflowing_rate_is_refused():
+    """rate x quantum must stay below 2**62 - 4096e9 so that carry + rate x run cannot overflow int64.
+
+    2**62 - 4096e9 = 2**21 x (2**41 - 1953125): with a 2**21 ns quantum the boundary is hit exactly.
+    """
     m, rec = _machine(logging=False)
-    with pytest.raises(ValueError, match="overflow 64-bit"):
-        _guest(m, rec, [Workload(0, 64)], [(1 << 62) // MS], quantum=MS)
-    _guest(m, rec, [Workload(0, 64)], [((1 << 62) - PAGE * 10**9) // MS - 1], quantum=MS)  # just below: accepted
+    message = "^a vCPU's writes in one quantum overflow 64-bit arithmetic: lower rate or quantum$"
+    with pytest.raises(ValueError, match=message):
+        _guest(m, rec, [Workload(0, 64)] * 2, [PAGES_PER_MS, (1 << 41) - 1953125], quantum=1 << 21)
+    _guest(m, rec, [Workload(0, 64)], [(1 << 41) - 1953125 - 1], quantum=1 << 21)  # just below: accepted
 
 
 def test_unassigned_writes_are_counted():

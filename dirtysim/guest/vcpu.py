@@ -81,8 +81,12 @@ class Guest(LazyActor):
         return (*self.write_args(), w.ring, *rings)
 
     def run_quanta(self, n: int) -> None:
+        """``kernels.run_vcpus`` until ``n`` quanta are done, serving its refills and ring-full exits in between.
+
+        The loop is bounded: a call that returns RUN_DONE must have done every quantum asked for.
+        """
         args = self.kernel_args()
-        while n:
+        while n > 0:
             status = K.run_vcpus(n, *args)
             done = int(self.state[K.ST_DONE])
             self.next_t += done * self.quantum_ns
@@ -96,6 +100,8 @@ class Guest(LazyActor):
                     self.stall(vcpu, self.on_ring_full(vcpu))
                 finally:
                     self.recorder.time_override = None
+            elif n:
+                raise RuntimeError(f"run_vcpus returned {status} with {n} of its quanta not done")
 
     def refill(self) -> None:
         """Draw the next block of each vCPU's variates (unused ones move to the front)."""
