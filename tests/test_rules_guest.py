@@ -29,9 +29,10 @@ PAGE = 4096
 PAGES_PER_MS = PAGE * 1000  # a rate of one 4 KiB page per ms, in bytes/s
 
 
-def _machine(mode="bitmap", size="64MiB", logging=True, initially_set=False, ring_full_exit="10us"):
+def _machine(mode="bitmap", size="64MiB", logging=True, initially_set=False, ring_full_exit="10us", vcpus=1):
+    """A machine whose KVM has ``vcpus`` dirty rings (the hand-built Guest must have as many vCPUs in ring mode)."""
     sc = scenario(machine={"memory": {"size": size, "zero_fraction": 0.0},
-                           "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]},
+                           "vcpus": [{"count": vcpus, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]},
                   dirty_tracking={"mode": mode, "initially_set": initially_set, "ring_size": 1024},
                   costs={"ring_full_exit": ring_full_exit, "ring_reap_per_entry": "50ns",
                          "ring_reset_per_entry": "70ns"})
@@ -231,7 +232,7 @@ def test_ring_full_exit_stalls_the_vcpu_and_is_recorded_in_its_quantum():
     Each exit costs the vCPU the exit (10 us) plus the reaping (120 ns per entry), and the reap event carries the
     time of the quantum being run; the ring is reaped, so the vCPU goes on.
     """
-    m, rec = _machine(mode="ring")
+    m, rec = _machine(mode="ring", vcpus=2)
     g = _guest(m, rec, [Workload(0, 16384), Workload(0, 1)], [100 * PAGES_PER_MS, PAGES_PER_MS])
     g.start()
     g.advance(30 * MS, False)
@@ -256,6 +257,13 @@ def test_kernel_arguments_follow_the_writer():
     m2, rec2 = _machine()
     args = _guest(m2, rec2, [Workload(0, 64)], [PAGES_PER_MS]).kernel_args()
     assert args[-5] is False and args[-1] == 0
+
+
+def test_ring_mode_needs_a_ring_per_vcpu():
+    """The write kernels index the dirty rings by vCPU without bounds checks: a missing ring is refused up front."""
+    m, rec = _machine(mode="ring")
+    with pytest.raises(ValueError, match="^2 vCPUs but 1 dirty rings$"):
+        _guest(m, rec, [Workload(0, 64)] * 2, [PAGES_PER_MS] * 2)
 
 
 def test_overflowing_rate_is_refused():

@@ -39,6 +39,8 @@ class Guest(LazyActor):
                  guest_map, quantum_ns: int, fault_ns: int, recorder):
         """``writer`` tracks writes (``KvmDirtyLog`` or ``TcgDirtyMemory``: memslots and the target bitmap);
         ``guest_map`` (``oracle.GuestMap``) tells the page oracle which RAM page a write changes."""
+        if writer.ring and writer.rings.shape[0] != len(workloads):  # the kernels do not bounds-check
+            raise ValueError(f"{len(workloads)} vCPUs but {writer.rings.shape[0]} dirty rings")
         self.quantum_ns, self.fault_ns, self.writer, self.recorder = quantum_ns, fault_ns, writer, recorder
         self.guest_map = guest_map
         self.rngs = rngs
