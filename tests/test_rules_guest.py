@@ -14,6 +14,7 @@ import pytest
 import simpy
 
 from builders import of, scenario
+from dirtysim.dirty import kernels as K
 from dirtysim.events import schema as ev
 from dirtysim.events.log import Recorder
 from dirtysim.guest.lazy import LazyActor
@@ -286,3 +287,12 @@ def test_unassigned_writes_are_counted():
     g.advance(MS, True)
     assert (g.unassigned_writes, g.nvcpus) == (10, 1)
     assert not m.kvm.dirty.any()
+
+
+def test_a_kernel_that_stops_early_is_an_error_not_a_spin(monkeypatch):
+    """``run_quanta`` waits for its quanta to be done: RUN_DONE with quanta left is a broken invariant, reported."""
+    m, rec = _machine(logging=False)
+    g = _guest(m, rec, [Workload(0, 64)], [PAGES_PER_MS])
+    monkeypatch.setattr(K, "run_vcpus", lambda n, *args: K.RUN_DONE)  # does nothing, says done
+    with pytest.raises(RuntimeError, match=r"^run_vcpus returned 0 with 3 of its quanta not done$"):
+        g.run_quanta(3)

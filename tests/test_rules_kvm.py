@@ -8,6 +8,7 @@ is known in advance.
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from dirtysim.dirty.ramlist import RAMList
 from dirtysim.events import schema as ev
 from dirtysim.events.log import Recorder
 from dirtysim.memory.address_space import GLOBAL_DIRTY_MIGRATION, MemorySystem
-from dirtysim.memory.region import (DIRTY_MEMORY_VGA, memory_region_init, memory_region_init_ram,
+from dirtysim.memory.region import (DIRTY_MEMORY_VGA, memory_region_init, memory_region_init_alias, memory_region_init_ram,
                                     memory_region_init_rom, memory_region_init_rom_device)
 from dirtysim.scenario.schema import Costs, DirtyTracking
 
@@ -87,6 +88,11 @@ class Rig:
         return of(self.rec.events, cls)
 
 
+def _logged(e: ev.Event) -> ev.Event:
+    """The event as ``dirtysim replay`` reads it back (an int field holding a float would be rejected)."""
+    return msgspec.json.decode(msgspec.json.encode(e), type=type(e))
+
+
 def _pages(words: np.ndarray) -> list[int]:
     return np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little")).tolist()
 
@@ -104,7 +110,8 @@ def test_memslots_must_be_256k_aligned(gpa, size, ram_addr):
     kvm = Rig(regions=()).kvm
     with pytest.raises(ValueError, match="not aligned to 256 KiB"):
         kvm.set_user_memory_region(gpa, size, ram_addr)
-    kvm.set_user_memory_region(1 << 30, 256 << 10, 0)  # aligned: accepted
+    slot = kvm.set_user_memory_region(1 << 30, 256 << 10, 0)  # aligned: accepted, writable by default
+    assert (slot.gpa, slot.size, slot.readonly) == (1 << 30, 256 << 10, False)
 
 
 def test_each_mode_keeps_only_its_bitmap():
@@ -150,22 +157,22 @@ def test_legacy_get_reprotects_and_charges_per_page():
 def test_clear_uses_the_fetched_mask_rounded_to_64_pages():
     """``kvm_log_clear_one_slot``: the range is rounded up to 64 pages; only fetched bits are cleared (73 ns each)."""
     r = Rig()
-    r.write(64, 100, 127, 128, 300)
+    r.write(3, 64, 100, 127, 128, 191, 192, 300)
     r.sync()
     r.meter.drain()
     r.write(65)  # set after the GET: not in the mask
-    r.clear("a", 64, 10)  # pages 64..73 -> 64..127
-    clear = r.events(ev.KvmClearDirtyLog)[-1]
-    assert (clear.slot, clear.first_page, clear.num_pages, clear.reprotected, clear.cost_ns) == (0, 64, 64, 3, 3 * 73)
-    assert r.meter.drain() == 219
-    assert _pages(r.kvm.dirty) == [65, 128, 300]
-    assert r.write(64, 100, 128) == 2  # re-protected pages fault again
+    r.clear("a", 64, 66)  # pages 64..129 -> 64..191
+    clear = _logged(r.events(ev.KvmClearDirtyLog)[-1])
+    assert (clear.slot, clear.first_page, clear.num_pages, clear.reprotected, clear.cost_ns) == (0, 64, 128, 5, 5 * 73)
+    assert r.meter.drain() == 365
+    assert _pages(r.kvm.dirty) == [3, 65, 192, 300]
+    assert r.write(64, 100, 192) == 2  # re-protected pages fault again
     assert r.losses == []
 
 
 def test_clear_must_start_on_64_pages():
     r = Rig()
-    with pytest.raises(AssertionError, match="not aligned to 64 pages"):
+    with pytest.raises(AssertionError, match="^log_clear start not aligned to 64 pages$"):
         r.clear("a", 10, 64)
 
 
@@ -226,7 +233,7 @@ def test_writes_to_a_rom_are_not_performed():
     """ROMs and ROM devices in ROMD mode are read-only memslots: guest writes exit to QEMU, nothing is logged."""
     r = Rig(regions=(("a", 0, 16 * MIB), ("rom", 32 * MIB, MIB), ("romd", 64 * MIB, MIB)),
             kinds={"rom": "rom", "romd": "romd"})
-    assert [s.readonly for s in r.kvm.slots] == [False, True, True]
+    assert [(s.slot, s.readonly) for s in r.kvm.slots] == [(0, False), (1, True), (2, True)]
     r.write(8192, 16384, 1)
     assert r.unassigned == 2 and _pages(r.kvm.dirty) == [1]
     r.mem.memory_region_rom_device_set_romd(r.mr["romd"], False)
@@ -272,9 +279,9 @@ def test_a_re_added_slot_starts_with_an_empty_clear_mask():
     r.sync()
     r.mem.memory_region_set_address(r.mr["a"], 64 * MIB)
     assert r.kvm.slots[0].logging and not r.kvm.dirty.any(), "logging from the start: a fresh bitmap"
-    assert r.write(16384 + 1) == 1
+    assert r.write(16384 + 0) == 1
     r.clear("a", 0, 64)
-    assert r.events(ev.KvmClearDirtyLog)[-1].reprotected == 0 and _pages(r.kvm.dirty) == [1]
+    assert r.events(ev.KvmClearDirtyLog)[-1].reprotected == 0 and _pages(r.kvm.dirty) == [0]
 
 
 def test_pending_dirty_is_the_kernel_bitmap():
@@ -290,7 +297,8 @@ def test_pending_dirty_is_the_kernel_bitmap():
 def test_ring_write_pushes_an_entry_and_unprotects():
     """Ring mode: a write to a protected page pushes one entry; the page stays writable until reaped."""
     r = Rig(mode="ring")
-    assert r.write(3, 3, 4) == 2
+    assert r.write(3, 3, 4, 100_000) == 2
+    assert r.unassigned == 1, "a write no memslot maps"
     assert _pages(r.kvm.unreaped_pages()) == [3, 4]
     assert _pages(r.listener.pending_dirty()[1]) == [3, 4] and not r.listener.pending_dirty()[0].any()
 
@@ -342,3 +350,118 @@ def test_ring_logging_off_unprotects():
     r = Rig(mode="ring")
     r.mem.memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION)
     assert r.write(3) == 0 and not r.kvm.unreaped_pages().any()
+
+
+# -- two slots: each rule touches only its own slot's words -----------------------------------------------
+
+TWO = (("a", 0, 16 * MIB), ("b", 32 * MIB, 16 * MIB))  # slot b: GPA page 8192 = RAM page 4096
+B = 8192  # first GPA page of b
+B_RAM = 4096
+
+
+def test_get_of_one_slot_leaves_the_other_slots_words():
+    """Manual protect: GET of a copies and counts only a's words; b's fetched bits stay out of L2 until b's GET."""
+    r = Rig(regions=TWO)
+    r.write(5, B + 6)
+    r.sync()
+    r.rl.dirty_memory[:] = 0
+    r.write(7, B + 9)
+    r.sync(r.mr["a"])
+    assert _pages(r.rl.dirty_memory) == [5, 7]
+    r.sync(r.mr["b"])
+    assert [(g.slot, g.pages) for g in r.events(ev.KvmGetDirtyLog)] == [(0, 1), (1, 1), (0, 2), (1, 2)]
+    assert _pages(r.rl.dirty_memory) == [5, 7, B_RAM + 6, B_RAM + 9]
+
+
+def test_legacy_get_of_one_slot_leaves_the_other_slots_bits():
+    r = Rig(regions=TWO, manual_protect=False)
+    r.write(5, B + 6)
+    r.sync(r.mr["b"])
+    assert _pages(r.kvm.dirty) == [5] and _pages(r.rl.dirty_memory) == [B_RAM + 6]
+    r.sync(r.mr["a"])
+    assert [(g.slot, g.pages, g.reprotected) for g in r.events(ev.KvmGetDirtyLog)] == [(1, 1, 1), (0, 1, 1)]
+
+
+def test_clear_in_a_slot_above_gpa_zero():
+    """The CLEAR range is relative to the slot: pages 0..63 of b are RAM pages 4096..4159; a's mask is untouched."""
+    r = Rig(regions=TWO)
+    r.write(1, B + 1, B + 4032)
+    r.sync()
+    r.clear("b", 0, 64)
+    clear = _logged(r.events(ev.KvmClearDirtyLog)[-1])
+    assert (clear.slot, clear.first_page, clear.num_pages, clear.reprotected) == (1, 0, 64, 1)
+    r.clear("b", 4032, 64)  # the slot's last chunk
+    clear = _logged(r.events(ev.KvmClearDirtyLog)[-1])
+    assert (clear.first_page, clear.num_pages, clear.reprotected) == (4032, 64, 1)
+    assert _pages(r.kvm.dirty) == [1]
+
+
+def test_deleting_one_slot_hands_over_only_its_bits():
+    r = Rig(regions=TWO)
+    r.write(11, B + 12)
+    r.mem.memory_region_del_subregion(r.root, r.mr["a"])
+    assert _pages(r.rl.dirty_memory) == [11] and _pages(r.kvm.dirty) == [B_RAM + 12]
+
+
+def test_ring_slot_delete_and_sync_push_only_their_slots():
+    """Ring: a slot deletion reaps every ring but pushes only that slot's collected bits to L2."""
+    r = Rig(regions=TWO, mode="ring")
+    r.write(21, B + 22)
+    r.mem.memory_region_del_subregion(r.root, r.mr["b"])
+    assert _pages(r.rl.dirty_memory) == [B_RAM + 22] and _pages(r.listener.dirty_bmap) == [21]
+    r2 = Rig(regions=TWO, mode="ring")
+    r2.write(21, B + 22)
+    r2.mem.memory_region_del_subregion(r2.root, r2.mr["a"])
+    assert _pages(r2.rl.dirty_memory) == [21] and _pages(r2.listener.dirty_bmap) == [B_RAM + 22]
+
+
+def test_ring_sync_pushes_logging_slots_only():
+    """``kvm_log_sync_global``: a slot that does not log keeps its collected bits out of L2."""
+    r = Rig(regions=TWO, mode="ring", start=False)
+    r.mem.memory_region_set_log(r.mr["b"], True, DIRTY_MEMORY_VGA)
+    r.mem.memory_region_set_log(r.mr["a"], True, DIRTY_MEMORY_VGA)
+    r.write(3, B + 4)
+    r.mem.memory_region_set_log(r.mr["a"], False, DIRTY_MEMORY_VGA)
+    r.listener.reap("reaper")
+    r.mem.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
+    assert not r.rl.dirty_memory.any()
+
+
+def test_logging_on_for_one_slot_keeps_the_others_bitmap():
+    """``kvm_log_start`` of a fresh slot resets only that slot's bitmap."""
+    r = Rig(regions=TWO, start=False)
+    r.mem.memory_region_set_log(r.mr["b"], True, DIRTY_MEMORY_VGA)
+    r.write(B + 3)
+    r.mem.memory_region_set_log(r.mr["a"], True, DIRTY_MEMORY_VGA)
+    assert _pages(r.kvm.dirty) == [B_RAM + 3]
+
+
+def test_moving_down_next_to_the_old_range_does_not_inhibit():
+    """Deleted [32, 48) MiB, added [16, 32) MiB: the new range ends where the old began: no overlap."""
+    r = Rig(regions=(("b", 32 * MIB, 16 * MIB),))
+    r.mem.memory_region_set_address(r.mr["b"], 16 * MIB)
+    upd = r.events(ev.KvmMemslotUpdate)[-1]
+    assert (upd.inhibited, upd.stall_ns) == (False, 0) and r.inhibits == []
+
+
+def test_alias_maps_the_ram_at_its_offset():
+    """A section that starts inside its region: the slot's ram_addr is the block offset + offset within region."""
+    r = Rig(regions=(("a", 0, 16 * MIB),))
+    alias = memory_region_init_alias("hi", r.mr["a"], 4 * MIB, MIB)
+    r.mem.memory_region_add_subregion(r.root, 64 * MIB, alias)
+    slot = r.kvm.slots[-1]
+    assert (slot.gpa, slot.size, slot.ram_addr) == (64 * MIB, MIB, 4 * MIB)
+    r.write(64 * MIB // PAGE + 3)
+    r.sync()
+    assert _pages(r.rl.dirty_memory) == [4 * MIB // PAGE + 3]
+
+
+def test_an_unhooked_listener_works():
+    """Without a machine nobody listens for inhibits or loss windows: updates and clears still go through."""
+    r = Rig(kvm_clear="clear-all")
+    r.listener.on_inhibit = r.listener.on_loss_window = None
+    r.write(1)
+    r.sync()
+    r.clear("a", 0, 64)
+    r.mem.memory_region_set_address(r.mr["a"], 8 * MIB)
+    assert r.events(ev.KvmMemslotUpdate)[-1].inhibited and r.inhibits == [] and r.losses == []
