@@ -36,7 +36,7 @@ class Rig:
     """A memory system with RAM regions (name -> (gpa, size)) and KVM's listener, dirty logging started."""
 
     def __init__(self, regions=(("a", 0, 16 * MIB),), mode="bitmap", manual_protect=True, initially_set=False,
-                 kvm_clear="mask", start=True, kinds=None):
+                 kvm_clear="mask", start=True, kinds=None, hooks=True):
         self.rec = Recorder(lambda: 0)
         self.rl, self.mem = RAMList(), MemorySystem(self.rec)
         ring = mode == "ring"  # kvm_setup_dirty_ring: no manual protect with the ring
@@ -51,9 +51,10 @@ class Rig:
         self.listener = cls(self.kvm, self.mem, self.tracking, COSTS, self.meter)
         self.mem.memory_listener_register(self.listener, asp)
         self.inhibits: list[int] = []
-        self.listener.on_inhibit = self.inhibits.append
         self.losses: list[str] = []
-        self.listener.on_loss_window = self.losses.append
+        if hooks:
+            self.listener.on_inhibit = self.inhibits.append
+            self.listener.on_loss_window = self.losses.append
         if mode == "ring":
             self.kvm.on_ring_full = lambda v: self.listener.reap("ring-full", v)
         self.mr = {}
@@ -371,6 +372,9 @@ def test_get_of_one_slot_leaves_the_other_slots_words():
     r.sync(r.mr["b"])
     assert [(g.slot, g.pages) for g in r.events(ev.KvmGetDirtyLog)] == [(0, 1), (1, 1), (0, 2), (1, 2)]
     assert _pages(r.rl.dirty_memory) == [5, 7, B_RAM + 6, B_RAM + 9]
+    r.rl.dirty_memory[:] = 0
+    r.sync(r.mr["b"])
+    assert _pages(r.rl.dirty_memory) == [B_RAM + 6, B_RAM + 9]
 
 
 def test_legacy_get_of_one_slot_leaves_the_other_slots_bits():
@@ -380,6 +384,9 @@ def test_legacy_get_of_one_slot_leaves_the_other_slots_bits():
     assert _pages(r.kvm.dirty) == [5] and _pages(r.rl.dirty_memory) == [B_RAM + 6]
     r.sync(r.mr["a"])
     assert [(g.slot, g.pages, g.reprotected) for g in r.events(ev.KvmGetDirtyLog)] == [(1, 1, 1), (0, 1, 1)]
+    r.write(5, B + 6)
+    r.sync(r.mr["a"])
+    assert _pages(r.kvm.dirty) == [B_RAM + 6], "a's GET re-protects only a's pages"
 
 
 def test_clear_in_a_slot_above_gpa_zero():
@@ -401,6 +408,10 @@ def test_deleting_one_slot_hands_over_only_its_bits():
     r.write(11, B + 12)
     r.mem.memory_region_del_subregion(r.root, r.mr["a"])
     assert _pages(r.rl.dirty_memory) == [11] and _pages(r.kvm.dirty) == [B_RAM + 12]
+    r2 = Rig(regions=TWO)
+    r2.write(11, B + 12)
+    r2.mem.memory_region_del_subregion(r2.root, r2.mr["b"])
+    assert _pages(r2.rl.dirty_memory) == [B_RAM + 12] and _pages(r2.kvm.dirty) == [11]
 
 
 def test_ring_slot_delete_and_sync_push_only_their_slots():
@@ -415,16 +426,14 @@ def test_ring_slot_delete_and_sync_push_only_their_slots():
     assert _pages(r2.rl.dirty_memory) == [21] and _pages(r2.listener.dirty_bmap) == [B_RAM + 22]
 
 
-def test_ring_sync_pushes_logging_slots_only():
-    """``kvm_log_sync_global``: a slot that does not log keeps its collected bits out of L2."""
+def test_ring_sync_without_migration_feeds_nothing_to_migration():
+    """``kvm_log_sync_global`` with VGA logging only: the rings are reaped, nothing reaches migration's bitmap."""
     r = Rig(regions=TWO, mode="ring", start=False)
     r.mem.memory_region_set_log(r.mr["b"], True, DIRTY_MEMORY_VGA)
-    r.mem.memory_region_set_log(r.mr["a"], True, DIRTY_MEMORY_VGA)
     r.write(3, B + 4)
-    r.mem.memory_region_set_log(r.mr["a"], False, DIRTY_MEMORY_VGA)
-    r.listener.reap("reaper")
-    r.mem.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
-    assert not r.rl.dirty_memory.any()
+    r.sync()
+    assert r.events(ev.DirtyRingReap)[-1].entries == 1
+    assert not r.rl.dirty_memory.any() and not r.listener.dirty_bmap.any()
 
 
 def test_logging_on_for_one_slot_keeps_the_others_bitmap():
@@ -458,8 +467,7 @@ def test_alias_maps_the_ram_at_its_offset():
 
 def test_an_unhooked_listener_works():
     """Without a machine nobody listens for inhibits or loss windows: updates and clears still go through."""
-    r = Rig(kvm_clear="clear-all")
-    r.listener.on_inhibit = r.listener.on_loss_window = None
+    r = Rig(kvm_clear="clear-all", hooks=False)
     r.write(1)
     r.sync()
     r.clear("a", 0, 64)
