@@ -163,7 +163,7 @@ def test_no_faults_without_dirty_logging_or_with_initially_set():
 
 
 def test_every_first_write_to_a_page_faults_once():
-    """Bitmap mode, manual protect: faults == distinct pages written == bits in the KVM bitmap, fault time = faults x cost."""
+    """Bitmap mode, manual protect: faults = distinct pages written = bits in the KVM bitmap; time = faults x cost."""
     m, rec = _machine()
     g = _guest(m, rec, [Workload(0, 4096), Workload(2048, 4096)], [50 * PAGES_PER_MS, 30 * PAGES_PER_MS],
                fault_ns=1_000)

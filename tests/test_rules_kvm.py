@@ -19,8 +19,8 @@ from dirtysim.dirty.ramlist import RAMList
 from dirtysim.events import schema as ev
 from dirtysim.events.log import Recorder
 from dirtysim.memory.address_space import GLOBAL_DIRTY_MIGRATION, MemorySystem
-from dirtysim.memory.region import (DIRTY_MEMORY_VGA, memory_region_init, memory_region_init_alias, memory_region_init_ram,
-                                    memory_region_init_rom, memory_region_init_rom_device)
+from dirtysim.memory.region import (DIRTY_MEMORY_VGA, memory_region_init, memory_region_init_alias,
+                                    memory_region_init_ram, memory_region_init_rom, memory_region_init_rom_device)
 from dirtysim.scenario.schema import Costs, DirtyTracking
 
 pytestmark = pytest.mark.rules
@@ -73,9 +73,8 @@ class Rig:
     def write(self, *gpa_pages: int, vcpu: int = 0) -> int:
         """One vCPU's writes; returns its write-protect faults."""
         faults = np.zeros(2, dtype=np.int64)
-        seg_end = np.array([len(gpa_pages)] * 2 if vcpu else [len(gpa_pages), len(gpa_pages)], dtype=np.int64)
-        if vcpu:
-            seg_end[0] = 0
+        n = len(gpa_pages)
+        seg_end = np.array([0 if vcpu else n, n], dtype=np.int64)  # vCPU v's writes end at seg_end[v]
         self.unassigned = self.kvm.apply_writes(np.array(gpa_pages, dtype=np.int64), seg_end, faults)
         return int(faults[vcpu])
 

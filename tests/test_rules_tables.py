@@ -143,7 +143,7 @@ def test_rounds_from_first_principles():
     assert [r["reprotected-pages"] for r in rows] == [0, 7 + 4 + 9 + 5, 0]
     assert [r["thread-get-us"] for r in rows] == [0, 7.0, 0]
     assert [r["thread-clear-us"] for r in rows] == [0, 0.511, 0]
-    assert [r["thread-reap-us"] for r in rows] == [0, 1.107, 0]  # the reaper thread's reap is not the migration thread's
+    assert [r["thread-reap-us"] for r in rows] == [0, 1.107, 0]  # the reaper thread's reap is not counted
     assert sorted(rows[0]) == sorted(tables.ROUND_FIELDS)  # every column, nothing else
 
 
