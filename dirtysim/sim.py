@@ -103,7 +103,7 @@ def _warm_up() -> float:
     kernels.harvest_log(w, w.copy(), 0, 2, 0, True, w.copy())
     vi = np.zeros((kernels.VI_ROWS, 1), dtype=np.int64)
     vi[kernels.VI_PAGES] = 128
-    guest = (10**6, 0, vi, f, f.copy(), np.zeros((1, 2)), i64.copy(), np.array([0, -1, 0, 0, 0, 0, 0]), gmap, *slots,
+    guest = (10**6, 0, vi, f, f.copy(), np.zeros((1, 2)), i64.copy(), kernels.run_state(), gmap, *slots,
              w, w.copy(), w.copy(), win)
     for ring in (False, True):
         kernels.run_vcpus(1, *guest, ring, rings, idx, idx.copy(), 2)

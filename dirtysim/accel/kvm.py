@@ -187,7 +187,9 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
             self._add.append(section)
 
     def region_del(self, section: MemoryRegionSection) -> None:
-        if self._is_slot(section):
+        """``kvm_set_phys_mem`` (delete) finds the slot by address (``kvm_lookup_matching_slot``): a ROM device
+        that has just left ROMD mode is no longer a slot region, but its slot must still go."""
+        if _key(section) in self._by_section:
             self._del.append(section)
 
     def commit(self) -> None:

@@ -597,6 +597,13 @@ VI_ROWS = 19
 ST_DONE, ST_RESUME, ST_VCPU, ST_UNASSIGNED, ST_ROUT = 0, 1, 2, 3, 4
 
 
+def run_state() -> np.ndarray:
+    """A fresh ``state`` for ``run_vcpus``: no quantum to resume, no unassigned writes, room for ``ST_ROUT``'s 3."""
+    state = np.zeros(ST_ROUT + 3, dtype=np.int64)
+    state[ST_RESUME] = -1
+    return state
+
+
 @jit
 def run_vcpus(nq, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf, state, gmap, slot_gpa, slot_pages,
               slot_ram, slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):

@@ -39,25 +39,27 @@ class Guest(LazyActor):
                  guest_map, quantum_ns: int, fault_ns: int, recorder):
         """``writer`` tracks writes (``KvmDirtyLog`` or ``TcgDirtyMemory``: memslots and the target bitmap);
         ``guest_map`` (``oracle.GuestMap``) tells the page oracle which RAM page a write changes."""
+        if writer.ring and writer.rings.shape[0] != len(workloads):  # the kernels do not bounds-check
+            raise ValueError(f"{len(workloads)} vCPUs but {writer.rings.shape[0]} dirty rings")
         self.quantum_ns, self.fault_ns, self.writer, self.recorder = quantum_ns, fault_ns, writer, recorder
         self.guest_map = guest_map
         self.rngs = rngs
         self.vi = vi = np.zeros((K.VI_ROWS, len(workloads)), dtype=np.int64)
         vi[K.VI_RATE] = rates
         page_ns = PAGE_SIZE * NS_PER_S
-        if int(vi[K.VI_RATE].max(initial=0)) * quantum_ns >= (1 << 62) - page_ns:
+        if int(vi[K.VI_RATE].max()) * quantum_ns >= (1 << 62) - page_ns:
             raise ValueError("a vCPU's writes in one quantum overflow 64-bit arithmetic: lower rate or quantum")
         vi[K.VI_MAXN] = (page_ns - 1 + vi[K.VI_RATE] * quantum_ns) // page_ns  # most writes one quantum can make
         for row, attr in ((K.VI_FIRST, "first_page"), (K.VI_PAGES, "pages"), (K.VI_HOT_FIRST, "hot_first"),
                           (K.VI_HOT_PAGES, "hot_pages")):
             vi[row] = [getattr(w, attr) for w in workloads]
-        self.hot_share = np.array([w.hot_share for w in workloads], dtype=np.float64)
-        self.same_share = np.array([w.identical_rewrites for w in workloads], dtype=np.float64)
+        self.hot_share = np.array([float(w.hot_share) for w in workloads])
+        self.same_share = np.array([float(w.identical_rewrites) for w in workloads])
         self.debt = vi[K.VI_DEBT]
         self.stats = {name: vi[row] for name, row in STAT_ROWS.items()}
-        self.ubuf = np.zeros((len(workloads), max(MIN_BLOCK, 16 * int(vi[K.VI_MAXN].max(initial=0)))))
+        self.ubuf = np.zeros((len(workloads), max(MIN_BLOCK, 16 * int(vi[K.VI_MAXN].max()))))
         self.buf = np.zeros(max(1, int(vi[K.VI_MAXN].sum())), dtype=np.int64)
-        self.state = np.array([0, -1, 0, 0, 0, 0, 0], dtype=np.int64)  # kernels.ST_*
+        self.state = K.run_state()
         self.on_ring_full: Optional[Callable[[int], int]] = None  # reaps; returns the stall in ns
         self._taken = dict.fromkeys(STAT_ROWS, 0)
 
@@ -83,8 +85,12 @@ class Guest(LazyActor):
         return (*self.write_args(), w.ring, *rings)
 
     def run_quanta(self, n: int) -> None:
+        """``kernels.run_vcpus`` until ``n`` quanta are done, serving its refills and ring-full exits in between.
+
+        The loop is bounded: a call that returns RUN_DONE must have done every quantum asked for.
+        """
         args = self.kernel_args()
-        while n:
+        while True:
             status = K.run_vcpus(n, *args)
             done = int(self.state[K.ST_DONE])
             self.next_t += done * self.quantum_ns
@@ -98,6 +104,10 @@ class Guest(LazyActor):
                     self.stall(vcpu, self.on_ring_full(vcpu))
                 finally:
                     self.recorder.time_override = None
+            elif n:
+                raise RuntimeError(f"run_vcpus returned {status} with {n} of its quanta not done")
+            else:
+                return
 
     def refill(self) -> None:
         """Draw the next block of each vCPU's variates (unused ones move to the front)."""
