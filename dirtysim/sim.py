@@ -24,6 +24,7 @@ from .dirty import kernels
 from .events import schema as ev
 from .events.log import Recorder, fingerprint
 from .machine import Machine
+from .migration.invariant import BrokenInvariant
 from .migration.precopy import PrecopyMigration
 from .scenario.schema import PAGE_SIZE, Scenario
 from .timeline import run_timeline
@@ -144,10 +145,24 @@ def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
     return result
 
 
+def run_deadline(scenario: Scenario) -> int:
+    """Simulated ns by which any migration has ended: the timeout, then one overrun sync and a stopped-guest
+    pass sending every page and the device state twice over (``migration_completion`` cannot take longer)."""
+    ram = scenario.machine.memory.size + scenario.machine.device_memory
+    final_pass = 2 * (ram + scenario.machine.device_state) * 10**9 // scenario.network.bandwidth
+    return (scenario.migration.start_at + scenario.migration.timeout + 2 * scenario.costs.worst_sync_ns(ram)
+            + final_pass + 10**9)
+
+
 def _advance(env: simpy.Environment, done: simpy.Process, scenario: Scenario, progress: Optional[bool]) -> None:
-    """Step SimPy until the migration process ends, updating a progress bar in simulated seconds."""
+    """Step SimPy until the migration process ends, updating a progress bar in simulated seconds.
+
+    A migration thread still running at ``run_deadline`` waits on something that will never come
+    (a broken invariant): the run stops with an error rather than stepping on forever.
+    """
     show = sys.stderr.isatty() if progress is None else progress
     horizon = scenario.migration.start_at + scenario.migration.timeout
+    deadline = run_deadline(scenario)
     bar = None
     if show:
         from tqdm import tqdm
@@ -155,6 +170,9 @@ def _advance(env: simpy.Environment, done: simpy.Process, scenario: Scenario, pr
         bar = tqdm(total=round(horizon / 1e9, 1), unit="sim-s", file=sys.stderr, leave=False,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim-s [{elapsed}<{remaining}]")
     while not done.triggered:
+        if env.now > deadline:
+            raise BrokenInvariant(f"the migration thread is still running at {env.now / 1e9:.3f} simulated s, past "
+                                  f"its timeout and any switchover (deadline {deadline / 1e9:.3f} s)")
         env.run(until=simpy.AnyOf(env, [done, env.timeout(PROGRESS_STEP_NS)]))
         if bar is not None:
             bar.update(round(env.now / 1e9, 1) - bar.n)

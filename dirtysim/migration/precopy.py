@@ -15,6 +15,7 @@ from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
 from ..scenario.schema import PAGE_SIZE, Scenario
+from .invariant import BrokenInvariant, dirty_count_mismatch
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
 from .slices import FusedSlices
 
@@ -22,6 +23,7 @@ MAX_WAIT = 50  # ms, ram_save_iterate
 RAM_SAVE_FLAG_EOS_BYTES = 8
 NS_PER_MS = 10**6
 UNLIMITED = 1 << 62
+MAX_STALLED_TURNS = 2  # a turn may only close a window; the next one sends (or sleeps)
 
 
 class RAMState:
@@ -81,14 +83,20 @@ class PrecopyMigration:
         self.counters.update_iteration_initial_status(self.now_ms(), self.transferred, self.pages_sent)
         yield from self.ram_save_setup()
         self._status("active")
+        stalled = 0
         while True:
             if self.env.now - start_ns >= self.sc.migration.timeout:
                 self.cancel()
                 return
+            mark = (self.env.now, self.transferred)
             if not self.counters.rate_exceeded(self.transferred):
                 if (yield from self.iteration_run()):
                     return
             yield from self.rate_limit()
+            stalled = stalled + 1 if (self.env.now, self.transferred) == mark else 0
+            if stalled >= MAX_STALLED_TURNS:
+                raise BrokenInvariant(f"the migration thread neither sent nor waited in {stalled} turns at "
+                                      f"{self.env.now} ns: the rate limit and the window disagree")
 
     def is_running(self) -> bool:
         """``migration_is_running``: between setup and completion or cancellation."""
@@ -232,6 +240,7 @@ class PrecopyMigration:
         nbytes, normal, zero = carried
         if clear_first:
             self.clear_chunk(blocks[rs.block_index], rs.page >> self.shift)
+        sent_since_wrap = 1  # the pass in progress may have sent before this slice
         while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget:
             block = blocks[rs.block_index]
             extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
@@ -244,6 +253,7 @@ class PrecopyMigration:
                 rs.last_sent_block = block
                 self._account_block(block, n, z, b, resent, unchanged)
             rs.migration_dirty_pages -= n + z
+            sent_since_wrap += n + z
             normal, zero, nbytes, rs.page = normal + n, zero + z, nbytes + b, page
             if status == kernels.SEND_NEED_CLEAR:
                 self.clear_chunk(block, page >> self.shift)
@@ -251,6 +261,9 @@ class PrecopyMigration:
                 rs.page = 0
                 rs.block_index += 1
                 if rs.block_index == len(blocks):
+                    if not sent_since_wrap:
+                        raise dirty_count_mismatch(rs.migration_dirty_pages)
+                    sent_since_wrap = 0
                     rs.block_index = 0
                     self.rec.emit(ev.ScanWrap)
         wire_ns = nbytes * 10**9 // self.link_bytes_per_s
@@ -317,7 +330,7 @@ class PrecopyMigration:
         self.counters.rate_limit_max = 0  # migration_switchover_start: rate limit off
         self.rs.last_stage = True  # ram_save_complete
         yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE, last_stage=True)
-        while self.rs.migration_dirty_pages:
+        while self.rs.migration_dirty_pages:  # send_slice raises rather than return 0 with pages left
             yield from self.send_slice(UNLIMITED)
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
         yield from self._transfer("device-state", self.m.device_state)  # flushed: QEMU's downtime ends here

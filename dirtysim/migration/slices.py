@@ -14,6 +14,7 @@ import numpy as np
 
 from ..dirty import kernels as K
 from ..events import schema as ev
+from .invariant import dirty_count_mismatch
 
 RECORDS = 4096  # slices per kernel call at most
 NS_PER_S = 10**9
@@ -61,8 +62,7 @@ class FusedSlices:
         if status == K.IT_MORE:
             return False
         if status == K.IT_STUCK:
-            raise RuntimeError(f"migration_dirty_pages is {rs.migration_dirty_pages} but {block.idstr}'s bitmap has "
-                               "no dirty page: the dirty count and the bitmap disagree")
+            raise dirty_count_mismatch(rs.migration_dirty_pages)
         start, _, n, z, nbytes, resent, unchanged, wraps = self.rec[nrec].tolist()
         for _ in range(wraps):
             rec.emit(ev.ScanWrap)
