@@ -45,14 +45,12 @@ def test_fact1_setup_sync(hot_run):
 
 def test_fact2_threshold_number():
     """128 MiB/s measured -> 134,217.728 B/ms x 300 ms = 40,265,318 bytes (about 9,830 pages)."""
-    assert threshold_size((128 * MIB) / 1000, 300) == 40_265_318
-    assert 40_265_318 // PAGE == 9830
+    assert threshold_size((128 * MIB) / 1000, 300) == 40_265_318 == 9830 * PAGE + 1638
 
 
-def test_fact2_no_sync_before_first_window(default_bw_run):
-    events = default_bw_run.events
-    first_window = of(events, ev.RateWindow)[0]
-    assert all(s.seq > first_window.seq for s in syncs(events) if s.reason == "exact")
+def test_fact2_first_window_threshold(default_bw_run):
+    """(Before the first window the threshold is 0: test_rules_precopy probes it with a guest that fits.)"""
+    first_window = of(default_bw_run.events, ev.RateWindow)[0]
     # The first window's threshold comes from ~13.4 MB per 100 ms: 40,265,318 plus the page overshoot.
     assert 40_265_318 <= first_window.threshold_size <= 40_265_318 + 3 * (4096 + 8 + 7 + 8)
 
