@@ -29,7 +29,7 @@ from dirtysim.migration.slices import FusedSlices
 from dirtysim.sim import run, run_deadline
 from test_rules_precopy import _dirtying, simulate, tiny
 
-pytestmark = pytest.mark.rules
+pytestmark = [pytest.mark.rules, pytest.mark.timeout(20)]  # a hang (a broken bound) fails fast
 
 
 @pytest.fixture(params=["fused", "python"])
@@ -139,3 +139,14 @@ def test_a_thread_waiting_forever_is_stopped_at_the_deadline(monkeypatch):
     result = run(sc, progress=False)
     assert result.error.startswith("BrokenInvariant: the migration thread is still running")
     assert run_deadline(sc) < result.sim_time_ns <= run_deadline(sc) + 100 * 10**6
+
+
+@pytest.mark.parametrize("shadow_rom", [True, False])
+def test_the_check_reports_writes_that_hit_no_ram(shadow_rom):
+    """With the PAM shadow ROM over 0xC0000-0xFFFFF, the guest's writes there land nowhere (ROM)."""
+    writer = {"kind": "uniform", "rate": "1MiB/s", "working_set": "256KiB", "offset": "768KiB"}
+    result = simulate(tiny(machine={"vcpus": [{"count": 1, "workload": writer}]}, migration={"start_at": "5ms"},
+                           timeline=[{"at": "0ms", "pam": {"enabled": shadow_rom}}]))
+    check = of(result.events, ev.OracleCheck)[-1]
+    assert (check.unassigned_writes > 0) == shadow_rom
+    assert check.stale_pages == 0

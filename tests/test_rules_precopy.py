@@ -16,7 +16,7 @@ from dirtysim.events import schema as ev
 from dirtysim.migration.slices import FusedSlices
 from dirtysim.sim import run
 
-pytestmark = pytest.mark.rules
+pytestmark = [pytest.mark.rules, pytest.mark.timeout(20)]  # a hang (a broken bound) fails fast
 
 PAGE = 4096
 NORMAL = PAGE + 8  # save_normal_page: 8-byte header + the page
@@ -81,7 +81,7 @@ def test_a_guest_sent_before_the_first_window_completes_at_once(path, zero_fract
     assert [s.reason for s in syncs(events)] == ["setup", "final"]
     assert not of(events, ev.RateWindow)
     setup = first(events, ev.Transfer)
-    assert (setup.kind, setup.bytes, setup.t_ns) == ("setup", HEADER, NS_PER_BYTE * HEADER)
+    assert (setup.kind, setup.bytes, setup.t_ns, setup.running) == ("setup", HEADER, NS_PER_BYTE * HEADER, True)
     sent = pages(events)
     assert sum(t.zero for t in sent) == (1024 if zero else 0)
     assert sum(t.normal for t in sent) == (0 if zero else 1024)
@@ -95,6 +95,9 @@ def test_a_guest_sent_before_the_first_window_completes_at_once(path, zero_fract
     check = first(events, ev.OracleCheck)
     assert (check.at, check.stale_pages, check.lost_pages) == ("switchover", 0, 0)
     assert check.t_ns == stop + NS_PER_BYTE * (EOS + DEVICE_STATE)
+    assert check.unassigned_writes == 0
+    tail = [(t.kind, t.bytes, t.running) for t in of(events, ev.Transfer) if t.t_ns > stop]
+    assert tail == [("eos", EOS, False), ("device-state", DEVICE_STATE, False)]  # the guest is stopped
     assert [e.status for e in of(events, ev.MigrationStatus)] == ["setup", "active", "completed"]
     assert result.stop_reason == "completed"
 
@@ -103,6 +106,7 @@ def test_a_guest_sent_before_the_first_window_completes_at_once(path, zero_fract
     (95, ["setup", "exact", "final"], 200),  # 760 pages < 768: send on, sync in the next window
     (96, ["setup", "final"], 100),  # 768 == 768: not below (no exact sync), at most (complete)
     (97, ["setup", "exact", "final"], 100),  # 776 > 768: exact sync, then complete
+    (96.9, ["setup", "final"], 100),  # downtime-limit is whole ms (migrate_downtime_limit): 96 ms
 ])
 def test_exact_sync_below_and_completion_at_the_threshold(path, downtime_ms, reasons, stop_ms):
     """``migration_iteration_run``: exact sync iff pending < threshold_size; complete iff pending <= it.
@@ -112,7 +116,8 @@ def test_exact_sync_below_and_completion_at_the_threshold(path, downtime_ms, rea
     exactly 32,768 B/ms x downtime = 8 pages per ms of downtime-limit.
     """
     result = simulate(tiny(migration={"max_bandwidth": "10MiB/s", "avail_switchover_bandwidth": "32768000B/s",
-                                      "downtime_limit": f"{downtime_ms}ms"}))
+                                      "downtime_limit": f"{int(downtime_ms * 1000)}us"}))
+    downtime_ms = int(downtime_ms)
     events = result.events
     sent = window_pages(1_048_576, HEADER + IDSTR)
     assert sent == 256
@@ -166,6 +171,8 @@ def test_an_iteration_ends_after_more_than_50_ms(path):
     """
     result = simulate(tiny(network={"bandwidth": "100Mbit/s"}))
     events = result.events
+    window = first(events, ev.RateWindow)  # unlimited: closed by the first turn at 100 ms or later, mid-ms
+    assert window.t_ns % MS and window.time_spent_ms == window.t_ns // MS  # the clock is whole ms
     eos = [e for e in events if isinstance(e, ev.Transfer) and e.kind == "eos"]
     before = [t for t in pages(events) if t.seq < eos[0].seq]
     assert before[-1].t_ns // MS > 50 >= before[-2].t_ns // MS
@@ -192,21 +199,32 @@ def test_lazy_clear_of_each_chunk_before_its_first_page(path):
 
 def _dirtying(**over):
     """8 MiB, half of it zero at boot, a 900 KiB/s uniform writer, 2 MiB/s max-bandwidth: about 4 s, syncs at
-    window times, one of them exactly 1000 ms after the last period start. Syncs cost 1 ms per GiB."""
+    window times, the one at 3800 ms exactly 1000 ms after the last period start. Syncs cost 1 ms per GiB."""
     return tiny(**merge({"machine": {"memory": {"size": "8MiB", "zero_fraction": 0.5},
                                      "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "900KiB/s"}}]},
                          "migration": {"max_bandwidth": "2MiB/s", "timeout": "10s"},
                          "costs": {"bitmap_sync_per_gib": "1ms"}}, over))
 
 
-def test_a_dirtying_guest_follows_every_rule(path):
+FAST_WRITER = {"machine": {"vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "3500KiB/s"}}]},
+               "migration": {"max_bandwidth": "4MiB/s"}}  # the first period closes at 1400 ms
+
+
+SLOW_SYNC = {"machine": {"vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "400KiB/s"}}]},
+             "migration": {"max_bandwidth": "5MiB/s"},
+             "costs": {"bitmap_sync_per_gib": "128ms"}}  # 1 ms per sync: the sync at 1000 ms ends at 1001 ms
+
+
+@pytest.mark.parametrize("over, boundary_ms, closes_ms", [({}, 3800, None), (FAST_WRITER, None, 1400),
+                                                          (SLOW_SYNC, None, 1001)])
+def test_a_dirtying_guest_follows_every_rule(path, over, boundary_ms, closes_ms):
     """Recomputed from the event stream alone: the dirty count (every page dirty at setup, +0->1 at each
     sync, -each page sent), the exact-sync and completion decisions, the dirty-rate period
     (``migration_bitmap_sync``: closed when more than 1000 ms passed), the windows' expected downtime
     (``migration_update_counters``), and the sync cost charged to the migration thread."""
-    result = simulate(_dirtying())
+    result = simulate(_dirtying(**over))
     events = result.events
-    cost = 10**6 * 8 // 1024  # 1 ms per GiB for 8 MiB
+    cost = result.scenario.costs.bitmap_sync_per_gib * 8 // 1024  # 8 MiB
     pending, threshold, expected_downtime = 2048, 0, 300
     last_ms, period_new, rate, last_sync_dirty = 0, 0, 0, 0
     after_window = None
@@ -250,9 +268,14 @@ def test_a_dirtying_guest_follows_every_rule(path):
                 completes = isinstance(events[i + 1], ev.VcpusStopped)
                 assert completes == (pending * PAGE <= threshold)
     exact = [s for s in syncs(events) if s.reason == "exact"]
-    assert len(exact) >= 3 and [s.period_closed for s in exact].count(True) >= 2
-    assert any(s.t_ns // MS == 3800 and not s.period_closed for s in exact), "the period boundary itself"
-    assert {d for d, _ in decided} == {True, False} and all(d == (what == "sync") for d, what in decided)
+    assert [s.dirty_sync_count for s in syncs(events)] == list(range(1, len(syncs(events)) + 1))
+    assert [v.vcpu for v in of(events, ev.VcpuStats)] == [0] * len(syncs(events))
+    assert any(s.period_closed for s in exact)
+    if closes_ms:
+        assert [s.t_ns // MS for s in exact if s.period_closed][0] == closes_ms
+    if boundary_ms:
+        assert any(s.t_ns // MS == boundary_ms and not s.period_closed for s in exact), "the period boundary itself"
+    assert True in {d for d, _ in decided} and all(d == (what == "sync") for d, what in decided)
     assert pending == 0
     sent = pages(events)
     assert sum(t.normal + t.zero for t in sent) == 2048 + sum(s.new_dirty_pages for s in syncs(events))
@@ -278,8 +301,11 @@ def _hotplug(timeline, **over):
 
 def test_a_block_added_while_migrating_is_sent_whole(path):
     """``ram_list_init_bitmaps`` for the new block: all 512 pages dirty, counted in migration_dirty_pages."""
-    result = simulate(_hotplug([{"at": "150ms", "hotplug": {"id": "d0", "size": "2MiB"}}]))
+    writer = {"kind": "uniform", "rate": "1MiB/s", "working_set": "4MiB"}  # pc.ram: both blocks have new pages
+    result = simulate(_hotplug([{"at": "150ms", "hotplug": {"id": "d0", "size": "2MiB"}}],
+                               machine={"vcpus": [{"count": 1, "workload": writer}]}))
     events = result.events
+    assert any(s.new_dirty_pages > 512 for s in syncs(events))
     added = [t for t in pages(events) if t.block == "d0"]
     assert sum(t.normal + t.zero for t in added) >= 512
     total = sum(t.normal + t.zero for t in pages(events))
@@ -301,3 +327,62 @@ def test_a_block_removed_mid_scan_restarts_the_scan(path):
     assert sum(t.normal + t.zero for t in pages(events)) == 256 + d0_sent
     assert not [t for t in pages(events) if t.block == "d0" and t.seq > removed.seq]
     assert result.stop_reason == "completed" and of(events, ev.OracleCheck)[-1].stale_pages == 0
+
+
+def test_the_scan_starts_at_page_0(path):
+    """``ram_state_reset``: last_page = 0. Page 0 holds data (written before the migration), the rest is
+    zero; 10 us slices (1,250 bytes) make page 0 a slice of its own."""
+    writer = {"kind": "uniform", "rate": "4MiB/s", "working_set": "4KiB"}
+    result = simulate(tiny(machine={"memory": {"zero_fraction": 1.0}, "vcpus": [{"count": 1, "workload": writer}]},
+                           migration={"start_at": "10ms"}, engine={"send_quantum": "10us"}))
+    head = pages(result.events)[0]
+    assert (head.normal, head.zero, head.bytes) == (1, 0, NORMAL + IDSTR)
+
+
+def test_send_before_clear_clears_each_chunk_after_its_pages():
+    """The deliberately wrong order: a chunk's clear waits until the scan leaves it (or the next sync),
+    so writes between a page's send and that clear are lost; each deferred clear is audited."""
+    result = simulate(tiny(machine={"memory": {"size": "2560KiB"},
+                                    "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "2MiB/s"}}]},
+                           dirty_tracking={"clear_bitmap_shift": 8, "send_order": "send-before-clear"},
+                           migration={"max_bandwidth": "4MiB/s"}))
+    events = result.events
+    clears = of(events, ev.LazyClear)
+    assert [c.chunk for c in clears[:2]] == [0, 1]
+    in_flight = next(t for t in pages(events) if t.seq > clears[0].seq)  # chunk 0: cleared once the scan left it
+    assert sum(t.normal + t.zero for t in pages(events) if t.seq <= in_flight.seq) >= 256
+    after = next(e for e in events[clears[1].seq:] if isinstance(e, (ev.Transfer, ev.BitmapSync)))
+    assert isinstance(after, ev.BitmapSync)  # chunk 1: the sync ends the pass and flushes its clear
+    audits = [e for e in of(events, ev.OracleCheck) if e.at == "send-before-clear"]
+    assert audits and all(a.lost_pages > 0 for a in audits)
+    final = of(events, ev.OracleCheck)[-1]
+    assert final.at == "switchover" and final.lost_pages == final.stale_pages > 0
+
+
+def test_device_add_is_refused_only_while_migrating():
+    """``migration_is_running`` (qdev_device_add refuses RAM hotplug): plugged before the migration starts,
+    refused after setup began."""
+    result = simulate(tiny(machine={"device_memory": "4MiB"}, migration={"start_at": "1ms"},
+                           timeline=[{"at": "0ms", "hotplug": {"id": "d0", "size": "2MiB"}},
+                                     {"at": "5ms", "hotplug": {"id": "d1", "size": "1MiB"}}]))
+    assert [a.result for a in of(result.events, ev.TimelineAction)] == [
+        "done", "refused: device_add not allowed while migrating"]
+
+
+def test_a_guest_of_more_than_64_bitmap_words_is_sent_whole(path):
+    """32 MiB = 8,192 pages = 128 words of bmap: every page goes once, nothing stays stale."""
+    result = simulate(tiny(machine={"memory": {"size": "32MiB"}}))
+    assert sum(t.normal for t in pages(result.events)) == 8192
+    assert of(result.events, ev.OracleCheck)[-1].stale_pages == 0
+
+
+def test_wire_times_are_whole_ns_rounded_down(path):
+    """3 Gbit/s = 375,000,000 B/s, 2.67 ns per byte: each transfer's wire time is bytes x 10^9 // link, and
+    back-to-back slices (an idle guest, no costs, unlimited) follow each other by exactly that."""
+    link = 375_000_000
+    result = simulate(tiny(network={"bandwidth": "3Gbit/s"}))
+    transfers = of(result.events, ev.Transfer)
+    assert all(t.wire_ns == t.bytes * 10**9 // link for t in transfers)
+    assert transfers[0].t_ns == HEADER * 10**9 // link == 82
+    sent = pages(result.events)
+    assert all(b.t_ns == a.t_ns + b.wire_ns for a, b in zip(sent, sent[1:]))

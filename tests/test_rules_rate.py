@@ -11,7 +11,7 @@ import pytest
 from dirtysim.migration.precopy import UNLIMITED
 from dirtysim.migration.rate import RateCounters, rate_limit_max, threshold_size
 
-pytestmark = pytest.mark.rules
+pytestmark = [pytest.mark.rules, pytest.mark.timeout(20)]  # a hang (a broken bound) fails fast
 
 
 def counters(limit: int = 1000, downtime_ms: int = 300, avail: int = 0) -> RateCounters:
@@ -114,3 +114,10 @@ def test_a_window_with_nothing_sent_keeps_expected_downtime():
     c = counters(downtime_ms=300)
     w = c.update_counters(150, 0, 0, dirty_pages_rate=5, dirty_bytes_last_sync=4096)
     assert (w.bandwidth, w.threshold_size, w.expected_downtime) == (0.0, 0, 300)
+
+
+def test_the_smallest_limit_is_a_limit():
+    """max-bandwidth 10 B/s stores 1 byte per window: 2 bytes exceed it, and 1 byte is left at the start."""
+    c = counters(limit=rate_limit_max(10))
+    assert (c.rate_exceeded(1), c.rate_exceeded(2)) == (False, True)
+    assert (c.budget_left(0), c.budget_left(2)) == (1, -1)

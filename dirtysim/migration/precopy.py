@@ -77,7 +77,7 @@ class PrecopyMigration:
     # -- the thread ----------------------------------------------------------------------------------
     def run(self):
         """``migration_thread``: setup, then iterate / rate-limit until completion or timeout."""
-        yield from self._wait(self.sc.migration.start_at - self.env.now)
+        yield from self._wait(self.sc.migration.start_at)  # the thread's process starts with the simulation
         start_ns = self.env.now
         self._status("setup")
         self.counters.update_iteration_initial_status(self.now_ms(), self.transferred, self.pages_sent)
@@ -103,10 +103,11 @@ class PrecopyMigration:
         return self.rs is not None and self.stop_reason is None
 
     def _init_bitmaps(self, block: RAMBlock) -> None:
-        """``ram_list_init_bitmaps`` for one block: bmap all ones, clear_bmap all clear."""
-        block.bmap = np.full(-(-block.pages // 64), ~np.uint64(0), dtype=np.uint64)
-        if block.pages % 64:
-            block.bmap[-1] = (np.uint64(1) << np.uint64(block.pages % 64)) - np.uint64(1)
+        """``ram_list_init_bitmaps`` for one block: bmap all ones, clear_bmap all clear.
+
+        RAM, DIMMs and ROM are multiples of 256 KiB (the scenario schema), so the bmap is whole words.
+        """
+        block.bmap = np.full(block.pages // 64, ~np.uint64(0))  # every RAMBlock is a multiple of 256 KiB
         block.clear_bmap_shift = self.shift
         block.clear_bmap = np.zeros(-(-block.pages // (1 << self.shift)), dtype=np.uint8)
 
@@ -164,14 +165,14 @@ class PrecopyMigration:
             self.rec.emit(ev.RateWindow, **window.__dict__)
 
     # -- sync ----------------------------------------------------------------------------------------
-    def bitmap_sync(self, reason: str, pending_before: int, last_stage: bool = False):
+    def bitmap_sync(self, reason: str, pending_before: int):
         """``migration_bitmap_sync``: harvest every listener into L2, then L2 -> bmap counting 0->1."""
         rs, mem = self.rs, self.m.memory
         self.flush_deferred_clear()  # send-before-clear: the pass ends, its last chunk is cleared now
         self.dirty_sync_count += 1
         if rs.time_last_bitmap_sync is None:
             rs.time_last_bitmap_sync = self.now_ms()
-        mem.memory_global_dirty_log_sync(last_stage)
+        mem.memory_global_dirty_log_sync(rs.last_stage)
         new = 0
         l2 = self.m.ram_list.dirty_memory
         for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
@@ -327,11 +328,10 @@ class PrecopyMigration:
         """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
         self.rec.emit(ev.VcpusStopped)
         self.m.stop_vm()  # migration_stop_vm: downtime starts (status stays "active" without pause-before-switchover)
-        self.counters.rate_limit_max = 0  # migration_switchover_start: rate limit off
         self.rs.last_stage = True  # ram_save_complete
-        yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE, last_stage=True)
+        yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE)
         while self.rs.migration_dirty_pages:  # send_slice raises rather than return 0 with pages left
-            yield from self.send_slice(UNLIMITED)
+            yield from self.send_slice(UNLIMITED)  # migration_switchover_start: no rate limit
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
         yield from self._transfer("device-state", self.m.device_state)  # flushed: QEMU's downtime ends here
         self.check_oracle("switchover")
