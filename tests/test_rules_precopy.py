@@ -292,7 +292,8 @@ def test_fused_and_python_slices_give_the_same_log(monkeypatch):
     charged to the migration thread (a clear's re-protection) and to the vCPUs (write faults)."""
     for sc in (_dirtying(), _dirtying(dirty_tracking={"clear_bitmap_shift": 6}, engine={"send_quantum": "300us"}),
                _dirtying(costs=DEFAULT_COSTS, dirty_tracking={"clear_bitmap_shift": 7}),
-               _hotplug([{"at": "150ms", "hotplug": {"id": "d0", "size": "2MiB"}}])):  # the loop stops for it
+               _hotplug([{"at": "10ms", "hotplug": {"id": "d0", "size": "2MiB"}}],  # mid-slice: the loop stops for it
+                        migration={"max_bandwidth": "0B/s"})):
         fused = simulate(sc)
         with monkeypatch.context() as m:
             m.setattr(FusedSlices, "eligible", lambda self: False)
