@@ -320,18 +320,22 @@ def test_a_block_added_while_migrating_is_sent_whole(path):
     assert of(events, ev.OracleCheck)[-1].stale_pages == 0
 
 
-def test_a_block_removed_mid_scan_restarts_the_scan(path):
-    """Removing the block being scanned drops its pending pages and restarts at the first block
-    (``ram_state_reset``): pc.ram (256 pages) is done by 400 ms, d0 is half sent when it goes."""
+@pytest.mark.parametrize("unplug_ms, d0_scanned", [(150, False), (450, True)])
+def test_a_removed_block_drops_its_dirty_pages(path, unplug_ms, d0_scanned):
+    """Removing a block drops its pending pages from migration_dirty_pages and restarts the scan at the
+    first block (``ram_state_reset``). pc.ram (256 pages) is done by 400 ms; d0 (512) follows. Each
+    block's first page after a block change or a reset carries its idstr (7 bytes for pc.ram, 3 for d0)."""
     result = simulate(_hotplug([{"at": "0ms", "hotplug": {"id": "d0", "size": "2MiB"}},
-                                {"at": "450ms", "unplug": {"id": "d0"}}],
+                                {"at": f"{unplug_ms}ms", "unplug": {"id": "d0"}}],
                                machine={"memory": {"size": "1MiB"}},
                                migration={"start_at": "100ms", "zero_page_detection": "none"}))
     events = result.events
     removed = first(events, ev.RamBlockRemoved)
     d0_sent = sum(t.normal for t in pages(events) if t.block == "d0" and t.seq < removed.seq)
-    assert 0 < d0_sent < 512
+    assert (0 < d0_sent < 512) if d0_scanned else d0_sent == 0
     assert sum(t.normal + t.zero for t in pages(events)) == 256 + d0_sent
+    restarted = 3 if d0_scanned else IDSTR  # after the reset the next page again names its block
+    assert sum(t.bytes for t in pages(events)) == (256 + d0_sent) * NORMAL + IDSTR + restarted
     assert not [t for t in pages(events) if t.block == "d0" and t.seq > removed.seq]
     assert result.stop_reason == "completed" and of(events, ev.OracleCheck)[-1].stale_pages == 0
 
@@ -392,7 +396,24 @@ def test_wire_times_are_whole_ns_rounded_down(path):
     assert all(t.wire_ns == t.bytes * 10**9 // link for t in transfers)
     assert transfers[0].t_ns == HEADER * 10**9 // link == 82
     sent = pages(result.events)
+    assert sent[0].t_ns == transfers[0].t_ns + sent[0].wire_ns
     assert all(b.t_ns == a.t_ns + b.wire_ns for a, b in zip(sent, sent[1:]))
+
+
+def test_a_one_ns_wait_is_waited(path):
+    """64 Gbit/s = 8 bytes per ns: the 8-byte EOS takes 1 ns of link, the 31-byte header 3 ns."""
+    transfers = of(simulate(tiny(network={"bandwidth": "64Gbit/s"})).events, ev.Transfer)
+    assert (transfers[0].kind, transfers[0].t_ns) == ("setup", 3)
+    eos = next(i for i, t in enumerate(transfers) if t.kind == "eos")
+    assert transfers[eos].t_ns == transfers[eos - 1].t_ns + 1
+
+
+def test_the_cost_of_a_clear_delays_the_slice_after_it(path):
+    """KVM_CLEAR_DIRTY_LOG re-protects the 1,024 pages of the first chunk at 1 us each: the migration
+    thread pays 1.024 ms on top of the first slice's wire time (``migration_clear_memory_region_dirty_bitmap``)."""
+    result = simulate(tiny(costs={"clear_dirty_log_per_page": "1us"}))
+    setup, head = first(result.events, ev.Transfer), pages(result.events)[0]
+    assert head.t_ns == setup.t_ns + head.wire_ns + 1024 * 1000
 
 
 @pytest.mark.parametrize("over, fused", [
@@ -411,3 +432,29 @@ def test_the_fused_loop_runs_where_it_is_exact(monkeypatch, over, fused):
     result = simulate(tiny(**over))
     assert bool(calls) == fused
     assert result.stop_reason == "completed"
+
+
+def test_a_budget_met_exactly_allows_one_more_page(path):
+    """``migration_rate_exceeded`` is strictly more than the budget: 1,017,830 bytes per window are the
+    header, idstr and 248 pages (8 slices of 31) exactly, so a 249th page still goes."""
+    budget = HEADER + IDSTR + 248 * NORMAL
+    result = simulate(tiny(migration={"max_bandwidth": f"{budget * 10}B/s"}))
+    window = first(result.events, ev.RateWindow)
+    assert window.transferred == budget + NORMAL + EOS
+
+
+@pytest.mark.parametrize("quantum_ns, slice_pages", [
+    (1_017_792, [31, 31]),  # cap 127,224 bytes = 31 pages exactly: a slice ends at its cap
+    (32_889, [1, 2]),  # 4,111.125 bytes of link time: the cap is 4,111 whole bytes: the page with the idstr
+])
+def test_send_slices_stop_at_a_whole_byte_cap(path, quantum_ns, slice_pages):
+    """One send slice is at most engine.send_quantum of link time in whole bytes (the page reaching it goes)."""
+    result = simulate(tiny(engine={"send_quantum": f"{quantum_ns}ns"}))
+    assert [t.normal for t in pages(result.events)[:2]] == slice_pages
+    assert sum(t.normal for t in pages(result.events)) == 1024
+
+
+def test_one_slice_of_as_many_zero_as_normal_pages(path):
+    """A 100 ms slice takes this guest's 512 data pages and 512 zero pages at once (seed 3's layout)."""
+    result = simulate(tiny(machine={"memory": {"zero_fraction": 0.5}}, engine={"send_quantum": "100ms"}))
+    assert [(t.normal, t.zero, t.bytes) for t in pages(result.events)] == [(512, 512, 512 * (NORMAL + ZERO) + IDSTR)]

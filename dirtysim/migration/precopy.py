@@ -33,11 +33,15 @@ class RAMState:
         self.migration_dirty_pages = ram_list.ram_bytes_total() // PAGE_SIZE  # ram_state_init
         self.num_dirty_pages_period = 0
         self.time_last_bitmap_sync: int | None = None  # QEMU's REALTIME clock is never 0: None = no sync yet
+        self.last_stage = False
+        self.reset(ram_list)
+
+    def reset(self, ram_list: RAMList) -> None:
+        """``ram_state_reset``: the scan starts at the first page of the first block, no block sent yet."""
         self.block_index = 0  # last_seen_block
         self.page = 0  # last_page
         self.last_sent_block: RAMBlock | None = None
         self.ram_list_version = ram_list.version
-        self.last_stage = False
 
 
 class PrecopyMigration:
@@ -108,7 +112,6 @@ class PrecopyMigration:
         RAM, DIMMs and ROM are multiples of 256 KiB (the scenario schema), so the bmap is whole words.
         """
         block.bmap = np.full(block.pages // 64, ~np.uint64(0))  # every RAMBlock is a multiple of 256 KiB
-        block.clear_bmap_shift = self.shift
         block.clear_bmap = np.zeros(-(-block.pages // (1 << self.shift)), dtype=np.uint8)
 
     def ram_block_changed(self, change: str, block: RAMBlock) -> None:
@@ -125,8 +128,6 @@ class PrecopyMigration:
             self.rs.migration_dirty_pages += block.pages
         else:
             self.rs.migration_dirty_pages -= int(kernels.count_set(block.bmap, 0, block.bmap.shape[0]))
-            if self.rs.last_sent_block is block:
-                self.rs.last_sent_block = None
 
     def ram_save_setup(self):
         """``ram_save_setup`` -> ``ram_init_all``: all-ones bmap, start dirty logging, sync #1."""
@@ -215,10 +216,8 @@ class PrecopyMigration:
 
     def _reset_if_blocks_changed(self) -> None:
         """``ram_state_reset`` when the RAMBlock list changed: restart the scan at the first block."""
-        rs = self.rs
-        if rs.ram_list_version != self.m.ram_list.version:
-            rs.block_index, rs.page, rs.last_sent_block = 0, 0, None
-            rs.ram_list_version = self.m.ram_list.version
+        if self.rs.ram_list_version != self.m.ram_list.version:
+            self.rs.reset(self.m.ram_list)
 
     def slice_cap(self) -> int:
         """Bytes one send slice may put on the wire: ``engine.send_quantum`` of link time."""
