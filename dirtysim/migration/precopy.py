@@ -206,8 +206,11 @@ class PrecopyMigration:
         t0 = self.now_ms()
         while not self.counters.rate_exceeded(self.transferred):
             if self.slices.eligible():
+                mark = (self.env.now, self.transferred)
                 if (yield from self.slices.run(t0)):
                     break
+                if (self.env.now, self.transferred) == mark:  # it hands back only after sending something
+                    raise BrokenInvariant("the fused send loop returned without sending or waiting")
                 continue
             sent = yield from self.send_slice(self.counters.budget_left(self.transferred))
             if sent == 0 or self.now_ms() - t0 > MAX_WAIT:
@@ -223,23 +226,21 @@ class PrecopyMigration:
         """Bytes one send slice may put on the wire: ``engine.send_quantum`` of link time."""
         return max(1, self.link_bytes_per_s * self.sc.engine.send_quantum // 10**9)
 
-    def send_slice(self, budget: int, carried: tuple[int, int, int] = (0, 0, 0), clear_first: bool = False):
+    def send_slice(self, budget: int, carried: tuple[int, int, int] = (0, 0, 0)):
         """Send dirty pages in address order for at most one send quantum of link time.
 
         ``ram_find_and_save_block`` from (last_seen_block, last_page), wrapping at
         the end of the block list; a chunk whose ``clear_bmap`` bit is set is
         cleared first (``migration_clear_memory_region_dirty_bitmap``) unless in
         the last stage. Returns the number of pages sent. ``carried`` (bytes,
-        normal, zero pages) and ``clear_first`` continue a slice that
-        ``FusedSlices`` began and stopped at a chunk to clear.
+        normal, zero pages) continues a slice that ``FusedSlices`` began and
+        stopped at a chunk to clear.
         """
         self._reset_if_blocks_changed()  # a block list change lands between slices (QEMU: between iterations)
         rs, blocks = self.rs, self.m.ram_list.blocks
         cap = self.slice_cap()
         lazy = not rs.last_stage
         nbytes, normal, zero = carried
-        if clear_first:
-            self.clear_chunk(blocks[rs.block_index], rs.page >> self.shift)
         sent_since_wrap = 1  # the pass in progress may have sent before this slice
         while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget:
             block = blocks[rs.block_index]

@@ -44,7 +44,7 @@ class FusedSlices:
         m, rs, env, rec, io = mig.m, mig.rs, mig.env, mig.rec, self.io
         block, rl, guest = m.ram_list.blocks[0], m.ram_list, m.guest
         first_extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
-        io[:] = (env.now, rs.page, rs.migration_dirty_pages, mig.transferred, first_extra, guest.next_t, 0)
+        io[:K.IO_NREC] = (env.now, rs.page, rs.migration_dirty_pages, mig.transferred, first_extra, guest.next_t)
         horizon = min(env.peek(), float(1 << 62))
         w = block.words
         status = K.iterate_slices(io, self.rec, int(horizon), t0_ms, mig.link_bytes_per_s, mig.slice_cap(),
@@ -72,13 +72,13 @@ class FusedSlices:
             rec.emit(ev.ScanWrap)
         if n + z:
             mig._account_block(block, n, z, nbytes, resent, unchanged)
-        if status == K.IT_PARTIAL:  # a lazy clear is due: the slice goes on in Python
-            sent = yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z), True)
-        else:  # IT_PENDING: sent; the wait meets another process, or the vCPUs need more variates
-            yield from mig._wait(nbytes * NS_PER_S // mig.link_bytes_per_s + m.meter.drain())
+        if status == K.IT_PARTIAL:  # a lazy clear is due: send_slice meets the same chunk first and clears it
+            if (yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z))) == 0:
+                return True
+        else:  # IT_PENDING: pages sent (the wait is not empty); it meets another process, or the vCPUs need
+            yield from mig._wait(nbytes * NS_PER_S // mig.link_bytes_per_s)  # more variates; nothing charged
             mig._record_pages()
-            sent = n + z
-        return sent == 0 or mig.now_ms() - t0_ms > K.MAX_WAIT_MS
+        return mig.now_ms() - t0_ms > K.MAX_WAIT_MS
 
     def _emit_slice(self, idstr: str, row: list) -> None:
         """A completed slice's events at their own times: scan wraps at its start, the transfer at its end."""
