@@ -24,7 +24,6 @@ from dirtysim.dirty import kernels, reference
 from dirtysim.events import schema as ev
 from dirtysim.events.log import Recorder
 from dirtysim.machine import Machine
-from dirtysim.migration import precopy
 from dirtysim.migration.precopy import PrecopyMigration
 from dirtysim.migration.slices import FusedSlices
 from dirtysim.sim import run, run_deadline
@@ -124,8 +123,8 @@ def test_the_command_line_exits_1_with_error_desc(monkeypatch, tmp_path):
 
 
 def test_a_thread_that_neither_sends_nor_sleeps_is_an_error(monkeypatch):
-    """``migration_rate_limit`` must sleep to the window's end; waking at its start would spin forever."""
-    monkeypatch.setattr(precopy, "BUFFER_DELAY", 0)
+    """``migration_rate_limit`` must close the window or sleep to its end; doing neither would spin forever."""
+    monkeypatch.setattr(PrecopyMigration, "rate_limit", lambda self: iter(()))
     result = run(tiny(migration={"max_bandwidth": "10MiB/s"}), progress=False)
     assert result.error.startswith("BrokenInvariant: the migration thread neither sent nor waited in 2 turns")
 

@@ -466,3 +466,5 @@ def test_slices_of_as_many_zero_as_normal_pages(path, quantum, slices):
     sent = [(t.normal, t.zero, t.bytes) for t in pages(result.events)]
     assert sent[:len(slices)] == slices
     assert sum(n for n, _, _ in sent) == sum(z for _, z, _ in sent) == 512
+    eos = [t for t in of(result.events, ev.Transfer) if t.kind == "eos"]
+    assert len(eos) == 2  # one iteration sends it all (34 ms < 50 ms), then the switchover's

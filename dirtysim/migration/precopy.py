@@ -72,7 +72,8 @@ class PrecopyMigration:
         return self.env.now // NS_PER_MS
 
     def _wait(self, ns: int):
-        if ns > 0:
+        """Sleep ``ns`` (a negative wait is a bug: SimPy refuses it); a zero wait does not yield."""
+        if ns:
             yield from self.m.sleep(ns)
 
     def _status(self, status: str) -> None:
@@ -178,7 +179,7 @@ class PrecopyMigration:
         l2 = self.m.ram_list.dirty_memory
         for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
             new += int(kernels.sync_xchg(l2[block.words], block.bmap, 0, block.bmap.shape[0]))
-            block.clear_bmap[:] = 1  # lazy clear: every chunk must be cleared before its next send
+            block.clear_bmap[:] = True  # lazy clear: every chunk must be cleared before its next send
         rs.migration_dirty_pages += new
         rs.num_dirty_pages_period += new
         self.dirty_bytes_last_sync = rs.migration_dirty_pages * PAGE_SIZE
