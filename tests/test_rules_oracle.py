@@ -150,3 +150,13 @@ def test_the_check_reports_writes_that_hit_no_ram(shadow_rom):
     check = of(result.events, ev.OracleCheck)[-1]
     assert (check.unassigned_writes > 0) == shadow_rom
     assert check.stale_pages == 0
+
+
+def test_a_fused_call_that_neither_sends_nor_waits_is_an_error(monkeypatch):
+    def idle(self, t0_ms):
+        return False
+        yield
+
+    monkeypatch.setattr(FusedSlices, "run", idle)
+    result = run(tiny(), progress=False)
+    assert result.error == "BrokenInvariant: the fused send loop returned without sending or waiting"

@@ -72,9 +72,8 @@ class FusedSlices:
             rec.emit(ev.ScanWrap)
         if n + z:
             mig._account_block(block, n, z, nbytes, resent, unchanged)
-        if status == K.IT_PARTIAL:  # a lazy clear is due: send_slice meets the same chunk first and clears it
-            if (yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z))) == 0:
-                return True
+        if status == K.IT_PARTIAL:  # a lazy clear is due: send_slice meets the chunk, clears it, sends its page
+            yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z))
         else:  # IT_PENDING: pages sent (the wait is not empty); it meets another process, or the vCPUs need
             yield from mig._wait(nbytes * NS_PER_S // mig.link_bytes_per_s)  # more variates; nothing charged
             mig._record_pages()
