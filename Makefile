@@ -30,7 +30,7 @@ golden: $(STAMP)
 mutation: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,mutation]'
 	rm -rf mutants
-	nice $(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
+	nice $(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) benchmarks/mutation/score.py
 
 clean:
