@@ -112,7 +112,7 @@ class PrecopyMigration:
 
         RAM, DIMMs and ROM are multiples of 256 KiB (the scenario schema), so the bmap is whole words.
         """
-        block.bmap = np.full(block.pages // 64, ~np.uint64(0))  # every RAMBlock is a multiple of 256 KiB
+        block.bmap = np.full(block.pages // 64, ~np.uint64(0))
         block.clear_bmap = np.zeros(-(-block.pages // (1 << self.shift)), dtype=np.uint8)
 
     def ram_block_changed(self, change: str, block: RAMBlock) -> None:
