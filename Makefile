@@ -25,11 +25,13 @@ bench: $(STAMP)
 golden: $(STAMP)
 	$(PY) tests/golden/golden.py
 
-# Mutation run of the Python decision rules (not in CI: tens of minutes); see benchmarks/mutation/.
+# Mutation run of the Python decision rules (not in CI: tens of minutes); see benchmarks/mutation/README.md.
+# MUTANTS="dirtysim.migration.rate*" limits the run to one module; the scores go to benchmarks/mutation/results.txt.
 mutation: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,mutation]'
 	rm -rf mutants
-	nice $(VENV)/bin/mutmut run --max-children 2
+	nice $(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) benchmarks/mutation/score.py
 
 clean:
 	rm -rf mutants out .pytest_cache .hypothesis

@@ -24,6 +24,7 @@ from .dirty import kernels
 from .events import schema as ev
 from .events.log import Recorder, fingerprint
 from .machine import Machine
+from .migration.invariant import BrokenInvariant
 from .migration.precopy import PrecopyMigration
 from .scenario.schema import PAGE_SIZE, Scenario
 from .timeline import run_timeline
@@ -125,7 +126,8 @@ def run(scenario: Scenario, progress: Optional[bool] = None) -> Result:
             env.process(run_timeline(env, scenario, machine, migration, recorder))
         return done, lambda: migration.stop_reason
 
-    return _simulate(scenario, progress, migrate, scenario.migration.start_at + scenario.migration.timeout)
+    horizon = scenario.migration.start_at + scenario.migration.timeout
+    return _simulate(scenario, progress, migrate, horizon, run_deadline(scenario), "the migration thread")
 
 
 def run_dirtyrate(scenario: Scenario, config: "DirtyRateConfig", start_ns: int,
@@ -147,11 +149,18 @@ def run_dirtyrate(scenario: Scenario, config: "DirtyRateConfig", start_ns: int,
 
         return env.process(at_start()), lambda: thread.state
 
-    return _simulate(scenario, progress, measure, start_ns + config.calc_time_ms * 10**6)
+    horizon = start_ns + config.calc_time_ms * 10**6
+    return _simulate(scenario, progress, measure, horizon, dirtyrate_deadline(scenario, horizon),
+                     "the dirty-rate measurement")
 
 
-def _simulate(scenario: Scenario, progress: Optional[bool], main, horizon_ns: int) -> Result:
-    """Run ``main(env, machine, recorder) -> (process, stop reason)`` to its end and record the run around it."""
+def _simulate(scenario: Scenario, progress: Optional[bool], main, horizon_ns: int, deadline_ns: int,
+              what: str) -> Result:
+    """Run ``main(env, machine, recorder) -> (process, stop reason)`` to its end and record the run around it.
+
+    ``horizon_ns``: where the progress bar ends; ``deadline_ns``: past it, ``what`` (the main process) is a
+    broken invariant.
+    """
     result = Result(scenario)
     result.compile_time_s = warm_up_kernels(notice=sys.stderr.isatty() if progress is None else progress)
     env = simpy.Environment()
@@ -164,7 +173,7 @@ def _simulate(scenario: Scenario, progress: Optional[bool], main, horizon_ns: in
                       scenario=scenario.model_dump(mode="json"))
         machine = Machine(env, scenario, recorder, np.random.SeedSequence(scenario.seed))
         done, stop_reason = main(env, machine, recorder)
-        _advance(env, done, horizon_ns, progress)
+        _advance(env, done, horizon_ns, deadline_ns, what, progress)
         machine.finish()
         result.stop_reason = stop_reason() or "error"
         recorder.emit(ev.RunFinished, stop_reason=result.stop_reason)
@@ -180,8 +189,30 @@ def _simulate(scenario: Scenario, progress: Optional[bool], main, horizon_ns: in
     return result
 
 
-def _advance(env: simpy.Environment, done: simpy.Process, horizon: int, progress: Optional[bool]) -> None:
-    """Step SimPy until the main process ends, updating a progress bar in simulated seconds up to ``horizon``."""
+def run_deadline(scenario: Scenario) -> int:
+    """Simulated ns by which any migration has ended: the timeout, then one overrun sync and a stopped-guest
+    pass sending every page and the device state twice over (``migration_completion`` cannot take longer)."""
+    ram = scenario.machine.memory.size + scenario.machine.device_memory
+    final_pass = 2 * (ram + scenario.machine.device_state) * 10**9 // scenario.network.bandwidth
+    return (scenario.migration.start_at + scenario.migration.timeout + 2 * scenario.costs.worst_sync_ns(ram)
+            + final_pass + 10**9)
+
+
+def dirtyrate_deadline(scenario: Scenario, horizon: int) -> int:
+    """Simulated ns by which a standalone measurement has ended: its window, two syncs' worth of ioctls and
+    two hashing passes of the most samples QEMU allows (16384 per GiB)."""
+    ram = scenario.machine.memory.size + scenario.machine.device_memory
+    hashing = 2 * (ram // (1 << 30) + 1) * 16384 * scenario.costs.page_hash
+    return horizon + 2 * scenario.costs.worst_sync_ns(ram) + hashing + 10**9
+
+
+def _advance(env: simpy.Environment, done: simpy.Process, horizon: int, deadline: int, what: str,
+             progress: Optional[bool]) -> None:
+    """Step SimPy until the main process ends, updating a progress bar in simulated seconds up to ``horizon``.
+
+    A main process still running at ``deadline`` waits on something that will never come (a broken
+    invariant): the run stops with an error rather than stepping on forever.
+    """
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
@@ -190,6 +221,9 @@ def _advance(env: simpy.Environment, done: simpy.Process, horizon: int, progress
         bar = tqdm(total=round(horizon / 1e9, 1), unit="sim-s", file=sys.stderr, leave=False,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim-s [{elapsed}<{remaining}]")
     while not done.triggered:
+        if env.now > deadline:
+            raise BrokenInvariant(f"{what} is still running at {env.now / 1e9:.3f} simulated s, past its end and "
+                                  f"anything that may follow it (deadline {deadline / 1e9:.3f} s)")
         env.run(until=simpy.AnyOf(env, [done, env.timeout(PROGRESS_STEP_NS)]))
         if bar is not None:
             bar.update(round(env.now / 1e9, 1) - bar.n)

@@ -424,3 +424,16 @@ def test_the_pass_model_predicts_by_hand_arithmetic():
     assert p.converged and p.passes == len(passes)
     assert p.total_time_ms == pytest.approx((sum(passes) + last) * 1000) and p.downtime_ms == pytest.approx(last * 1000)
     assert not predict(sc, from_rate(200)).converged  # dirtying faster than sending never fits
+
+
+def test_a_measurement_waiting_forever_is_stopped_at_its_deadline(monkeypatch):
+    from dirtysim.dirtyrate.thread import DirtyRateThread
+
+    def never(self, config):
+        yield self.env.event()
+
+    monkeypatch.setattr(DirtyRateThread, "_sample_vm", never)
+    sc = scenario(machine={"memory": {"size": "64MiB"}, "vcpus": [{"count": 1, "workload": {"kind": "uniform",
+                                                                                           "rate": "1MiB/s"}}]})
+    result = run_dirtyrate(sc, DirtyRateConfig.from_qmp(1), 10**8)
+    assert result.error.startswith("BrokenInvariant: the dirty-rate measurement is still running")

@@ -39,8 +39,7 @@ class RAMBlock:
     used_length: int
     mr: object = None  # the MemoryRegion that owns it
     bmap: np.ndarray = field(default=None, repr=False)  # L3, words over the block's pages
-    clear_bmap: np.ndarray = field(default=None, repr=False)  # L3', uint8 flag per chunk
-    clear_bmap_shift: int = 0
+    clear_bmap: np.ndarray = field(default=None, repr=False)  # L3', uint8 flag per 2^clear_bitmap_shift pages
 
     @property
     def pages(self) -> int:

@@ -15,6 +15,7 @@ from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
 from ..scenario.schema import PAGE_SIZE, Scenario
+from .invariant import BrokenInvariant, dirty_count_mismatch
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
 from .slices import FusedSlices
 
@@ -22,6 +23,7 @@ MAX_WAIT = 50  # ms, ram_save_iterate
 RAM_SAVE_FLAG_EOS_BYTES = 8
 NS_PER_MS = 10**6
 UNLIMITED = 1 << 62
+MAX_STALLED_TURNS = 2  # a turn may only close a window; the next one sends (or sleeps)
 
 
 class MigrationTimeout(Exception):
@@ -35,11 +37,15 @@ class RAMState:
         self.migration_dirty_pages = ram_list.ram_bytes_total() // PAGE_SIZE  # ram_state_init
         self.num_dirty_pages_period = 0
         self.time_last_bitmap_sync: int | None = None  # QEMU's REALTIME clock is never 0: None = no sync yet
+        self.last_stage = False
+        self.reset(ram_list)
+
+    def reset(self, ram_list: RAMList) -> None:
+        """``ram_state_reset``: the scan starts at the first page of the first block, no block sent yet."""
         self.block_index = 0  # last_seen_block
         self.page = 0  # last_page
         self.last_sent_block: RAMBlock | None = None
         self.ram_list_version = ram_list.version
-        self.last_stage = False
 
 
 class PrecopyMigration:
@@ -76,12 +82,13 @@ class PrecopyMigration:
         guestperf cancels at ``max_time`` whatever the thread is doing (a slow link
         must not carry the run past its timeout). A fused send call is not cut: it
         ends within one ``ram_save_iterate`` window, so it overshoots by at most that.
+        A negative wait is a bug (SimPy refuses it); a zero wait does not yield.
         """
         if self.deadline_ns is not None and self.env.now + ns > self.deadline_ns:
             if self.deadline_ns > self.env.now:
                 yield from self.m.sleep(self.deadline_ns - self.env.now)
             raise MigrationTimeout
-        if ns > 0:
+        if ns:
             yield from self.m.sleep(ns)
 
     def _status(self, status: str) -> None:
@@ -90,7 +97,7 @@ class PrecopyMigration:
     # -- the thread ----------------------------------------------------------------------------------
     def run(self):
         """``migration_thread``: setup, then iterate / rate-limit until completion or timeout."""
-        yield from self._wait(self.sc.migration.start_at - self.env.now)
+        yield from self._wait(self.sc.migration.start_at)  # the thread's process starts with the simulation
         self.deadline_ns = self.env.now + self.sc.migration.timeout
         try:
             yield from self._migrate()
@@ -102,24 +109,30 @@ class PrecopyMigration:
         self.counters.update_iteration_initial_status(self.now_ms(), self.transferred, self.pages_sent)
         yield from self.ram_save_setup()
         self._status("active")
+        stalled = 0
         while True:
             if self.env.now >= self.deadline_ns:
                 raise MigrationTimeout
+            mark = (self.env.now, self.transferred)
             if not self.counters.rate_exceeded(self.transferred):
                 if (yield from self.iteration_run()):
                     return
             yield from self.rate_limit()
+            stalled = stalled + 1 if (self.env.now, self.transferred) == mark else 0
+            if stalled >= MAX_STALLED_TURNS:
+                raise BrokenInvariant(f"the migration thread neither sent nor waited in {stalled} turns at "
+                                      f"{self.env.now} ns: the rate limit and the window disagree")
 
     def is_running(self) -> bool:
         """``migration_is_running``: between setup and completion or cancellation."""
         return self.rs is not None and self.stop_reason is None
 
     def _init_bitmaps(self, block: RAMBlock) -> None:
-        """``ram_list_init_bitmaps`` for one block: bmap all ones, clear_bmap all clear."""
-        block.bmap = np.full(-(-block.pages // 64), ~np.uint64(0), dtype=np.uint64)
-        if block.pages % 64:
-            block.bmap[-1] = (np.uint64(1) << np.uint64(block.pages % 64)) - np.uint64(1)
-        block.clear_bmap_shift = self.shift
+        """``ram_list_init_bitmaps`` for one block: bmap all ones, clear_bmap all clear.
+
+        RAM, DIMMs and ROM are multiples of 256 KiB (the scenario schema), so the bmap is whole words.
+        """
+        block.bmap = np.full(block.pages // 64, ~np.uint64(0))
         block.clear_bmap = np.zeros(-(-block.pages // (1 << self.shift)), dtype=np.uint8)
 
     def ram_block_changed(self, change: str, block: RAMBlock) -> None:
@@ -136,8 +149,6 @@ class PrecopyMigration:
             self.rs.migration_dirty_pages += block.pages
         else:
             self.rs.migration_dirty_pages -= int(kernels.count_set(block.bmap, 0, block.bmap.shape[0]))
-            if self.rs.last_sent_block is block:
-                self.rs.last_sent_block = None
 
     def ram_save_setup(self):
         """``ram_save_setup`` -> ``ram_init_all``: all-ones bmap, start dirty logging, sync #1."""
@@ -176,14 +187,14 @@ class PrecopyMigration:
             self.rec.emit(ev.RateWindow, **window.__dict__)
 
     # -- sync ----------------------------------------------------------------------------------------
-    def bitmap_sync(self, reason: str, pending_before: int, last_stage: bool = False):
+    def bitmap_sync(self, reason: str, pending_before: int):
         """``migration_bitmap_sync``: harvest every listener into L2, then L2 -> bmap counting 0->1."""
         rs, mem = self.rs, self.m.memory
         self.flush_deferred_clear()  # send-before-clear: the pass ends, its last chunk is cleared now
         self.dirty_sync_count += 1
         if rs.time_last_bitmap_sync is None:
             rs.time_last_bitmap_sync = self.now_ms()
-        new = self._sync_into_bmap(last_stage)
+        new = self._sync_into_bmap(rs.last_stage)
         rs.migration_dirty_pages += new
         rs.num_dirty_pages_period += new
         self.dirty_bytes_last_sync = rs.migration_dirty_pages * PAGE_SIZE
@@ -211,7 +222,7 @@ class PrecopyMigration:
         l2 = self.m.ram_list.dirty_memory
         for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
             new += int(kernels.sync_xchg(l2[block.words], block.bmap, 0, block.bmap.shape[0]))
-            block.clear_bmap[:] = 1  # lazy clear: every chunk must be cleared before its next send
+            block.clear_bmap[:] = True  # lazy clear: every chunk must be cleared before its next send
         return new
 
     # -- sending -------------------------------------------------------------------------------------
@@ -221,8 +232,11 @@ class PrecopyMigration:
         t0 = self.now_ms()
         while not self.counters.rate_exceeded(self.transferred):
             if self.slices.eligible():
+                mark = (self.env.now, self.transferred)
                 if (yield from self.slices.run(t0)):
                     break
+                if (self.env.now, self.transferred) == mark:  # it hands back only after sending something
+                    raise BrokenInvariant("the fused send loop returned without sending or waiting")
                 continue
             sent = yield from self.send_slice(self.counters.budget_left(self.transferred))
             if sent == 0 or self.now_ms() - t0 > MAX_WAIT:
@@ -231,32 +245,29 @@ class PrecopyMigration:
 
     def _reset_if_blocks_changed(self) -> None:
         """``ram_state_reset`` when the RAMBlock list changed: restart the scan at the first block."""
-        rs = self.rs
-        if rs.ram_list_version != self.m.ram_list.version:
-            rs.block_index, rs.page, rs.last_sent_block = 0, 0, None
-            rs.ram_list_version = self.m.ram_list.version
+        if self.rs.ram_list_version != self.m.ram_list.version:
+            self.rs.reset(self.m.ram_list)
 
     def slice_cap(self) -> int:
         """Bytes one send slice may put on the wire: ``engine.send_quantum`` of link time."""
         return max(1, self.link_bytes_per_s * self.sc.engine.send_quantum // 10**9)
 
-    def send_slice(self, budget: int, carried: tuple[int, int, int] = (0, 0, 0), clear_first: bool = False):
+    def send_slice(self, budget: int, carried: tuple[int, int, int] = (0, 0, 0)):
         """Send dirty pages in address order for at most one send quantum of link time.
 
         ``ram_find_and_save_block`` from (last_seen_block, last_page), wrapping at
         the end of the block list; a chunk whose ``clear_bmap`` bit is set is
         cleared first (``migration_clear_memory_region_dirty_bitmap``) unless in
         the last stage. Returns the number of pages sent. ``carried`` (bytes,
-        normal, zero pages) and ``clear_first`` continue a slice that
-        ``FusedSlices`` began and stopped at a chunk to clear.
+        normal, zero pages) continues a slice that ``FusedSlices`` began and
+        stopped at a chunk to clear.
         """
         self._reset_if_blocks_changed()  # a block list change lands between slices (QEMU: between iterations)
         rs, blocks = self.rs, self.m.ram_list.blocks
         cap = self.slice_cap()
         lazy = not rs.last_stage
         nbytes, normal, zero = carried
-        if clear_first:
-            self.clear_chunk(blocks[rs.block_index], rs.page >> self.shift)
+        sent_since_wrap = 1  # the pass in progress may have sent before this slice
         while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget:
             block = blocks[rs.block_index]
             extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
@@ -269,6 +280,7 @@ class PrecopyMigration:
                 rs.last_sent_block = block
                 self._account_block(block, n, z, b, resent, unchanged)
             rs.migration_dirty_pages -= n + z
+            sent_since_wrap += n + z
             normal, zero, nbytes, rs.page = normal + n, zero + z, nbytes + b, page
             if status == kernels.SEND_NEED_CLEAR:
                 self.clear_chunk(block, page >> self.shift)
@@ -276,6 +288,9 @@ class PrecopyMigration:
                 rs.page = 0
                 rs.block_index += 1
                 if rs.block_index == len(blocks):
+                    if not sent_since_wrap:
+                        raise dirty_count_mismatch(rs.migration_dirty_pages)
+                    sent_since_wrap = 0
                     rs.block_index = 0
                     self.rec.emit(ev.ScanWrap)
         wire_ns = nbytes * 10**9 // self.link_bytes_per_s
@@ -339,11 +354,10 @@ class PrecopyMigration:
         """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
         self.rec.emit(ev.VcpusStopped)
         self.m.stop_vm()  # migration_stop_vm: downtime starts (status stays "active" without pause-before-switchover)
-        self.counters.rate_limit_max = 0  # migration_switchover_start: rate limit off
         self.rs.last_stage = True  # ram_save_complete
-        yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE, last_stage=True)
-        while self.rs.migration_dirty_pages:
-            yield from self.send_slice(UNLIMITED)
+        yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE)
+        while self.rs.migration_dirty_pages:  # send_slice raises rather than return 0 with pages left
+            yield from self.send_slice(UNLIMITED)  # migration_switchover_start: no rate limit
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
         yield from self._transfer("device-state", self.m.device_state)  # flushed: QEMU's downtime ends here
         self.check_oracle("switchover")

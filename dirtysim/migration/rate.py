@@ -83,7 +83,7 @@ class RateCounters:
         self.threshold_size = threshold_size(expected_bw, self.downtime_limit_ms)
         self.mbps = moved * 8.0 / (time_spent / 1000.0) / 1000.0 / 1000.0
         self.pages_per_second = (pages - self.iteration_initial_pages) / (time_spent / 1000.0)
-        if dirty_pages_rate and moved > EXPECTED_DOWNTIME_MIN_BYTES and expected_bw > 0:
+        if dirty_pages_rate and moved > EXPECTED_DOWNTIME_MIN_BYTES:  # the window sent something
             self.expected_downtime = int(dirty_bytes_last_sync / expected_bw)
         self.rate_limit_start = transferred  # migration_rate_reset
         self.update_iteration_initial_status(now_ms, transferred, pages)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..dirty import kernels as K
 from ..events import schema as ev
+from .invariant import dirty_count_mismatch
 
 RECORDS = 4096  # slices per kernel call at most
 NS_PER_S = 10**9
@@ -27,11 +28,15 @@ class FusedSlices:
         self.sout = np.zeros(6, dtype=np.int64)
 
     def eligible(self) -> bool:
-        """Only what the kernel models: one block, no ring, no backend, no cost waiting to be charged."""
+        """Only what the kernel models: one block, no ring, no backend, no cost waiting to be charged.
+
+        The guest runs between slices (it was started with the machine and is not stopped yet); without
+        a dirty ring no vCPU is left half-way through a quantum.
+        """
         m, rs = self.mig.m, self.mig.rs
         g = m.guest
         return (len(m.ram_list.blocks) == 1 and rs.block_index == 0 and not m.backends and not g.writer.ring
-                and g.started and g.running and m.meter.idle() and g.state[K.ST_RESUME] < 0)
+                and g.running and m.meter.idle())
 
     def run(self, t0_ms: int):
         """Slices until QEMU's loop ends (returns True) or Python must take the next step (returns False)."""
@@ -39,7 +44,7 @@ class FusedSlices:
         m, rs, env, rec, io = mig.m, mig.rs, mig.env, mig.rec, self.io
         block, rl, guest = m.ram_list.blocks[0], m.ram_list, m.guest
         first_extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
-        io[:] = (env.now, rs.page, rs.migration_dirty_pages, mig.transferred, first_extra, guest.next_t, 0)
+        io[:K.IO_NREC] = (env.now, rs.page, rs.migration_dirty_pages, mig.transferred, first_extra, guest.next_t)
         horizon = min(env.peek(), float(1 << 62))
         w = block.words
         status = K.iterate_slices(io, self.rec, int(horizon), t0_ms, mig.link_bytes_per_s, mig.slice_cap(),
@@ -61,20 +66,18 @@ class FusedSlices:
         if status == K.IT_MORE:
             return False
         if status == K.IT_STUCK:
-            raise RuntimeError(f"migration_dirty_pages is {rs.migration_dirty_pages} but {block.idstr}'s bitmap has "
-                               "no dirty page: the dirty count and the bitmap disagree")
+            raise dirty_count_mismatch(rs.migration_dirty_pages)
         start, _, n, z, nbytes, resent, unchanged, wraps = self.rec[nrec].tolist()
         for _ in range(wraps):
             rec.emit(ev.ScanWrap)
         if n + z:
             mig._account_block(block, n, z, nbytes, resent, unchanged)
-        if status == K.IT_PARTIAL:  # a lazy clear is due: the slice goes on in Python
-            sent = yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z), True)
-        else:  # IT_PENDING: sent; the wait meets another process, or the vCPUs need more variates
-            yield from mig._wait(nbytes * NS_PER_S // mig.link_bytes_per_s + m.meter.drain())
+        if status == K.IT_PARTIAL:  # a lazy clear is due: send_slice meets the chunk, clears it, sends its page
+            yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z))
+        else:  # IT_PENDING: pages sent (the wait is not empty); it meets another process, or the vCPUs need
+            yield from mig._wait(nbytes * NS_PER_S // mig.link_bytes_per_s)  # more variates; nothing charged
             mig._record_pages()
-            sent = n + z
-        return sent == 0 or mig.now_ms() - t0_ms > K.MAX_WAIT_MS
+        return mig.now_ms() - t0_ms > K.MAX_WAIT_MS
 
     def _emit_slice(self, idstr: str, row: list) -> None:
         """A completed slice's events at their own times: scan wraps at its start, the transfer at its end."""
