@@ -437,3 +437,15 @@ def test_a_measurement_waiting_forever_is_stopped_at_its_deadline(monkeypatch):
                                                                                            "rate": "1MiB/s"}}]})
     result = run_dirtyrate(sc, DirtyRateConfig.from_qmp(1), 10**8)
     assert result.error.startswith("BrokenInvariant: the dirty-rate measurement is still running")
+
+
+def test_the_write_count_of_a_window_spans_the_syncs_inside_it():
+    """Syncs hand the vCPU counters to the event log and reset them (take_stats); the window's count must not."""
+    result = simulate(costs=NO_COSTS, machine={"memory": {"size": "256MiB", "zero_fraction": 0.0}, "vcpus": [
+        {"count": 2, "workload": {"kind": "uniform", "rate": "64MiB/s"}}]},
+        migration={"start_at": "500ms", "max_bandwidth": "128MiB/s", "timeout": "10s"},
+        timeline=[{"at": "1s", "calc_dirty_rate": {"calc_time": 2}}])
+    (m,) = of(result.events, ev.DirtyRateMeasured)
+    syncs_inside = [s for s in of(result.events, ev.BitmapSync) if 1e9 < s.t_ns < 3e9]
+    assert len(syncs_inside) >= 1
+    assert m.guest_writes == 2 * (64 * MIB // 4096) * 2  # 2 vCPUs x 16384 pages/s x 2 s, no fault costs
