@@ -195,7 +195,7 @@ def bench_ring(words: int, vcpus: int, ring_size: int, runs: int, warmups: int) 
 
 @numba.njit(nogil=True)
 def drive_apply_writes(pages, per_vcpu, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, kvm_dirty, nonzero,
-                       stale, faults):
+                       stale, win, faults):
     """Call ``apply_writes`` once per quantum's batch (``per_vcpu`` writes for each vCPU), as ``run_vcpus`` does."""
     nv = faults.shape[0]
     seg_end = np.arange(1, nv + 1) * per_vcpu
@@ -203,7 +203,7 @@ def drive_apply_writes(pages, per_vcpu, gmap, slot_gpa, slot_pages, slot_ram, sl
     unassigned = 0
     for b in range(pages.shape[0] // batch):
         unassigned += k.apply_writes(pages[b * batch:(b + 1) * batch], seg_end, gmap, slot_gpa, slot_pages, slot_ram,
-                                     slot_logging, kvm_dirty, nonzero, stale, faults)
+                                     slot_logging, kvm_dirty, nonzero, stale, win, faults)
     return unassigned
 
 
@@ -218,7 +218,8 @@ def bench_apply_writes(guest_gib: int, writes: int, vcpus: int, per_vcpu: int, r
     gmap = np.stack(slot[:3])
     bitmaps = np.zeros((3, words), dtype=np.uint64)  # KVM dirty, oracle nonzero, oracle stale
     faults = np.zeros(vcpus, dtype=np.int64)
-    times = median_time(lambda: drive_apply_writes(gpa, per_vcpu, gmap, *slot, *bitmaps, faults), runs, warmups,
+    closed = np.zeros((2, 0), dtype=np.uint64)  # the oracle's write window: no dirty-rate measurement running
+    times = median_time(lambda: drive_apply_writes(gpa, per_vcpu, gmap, *slot, *bitmaps, closed, faults), runs, warmups,
                         setup=lambda: bitmaps.fill(0))
     done = (writes // (vcpus * per_vcpu)) * vcpus * per_vcpu
     return {"guest_gib": guest_gib, "writes": done, "vcpus": vcpus, "writes_per_vcpu_per_call": per_vcpu,
