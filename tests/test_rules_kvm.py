@@ -472,3 +472,22 @@ def test_an_unhooked_listener_works():
     r.clear("a", 0, 64)
     r.mem.memory_region_set_address(r.mr["a"], 8 * MIB)
     assert r.events(ev.KvmMemslotUpdate)[-1].inhibited and r.inhibits == [] and r.losses == []
+
+
+def test_a_ring_that_a_reap_does_not_free_is_a_broken_invariant():
+    """``KvmDirtyLog.apply_writes`` resumes after each ring-full exit; a reap that frees nothing would exit forever."""
+    import pytest as _pytest
+
+    from dirtysim.accel.kvm import KvmDirtyLog
+    from dirtysim.migration.invariant import BrokenInvariant
+    from dirtysim.dirty.ramlist import RAMList
+    from dirtysim.scenario.schema import DirtyTracking
+
+    rl = RAMList()
+    rl.ram_block_add("pc.ram", 16 << 20)
+    kvm = KvmDirtyLog(rl, DirtyTracking(mode="ring", manual_protect=False, initially_set=False, ring_size=1024,
+                                        pml=False), 1)
+    kvm.set_logging(kvm.set_user_memory_region(0, 16 << 20, 0), True)
+    kvm.on_ring_full = lambda vcpu: None  # a "reap" that collects nothing
+    with _pytest.raises(BrokenInvariant, match="dirty ring stays full after a reap"):  # 2048 pages > 960 entries
+        kvm.apply_writes(np.arange(2048, dtype=np.int64), np.array([2048], dtype=np.int64), np.zeros(1, dtype=np.int64))

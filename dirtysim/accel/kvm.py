@@ -19,6 +19,7 @@ from ..dirty import kernels
 from ..dirty.ramlist import RAMList, WORD_PAGES, grown
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_DIRTY_RATE
+from ..migration.invariant import BrokenInvariant
 from ..memory.listener import MEMORY_LISTENER_PRIORITY_ACCEL, MemoryListener, MemoryRegionSection
 from ..scenario.schema import PAGE_SIZE, DirtyTracking
 from .cost import CostMeter
@@ -134,10 +135,13 @@ class KvmDirtyLog:
             gmap = np.stack([self.slot_gpa, self.slot_pages, self.slot_ram])
         if not self.ring:
             return kernels.apply_writes(gpa_pages, seg_end, gmap, *self.write_args(), *rl.oracle_args(), faults)
-        out, start = self._out, 0
+        out, start, stuck = self._out, 0, 0
         out[2] = 0
         while kernels.apply_writes_ring(gpa_pages, seg_end, start, gmap, *self.write_args(), *rl.oracle_args(),
                                         self.rings, self.dirty_index, self.reset_index, self.soft_limit, faults, out):
+            stuck = stuck + 1 if int(out[1]) == start else 0
+            if stuck > 1:  # the reap after an exit must free the ring, or the vCPU exits forever
+                raise BrokenInvariant(f"vCPU {int(out[0])}'s dirty ring stays full after a reap (write {start})")
             start = int(out[1])
             self.on_ring_full(int(out[0]))  # KVM_EXIT_DIRTY_RING_FULL
         return int(out[2])
