@@ -489,5 +489,35 @@ def test_a_ring_that_a_reap_does_not_free_is_a_broken_invariant():
                                         pml=False), 1)
     kvm.set_logging(kvm.set_user_memory_region(0, 16 << 20, 0), True)
     kvm.on_ring_full = lambda vcpu: None  # a "reap" that collects nothing
-    with _pytest.raises(BrokenInvariant, match="dirty ring stays full after a reap"):  # 2048 pages > 960 entries
+    with _pytest.raises(BrokenInvariant, match=r"^vCPU 0's dirty ring stays full after a reap \(write 960\)$"):
         kvm.apply_writes(np.arange(2048, dtype=np.int64), np.array([2048], dtype=np.int64), np.zeros(1, dtype=np.int64))
+
+
+def test_a_call_that_starts_with_a_full_ring_exits_at_once_and_goes_on_after_each_reap():
+    """Entering with a full ring exits before the first write (resume index = start): legitimate, once per reap."""
+    from dirtysim.accel.kvm import KvmDirtyLog
+    from dirtysim.dirty import kernels
+    from dirtysim.dirty.ramlist import RAMList
+    from dirtysim.scenario.schema import DirtyTracking
+
+    rl = RAMList()
+    rl.ram_block_add("pc.ram", 16 << 20)
+    kvm = KvmDirtyLog(rl, DirtyTracking(mode="ring", manual_protect=False, initially_set=False, ring_size=1024,
+                                        pml=False), 1)
+    kvm.set_logging(kvm.set_user_memory_region(0, 16 << 20, 0), True)
+    collected, exits = np.zeros_like(kvm.protected), []
+
+    def reap(vcpu):
+        exits.append(vcpu)
+        kernels.reap_rings(kvm.rings, kvm.dirty_index, kvm.reset_index, collected, np.zeros_like(kvm.protected),
+                           np.zeros(1, dtype=np.int64))  # collect, and leave the pages writable
+
+    kvm.on_ring_full = reap
+    seg = lambda n: np.array([n], dtype=np.int64)  # noqa: E731
+    faults = np.zeros(1, dtype=np.int64)
+    kvm.apply_writes(np.arange(960, dtype=np.int64), seg(960), faults)  # fills the ring to its soft limit: one exit
+    assert exits == [0] and kvm.dirty_index[0] - kvm.reset_index[0] == 0
+    kvm.dirty_index[0] += 960  # the ring is full again before the next call
+    kvm.apply_writes(np.arange(960, 4000, dtype=np.int64), seg(3040), faults)  # exits at once, then every 960
+    assert exits == [0] * 5 and int(faults[0]) == 4000
+    assert int(np.bitwise_count(collected).sum()) == 960 + 3 * 960  # every push collected; 160 wait in the ring
