@@ -12,6 +12,8 @@ engine loops built from them (``run_vcpus``, ``run_backend``,
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -591,10 +593,18 @@ RUN_DONE, RUN_RING_FULL, RUN_REFILL = 0, 1, 2
 NS_PER_S = 1_000_000_000
 # Rows of run_vcpus' per-vCPU int64 table ``vi`` (one column per vCPU)
 (VI_RATE, VI_CARRY, VI_DEBT, VI_MAXN, VI_UPOS, VI_ULEN, VI_FIRST, VI_PAGES, VI_HOT_FIRST, VI_HOT_PAGES, VI_WRITES,
- VI_FAULTS, VI_FAULT_NS, VI_RING_FULL_EXITS, VI_RING_FULL_NS, VI_INHIBIT_NS, VI_QN, VI_QF, VI_SEG_END) = range(19)
-VI_ROWS = 19
-# run_vcpus' ``state``: quanta done, resume index (-1 none), exiting vCPU, unassigned writes, 3 for apply_writes_ring
-ST_DONE, ST_RESUME, ST_VCPU, ST_UNASSIGNED, ST_ROUT = 0, 1, 2, 3, 4
+ VI_FAULTS, VI_FAULT_NS, VI_RING_FULL_EXITS, VI_RING_FULL_NS, VI_INHIBIT_NS, VI_QN, VI_QF, VI_SEG_END, VI_KIND,
+ VI_CURSOR, VI_LOG_FIRST, VI_LOG_PAGES, VI_START, VI_STOP) = range(25)
+VI_ROWS = 25
+# Rows of its float64 table ``vf``: hot-set share, identical-rewrite share, zipf exponent, log share
+VF_HOT_SHARE, VF_SAME_SHARE, VF_ZIPF_S, VF_LOG_SHARE = range(4)
+VF_ROWS = 4
+# Workload kinds (``VI_KIND``): hot/cold mixture (uniform is one), zipf, a sequential sweep, a database
+KIND_HOTSET, KIND_ZIPF, KIND_SEQUENTIAL, KIND_DATABASE = range(4)
+ZIPF_SCATTER = np.uint64(2654435761)  # ranks are spread over the working set (rank * prime mod pages)
+# run_vcpus' ``state``: quanta done, resume index (-1 none), exiting vCPU, unassigned writes, start of the next
+# quantum (ns), then 3 for apply_writes_ring
+ST_DONE, ST_RESUME, ST_VCPU, ST_UNASSIGNED, ST_NOW, ST_ROUT = 0, 1, 2, 3, 4, 5
 
 
 def run_state() -> np.ndarray:
@@ -605,16 +615,56 @@ def run_state() -> np.ndarray:
 
 
 @jit
-def run_vcpus(nq, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf, state, gmap, slot_gpa, slot_pages,
-              slot_ram, slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
+def other_page(u, v, vi, vf):
+    """The page of one write of vCPU ``v`` from variate ``u``, for the kinds other than the hot/cold mixture.
+
+    zipf: rank k (1-based) with probability proportional to k^-s over the
+    working set (the continuous inverse CDF, floored), ranks spread over the
+    pages by a multiplicative scatter so hot pages are not contiguous.
+    sequential: the next page of a sweep over the working set, wrapping (the
+    variate is drawn and unused, so every kind consumes its stream alike).
+    database: a ``log_share`` of the writes append to a sequential log
+    (wrapping), the rest fall on the hot/cold mixture.
+    """
+    kind = vi[VI_KIND, v]
+    first, pages = vi[VI_FIRST, v], vi[VI_PAGES, v]
+    g = first
+    if kind == KIND_ZIPF:
+        s = vf[VF_ZIPF_S, v]
+        if abs(s - 1.0) < 1e-12:
+            k = np.int64(math.exp(u * math.log(pages + 1.0)))
+        else:
+            a = (pages + 1.0) ** (1.0 - s)
+            k = np.int64((1.0 + u * (a - 1.0)) ** (1.0 / (1.0 - s)))
+        k = min(max(k, 1), pages) - 1
+        g = first + np.int64((np.uint64(k) * ZIPF_SCATTER) % np.uint64(pages))
+    elif kind == KIND_SEQUENTIAL:
+        g = first + vi[VI_CURSOR, v] % pages
+        vi[VI_CURSOR, v] += 1
+    elif kind == KIND_DATABASE:
+        share = vf[VF_LOG_SHARE, v]
+        if u < share:
+            g = vi[VI_LOG_FIRST, v] + vi[VI_CURSOR, v] % vi[VI_LOG_PAGES, v]
+            vi[VI_CURSOR, v] += 1
+        else:
+            g = map_write((u - share) / (1.0 - share), first, pages, vi[VI_HOT_FIRST, v], vi[VI_HOT_PAGES, v],
+                          vf[VF_HOT_SHARE, v])
+    return g
+
+
+@jit
+def run_vcpus(nq, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
+              target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
     """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
 
     Per quantum, as the guest runs it: each vCPU first serves the run time it
     owes (``VI_DEBT``: write-protect faults, ring-full stalls, atomic memslot
     updates), then makes ``rate * run_ns`` bytes of page writes (remainder
     carried, one page per 4 KiB), drawing one variate per write from its own
-    stream ``ubuf[v, upos:ulen]``; a ``same_share[v]`` of the writes store
-    identical bytes (``rewrites_same``); the pages (``map_write``) are applied vCPU by
+    stream ``ubuf[v, upos:ulen]``; a ``vf[VF_SAME_SHARE, v]`` share of the writes
+    store identical bytes (``rewrites_same``). A vCPU writes only in quanta that
+    start inside [``VI_START``, ``VI_STOP``) (``state[ST_NOW]`` is the start of
+    the next quantum). The pages (``map_write``, ``other_page`` by ``VI_KIND``) are applied vCPU by
     vCPU through the memslots (``apply_writes`` into ``target``, the KVM bitmap
     or TCG's dirty memory; ``apply_writes_ring`` with the dirty ring, where
     ``target`` is the write-protection map). Each fault costs the vCPU
@@ -639,18 +689,24 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf, sta
                     state[ST_DONE] = done
                     return RUN_REFILL
             total = 0
+            now = state[ST_NOW]
             for v in range(nv):
                 run = quantum - debt[v] if debt[v] < quantum else 0
                 debt[v] -= quantum - run
-                x = carry[v] + rate[v] * run
+                active = vi[VI_START, v] <= now and now < vi[VI_STOP, v]
+                x = carry[v] + (rate[v] * run if active else 0)
                 n = x // page_ns
                 carry[v] = x - n * page_ns
                 qn[v] = n
+                kind, same = vi[VI_KIND, v], vf[VF_SAME_SHARE, v]
                 for i in range(n):
                     u = ubuf[v, upos[v] + i]
-                    g = map_write(u, vi[VI_FIRST, v], vi[VI_PAGES, v], vi[VI_HOT_FIRST, v], vi[VI_HOT_PAGES, v],
-                                  hot_share[v])
-                    buf[total + i] = ~g if same_share[v] > 0.0 and rewrites_same(u, same_share[v]) else g
+                    if kind == KIND_HOTSET:
+                        g = map_write(u, vi[VI_FIRST, v], vi[VI_PAGES, v], vi[VI_HOT_FIRST, v], vi[VI_HOT_PAGES, v],
+                                      vf[VF_HOT_SHARE, v])
+                    else:
+                        g = other_page(u, v, vi, vf)
+                    buf[total + i] = ~g if same > 0.0 and rewrites_same(u, same) else g
                 upos[v] += n
                 total += n
                 seg_end[v] = total
@@ -679,6 +735,7 @@ def run_vcpus(nq, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf, sta
             vi[VI_FAULT_NS, v] += qf[v] * fault_cost
             debt[v] += qf[v] * fault_cost
         done += 1
+        state[ST_NOW] += quantum
     state[ST_DONE] = done
     return RUN_DONE
 
@@ -720,8 +777,8 @@ MAX_WAIT_MS = 50  # ram_save_iterate
 
 @jit
 def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
-                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf,
-                   state, gmap, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, win):
+                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap,
+                   slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, win):
     """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
 
     Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
@@ -796,9 +853,9 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
                 status = IT_PENDING
                 break
             if nq:
-                run_vcpus(nq, quantum, fault_cost, vi, hot_share, same_share, ubuf, buf, state, gmap, slot_gpa,
-                          slot_pages, slot_ram, slot_logging, target, nonzero, stale, win, False, vi[:1, :1],
-                          vi[0, :1], vi[0, :1], 0)
+                state[ST_NOW] = g_next
+                run_vcpus(nq, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
+                          slot_logging, target, nonzero, stale, win, False, vi[:1, :1], vi[0, :1], vi[0, :1], 0)
                 g_next += nq * quantum
         r[REC_END] = t_end
         nrec += 1

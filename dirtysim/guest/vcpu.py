@@ -51,10 +51,13 @@ class Guest(LazyActor):
             raise ValueError("a vCPU's writes in one quantum overflow 64-bit arithmetic: lower rate or quantum")
         vi[K.VI_MAXN] = (page_ns - 1 + vi[K.VI_RATE] * quantum_ns) // page_ns  # most writes one quantum can make
         for row, attr in ((K.VI_FIRST, "first_page"), (K.VI_PAGES, "pages"), (K.VI_HOT_FIRST, "hot_first"),
-                          (K.VI_HOT_PAGES, "hot_pages")):
+                          (K.VI_HOT_PAGES, "hot_pages"), (K.VI_KIND, "kind"), (K.VI_LOG_FIRST, "log_first"),
+                          (K.VI_LOG_PAGES, "log_pages"), (K.VI_START, "start_ns"), (K.VI_STOP, "stop_ns")):
             vi[row] = [getattr(w, attr) for w in workloads]
-        self.hot_share = np.array([float(w.hot_share) for w in workloads])
-        self.same_share = np.array([float(w.identical_rewrites) for w in workloads])
+        self.vf = vf = np.zeros((K.VF_ROWS, len(workloads)))
+        for row, attr in ((K.VF_HOT_SHARE, "hot_share"), (K.VF_SAME_SHARE, "identical_rewrites"),
+                          (K.VF_ZIPF_S, "zipf_s"), (K.VF_LOG_SHARE, "log_share")):
+            vf[row] = [float(getattr(w, attr)) for w in workloads]
         self.debt = vi[K.VI_DEBT]
         self.stats = {name: vi[row] for name, row in STAT_ROWS.items()}
         self.ubuf = np.zeros((len(workloads), max(MIN_BLOCK, 16 * int(vi[K.VI_MAXN].max()))))
@@ -75,8 +78,8 @@ class Guest(LazyActor):
     def write_args(self) -> tuple:
         """``kernels.run_vcpus``' arguments after ``nq`` up to ``stale``: the guest's arrays, where writes go."""
         w = self.writer
-        return (self.quantum_ns, self.fault_ns, self.vi, self.hot_share, self.same_share, self.ubuf, self.buf,
-                self.state, self.guest_map.table, *w.write_args(), *w.ram_list.oracle_args())
+        return (self.quantum_ns, self.fault_ns, self.vi, self.vf, self.ubuf, self.buf, self.state,
+                self.guest_map.table, *w.write_args(), *w.ram_list.oracle_args())
 
     def kernel_args(self) -> tuple:
         """All of ``kernels.run_vcpus``' arguments after ``nq`` (``write_args`` and the dirty rings)."""
@@ -91,6 +94,7 @@ class Guest(LazyActor):
         """
         args = self.kernel_args()
         while True:
+            self.state[K.ST_NOW] = self.next_t
             status = K.run_vcpus(n, *args)
             done = int(self.state[K.ST_DONE])
             self.next_t += done * self.quantum_ns

@@ -104,7 +104,7 @@ class UniformWorkload(_Model):
                          "them, a content hash (calc-dirty-rate page-sampling) does not, and the destination's "
                          "copy stays good")
 
-    @field_validator("working_set", "offset", "hot", "hot_offset", check_fields=False)
+    @field_validator("working_set", "offset", "hot", "hot_offset", "log", "log_offset", check_fields=False)
     @classmethod
     def _whole_pages(cls, value: Optional[int]):
         """The workload draws whole pages; a fraction of one would be dropped silently."""
@@ -123,12 +123,46 @@ class HotsetWorkload(UniformWorkload):
     hot_offset: Size = Field(0, description="start of the hot region inside the working set")
 
 
-Workload = Annotated[Union[UniformWorkload, HotsetWorkload], Field(discriminator="kind")]
+class ZipfWorkload(UniformWorkload):
+    """Page k of the working set's ranking takes writes in proportion to k^-exponent (a key-value store)."""
+
+    kind: Literal["zipf"]
+    exponent: float = Field(1.0, gt=0.0, le=4.0, description="zipf exponent s (1: classic zipf), 0 < s <= 4")
+
+
+class SequentialWorkload(UniformWorkload):
+    """One page after the other over the working set, wrapping (a copy, a scan, a log being rewritten)."""
+
+    kind: Literal["sequential"]
+
+
+class DatabaseWorkload(HotsetWorkload):
+    """A hot/cold mixture plus a sequential log: ``log_share`` of the writes append to ``log`` bytes at
+    ``log_offset`` (inside the working set), wrapping; the rest fall as in ``hotset``."""
+
+    kind: Literal["database"]
+    log: Size = Field(description="size of the log region")
+    log_offset: Size = Field(0, description="start of the log inside the working set")
+    log_share: Fraction01 = Field(description="share of writes that append to the log, 0..1")
+
+
+Workload = Annotated[Union[UniformWorkload, HotsetWorkload, ZipfWorkload, SequentialWorkload, DatabaseWorkload],
+                     Field(discriminator="kind")]
 
 
 class VcpuGroup(_Model):
     count: int = Field(1, ge=1, le=limits.MAX_VCPUS)
     workload: Workload
+    start: Duration = Field(0, description="the group writes from this simulated time on (it runs idle before)")
+    stop: Optional[Duration] = Field(None, description="and stops writing at this time (default: never)")
+
+    @model_validator(mode="after")
+    def _start_before_stop(self):
+        if self.stop is not None and self.stop <= self.start:
+            raise PydanticCustomError("stop", "stop must come after start",
+                                      {"got": units.format_duration(self.stop),
+                                       "allowed": f"after start = {units.format_duration(self.start)}"})
+        return self
 
 
 class MemoryConfig(_Model):
@@ -577,6 +611,9 @@ class Scenario(_Model):
             if isinstance(w, HotsetWorkload) and (w.hot_offset + w.hot > ws or w.hot < PAGE_SIZE):
                 raise fail(loc + ("hot",), "the hot region does not fit in the working set",
                            units.format_size(w.hot), f"4KiB <= hot, hot_offset + hot <= {units.format_size(ws)}")
+            if isinstance(w, DatabaseWorkload) and (w.log_offset + w.log > ws or w.log < PAGE_SIZE):
+                raise fail(loc + ("log",), "the log does not fit in the working set",
+                           units.format_size(w.log), f"4KiB <= log, log_offset + log <= {units.format_size(ws)}")
 
     def _devices_fit(self) -> None:
         ram = self.machine.memory.size

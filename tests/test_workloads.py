@@ -1,0 +1,111 @@
+"""The workload kinds' statistics against their definitions: zipf, sequential, database, and start/stop times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from builders import NO_COSTS, of, scenario
+from dirtysim.dirty import kernels as K
+from dirtysim.dirtyrate.config import DirtyRateConfig
+from dirtysim.events import schema as ev
+from dirtysim.sim import run_dirtyrate
+
+pytestmark = pytest.mark.rules
+MIB = 1 << 20
+
+
+def _tables(kind: int, pages: int, **extra):
+    """One vCPU's ``vi``/``vf`` columns as ``Guest`` builds them, for ``other_page``."""
+    vi = np.zeros((K.VI_ROWS, 1), dtype=np.int64)
+    vf = np.zeros((K.VF_ROWS, 1))
+    vi[K.VI_KIND], vi[K.VI_FIRST], vi[K.VI_PAGES], vi[K.VI_LOG_PAGES] = kind, 1000, pages, 1
+    for name, value in extra.items():
+        (vf if name.startswith("VF_") else vi)[getattr(K, name)] = value
+    return vi, vf
+
+
+def _pages(vi, vf, u):
+    return np.array([K.other_page(x, 0, vi, vf) for x in u])
+
+
+@pytest.mark.parametrize("s", [0.8, 1.0, 1.5])
+def test_zipf_ranks_follow_the_power_law(s):
+    """P(rank k) = ((k+1)^(1-s) - k^(1-s)) / ((N+1)^(1-s) - 1) (s = 1: ln((k+1)/k) / ln(N+1)), ranks scattered."""
+    n = 4096
+    vi, vf = _tables(K.KIND_ZIPF, n, VF_ZIPF_S=s)
+    u = np.random.default_rng(1).random(200_000)
+    pages = _pages(vi, vf, u) - 1000
+    assert pages.min() >= 0 and pages.max() < n
+    for k in (1, 2, 3, 10):
+        page = (k - 1) * 2654435761 % n
+        p = np.log((k + 1) / k) / np.log(n + 1) if s == 1.0 else ((k + 1) ** (1 - s) - k ** (1 - s)) / (
+            (n + 1) ** (1 - s) - 1)
+        got = np.count_nonzero(pages == page)
+        assert abs(got - p * len(u)) <= 5 * (p * len(u)) ** 0.5 + 1, (k, got, p * len(u))
+    top = [(k - 1) * 2654435761 % n for k in (1, 2)]
+    assert abs(top[1] - top[0]) > 64  # neighbouring ranks are not neighbouring pages
+
+
+def test_sequential_sweeps_its_working_set_and_wraps():
+    vi, vf = _tables(K.KIND_SEQUENTIAL, 5)
+    pages = _pages(vi, vf, np.random.default_rng(2).random(12))
+    assert pages.tolist() == [1000, 1001, 1002, 1003, 1004] * 2 + [1000, 1001]
+
+
+def test_database_appends_its_log_share_sequentially_and_spreads_the_rest():
+    vi, vf = _tables(K.KIND_DATABASE, 4096, VI_LOG_FIRST=1000 + 2048, VI_LOG_PAGES=64, VF_LOG_SHARE=0.25,
+                     VI_HOT_FIRST=1000, VI_HOT_PAGES=256, VF_HOT_SHARE=0.5)
+    u = np.random.default_rng(3).random(40_000)
+    pages = _pages(vi, vf, u)
+    log = u < 0.25
+    assert np.array_equal(pages[log], 3048 + np.arange(log.sum()) % 64)  # appends in order, wrapping
+    rest = pages[~log]
+    hot = np.count_nonzero((rest >= 1000) & (rest < 1256))
+    assert abs(hot / len(rest) - 0.5) < 0.02  # the hot/cold mixture on the other writes
+
+
+def _run(groups, size="1GiB"):
+    sc = scenario(costs=NO_COSTS, machine={"memory": {"size": size, "zero_fraction": 0.0}, "vcpus": groups})
+    result = run_dirtyrate(sc, DirtyRateConfig.from_qmp(1), 10**8)  # window 100 ms .. 1100 ms
+    assert result.error is None, result.error
+    return of(result.events, ev.DirtyRateMeasured)[0]
+
+
+def test_a_group_writes_only_between_its_start_and_stop():
+    """64 MiB/s from 300 to 700 ms: 0.4 s x 16384 pages/s inside a 100..1100 ms window, nothing else."""
+    m = _run([{"count": 1, "start": "300ms", "stop": "700ms", "workload": {"kind": "uniform", "rate": "64MiB/s"}}])
+    assert m.guest_writes == 16384 * 4 // 10
+
+
+def test_every_kind_runs_in_a_guest_with_the_rates_it_was_given():
+    groups = [{"count": 1, "workload": {"kind": "zipf", "rate": "32MiB/s", "exponent": 1.1}},
+              {"count": 1, "workload": {"kind": "sequential", "rate": "32MiB/s", "offset": "256MiB",
+                                        "working_set": "64MiB"}},
+              {"count": 1, "workload": {"kind": "database", "rate": "32MiB/s", "hot": "16MiB", "hot_share": 0.9,
+                                        "log": "4MiB", "log_share": 0.5, "offset": "512MiB", "working_set": "128MiB"}}]
+    m = _run(groups)
+    assert m.guest_writes == 3 * 8192
+    # sequential: every write a new page (8192 < 16384 pages of its set); zipf and the log repeat pages
+    assert 8192 < m.written_pages < 3 * 8192
+
+
+@pytest.mark.parametrize("group,message", [
+    ("workload: {kind: zipf, rate: 1MiB/s, exponent: 0}",
+     "machine.vcpus.0.workload.exponent: out of range (got 0; allowed: > 0.0 and <= 4.0)"),
+    ("workload: {kind: database, rate: 1MiB/s, hot: 1MiB, hot_share: 0.5, log: 2GiB, log_share: 0.1}",
+     "machine.vcpus.0.workload.log: the log does not fit in the working set (got 2GiB; allowed: 4KiB <= log, "
+     "log_offset + log <= 1GiB)"),
+    ("workload: {kind: database, rate: 1MiB/s, hot: 1MiB, hot_share: 0.5, log: 6KiB, log_share: 0.1}",
+     "machine.vcpus.0.workload.log: not a whole number of 4KiB pages"),
+    ("start: 2s, stop: 1s, workload: {kind: uniform, rate: 1MiB/s}",
+     "stop must come after start (got 1s; allowed: after start = 2s)"),
+])
+def test_bad_workloads_are_named_by_key(tmp_path, group, message):
+    from dirtysim.scenario.load import ScenarioError, load_scenario
+
+    path = tmp_path / "w.yaml"
+    path.write_text("machine:\n  memory: {size: 1GiB}\n  vcpus:\n    - {count: 1, " + group + "}\n")
+    with pytest.raises(ScenarioError) as exc:
+        load_scenario(path)
+    assert message in str(exc.value)
