@@ -474,12 +474,9 @@ def test_an_unhooked_listener_works():
     assert r.events(ev.KvmMemslotUpdate)[-1].inhibited and r.inhibits == [] and r.losses == []
 
 
-def test_a_ring_that_a_reap_does_not_free_is_a_broken_invariant():
-    """``KvmDirtyLog.apply_writes`` resumes after each ring-full exit; a reap that frees nothing would exit forever."""
-    import pytest as _pytest
-
+def _ring_kvm():
+    """A 16 MiB guest's KVM with a 1024-entry ring (soft limit 960, no PML) and one logging memslot."""
     from dirtysim.accel.kvm import KvmDirtyLog
-    from dirtysim.migration.invariant import BrokenInvariant
     from dirtysim.dirty.ramlist import RAMList
     from dirtysim.scenario.schema import DirtyTracking
 
@@ -488,23 +485,24 @@ def test_a_ring_that_a_reap_does_not_free_is_a_broken_invariant():
     kvm = KvmDirtyLog(rl, DirtyTracking(mode="ring", manual_protect=False, initially_set=False, ring_size=1024,
                                         pml=False), 1)
     kvm.set_logging(kvm.set_user_memory_region(0, 16 << 20, 0), True)
+    return kvm
+
+
+def test_a_ring_that_a_reap_does_not_free_is_a_broken_invariant():
+    """``KvmDirtyLog.apply_writes`` resumes after each ring-full exit; a reap that frees nothing would exit forever."""
+    from dirtysim.migration.invariant import BrokenInvariant
+
+    kvm = _ring_kvm()
     kvm.on_ring_full = lambda vcpu: None  # a "reap" that collects nothing
-    with _pytest.raises(BrokenInvariant, match=r"^vCPU 0's dirty ring stays full after a reap \(write 960\)$"):
+    with pytest.raises(BrokenInvariant, match=r"^vCPU 0's dirty ring stays full after a reap \(write 960\)$"):
         kvm.apply_writes(np.arange(2048, dtype=np.int64), np.array([2048], dtype=np.int64), np.zeros(1, dtype=np.int64))
 
 
 def test_a_call_that_starts_with_a_full_ring_exits_at_once_and_goes_on_after_each_reap():
     """Entering with a full ring exits before the first write (resume index = start): legitimate, once per reap."""
-    from dirtysim.accel.kvm import KvmDirtyLog
     from dirtysim.dirty import kernels
-    from dirtysim.dirty.ramlist import RAMList
-    from dirtysim.scenario.schema import DirtyTracking
 
-    rl = RAMList()
-    rl.ram_block_add("pc.ram", 16 << 20)
-    kvm = KvmDirtyLog(rl, DirtyTracking(mode="ring", manual_protect=False, initially_set=False, ring_size=1024,
-                                        pml=False), 1)
-    kvm.set_logging(kvm.set_user_memory_region(0, 16 << 20, 0), True)
+    kvm = _ring_kvm()
     collected, exits = np.zeros_like(kvm.protected), []
 
     def reap(vcpu):
