@@ -38,7 +38,8 @@ machine:
     - {count: 1, workload: {kind: uniform, rate: 1MiB/s, offset: 512MiB, working_set: 256MiB}}
     - {count: 1, start: 10ms, stop: 2s, workload: {kind: zipf, rate: 1MiB/s, exponent: 1.2, offset: 768MiB,
        working_set: 64MiB}}
-    - {count: 1, workload: {kind: sequential, rate: 1MiB/s, offset: 832MiB, working_set: 64MiB}}
+    - {count: 1, workload: {kind: sequential, rate: 1MiB/s, offset: 832MiB, working_set: 64MiB},
+       phases: [{duration: 100ms, rate: 0B/s}, {duration: 100ms, rate: 2MiB/s}]}
     - {count: 1, workload: {kind: database, rate: 1MiB/s, hot: 16MiB, hot_share: 0.5, log: 8MiB, log_offset: 32MiB,
        log_share: 0.2, offset: 896MiB, working_set: 64MiB}}
   devices:
@@ -66,7 +67,7 @@ WHERE = {
     "Scenario": "", "Machine": "machine", "MemoryConfig": "machine.memory", "VcpuGroup": "machine.vcpus.0",
     "HotsetWorkload": "machine.vcpus.0.workload", "UniformWorkload": "machine.vcpus.1.workload",
     "ZipfWorkload": "machine.vcpus.2.workload", "SequentialWorkload": "machine.vcpus.3.workload",
-    "DatabaseWorkload": "machine.vcpus.4.workload",
+    "DatabaseWorkload": "machine.vcpus.4.workload", "Phase": "machine.vcpus.3.phases.0",
     "VhostUserNet": "machine.devices.0", "VhostUserBlk": "machine.devices.1", "VirtioDevice": "machine.devices.2",
     "VfioPci": "machine.devices.3", "DirtyTracking": "dirty_tracking", "Costs": "costs", "Network": "network",
     "Migration": "migration", "Engine": "engine", "Outputs": "outputs", "TimelineEntry": "timeline.0",
@@ -204,5 +205,5 @@ def test_errors_name_the_key_as_written(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(RICH.replace("downtime-limit: 200", "downtime-limit: 3000000"))
     assert str(pytest.raises(ScenarioError, load_scenario, path).value) == (
-        f"{path}:23: migration.downtime-limit: above QEMU's maximum (migrate_params_check) "
+        f"{path}:24: migration.downtime-limit: above QEMU's maximum (migrate_params_check) "
         f"(got 3000s; allowed: 0 .. 2000s)")

@@ -39,7 +39,7 @@ def check_run(scenario, start_ns: int, calc_time_ms: int) -> None:
     backends = [d for d in scenario.machine.devices if d.kind in VHOST_KINDS]
     reaper = scenario.dirty_tracking.reaper_period if scenario.dirty_tracking.mode == "ring" else None
     steps = limits.steps(horizon, calc_time_ms * 10**6, eng.quantum, eng.send_quantum, 1 + len(backends), reaper, 0)
-    writes = sum(g.count * g.workload.rate for g in scenario.machine.vcpus) / PAGE_SIZE * horizon / 1e9
+    writes = sum(g.count * g.peak_rate for g in scenario.machine.vcpus) / PAGE_SIZE * horizon / 1e9
     if steps > limits.MAX_STEPS or writes > limits.MAX_WRITES:
         raise DirtyRateError(f"the guest would run {horizon / 1e9:.0f} s: about {steps:.1e} steps and {writes:.1e} "
                              f"page writes (allowed: at most {limits.MAX_STEPS:.0e} and {limits.MAX_WRITES:.0e}; "

@@ -46,10 +46,12 @@ class Guest(LazyActor):
         self.rngs = rngs
         self.vi = vi = np.zeros((K.VI_ROWS, len(workloads)), dtype=np.int64)
         vi[K.VI_RATE] = rates
+        self.schedules = {v: _Schedule(w.phases) for v, w in enumerate(workloads) if w.phases}
+        peak = np.array([max([r, *(p[1] for p in w.phases)]) for r, w in zip(rates, workloads)], dtype=np.int64)
         page_ns = PAGE_SIZE * NS_PER_S
-        if int(vi[K.VI_RATE].max()) * quantum_ns >= (1 << 62) - page_ns:
+        if int(peak.max()) * quantum_ns >= (1 << 62) - page_ns:
             raise ValueError("a vCPU's writes in one quantum overflow 64-bit arithmetic: lower rate or quantum")
-        vi[K.VI_MAXN] = (page_ns - 1 + vi[K.VI_RATE] * quantum_ns) // page_ns  # most writes one quantum can make
+        vi[K.VI_MAXN] = (page_ns - 1 + peak * quantum_ns) // page_ns  # most writes one quantum can make
         for row, attr in ((K.VI_FIRST, "first_page"), (K.VI_PAGES, "pages"), (K.VI_HOT_FIRST, "hot_first"),
                           (K.VI_HOT_PAGES, "hot_pages"), (K.VI_KIND, "kind"), (K.VI_LOG_FIRST, "log_first"),
                           (K.VI_LOG_PAGES, "log_pages"), (K.VI_START, "start_ns"), (K.VI_STOP, "stop_ns")):
@@ -87,7 +89,25 @@ class Guest(LazyActor):
         rings = (w.rings, w.dirty_index, w.reset_index, w.soft_limit) if w.ring else _NO_RING
         return (*self.write_args(), w.ring, *rings)
 
+    @property
+    def phased(self) -> bool:
+        """Some vCPU follows a rate schedule (its rate changes at phase boundaries, set from Python)."""
+        return bool(self.schedules)
+
     def run_quanta(self, n: int) -> None:
+        """Apply ``n`` quanta; with rate schedules, in runs that stay inside every vCPU's current phase.
+
+        A quantum writes at the rate of the phase its start falls in.
+        """
+        while n:
+            k = n
+            for v, schedule in self.schedules.items():
+                self.vi[K.VI_RATE, v], left_ns = schedule.at(self.next_t)
+                k = min(k, -(-left_ns // self.quantum_ns))
+            self._run(k)
+            n -= k
+
+    def _run(self, n: int) -> None:
         """``kernels.run_vcpus`` until ``n`` quanta are done, serving its refills and ring-full exits in between.
 
         The loop is bounded: a call that returns RUN_DONE must have done every quantum asked for.
@@ -144,6 +164,20 @@ class Guest(LazyActor):
     def total(self, name: str) -> int:
         """A counter of ``STAT_ROWS`` summed over the vCPUs since boot (``take_stats`` does not reset it)."""
         return self._taken[name] + int(self.stats[name].sum())
+
+
+class _Schedule:
+    """A vCPU's rate schedule: (duration, rate) phases from time 0, repeated."""
+
+    def __init__(self, phases: tuple[tuple[int, int], ...]):
+        self.ends = np.cumsum([d for d, _ in phases])
+        self.rates = [r for _, r in phases]
+
+    def at(self, t: int) -> tuple[int, int]:
+        """The rate at time ``t`` and the ns until its phase ends."""
+        cycle = int(self.ends[-1])
+        i = int(np.searchsorted(self.ends, t % cycle, side="right"))
+        return self.rates[i], int(self.ends[i]) - t % cycle
 
 
 _NO_RING = (np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 0)

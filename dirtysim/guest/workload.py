@@ -44,6 +44,7 @@ class Workload:
     log_share: float = 0.0
     start_ns: int = 0
     stop_ns: int = FOREVER
+    phases: tuple[tuple[int, int], ...] = ()  # (duration ns, rate B/s), cycling from time 0; () = constant rate
 
 
 def make_workload(scenario: Scenario, group: VcpuGroup) -> Workload:
@@ -51,7 +52,8 @@ def make_workload(scenario: Scenario, group: VcpuGroup) -> Workload:
     w = group.workload
     first, pages = offset // PAGE_SIZE, size // PAGE_SIZE
     common = {"identical_rewrites": w.identical_rewrites, "start_ns": group.start,
-              "stop_ns": FOREVER if group.stop is None else group.stop}
+              "stop_ns": FOREVER if group.stop is None else group.stop,
+              "phases": tuple((p.duration, p.rate) for p in group.phases)}
     if isinstance(w, HotsetWorkload):
         hot_pages = w.hot // PAGE_SIZE
         share = w.hot_share if hot_pages < pages else 1.0

@@ -150,11 +150,26 @@ Workload = Annotated[Union[UniformWorkload, HotsetWorkload, ZipfWorkload, Sequen
                      Field(discriminator="kind")]
 
 
+class Phase(_Model):
+    """One phase of a group's rate schedule: ``rate`` for ``duration`` (0 B/s: idle)."""
+
+    duration: Duration = Field(ge=limits.MIN_QUANTUM, description="how long the phase lasts (at least 10us)")
+    rate: Rate = Field(description="the group's per-vCPU write rate during the phase")
+
+
 class VcpuGroup(_Model):
     count: int = Field(1, ge=1, le=limits.MAX_VCPUS)
     workload: Workload
     start: Duration = Field(0, description="the group writes from this simulated time on (it runs idle before)")
     stop: Optional[Duration] = Field(None, description="and stops writing at this time (default: never)")
+    phases: list[Phase] = Field(default_factory=list, max_length=1000,
+                                description="a rate schedule replacing workload.rate: each phase in turn from time "
+                                            "0, then the list again (e.g. idle, burst, steady)")
+
+    @property
+    def peak_rate(self) -> int:
+        """The highest per-vCPU rate the group ever writes at (budgets and buffers are sized by it)."""
+        return max([self.workload.rate, *(p.rate for p in self.phases)])
 
     @model_validator(mode="after")
     def _start_before_stop(self):
@@ -707,7 +722,7 @@ class Scenario(_Model):
                        f"about {n:.2e} for {horizon / 1e9:.0f}s of run and {switchover / 1e9:.0f}s of switchover",
                        f"at most {limits.MAX_STEPS:.0e}: " + ("a faster link or less machine.device_state" if slow_link
                        else "a longer quantum/send_quantum or a shorter migration.timeout"))
-        per_s = sum(g.count * g.workload.rate for g in self.machine.vcpus) / PAGE_SIZE
+        per_s = sum(g.count * g.peak_rate for g in self.machine.vcpus) / PAGE_SIZE
         per_s += sum(d.rate / d.unit * -(-d.unit // PAGE_SIZE) for d in backends)
         if per_s * eng.quantum / 1e9 > limits.MAX_WRITES_PER_QUANTUM:
             raise fail(("engine", "quantum"), "too many page writes in one quantum",
