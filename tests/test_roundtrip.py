@@ -78,6 +78,9 @@ WHERE = {
 # Defaults valid in general but not with the rest of RICH: no devices or no device memory orphan RICH's timeline; an entry with no bar has no action.
 NOT_HERE = {("Machine", "devices"), ("Machine", "device_memory"),
             ("TimelineEntry", "bar")}
+# rate: null is valid only with a visible_rate, which RICH's workloads do not give
+NOT_HERE |= {(m, "rate") for m in ("UniformWorkload", "HotsetWorkload", "ZipfWorkload", "SequentialWorkload",
+                                   "DatabaseWorkload")}
 LOADS_AS = {("Scenario", "name"): "rich"}  # name: null means the file's name
 FIELD_OF = {qemu: field for field, qemu in sc.QEMU_SPELLINGS.items()}
 

@@ -129,3 +129,27 @@ def test_a_migration_of_a_phased_guest_loses_nothing():
     assert result.stop_reason in ("completed", "timeout") and check.lost_pages == 0
     # the Python send path ran (a schedule keeps the fused loop out): every slice is its own Transfer event
     assert len([t for t in of(result.events, ev.Transfer) if t.kind == "pages"]) > 100
+
+
+def test_visible_rate_inverts_the_working_set_curve():
+    """uniform: N (1 - exp(-r / N)) = D per second, solved for r; hotset: the sum over its two regions."""
+    from dirtysim.scenario.visible import distinct_pages, write_rate
+
+    n = 262144
+    r = write_rate(16384, [(n, 1.0)])
+    assert r == pytest.approx(-n * np.log1p(-16384 / n), rel=1e-6)
+    regions = [(32768, 0.9), (n - 32768, 0.1)]
+    r = write_rate(20000, regions)
+    assert distinct_pages(r, regions) == pytest.approx(20000, rel=1e-6)
+    with pytest.raises(ValueError, match="hold only 262144"):
+        write_rate(n, [(n, 1.0)])
+
+
+def test_a_group_given_by_its_visible_rate_shows_that_rate_to_a_measurement():
+    """Two vCPUs sharing 1 GiB, asked to show 64 MiB/s of distinct pages: dirty-bitmap measures about that."""
+    sc = scenario(costs=NO_COSTS, machine={"memory": {"size": "1GiB", "zero_fraction": 0.0}, "vcpus": [
+        {"count": 2, "workload": {"kind": "uniform", "visible_rate": "64MiB/s"}}]})
+    assert sc.machine.vcpus[0].workload.rate > 32 * MIB  # each vCPU writes more than half: repeats are invisible
+    result = run_dirtyrate(sc, DirtyRateConfig.from_qmp(1, mode="dirty-bitmap"), 10**8)
+    (m,) = of(result.events, ev.DirtyRateMeasured)
+    assert abs(m.written_pages - 16384) < 0.01 * 16384

@@ -96,7 +96,12 @@ class UniformWorkload(_Model):
     """Writes pages uniformly at random over a working set (like ``mm_dirty -p random``)."""
 
     kind: Literal["uniform"]
-    rate: Rate = Field(description="guest write rate; every 4 KiB of it dirties one page (0: an idle guest)")
+    rate: Optional[Rate] = Field(None, description="guest write rate; every 4 KiB of it dirties one page (0: an idle "
+                                                   "guest); or give visible_rate")
+    visible_rate: Optional[Rate] = Field(
+        None, description="instead of rate: the dirty rate migration sees from the whole group (distinct pages "
+                          "per 1 s period, as dirty-pages-rate), turned into a per-vCPU write rate through the "
+                          "workload's working-set curve (dirtysim/scenario/visible.py; uniform, hotset, sequential)")
     working_set: Optional[Size] = Field(None, description="bytes written over; default: all RAM after offset")
     offset: Size = Field(0, description="guest-physical start of the working set")
     identical_rewrites: Fraction01 = Field(
@@ -611,6 +616,7 @@ class Scenario(_Model):
 
     def _vcpus_fit(self) -> None:
         ram, total = self.machine.memory.size, 0
+        self._resolve_visible_rates()
         for i, group in enumerate(self.machine.vcpus):
             total += group.count
             if total > limits.MAX_VCPUS:
@@ -629,6 +635,43 @@ class Scenario(_Model):
             if isinstance(w, DatabaseWorkload) and (w.log_offset + w.log > ws or w.log < PAGE_SIZE):
                 raise fail(loc + ("log",), "the log does not fit in the working set",
                            units.format_size(w.log), f"4KiB <= log, log_offset + log <= {units.format_size(ws)}")
+
+    def _resolve_visible_rates(self) -> None:
+        """Each workload's write rate: given, or converted from ``visible_rate`` (``scenario.visible``)."""
+        from . import visible
+
+        for i, group in enumerate(self.machine.vcpus):
+            w, loc = group.workload, ("machine", "vcpus", i, "workload")
+            if w.visible_rate is None:
+                if w.rate is None:
+                    raise fail(loc + ("rate",), "a workload needs a rate or a visible_rate", "neither",
+                               "rate: 64MiB/s, or visible_rate: 32MiB/s")
+                continue
+            ram = self.machine.memory.size
+            pages = (ram - w.offset if w.working_set is None else w.working_set) // PAGE_SIZE
+            if isinstance(w, (ZipfWorkload, DatabaseWorkload)):
+                raise fail(loc + ("visible_rate",), f"not converted for a {w.kind} workload (no closed form)",
+                           units.format_rate(w.visible_rate), "rate for zipf and database workloads")
+            if isinstance(w, SequentialWorkload):
+                regions = None
+            elif isinstance(w, HotsetWorkload):
+                hot = min(w.hot // PAGE_SIZE, pages)
+                regions = [(hot, w.hot_share), (pages - hot, 1.0 - w.hot_share)]
+            else:
+                regions = [(max(pages, 1), 1.0)]
+            target = w.visible_rate / PAGE_SIZE
+            try:
+                r = target if regions is None else visible.write_rate(target, regions)
+                if regions is None and target >= pages / visible.PERIOD_S:
+                    raise ValueError(f"the sweep covers only {pages} pages")
+            except ValueError as exc:
+                raise fail(loc + ("visible_rate",), f"migration cannot see that rate from this workload: {exc}",
+                           units.format_rate(w.visible_rate), "less than the working set per second") from None
+            rate = round(r * PAGE_SIZE / group.count)  # the group's vCPUs share the working set and the rate
+            if w.rate is not None and w.rate != rate:
+                raise fail(loc + ("rate",), "give rate or visible_rate, not both (or the rate visible_rate gives)",
+                           units.format_rate(w.rate), f"{units.format_rate(rate)}, what visible_rate converts to")
+            self.machine.vcpus[i] = group.model_copy(update={"workload": w.model_copy(update={"rate": rate})})
 
     def _devices_fit(self) -> None:
         ram = self.machine.memory.size
