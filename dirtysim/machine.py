@@ -26,6 +26,7 @@ from .dirty.ramlist import RAMBlock, RAMList
 from .events import schema as ev
 from .events.log import Recorder
 from .guest.lazy import LazyActor
+from .guest.trace import TraceReplayer, load_trace
 from .guest.vcpu import Guest
 from .guest.vhost_backend import VhostUserBackend
 from .guest.workload import make_workload
@@ -33,7 +34,7 @@ from .memory.address_space import MemorySystem
 from .oracle.guest_map import GuestMap
 from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
-from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario
+from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario, TraceWorkload
 
 SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
 IO_SPACE_SIZE = 1 << 16  # "io": x86 port I/O
@@ -75,9 +76,12 @@ class Machine:
         self.guest = Guest([make_workload(scenario, g) for g in groups],
                            [np.random.default_rng(seed) for seed in vcpu_seeds], [g.workload.rate for g in groups],
                            writer, self.guest_map, scenario.engine.quantum, costs.write_fault, recorder)
+        self.traces = [TraceReplayer(*load_trace(g.workload.file), self.guest, v)
+                       for v, g in enumerate(groups) if isinstance(g.workload, TraceWorkload)]
         if self.kvm is not None:
             listener = self.kvm_listener
             self.guest.on_ring_full = lambda v: listener.reap("ring-full", v) + costs.ring_full_exit
+            self.kvm.on_ring_full = lambda v: self.guest.stall(v, self.guest.on_ring_full(v))  # a trace's exits
             listener.on_inhibit = self.guest.stall_inhibit
         self.devices: list[dict] = []
         self.backends: list[VhostUserBackend] = []
@@ -239,7 +243,7 @@ class Machine:
 
     @property
     def lazy_actors(self) -> list[LazyActor]:
-        return [self.guest, *self.backends]
+        return [self.guest, *self.backends, *self.traces]
 
     def sleep(self, ns: int):
         """A SimPy process waits ``ns``; on waking, the guest and the backends are brought up to now.

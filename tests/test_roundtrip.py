@@ -42,6 +42,7 @@ machine:
        phases: [{duration: 100ms, rate: 0B/s}, {duration: 100ms, rate: 2MiB/s}]}
     - {count: 1, workload: {kind: database, rate: 1MiB/s, hot: 16MiB, hot_share: 0.5, log: 8MiB, log_offset: 32MiB,
        log_share: 0.2, offset: 896MiB, working_set: 64MiB}}
+    - {count: 1, workload: {kind: trace, file: scenarios/traces/example.csv}}
   devices:
     - {kind: vhost-user-net, rx: 100Mbit/s, packet: 9000B, buffers: 8MiB}
     - {kind: vhost-user-blk, read: 10MiB/s, request: 128KiB, buffers: 8MiB}
@@ -68,6 +69,7 @@ WHERE = {
     "HotsetWorkload": "machine.vcpus.0.workload", "UniformWorkload": "machine.vcpus.1.workload",
     "ZipfWorkload": "machine.vcpus.2.workload", "SequentialWorkload": "machine.vcpus.3.workload",
     "DatabaseWorkload": "machine.vcpus.4.workload", "Phase": "machine.vcpus.3.phases.0",
+    "TraceWorkload": "machine.vcpus.5.workload",
     "VhostUserNet": "machine.devices.0", "VhostUserBlk": "machine.devices.1", "VirtioDevice": "machine.devices.2",
     "VfioPci": "machine.devices.3", "DirtyTracking": "dirty_tracking", "Costs": "costs", "Network": "network",
     "Migration": "migration", "Engine": "engine", "Outputs": "outputs", "TimelineEntry": "timeline.0",
@@ -80,7 +82,7 @@ NOT_HERE = {("Machine", "devices"), ("Machine", "device_memory"),
             ("TimelineEntry", "bar")}
 # rate: null is valid only with a visible_rate, which RICH's workloads do not give
 NOT_HERE |= {(m, "rate") for m in ("UniformWorkload", "HotsetWorkload", "ZipfWorkload", "SequentialWorkload",
-                                   "DatabaseWorkload")}
+                                   "DatabaseWorkload", "TraceWorkload")}  # a trace's rate loads as 0
 LOADS_AS = {("Scenario", "name"): "rich"}  # name: null means the file's name
 FIELD_OF = {qemu: field for field, qemu in sc.QEMU_SPELLINGS.items()}
 
@@ -208,5 +210,5 @@ def test_errors_name_the_key_as_written(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(RICH.replace("downtime-limit: 200", "downtime-limit: 3000000"))
     assert str(pytest.raises(ScenarioError, load_scenario, path).value) == (
-        f"{path}:24: migration.downtime-limit: above QEMU's maximum (migrate_params_check) "
+        f"{path}:25: migration.downtime-limit: above QEMU's maximum (migrate_params_check) "
         f"(got 3000s; allowed: 0 .. 2000s)")

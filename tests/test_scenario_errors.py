@@ -72,10 +72,10 @@ CASES = [
     # PROPOSED. Today: "{file}:5: machine.vcpus.0.workload: unknown workload kind (got dict; ...)" --
     # "got dict" hides the bad value; the key at fault is workload.kind.
     ("unknown_workload_kind.yaml",
-     "{file}:5: machine.vcpus.0.workload.kind: unknown workload kind (got \"sawtooth\"; allowed: 'uniform', 'hotset', 'zipf', 'sequential', 'database')"),
+     "{file}:5: machine.vcpus.0.workload.kind: unknown workload kind (got \"sawtooth\"; allowed: 'uniform', 'hotset', 'zipf', 'sequential', 'database', 'trace')"),
     # PROPOSED. Today: "{file}:5: machine.vcpus.0.workload: the workload needs a 'kind' (got dict; allowed: uniform, hotset)".
     ("workload_without_kind.yaml",
-     "{file}:5: machine.vcpus.0.workload.kind: required key is missing (allowed: uniform, hotset, zipf, sequential, database)"),
+     "{file}:5: machine.vcpus.0.workload.kind: required key is missing (allowed: uniform, hotset, zipf, sequential, database, trace)"),
     # PROPOSED. Today: "(got 5; allowed: >= 6)" and "(got 32; allowed: <= 31)" -- only the violated bound;
     # state the whole range, as the fractions already do.
     ("clear_bitmap_shift_low.yaml",

@@ -29,7 +29,7 @@ class FusedSlices:
 
     def eligible(self) -> bool:
         """Only what the kernel models: one block, no ring, no backend, no cost waiting to be charged, no rate
-        schedule (its phase boundaries are applied from Python).
+        schedule (its phase boundaries are applied from Python), no trace being replayed.
 
         The guest runs between slices (it was started with the machine and is not stopped yet); without
         a dirty ring no vCPU is left half-way through a quantum.
@@ -37,7 +37,7 @@ class FusedSlices:
         m, rs = self.mig.m, self.mig.rs
         g = m.guest
         return (len(m.ram_list.blocks) == 1 and rs.block_index == 0 and not m.backends and not g.writer.ring
-                and g.running and m.meter.idle() and not g.phased)
+                and g.running and m.meter.idle() and not g.phased and not m.traces)
 
     def run(self, t0_ms: int):
         """Slices until QEMU's loop ends (returns True) or Python must take the next step (returns False)."""

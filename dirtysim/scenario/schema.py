@@ -151,8 +151,16 @@ class DatabaseWorkload(HotsetWorkload):
     log_share: Fraction01 = Field(description="share of writes that append to the log, 0..1")
 
 
-Workload = Annotated[Union[UniformWorkload, HotsetWorkload, ZipfWorkload, SequentialWorkload, DatabaseWorkload],
-                     Field(discriminator="kind")]
+class TraceWorkload(UniformWorkload):
+    """A recorded page-write trace replayed by one vCPU (format: dirtysim/guest/trace.py); rate is not used."""
+
+    kind: Literal["trace"]
+    file: str = Field(min_length=1, description="the trace file (time_ns,gpa[,length] per line), relative to the "
+                                                "working directory")
+
+
+Workload = Annotated[Union[UniformWorkload, HotsetWorkload, ZipfWorkload, SequentialWorkload, DatabaseWorkload,
+                           TraceWorkload], Field(discriminator="kind")]
 
 
 class Phase(_Model):
@@ -636,12 +644,36 @@ class Scenario(_Model):
                 raise fail(loc + ("log",), "the log does not fit in the working set",
                            units.format_size(w.log), f"4KiB <= log, log_offset + log <= {units.format_size(ws)}")
 
+    def _trace_fits(self, group: VcpuGroup, loc: tuple) -> None:
+        """A trace is one vCPU's writes, read before the run so a bad file fails first; rate is not used."""
+        from ..guest.trace import TraceError, load_trace
+
+        w = group.workload
+        if group.count != 1:
+            raise fail(loc[:-1] + ("count",), "a trace is replayed by one vCPU", str(group.count), "count: 1")
+        if w.rate or w.visible_rate:
+            raise fail(loc + ("rate",), "a trace sets its own times; it takes no rate",
+                       units.format_rate(w.rate or w.visible_rate), "no rate or visible_rate with kind: trace")
+        try:
+            times, pages = load_trace(w.file)
+        except TraceError as exc:
+            raise fail(loc + ("file",), str(exc), w.file, "a trace file (dirtysim/guest/trace.py)") from None
+        top = int(pages.max()) * PAGE_SIZE
+        if top >= self.machine.memory.size + self.machine.device_memory + (4 << 30):
+            raise fail(loc + ("file",), f"the trace writes at {top:#x}, beyond any memory of this machine", w.file,
+                       "addresses inside RAM (writes to holes are counted as unassigned)")
+        self.machine.vcpus[self.machine.vcpus.index(group)] = group.model_copy(
+            update={"workload": w.model_copy(update={"rate": 0})})
+
     def _resolve_visible_rates(self) -> None:
         """Each workload's write rate: given, or converted from ``visible_rate`` (``scenario.visible``)."""
         from . import visible
 
         for i, group in enumerate(self.machine.vcpus):
             w, loc = group.workload, ("machine", "vcpus", i, "workload")
+            if isinstance(w, TraceWorkload):
+                self._trace_fits(group, loc)
+                continue
             if w.visible_rate is None:
                 if w.rate is None:
                     raise fail(loc + ("rate",), "a workload needs a rate or a visible_rate", "neither",
