@@ -153,3 +153,12 @@ def test_a_group_given_by_its_visible_rate_shows_that_rate_to_a_measurement():
     result = run_dirtyrate(sc, DirtyRateConfig.from_qmp(1, mode="dirty-bitmap"), 10**8)
     (m,) = of(result.events, ev.DirtyRateMeasured)
     assert abs(m.written_pages - 16384) < 0.01 * 16384
+
+
+def test_a_phase_boundary_inside_a_quantum_takes_effect_at_the_next_quantum():
+    """Phases of 1.5, 1 and 0.5 ms (cycle 3 ms) with 1 ms quanta: only quanta starting at 2 ms (mod 3) burst."""
+    m = _run([{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"},
+               "phases": [{"duration": "1500us", "rate": "0B/s"}, {"duration": "1ms", "rate": "64MiB/s"},
+                          {"duration": "500us", "rate": "0B/s"}]}])
+    bursts = sum(1 for t in range(100, 1100) if t % 3 == 2)  # quanta starting in the window, by start time (ms)
+    assert abs(m.guest_writes - bursts * 16384 / 1000) <= 1
