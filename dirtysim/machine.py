@@ -76,6 +76,9 @@ class Machine:
         self.guest = Guest([make_workload(scenario, g) for g in groups],
                            [np.random.default_rng(seed) for seed in vcpu_seeds], [g.workload.rate for g in groups],
                            writer, self.guest_map, scenario.engine.quantum, costs.write_fault, recorder)
+        data_only = {v: self._data_runs(g) for v, g in enumerate(groups) if g.workload.data_only}
+        if data_only:
+            self.guest.set_data_runs(data_only)
         self.traces = [TraceReplayer(*load_trace(g.workload.file), self.guest, v)
                        for v, g in enumerate(groups) if isinstance(g.workload, TraceWorkload)]
         if self.kvm is not None:
@@ -120,6 +123,15 @@ class Machine:
                 self.tcg_listeners.append(listener)
 
     # -- RAM and devices -------------------------------------------------------------------------------
+    def _data_runs(self, group) -> np.ndarray:
+        """First guest page of each 2 MiB run of a group's working set that held data at boot (RAM is at GPA 0)."""
+        offset, size = self.scenario.working_set(group)
+        nonzero = self.ram_list.nonzero[self.ram.words]
+        first, end = offset // PAGE_SIZE // ZERO_GRANULE_PAGES, (offset + size) // PAGE_SIZE // ZERO_GRANULE_PAGES
+        per = ZERO_GRANULE_PAGES // 64  # words per run: a run is all data or all zero
+        data = nonzero[first * per:end * per:per] != 0
+        return (first + np.flatnonzero(data)) * ZERO_GRANULE_PAGES
+
     def _map_ram(self, scenario: Scenario, rng: np.random.Generator) -> RAMBlock:
         mem = scenario.machine.memory
         pages = mem.size // PAGE_SIZE

@@ -449,3 +449,18 @@ def test_the_write_count_of_a_window_spans_the_syncs_inside_it():
     syncs_inside = [s for s in of(result.events, ev.BitmapSync) if 1e9 < s.t_ns < 3e9]
     assert len(syncs_inside) >= 1
     assert m.guest_writes == 2 * (64 * MIB // 4096) * 2  # 2 vCPUs x 16384 pages/s x 2 s, no fault costs
+
+
+def test_beside_a_measurement_during_a_migration_is_the_rate_the_migration_saw():
+    from dirtysim.dirtyrate.report import measurements, migration_rate
+
+    result = simulate(costs=NO_COSTS, machine={"memory": {"size": "256MiB", "zero_fraction": 0.0}, "vcpus": [
+        {"count": 2, "workload": {"kind": "uniform", "rate": "64MiB/s"}}]},
+        migration={"start_at": "500ms", "max_bandwidth": "128MiB/s", "timeout": "10s"},
+        timeline=[{"at": "1s", "calc_dirty_rate": {"calc_time": 4}}])
+    (entry,) = measurements(result.events)
+    closed = [s for s in of(result.events, ev.BitmapSync) if s.period_closed and 1e9 <= s.t_ns <= 5e9]
+    assert closed
+    assert entry["truth"]["migration-rate"] == round(sum(s.dirty_pages_rate for s in closed) / len(closed)
+                                                     * 4096 / MIB, 3)
+    assert migration_rate(result.events, 0, 10**8) is None  # no period closed before the migration started

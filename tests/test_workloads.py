@@ -162,3 +162,34 @@ def test_a_phase_boundary_inside_a_quantum_takes_effect_at_the_next_quantum():
                           {"duration": "500us", "rate": "0B/s"}]}])
     bursts = sum(1 for t in range(100, 1100) if t % 3 == 2)  # quanta starting in the window, by start time (ms)
     assert abs(m.guest_writes - bursts * 16384 / 1000) <= 1
+
+
+def test_a_data_only_workload_never_writes_free_memory():
+    """Half the RAM is zero at boot (2 MiB runs); a data-only writer leaves every zero page zero."""
+    from dirtysim.machine import Machine
+    from dirtysim.events.log import Recorder
+    import simpy
+
+    sc = scenario(costs=NO_COSTS, seed=4, machine={"memory": {"size": "256MiB", "zero_fraction": 0.5}, "vcpus": [
+        {"count": 2, "workload": {"kind": "hotset", "rate": "256MiB/s", "hot": "16MiB", "hot_share": 0.5,
+                                  "data_only": True}}]})
+    env = simpy.Environment()
+    m = Machine(env, sc, Recorder(lambda: env.now), np.random.SeedSequence(sc.seed))
+    before = m.ram_list.nonzero.copy()
+    m.start()
+    m.guest.advance(2 * 10**9, False)  # quanta starting in the first 2 s: 256 MiB/s x 2 vCPUs would touch every page of a 256 MiB guest
+    assert m.guest.total("writes") == 2 * 2 * 65536
+    assert np.array_equal(m.ram_list.nonzero, before)  # no zero page was written: free memory stays zero
+    data_pages = int(np.bitwise_count(before).sum())
+    assert 0.3 < data_pages / 65536 < 0.7
+    assert int(np.bitwise_count(m.ram_list.stale & before).sum()) == data_pages  # stale only where data is
+
+
+def test_data_only_needs_whole_runs(tmp_path):
+    from dirtysim.scenario.load import ScenarioError, load_scenario
+
+    path = tmp_path / "d.yaml"
+    path.write_text("machine:\n  memory: {size: 1GiB, zero_fraction: 0.5}\n  vcpus:\n    - count: 1\n"
+                    "      workload: {kind: uniform, rate: 1MiB/s, offset: 1MiB, data_only: true}\n")
+    with pytest.raises(ScenarioError, match="a data-only working set is whole 2MiB runs"):
+        load_scenario(path)

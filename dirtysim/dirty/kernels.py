@@ -594,8 +594,9 @@ NS_PER_S = 1_000_000_000
 # Rows of run_vcpus' per-vCPU int64 table ``vi`` (one column per vCPU)
 (VI_RATE, VI_CARRY, VI_DEBT, VI_MAXN, VI_UPOS, VI_ULEN, VI_FIRST, VI_PAGES, VI_HOT_FIRST, VI_HOT_PAGES, VI_WRITES,
  VI_FAULTS, VI_FAULT_NS, VI_RING_FULL_EXITS, VI_RING_FULL_NS, VI_INHIBIT_NS, VI_QN, VI_QF, VI_SEG_END, VI_KIND,
- VI_CURSOR, VI_LOG_FIRST, VI_LOG_PAGES, VI_START, VI_STOP) = range(25)
-VI_ROWS = 25
+ VI_CURSOR, VI_LOG_FIRST, VI_LOG_PAGES, VI_START, VI_STOP, VI_RUNS_OFF, VI_RUNS_N) = range(27)
+VI_ROWS = 27
+DATA_RUN_PAGES = 512  # data_only: the workload's pages are the data runs (2 MiB) of its working set, in order
 # Rows of its float64 table ``vf``: hot-set share, identical-rewrite share, zipf exponent, log share
 VF_HOT_SHARE, VF_SAME_SHARE, VF_ZIPF_S, VF_LOG_SHARE = range(4)
 VF_ROWS = 4
@@ -653,8 +654,8 @@ def other_page(u, v, vi, vf):
 
 
 @jit
-def run_vcpus(nq, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
-              target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
+def run_vcpus(nq, quantum, fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
+              slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
     """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
 
     Per quantum, as the guest runs it: each vCPU first serves the run time it
@@ -664,7 +665,10 @@ def run_vcpus(nq, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap, slot_gpa,
     stream ``ubuf[v, upos:ulen]``; a ``vf[VF_SAME_SHARE, v]`` share of the writes
     store identical bytes (``rewrites_same``). A vCPU writes only in quanta that
     start inside [``VI_START``, ``VI_STOP``) (``state[ST_NOW]`` is the start of
-    the next quantum). The pages (``map_write``, ``other_page`` by ``VI_KIND``) are applied vCPU by
+    the next quantum). A data-only vCPU (``VI_RUNS_N`` > 0) writes a virtual
+    working set that ``runs[VI_RUNS_OFF:...]`` (first guest page of each 2 MiB
+    run of data) lays over the pages that held data at boot, so free memory
+    stays zero. The pages (``map_write``, ``other_page`` by ``VI_KIND``) are applied vCPU by
     vCPU through the memslots (``apply_writes`` into ``target``, the KVM bitmap
     or TCG's dirty memory; ``apply_writes_ring`` with the dirty ring, where
     ``target`` is the write-protection map). Each fault costs the vCPU
@@ -699,6 +703,7 @@ def run_vcpus(nq, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap, slot_gpa,
                 carry[v] = x - n * page_ns
                 qn[v] = n
                 kind, same = vi[VI_KIND, v], vf[VF_SAME_SHARE, v]
+                roff, rn = vi[VI_RUNS_OFF, v], vi[VI_RUNS_N, v]
                 for i in range(n):
                     u = ubuf[v, upos[v] + i]
                     if kind == KIND_HOTSET:
@@ -706,6 +711,9 @@ def run_vcpus(nq, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap, slot_gpa,
                                       vf[VF_HOT_SHARE, v])
                     else:
                         g = other_page(u, v, vi, vf)
+                    if rn:
+                        k = g - vi[VI_FIRST, v]
+                        g = runs[roff + k // DATA_RUN_PAGES] + k % DATA_RUN_PAGES
                     buf[total + i] = ~g if same > 0.0 and rewrites_same(u, same) else g
                 upos[v] += n
                 total += n
@@ -777,8 +785,8 @@ MAX_WAIT_MS = 50  # ram_save_iterate
 
 @jit
 def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
-                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap,
-                   slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, win):
+                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, vf, runs, ubuf, buf, state,
+                   gmap, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, win):
     """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
 
     Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
@@ -854,8 +862,9 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
                 break
             if nq:
                 state[ST_NOW] = g_next
-                run_vcpus(nq, quantum, fault_cost, vi, vf, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
-                          slot_logging, target, nonzero, stale, win, False, vi[:1, :1], vi[0, :1], vi[0, :1], 0)
+                run_vcpus(nq, quantum, fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages,
+                          slot_ram, slot_logging, target, nonzero, stale, win, False, vi[:1, :1], vi[0, :1], vi[0, :1],
+                          0)
                 g_next += nq * quantum
         r[REC_END] = t_end
         nrec += 1

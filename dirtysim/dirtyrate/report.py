@@ -73,7 +73,23 @@ def truth(m: ev.DirtyRateMeasured) -> dict:
             **({"curve": [{"ms": t, "written-pages": true} for t, _, true in m.curve]} if m.curve else {})}
 
 
+def migration_rate(events: list, start_ns: int, end_ns: int) -> float | None:
+    """What a running migration saw over a window: the mean ``dirty-pages-rate`` (MiB/s) of the sync periods
+    that closed inside it (``migration_update_rates``), or None when no migration closed a period there."""
+    rates = [e.dirty_pages_rate for e in events if isinstance(e, ev.BitmapSync) and e.period_closed
+             and start_ns <= e.t_ns <= end_ns]
+    return round(sum(rates) / len(rates) * PAGE_SIZE / MIB, 3) if rates else None
+
+
 def measurements(events: list) -> list[dict]:
-    """Every measurement of a run: ``query-dirty-rate`` as QEMU would answer it, and the truth beside it."""
-    return [{"at-ms": s.t_ns / 1e6, "query-dirty-rate": _info(s, m, "second"), "truth": truth(m) if m else None}
-            for s, m in _pairs(events)]
+    """Every measurement of a run: ``query-dirty-rate`` as QEMU would answer it, and the truth beside it.
+
+    During a migration the truth also holds the rate the migration itself saw in the window.
+    """
+    out = []
+    for s, m in _pairs(events):
+        t = truth(m) if m else None
+        if t is not None:
+            t["migration-rate"] = migration_rate(events, s.t_ns, m.t_ns)
+        out.append({"at-ms": s.t_ns / 1e6, "query-dirty-rate": _info(s, m, "second"), "truth": t})
+    return out

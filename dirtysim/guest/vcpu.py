@@ -56,6 +56,7 @@ class Guest(LazyActor):
                           (K.VI_HOT_PAGES, "hot_pages"), (K.VI_KIND, "kind"), (K.VI_LOG_FIRST, "log_first"),
                           (K.VI_LOG_PAGES, "log_pages"), (K.VI_START, "start_ns"), (K.VI_STOP, "stop_ns")):
             vi[row] = [getattr(w, attr) for w in workloads]
+        self.runs = np.zeros(1, dtype=np.int64)  # data-only vCPUs' data runs (``set_data_runs``)
         self.vf = vf = np.zeros((K.VF_ROWS, len(workloads)))
         for row, attr in ((K.VF_HOT_SHARE, "hot_share"), (K.VF_SAME_SHARE, "identical_rewrites"),
                           (K.VF_ZIPF_S, "zipf_s"), (K.VF_LOG_SHARE, "log_share")):
@@ -80,7 +81,7 @@ class Guest(LazyActor):
     def write_args(self) -> tuple:
         """``kernels.run_vcpus``' arguments after ``nq`` up to ``stale``: the guest's arrays, where writes go."""
         w = self.writer
-        return (self.quantum_ns, self.fault_ns, self.vi, self.vf, self.ubuf, self.buf, self.state,
+        return (self.quantum_ns, self.fault_ns, self.vi, self.vf, self.runs, self.ubuf, self.buf, self.state,
                 self.guest_map.table, *w.write_args(), *w.ram_list.oracle_args())
 
     def kernel_args(self) -> tuple:
@@ -88,6 +89,25 @@ class Guest(LazyActor):
         w = self.writer
         rings = (w.rings, w.dirty_index, w.reset_index, w.soft_limit) if w.ring else _NO_RING
         return (*self.write_args(), w.ring, *rings)
+
+    def set_data_runs(self, runs_per_vcpu: dict[int, np.ndarray]) -> None:
+        """Data-only vCPUs: their working set becomes the listed 2 MiB runs of data (first guest page of each)."""
+        self.runs = np.concatenate([np.zeros(1, dtype=np.int64), *runs_per_vcpu.values()]).astype(np.int64)
+        off = 1
+        for v, runs in runs_per_vcpu.items():
+            if not len(runs):
+                raise RuntimeError(f"vCPU {v}: data_only, but its working set holds no data at boot")
+            self.vi[K.VI_RUNS_OFF, v], self.vi[K.VI_RUNS_N, v] = off, len(runs)
+            pages = len(runs) * K.DATA_RUN_PAGES
+            self.vi[K.VI_PAGES, v] = pages
+            first = self.vi[K.VI_FIRST, v]  # regions inside the set are clipped to the data it holds
+            for start, size in ((K.VI_HOT_FIRST, K.VI_HOT_PAGES), (K.VI_LOG_FIRST, K.VI_LOG_PAGES)):
+                self.vi[size, v] = max(0, min(self.vi[size, v], first + pages - self.vi[start, v]))
+            if self.vi[K.VI_HOT_PAGES, v] == 0:
+                self.vf[K.VF_HOT_SHARE, v] = 0.0
+            if self.vi[K.VI_LOG_PAGES, v] == 0:
+                self.vi[K.VI_LOG_PAGES, v], self.vf[K.VF_LOG_SHARE, v] = 1, 0.0
+            off += len(runs)
 
     @property
     def phased(self) -> bool:

@@ -104,6 +104,8 @@ class UniformWorkload(_Model):
                           "workload's working-set curve (dirtysim/scenario/visible.py; uniform, hotset, sequential)")
     working_set: Optional[Size] = Field(None, description="bytes written over; default: all RAM after offset")
     offset: Size = Field(0, description="guest-physical start of the working set")
+    data_only: bool = Field(False, description="write only pages that held data at boot (free memory stays zero); "
+                                               "offset and working_set in whole 2MiB")
     identical_rewrites: Fraction01 = Field(
         0.0, description="share of writes that store the bytes the page already holds, 0..1: dirty logging sees "
                          "them, a content hash (calc-dirty-rate page-sampling) does not, and the destination's "
@@ -640,6 +642,13 @@ class Scenario(_Model):
             if isinstance(w, HotsetWorkload) and (w.hot_offset + w.hot > ws or w.hot < PAGE_SIZE):
                 raise fail(loc + ("hot",), "the hot region does not fit in the working set",
                            units.format_size(w.hot), f"4KiB <= hot, hot_offset + hot <= {units.format_size(ws)}")
+            if w.data_only and (w.offset % (2 << 20) or ws % (2 << 20) or isinstance(w, TraceWorkload)):
+                raise fail(loc + ("data_only",), "a data-only working set is whole 2MiB runs (and not a trace)",
+                           f"offset {units.format_size(w.offset)}, working_set {units.format_size(ws)}",
+                           "offset and working_set multiples of 2MiB")
+            if w.data_only and self.machine.memory.zero_fraction == 1.0:
+                raise fail(loc + ("data_only",), "all RAM is zero at boot (zero_fraction 1): no data to write",
+                           "true", "data_only: false, or zero_fraction below 1")
             if isinstance(w, DatabaseWorkload) and (w.log_offset + w.log > ws or w.log < PAGE_SIZE):
                 raise fail(loc + ("log",), "the log does not fit in the working set",
                            units.format_size(w.log), f"4KiB <= log, log_offset + log <= {units.format_size(ws)}")
