@@ -193,3 +193,53 @@ def test_data_only_needs_whole_runs(tmp_path):
                     "      workload: {kind: uniform, rate: 1MiB/s, offset: 1MiB, data_only: true}\n")
     with pytest.raises(ScenarioError, match="a data-only working set is whole 2MiB runs"):
         load_scenario(path)
+
+
+def _machine(groups, zero_fraction=0.5, size="256MiB", seed=4):
+    from dirtysim.machine import Machine
+    from dirtysim.events.log import Recorder
+    import simpy
+
+    sc = scenario(costs=NO_COSTS, seed=seed, machine={"memory": {"size": size, "zero_fraction": zero_fraction},
+                                                      "vcpus": groups})
+    env = simpy.Environment()
+    return Machine(env, sc, Recorder(lambda: env.now), np.random.SeedSequence(sc.seed))
+
+
+def test_data_only_vcpus_get_their_runs_and_clipped_regions():
+    """Two data-only vCPUs: each its own runs in one table; a hot region or log past the data is clipped."""
+    m = _machine([
+        {"count": 1, "workload": {"kind": "hotset", "rate": "1MiB/s", "hot": "64MiB", "hot_offset": "64MiB",
+                                  "hot_share": 0.9, "working_set": "128MiB", "data_only": True}},
+        {"count": 1, "workload": {"kind": "database", "rate": "1MiB/s", "hot": "8MiB", "hot_share": 0.5,
+                                  "log": "100MiB", "log_offset": "16MiB", "log_share": 0.3, "offset": "128MiB",
+                                  "working_set": "128MiB", "data_only": True}}])
+    g, vi, vf = m.guest, m.guest.vi, m.guest.vf
+    runs0, runs1 = m._data_runs(m.scenario.machine.vcpus[0]), m._data_runs(m.scenario.machine.vcpus[1])
+    assert g.runs.tolist() == [0, *runs0.tolist(), *runs1.tolist()]
+    assert vi[K.VI_RUNS_OFF].tolist() == [1, 1 + len(runs0)] and vi[K.VI_RUNS_N].tolist() == [len(runs0), len(runs1)]
+    pages = [len(runs0) * 512, len(runs1) * 512]
+    assert vi[K.VI_PAGES].tolist() == pages and all(0 < p < 32768 for p in pages)  # about half of 128 MiB is data
+    # vCPU 0: the hot region starts at data page 16384, past the ~16384 data pages: clipped, hot share gone if empty
+    assert vi[K.VI_HOT_PAGES, 0] == max(0, min(16384, pages[0] - 16384))
+    assert (vf[K.VF_HOT_SHARE, 0] == 0.0) == (vi[K.VI_HOT_PAGES, 0] == 0)
+    # vCPU 1: the log starts at data page 4096 and is clipped to the data that follows it
+    first1 = 128 * MIB // 4096
+    assert vi[K.VI_LOG_FIRST, 1] == first1 + 4096 and vi[K.VI_LOG_PAGES, 1] == min(25600, pages[1] - 4096)
+    assert vf[K.VF_LOG_SHARE, 1] == 0.3
+
+
+def test_a_data_only_region_with_no_data_left_stops_using_it():
+    m = _machine([{"count": 1, "workload": {"kind": "database", "rate": "1MiB/s", "hot": "4MiB", "hot_offset": "60MiB",
+                                            "hot_share": 0.5, "log": "2MiB", "log_offset": "62MiB", "log_share": 0.3,
+                                            "working_set": "64MiB", "data_only": True}}], zero_fraction=0.9, seed=7)
+    vi, vf = m.guest.vi, m.guest.vf
+    assert vi[K.VI_PAGES, 0] < 60 * 256  # far fewer than 60 MiB of data pages: both regions lie past them
+    assert vi[K.VI_HOT_PAGES, 0] == 0 and vf[K.VF_HOT_SHARE, 0] == 0.0
+    assert vi[K.VI_LOG_PAGES, 0] == 1 and vf[K.VF_LOG_SHARE, 0] == 0.0
+
+
+def test_a_data_only_working_set_with_no_data_is_an_error():
+    with pytest.raises(RuntimeError, match="vCPU 0: data_only, but its working set holds no data at boot"):
+        _machine([{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s", "working_set": "2MiB",
+                                            "data_only": True}}], zero_fraction=0.999999, seed=1)

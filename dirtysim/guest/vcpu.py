@@ -92,7 +92,7 @@ class Guest(LazyActor):
 
     def set_data_runs(self, runs_per_vcpu: dict[int, np.ndarray]) -> None:
         """Data-only vCPUs: their working set becomes the listed 2 MiB runs of data (first guest page of each)."""
-        self.runs = np.concatenate([np.zeros(1, dtype=np.int64), *runs_per_vcpu.values()]).astype(np.int64)
+        self.runs = np.concatenate([np.zeros(1, dtype=np.int64), *runs_per_vcpu.values()])
         off = 1
         for v, runs in runs_per_vcpu.items():
             if not len(runs):
