@@ -26,11 +26,13 @@ from .dirty.ramlist import RAMBlock, RAMList
 from .events import schema as ev
 from .events.log import Recorder
 from .guest.lazy import LazyActor
+from .guest.sampler import GuestSampler
 from .guest.trace import TraceReplayer, load_trace
 from .guest.vcpu import Guest
 from .guest.vhost_backend import VhostUserBackend
 from .guest.workload import make_workload
 from .memory.address_space import MemorySystem
+from .migration.dirtylimit import DirtyLimit
 from .oracle.guest_map import GuestMap
 from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
@@ -82,10 +84,14 @@ class Machine:
         self.traces = [TraceReplayer(*load_trace(g.workload.file), self.guest, v)
                        for v, g in enumerate(groups) if isinstance(g.workload, TraceWorkload)]
         if self.kvm is not None:
-            listener = self.kvm_listener
-            self.guest.on_ring_full = lambda v: listener.reap("ring-full", v) + costs.ring_full_exit
-            self.kvm.on_ring_full = lambda v: self.guest.stall(v, self.guest.on_ring_full(v))  # a trace's exits
-            listener.on_inhibit = self.guest.stall_inhibit
+            self._ring_full_exit = costs.ring_full_exit
+            self.guest.on_ring_full = self._ring_full
+            self.kvm.on_ring_full = lambda v: self.guest.stall(v, self._ring_full(v))  # a trace's exits
+            self.kvm_listener.on_inhibit = self.guest.stall_inhibit
+        self.dirtylimit: Optional[DirtyLimit] = None  # system/dirtylimit.c, with a dirty ring
+        if self.kvm is not None and self.kvm.ring:
+            self.dirtylimit = DirtyLimit(env, self, recorder, dt.ring_size)
+        self.sampler = GuestSampler(env, self.guest, recorder, scenario.outputs.guest_sample)
         self.devices: list[dict] = []
         self.backends: list[VhostUserBackend] = []
         self._devices(scenario)
@@ -250,6 +256,7 @@ class Machine:
         """Start the actors: vCPUs, device backends (lazy, from time 0), and the kvm-reaper thread in ring mode."""
         for actor in self.lazy_actors:
             actor.start()
+        self.env.process(self.sampler.run(self.sleep))
         if self.kvm is not None and self.kvm.ring:
             self.env.process(self._reaper(self.kvm_listener))
 
@@ -271,15 +278,32 @@ class Machine:
             actor.advance(now, next_t == now)
 
     def finish(self) -> None:
-        """The simulation stops at ``now``: quanta starting now were scheduled before the stop and still run."""
+        """The simulation stops at ``now``: quanta starting now were scheduled before the stop and still run.
+
+        The guest's last sample covers them (a run that ends between samples reports all its activity).
+        """
         for actor in self.lazy_actors:
             actor.advance(self.env.now, True)
+        self.sampler.sample()
 
     def _reaper(self, listener: KvmRingMemoryListener):
-        """``kvm_dirty_ring_reaper_thread``: reap every ring once per period (1 s)."""
+        """``kvm_dirty_ring_reaper_thread``: reap every ring once per period (1 s), unless dirty-limit is in service."""
         while self.guest.running:
             yield from self.sleep(self.reaper_period)
-            listener.reap("reaper")
+            if not self.dirtylimit.in_service:
+                listener.reap("reaper")
+
+    def _ring_full(self, vcpu: int) -> int:
+        """``kvm_cpu_exec`` on KVM_EXIT_DIRTY_RING_FULL: the exit's stall in ns; a dirty-limit sleep is charged apart.
+
+        While dirty-limit is in service only this vCPU's ring is reaped (reaping
+        all would spare the others their sleep), then ``dirtylimit_vcpu_execute``.
+        """
+        limiting = self.dirtylimit.in_service
+        stall = self.kvm_listener.reap("ring-full", vcpu, only=limiting) + self._ring_full_exit
+        if limiting:
+            self.guest.sleep(vcpu, self.dirtylimit.vcpu_execute(vcpu), "dirtylimit_ns")
+        return stall
 
     def stop_vm(self) -> None:
         """``vm_stop``: vCPUs out of the guest and vhost devices stopped (``vhost_dev_stop``)."""

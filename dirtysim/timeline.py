@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .dirtyrate.thread import DirtyRateThread
 from .events import schema as ev
+from .scenario.schema import QEMU_SPELLINGS
 
 
 def run_timeline(env, scenario, machine, migration, recorder):
@@ -22,6 +23,16 @@ def run_timeline(env, scenario, machine, migration, recorder):
         if kind == "calc_dirty_rate":
             target, result = "mig/dirtyrate", _calc_dirty_rate(env, act, scenario, dirtyrate)
             recorder.emit(ev.TimelineAction, action=kind, target=target, result=result)
+        elif kind == "set":
+            changes = {name: getattr(act, name) for name in sorted(act.model_fields_set)
+                       if getattr(act, name) is not None}
+            migration.set_parameters(changes)
+            recorder.emit(ev.MigrateSetParameters, parameters={QEMU_SPELLINGS[k]: v for k, v in changes.items()})
+            recorder.emit(ev.TimelineAction, action=kind, target="migration", result="done")
+        elif kind == "migrate_cancel":
+            result = "done" if migration.request_cancel() else "ignored: no migration is active (or it is " \
+                                                                "already stopping)"
+            recorder.emit(ev.TimelineAction, action=kind, target="migration", result=result)
         else:
             apply_action(entry, scenario, machine, migration.is_running(), recorder)
 

@@ -51,7 +51,8 @@ machine:
 dirty_tracking: {x-clear-bitmap-shift: 12}
 costs: {write_fault: 3us}
 network: {bandwidth: 25Gbit/s, latency: 50us}
-migration: {start_at: 100ms, max-bandwidth: 1G/s, downtime-limit: 200, timeout: 3s}
+migration: {start_at: 100ms, max-bandwidth: 1G/s, downtime-limit: 200, timeout: 3s,
+            capabilities: {auto-converge: true}, cpu-throttle-initial: 30, max_syncs: 50}
 engine: {quantum: 2ms}
 outputs: {plots: false}
 timeline:
@@ -61,6 +62,8 @@ timeline:
   - {at: 40ms, hotplug: {id: d0, size: 256MiB}}
   - {at: 50ms, unplug: {id: d0}}
   - {at: 60ms, calc-dirty-rate: {calc-time: 50, calc-time-unit: millisecond, sample-pages: 256, mode: page-sampling}}
+  - {at: 70ms, migrate-set-parameters: {downtime-limit: 250, cpu-throttle-increment: 5, x-vcpu-dirty-limit-period: 500}}
+  - {at: 80ms, migrate-cancel: {}}
 what_if: {hotplug_during_migration: false}
 """
 # Where each model sits in RICH (a --set path), to try every field's default and limits in place.
@@ -75,7 +78,8 @@ WHERE = {
     "Migration": "migration", "Engine": "engine", "Outputs": "outputs", "TimelineEntry": "timeline.0",
     "BarMap": "timeline.0.bar", "Ioeventfd": "timeline.1.ioeventfd", "Pam": "timeline.2.pam",
     "Hotplug": "timeline.3.hotplug", "Unplug": "timeline.4.unplug", "CalcDirtyRate": "timeline.5.calc_dirty_rate",
-    "WhatIf": "what_if",
+    "WhatIf": "what_if", "SetParameters": "timeline.6.set", "MigrateCancel": "timeline.7.migrate_cancel",
+    "Capabilities": "migration.capabilities",
 }
 # Defaults valid in general but not with the rest of RICH: no devices or no device memory orphan RICH's timeline; an entry with no bar has no action.
 NOT_HERE = {("Machine", "devices"), ("Machine", "device_memory"),

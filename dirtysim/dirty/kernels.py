@@ -594,8 +594,9 @@ NS_PER_S = 1_000_000_000
 # Rows of run_vcpus' per-vCPU int64 table ``vi`` (one column per vCPU)
 (VI_RATE, VI_CARRY, VI_DEBT, VI_MAXN, VI_UPOS, VI_ULEN, VI_FIRST, VI_PAGES, VI_HOT_FIRST, VI_HOT_PAGES, VI_WRITES,
  VI_FAULTS, VI_FAULT_NS, VI_RING_FULL_EXITS, VI_RING_FULL_NS, VI_INHIBIT_NS, VI_QN, VI_QF, VI_SEG_END, VI_KIND,
- VI_CURSOR, VI_LOG_FIRST, VI_LOG_PAGES, VI_START, VI_STOP, VI_RUNS_OFF, VI_RUNS_N) = range(27)
-VI_ROWS = 27
+ VI_CURSOR, VI_LOG_FIRST, VI_LOG_PAGES, VI_START, VI_STOP, VI_RUNS_OFF, VI_RUNS_N, VI_THROTTLE_NS,
+ VI_DIRTYLIMIT_NS) = range(29)
+VI_ROWS = 29  # VI_THROTTLE_NS, VI_DIRTYLIMIT_NS: counters Python keeps (sleeps it adds to VI_DEBT)
 DATA_RUN_PAGES = 512  # data_only: the workload's pages are the data runs (2 MiB) of its working set, in order
 # Rows of its float64 table ``vf``: hot-set share, identical-rewrite share, zipf exponent, log share
 VF_HOT_SHARE, VF_SAME_SHARE, VF_ZIPF_S, VF_LOG_SHARE = range(4)

@@ -15,6 +15,7 @@ import numpy as np
 from ..dirty import kernels
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_DIRTY_RATE
+from ..migration.dirtylimit import vcpu_dirty_rates
 from .config import DirtyRateConfig
 from .page_sampling import PAGES_PER_MIB_SHIFT, compare, record_samples, update_dirtyrate
 from .sampled_wp import CHECKPOINTS, count_sampled, fit_uniform, sample_mask
@@ -151,7 +152,7 @@ class DirtyRateThread:
         truth = window.close()
         cost = yield from self._last_sync()
         delta = listener.reaped - start
-        rates = [int(((d * 1000) >> PAGES_PER_MIB_SHIFT) // msec) for d in delta.tolist()]  # do_calculate_dirtyrate
+        rates = vcpu_dirty_rates(delta, msec)  # do_calculate_dirtyrate
         self.rec.emit(ev.DirtyRateMeasured, mode=config.mode, start_time=initial // 10**9, calc_time_ms=msec,
                       sample_pages=config.sample_pages_per_gigabytes, dirty_rate=sum(rates),
                       dirty_pages=int(delta.sum()), vcpu_dirty_rate=rates, thread_ns=cost, **truth)

@@ -12,7 +12,8 @@ from typing import Optional, Union
 
 import msgspec
 
-SCHEMA_VERSION = 1
+CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
+SCHEMA_VERSION = 2  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel)
 
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True):
@@ -132,7 +133,53 @@ class VhostLogZero(Event, tag="vhost-log-zero"):
 
 
 class MigrationStatus(Event, tag="migration-status"):
-    status: str  # setup | active | device | completed | cancelled | failed
+    status: str  # setup | active | device | completed | cancelling | cancelled | failed
+
+
+class MigrateSetParameters(Event, tag="migrate-set-parameters"):
+    """``migrate-set-parameters`` applied: the parameters given (QEMU's names; durations in ns, rates in B/s)."""
+
+    parameters: dict[str, Union[int, bool]]
+
+
+class CpuThrottle(Event, tag="cpu-throttle", omit_defaults=True):
+    """``cpu_throttle_set`` / ``cpu_throttle_stop``: the throttle percentage every vCPU now runs under."""
+
+    percentage: int  # 0 = not throttling
+    reason: str  # auto-converge | stop
+    bytes_dirty_period: int = 0  # migration_trigger_throttle's inputs when auto-converge acted
+    bytes_dirty_threshold: int = 0
+
+
+class DirtyLimit(Event, tag="dirty-limit", omit_defaults=True):
+    """``system/dirtylimit.c``: limits set or cancelled, or one round of the dirtyrate-stat thread.
+
+    A round is ``vcpu_dirty_rate_stat_collect`` (per-vCPU MiB/s over the period)
+    then ``dirtylimit_process`` (each limited vCPU's ``throttle_us_per_full``).
+    """
+
+    reason: str  # set | round | cancel
+    quota: int = 0  # MB/s per vCPU (vcpu-dirty-limit)
+    period_ms: int = 0
+    rates: list[int] = []  # MiB/s per vCPU, by cpu_index
+    throttle_us_per_full: list[int] = []  # per vCPU, after the adjustment
+    throttle_time_per_round: int = 0  # us: dirtylimit_throttle_time_per_round (max over vCPUs)
+    ring_full_time: int = 0  # us: dirtylimit_ring_full_time (average rate of the running vCPUs)
+
+
+class GuestSample(Event, tag="guest-sample"):
+    """Each vCPU over the last ``outputs.guest_sample`` interval: time in the guest, page writes, time slept.
+
+    ``ran_ns`` is the interval minus the time the vCPU owed and served outside
+    the guest (faults, ring-full exits, memslot updates, throttling);
+    ``throttle_ns`` is auto-converge's sleep and ``dirtylimit_ns`` dirty-limit's.
+    """
+
+    interval_ns: int
+    ran_ns: list[int]
+    writes: list[int]
+    throttle_ns: list[int]
+    dirtylimit_ns: list[int]
 
 
 class LazyClear(Event, tag="lazy-clear"):
@@ -148,7 +195,7 @@ class BitmapSync(Event, tag="bitmap-sync"):
     """``migration_bitmap_sync``: one increment of dirty-sync-count."""
 
     dirty_sync_count: int
-    reason: str  # setup | exact | final
+    reason: str  # setup | exact | final | throttle-timer (cpu_throttle_dirty_sync_timer_tick)
     pending_before: int  # bytes (ram_state_pending_estimate) when the sync was decided
     threshold_size: int
     new_dirty_pages: int  # 0->1 transitions in bmap
@@ -156,6 +203,9 @@ class BitmapSync(Event, tag="bitmap-sync"):
     period_closed: bool  # the sync ended a > 1000 ms period (migration_update_rates ran)
     dirty_pages_rate: int  # pages/s, as query-migrate shows it after this sync
     cost_ns: int
+    bytes_xfer_period: int = 0  # migration_trigger_throttle, when the sync closed a period
+    bytes_dirty_period: int = 0
+    dirty_rate_high_cnt: int = 0  # after this sync
 
 
 class RateWindow(Event, tag="rate-window"):
@@ -198,6 +248,8 @@ class VcpuStats(Event, tag="vcpu-stats"):
     ring_full_exits: int = 0
     ring_full_ns: int = 0  # time stalled in KVM_EXIT_DIRTY_RING_FULL (exit + reaping)
     inhibit_ns: int = 0  # time held out of the guest by atomic memslot updates
+    throttle_ns: int = 0  # auto-converge's sleeps (cpu_throttle_thread)
+    dirtylimit_ns: int = 0  # dirty-limit's sleeps at ring-full exits (dirtylimit_vcpu_execute)
 
 
 class VcpusStopped(Event, tag="vcpus-stopped"):
@@ -252,14 +304,14 @@ class DirtyRateMeasured(Event, tag="dirty-rate-measured", omit_defaults=True):
 
 
 class RunFinished(Event, tag="run-finished"):
-    stop_reason: str  # completed | timeout | error | interrupted (SIGINT; the summary says cancelled)
+    stop_reason: str  # completed | timeout | max-syncs | cancelled | error | interrupted (SIGINT: status cancelled)
     error: Optional[str] = None
 
 
 AnyEvent = Union[
     RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
-    VhostLogZero, MigrationStatus, LazyClear,
+    VhostLogZero, MigrationStatus, MigrateSetParameters, CpuThrottle, DirtyLimit, GuestSample, LazyClear,
     BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, DirtyRateStarted,
     DirtyRateMeasured, RunFinished,
 ]

@@ -29,7 +29,9 @@ from .workload import Workload
 NS_PER_S = 10**9
 MIN_BLOCK = 8192  # variates drawn per vCPU at a time, at least
 STAT_ROWS = {"writes": K.VI_WRITES, "faults": K.VI_FAULTS, "fault_ns": K.VI_FAULT_NS,
-             "ring_full_exits": K.VI_RING_FULL_EXITS, "ring_full_ns": K.VI_RING_FULL_NS, "inhibit_ns": K.VI_INHIBIT_NS}
+             "ring_full_exits": K.VI_RING_FULL_EXITS, "ring_full_ns": K.VI_RING_FULL_NS, "inhibit_ns": K.VI_INHIBIT_NS,
+             "throttle_ns": K.VI_THROTTLE_NS, "dirtylimit_ns": K.VI_DIRTYLIMIT_NS}
+OWED = ("fault_ns", "ring_full_ns", "inhibit_ns", "throttle_ns", "dirtylimit_ns")  # time added to VI_DEBT
 
 
 class Guest(LazyActor):
@@ -67,7 +69,7 @@ class Guest(LazyActor):
         self.buf = np.zeros(max(1, int(vi[K.VI_MAXN].sum())), dtype=np.int64)
         self.state = K.run_state()
         self.on_ring_full: Optional[Callable[[int], int]] = None  # reaps; returns the stall in ns
-        self._taken = dict.fromkeys(STAT_ROWS, 0)
+        self._taken = {name: np.zeros(len(workloads), dtype=np.int64) for name in STAT_ROWS}  # per vCPU, since boot
 
     @property
     def nvcpus(self) -> int:
@@ -168,6 +170,11 @@ class Guest(LazyActor):
         self.stats["ring_full_ns"][vcpu] += ns
         self.debt[vcpu] += ns
 
+    def sleep(self, vcpus: np.ndarray, ns: int, stat: str) -> None:
+        """The ``vcpus`` (a mask or indices) leave the guest for ``ns`` from their next quantum (``stat`` counts it)."""
+        self.stats[stat][vcpus] += ns
+        self.debt[vcpus] += ns
+
     def stall_inhibit(self, ns: int) -> None:
         """``accel_ioctl_inhibit_begin``: every vCPU held out of KVM_RUN while KVM applies an atomic memslot update."""
         self.stats["inhibit_ns"] += ns
@@ -177,13 +184,21 @@ class Guest(LazyActor):
         """Per-vCPU counters since the previous call (one VcpuStats event each per sync)."""
         rows = [{name: int(self.stats[name][v]) for name in STAT_ROWS} for v in range(self.nvcpus)]
         for name, arr in self.stats.items():
-            self._taken[name] += int(arr.sum())
+            self._taken[name] += arr
             arr[:] = 0
         return rows
 
+    def totals(self, name: str) -> np.ndarray:
+        """A counter of ``STAT_ROWS`` per vCPU since boot (``take_stats`` does not reset it)."""
+        return self._taken[name] + self.stats[name]
+
     def total(self, name: str) -> int:
-        """A counter of ``STAT_ROWS`` summed over the vCPUs since boot (``take_stats`` does not reset it)."""
-        return self._taken[name] + int(self.stats[name].sum())
+        """A counter of ``STAT_ROWS`` summed over the vCPUs since boot."""
+        return int(self.totals(name).sum())
+
+    def out_of_guest_ns(self) -> np.ndarray:
+        """Per vCPU, the time it has spent outside the guest since boot: all it was charged, less what it still owes."""
+        return sum(self.totals(name) for name in OWED) - self.debt
 
 
 class _Schedule:

@@ -15,6 +15,8 @@ from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
 from ..scenario.schema import PAGE_SIZE, Scenario
+from .cpu_throttle import CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS, DIRTY_RATE_HIGH_PERIODS, CpuThrottle, next_throttle, period_is_high
+from .dirtylimit import DIRTYLIMIT_CALC_TIME_MS
 from .invariant import BrokenInvariant, dirty_count_mismatch
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
 from .slices import FusedSlices
@@ -30,12 +32,22 @@ class MigrationTimeout(Exception):
     """``migration.timeout`` fell inside a wait: the thread is cancelled at the deadline itself."""
 
 
+class MigrationCancelled(Exception):
+    """``migrate_cancel`` (a timeline action, or guestperf's max_iters): the thread stops at its next wait."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class RAMState:
     """``RAMState``: scan position and dirty-page bookkeeping of the RAM migration."""
 
     def __init__(self, ram_list: RAMList):
         self.migration_dirty_pages = ram_list.ram_bytes_total() // PAGE_SIZE  # ram_state_init
         self.num_dirty_pages_period = 0
+        self.bytes_xfer_prev = 0  # migration_transferred_bytes() when the last period closed
+        self.dirty_rate_high_cnt = 0
         self.time_last_bitmap_sync: int | None = None  # QEMU's REALTIME clock is never 0: None = no sync yet
         self.last_stage = False
         self.reset(ram_list)
@@ -66,6 +78,13 @@ class PrecopyMigration:
         self.stop_reason: str | None = None
         self.deadline_ns: int | None = None  # start + migration.timeout, once the thread starts
         self.rs: RAMState | None = None
+        self.params = mig  # migrate-set-parameters replaces it (set_parameters)
+        self.cancel_reason: str | None = None  # migrate-cancel requested; the thread acts at its next wait
+        self.throttle = CpuThrottle(env, machine, recorder) if mig.capabilities.auto_converge else None
+        self.dirtylimit = machine.dirtylimit if mig.capabilities.dirty_limit else None
+        if self.dirtylimit is not None:
+            self.dirtylimit.period_ms = self._dirty_limit_period_ms
+        self._timer_sync_due = False  # cpu_throttle_dirty_sync_timer_tick asked for a sync
         machine.block_listeners.append(self.ram_block_changed)
         self._out = np.zeros(6, dtype=np.int64)
         self._deferred: tuple[RAMBlock, int] | None = None  # send-before-clear: chunk awaiting its clear
@@ -83,7 +102,10 @@ class PrecopyMigration:
         must not carry the run past its timeout). A fused send call is not cut: it
         ends within one ``ram_save_iterate`` window, so it overshoots by at most that.
         A negative wait is a bug (SimPy refuses it); a zero wait does not yield.
+        A requested cancel takes effect here, before the thread waits again.
         """
+        if self.cancel_reason is not None and not self.rs.last_stage:
+            raise MigrationCancelled(self.cancel_reason)
         if self.deadline_ns is not None and self.env.now + ns > self.deadline_ns:
             if self.deadline_ns > self.env.now:
                 yield from self.m.sleep(self.deadline_ns - self.env.now)
@@ -99,10 +121,16 @@ class PrecopyMigration:
         """``migration_thread``: setup, then iterate / rate-limit until completion or timeout."""
         yield from self._wait(self.sc.migration.start_at)  # the thread's process starts with the simulation
         self.deadline_ns = self.env.now + self.sc.migration.timeout
+        if self.throttle is not None:
+            self.env.process(self._dirty_sync_timer())  # migration_thread: cpu_throttle_dirty_sync_timer(true)
         try:
             yield from self._migrate()
         except MigrationTimeout:
-            self.cancel()
+            self.cancel("timeout")
+        except MigrationCancelled as stop:
+            self.cancel(stop.reason)
+        finally:
+            self._iteration_finish()
 
     def _migrate(self):
         self._status("setup")
@@ -113,6 +141,9 @@ class PrecopyMigration:
         while True:
             if self.env.now >= self.deadline_ns:
                 raise MigrationTimeout
+            if self._timer_sync_due:  # the timer's sync got bitmap_mutex between two iterations
+                self._timer_sync_due = False
+                yield from self.bitmap_sync("throttle-timer", self.rs.migration_dirty_pages * PAGE_SIZE)
             mark = (self.env.now, self.transferred)
             if not self.counters.rate_exceeded(self.transferred):
                 if (yield from self.iteration_run()):
@@ -126,6 +157,64 @@ class PrecopyMigration:
     def is_running(self) -> bool:
         """``migration_is_running``: between setup and completion or cancellation."""
         return self.rs is not None and self.stop_reason is None
+
+    # -- migrate-set-parameters, migrate-cancel ------------------------------------------------------------
+    def set_parameters(self, changes: dict) -> None:
+        """``migrate_config_apply`` + ``migrate_post_update_config``: new values for what the thread re-reads.
+
+        max-bandwidth takes effect at once (``migration_rate_set``); downtime-limit
+        and avail-switchover-bandwidth at the next window (``migration_update_counters``
+        re-reads them every >= 100 ms); the throttle and dirty-limit parameters at
+        their next use (the next trigger, the next stat period).
+        """
+        self.params = self.params.model_copy(update=changes)
+        c = self.counters
+        c.downtime_limit_ms = self.params.downtime_limit // NS_PER_MS
+        c.avail_switchover_bandwidth = self.params.avail_switchover_bandwidth
+        if "max_bandwidth" in changes and self.rs is not None and not self.rs.last_stage:
+            c.rate_limit_max = rate_limit_max(self.params.max_bandwidth)
+
+    def request_cancel(self, reason: str = "cancelled") -> bool:
+        """``qmp_migrate_cancel`` -> ``migration_cancel``: status cancelling; the thread stops at its next wait.
+
+        Refused (False) when no migration is active, or once the VM is stopped for
+        the switchover (dirtysim does not model a cancel that restarts the VM).
+        """
+        if not self.is_running() or self.rs.last_stage or self.cancel_reason is not None:
+            return False
+        self.cancel_reason = reason
+        self._status("cancelling")
+        return True
+
+    def _dirty_limit_period_ms(self) -> int:
+        """``vcpu_dirty_rate_stat_collect``: x-vcpu-dirty-limit-period while such a migration runs, else 1 s."""
+        if self.is_running():
+            return self.params.x_vcpu_dirty_limit_period // NS_PER_MS
+        return DIRTYLIMIT_CALC_TIME_MS
+
+    def _dirty_sync_timer(self):
+        """``cpu_throttle_dirty_sync_timer_tick`` every 5 s: a sync if none happened since the previous tick.
+
+        Not while dirty-sync-count <= 1 (the first pass sends everything anyway).
+        QEMU's sync waits for ``bitmap_mutex``, which ``ram_save_iterate`` holds:
+        here it runs at the migration thread's next turn (within 50 ms, or at once
+        after a rate-limit sleep).
+        """
+        prev = 0
+        while self.stop_reason is None:
+            yield from self.m.sleep(CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS * NS_PER_MS)
+            if self.stop_reason is not None or not self.m.guest.running:
+                return
+            if self.dirty_sync_count > 1 and self.dirty_sync_count == prev:
+                self._timer_sync_due = True
+            prev = self.dirty_sync_count
+
+    def _iteration_finish(self) -> None:
+        """``migration_iteration_finish``/``migration_cancel``: throttling off, dirty limits cancelled."""
+        if self.throttle is not None:
+            self.throttle.stop()
+        if self.dirtylimit is not None:
+            self.dirtylimit.cancel()
 
     def _init_bitmaps(self, block: RAMBlock) -> None:
         """``ram_list_init_bitmaps`` for one block: bmap all ones, clear_bmap all clear.
@@ -204,16 +293,48 @@ class PrecopyMigration:
         yield from self._wait(cost)
         end = self.now_ms()
         period_closed = end > rs.time_last_bitmap_sync + 1000
-        if period_closed:  # migration_update_rates + period reset
+        bytes_xfer_period = bytes_dirty_period = 0
+        if period_closed:  # migration_trigger_throttle, migration_update_rates, period reset
+            bytes_xfer_period = self.transferred - rs.bytes_xfer_prev
+            bytes_dirty_period = rs.num_dirty_pages_period * PAGE_SIZE
+            self.trigger_throttle(bytes_xfer_period, bytes_dirty_period)
             self.dirty_pages_rate = rs.num_dirty_pages_period * 1000 // (end - rs.time_last_bitmap_sync)
             rs.time_last_bitmap_sync = end
             rs.num_dirty_pages_period = 0
+            rs.bytes_xfer_prev = self.transferred
         for v, stats in enumerate(self.m.guest.take_stats()):
             self.rec.emit(ev.VcpuStats, vcpu=v, **stats)
         self.rec.emit(ev.BitmapSync, dirty_sync_count=self.dirty_sync_count, reason=reason,
                       pending_before=pending_before, threshold_size=self.counters.threshold_size,
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
-                      period_closed=period_closed, dirty_pages_rate=self.dirty_pages_rate, cost_ns=cost)
+                      period_closed=period_closed, dirty_pages_rate=self.dirty_pages_rate, cost_ns=cost,
+                      bytes_xfer_period=bytes_xfer_period, bytes_dirty_period=bytes_dirty_period,
+                      dirty_rate_high_cnt=rs.dirty_rate_high_cnt)
+        max_syncs = self.sc.migration.max_syncs
+        if max_syncs is not None and not rs.last_stage and self.dirty_sync_count > max_syncs:
+            self.request_cancel("max-syncs")  # guestperf: "No completion after N iterations", migrate_cancel
+
+    def trigger_throttle(self, bytes_xfer_period: int, bytes_dirty_period: int) -> None:
+        """``migration_trigger_throttle``: on the 2nd high period since the last action, throttle or limit.
+
+        A period is high when its dirty bytes exceed throttle-trigger-threshold %
+        of the bytes sent in it. The count is not reset by a low period, and it
+        counts with neither capability on (to no effect).
+        """
+        high, threshold = period_is_high(bytes_xfer_period, bytes_dirty_period, self.params.throttle_trigger_threshold)
+        if not high:
+            return
+        self.rs.dirty_rate_high_cnt += 1
+        if self.rs.dirty_rate_high_cnt < DIRTY_RATE_HIGH_PERIODS:
+            return
+        self.rs.dirty_rate_high_cnt = 0
+        if self.throttle is not None:  # mig_throttle_guest_down
+            pct = next_throttle(self.throttle.percentage, self.params, bytes_dirty_period, threshold)
+            self.throttle.set(pct, bytes_dirty_period=bytes_dirty_period, bytes_dirty_threshold=threshold)
+        elif self.dirtylimit is not None:  # migration_dirty_limit_guest
+            quota = self.params.vcpu_dirty_limit
+            if not (self.dirtylimit.in_service and self.dirtylimit.quota == quota):
+                self.dirtylimit.set_all(quota)
 
     def _sync_into_bmap(self, last_stage: bool) -> int:
         """The data path of ``migration_bitmap_sync``: every listener into L2, L2 into bmap; new dirty pages."""
@@ -364,24 +485,33 @@ class PrecopyMigration:
         self._status("completed")
         self.stop_reason = "completed"
 
-    def cancel(self) -> None:
-        """``migration.timeout`` passed without convergence: cancel, as guestperf does at max_time."""
-        self.check_oracle("timeout")
+    def cancel(self, reason: str) -> None:
+        """The migration is cancelled: at ``migration.timeout`` (as guestperf does at max_time), after
+        ``max_syncs`` (guestperf's max_iters) or by ``migrate-cancel``.
+
+        ``migration_cancel`` -> ``ram_save_cleanup``: dirty logging for migration
+        stops; the guest runs on at the source, which loses nothing. The oracle is
+        asked what the migration would still have sent (``check_oracle``).
+        """
+        self._record_pages()  # what was handed to the socket counts as sent
+        self.check_oracle(reason)
+        if self.rs is not None and self.m.memory.global_dirty_tracking & GLOBAL_DIRTY_MIGRATION:
+            self.m.memory.memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION)
         self._status("cancelled")
-        self.stop_reason = "timeout"
+        self.stop_reason = reason
 
     def check_oracle(self, at: str) -> None:
         """Destination vs source: stale pages, and those the migration would never send again (lost).
 
         At the switchover every stale page is lost: the guest resumes on the
-        destination. At a timeout the migration stops mid-way, so the oracle asks
+        destination. At a cancel the migration stops mid-way, so the oracle asks
         what it would still send: it runs the data path of one more sync
         (listeners -> L2 -> bmap, the real code, with the recorder muted) and
         counts stale pages left outside bmap. Reading the dirty layers instead
         would let a bit that sits in a layer but never reaches bmap (a stuck
         word, a listener that never harvests) pass for remembered.
         """
-        if at == "timeout" and self.rs is not None:
+        if at != "switchover" and self.rs is not None:
             with self.rec.muted():
                 self._sync_into_bmap(last_stage=True)
             stale, lost = self.m.oracle(layers=False)

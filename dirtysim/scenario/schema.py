@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import (AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
-                      WithJsonSchema, field_validator, model_validator)
+                      WithJsonSchema, create_model, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from . import limits, units
@@ -32,10 +32,17 @@ QEMU_SPELLINGS = {
     "clear_bitmap_shift": "x-clear-bitmap-shift", "ring_size": "dirty-ring-size",
     "calc_dirty_rate": "calc-dirty-rate", "calc_time": "calc-time", "calc_time_unit": "calc-time-unit",
     "sample_pages": "sample-pages", "x_sample_shift": "x-sample-shift",
+    "auto_converge": "auto-converge", "dirty_limit": "dirty-limit",
+    "throttle_trigger_threshold": "throttle-trigger-threshold", "cpu_throttle_initial": "cpu-throttle-initial",
+    "cpu_throttle_increment": "cpu-throttle-increment", "cpu_throttle_tailslow": "cpu-throttle-tailslow",
+    "max_cpu_throttle": "max-cpu-throttle", "vcpu_dirty_limit": "vcpu-dirty-limit",
+    "x_vcpu_dirty_limit_period": "x-vcpu-dirty-limit-period", "set": "migrate-set-parameters",
+    "migrate_cancel": "migrate-cancel",
 }
 
 # QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
-QEMU_BARE_UNITS = {"downtime-limit": "ms", "max-bandwidth": "B/s", "avail-switchover-bandwidth": "B/s"}
+QEMU_BARE_UNITS = {"downtime-limit": "ms", "max-bandwidth": "B/s", "avail-switchover-bandwidth": "B/s",
+                   "x-vcpu-dirty-limit-period": "ms"}
 
 
 def fail(loc: tuple, message: str, got: str, allowed: str) -> PydanticCustomError:
@@ -423,19 +430,36 @@ class Network(_Model):
                               description="one-way latency, paid once at the end of switchover (at most 10s)")
 
 
-class Migration(_Model):
-    """Migration parameters (``migration/options.c``) and when to start."""
+class Capabilities(_Model):
+    """``migrate-set-capabilities``: every capability is off by default (``options.c`` DEFINE_PROP_MIG_CAP).
 
-    start_at: Duration = Field(0, description="simulated time at which 'migrate' is issued")
+    QEMU refuses to change capabilities while a migration runs ("There's a
+    migration process in progress"), so they are fixed for the run.
+    """
+
+    auto_converge: bool = Field(False, description="auto-converge: throttle the vCPUs (migration/cpu-throttle.c)")
+    dirty_limit: bool = Field(False, description="dirty-limit: cap each vCPU's dirty rate (system/dirtylimit.c); "
+                                                 "needs the dirty ring, excludes auto-converge")
+
+
+class MigrationParameters(_Model):
+    """``migrate-set-parameters``: the parameters a running migration re-reads (``migration/options.c``)."""
+
     max_bandwidth: Rate = Field(
         128 << 20, description="max-bandwidth (MAX_THROTTLE = 128 MiB/s); 0 (or under 10 B/s) is unlimited, as in "
                                "QEMU: migration_rate_set stores max-bandwidth / 10 and 0 disables the limit")
     downtime_limit: Duration = Field(300_000_000, description="downtime-limit (300 ms)")
     avail_switchover_bandwidth: Rate = Field(0, description="avail-switchover-bandwidth (0 = use the estimate)")
-    zero_page_detection: Literal["none", "legacy", "multifd"] = Field(
-        "multifd", description="zero-page-detection; without multifd, legacy and multifd both scan in the migration thread"
-    )
-    timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
+    throttle_trigger_threshold: int = Field(50, ge=1, le=100, description="throttle-trigger-threshold (%): a "
+                                            "period is high when its dirty bytes exceed this share of its transfer")
+    cpu_throttle_initial: int = Field(20, ge=1, le=99, description="cpu-throttle-initial (%)")
+    cpu_throttle_increment: int = Field(10, ge=1, le=99, description="cpu-throttle-increment (%)")
+    cpu_throttle_tailslow: bool = Field(False, description="cpu-throttle-tailslow: smaller steps near the need")
+    max_cpu_throttle: int = Field(99, ge=1, le=99, description="max-cpu-throttle (%), at least cpu-throttle-initial")
+    vcpu_dirty_limit: int = Field(1, ge=1, description="vcpu-dirty-limit (MB/s, computed as MiB/s): each vCPU's "
+                                                       "quota under dirty-limit")
+    x_vcpu_dirty_limit_period: Duration = Field(
+        10**9, description="x-vcpu-dirty-limit-period: how often dirty-limit measures and adjusts (1 .. 1000 ms)")
 
     @model_validator(mode="before")
     @classmethod
@@ -450,12 +474,43 @@ class Migration(_Model):
 
     @field_validator("downtime_limit")
     @classmethod
-    def _downtime_max(cls, value: int):
+    def _downtime_max(cls, value: Optional[int]):
         """``migrate_params_check``: downtime-limit is at most MAX_MIGRATE_DOWNTIME (2000 s)."""
-        if value > 2_000 * 10**9:
+        if value is not None and value > 2_000 * 10**9:
             raise PydanticCustomError("downtime_limit", "above QEMU's maximum (migrate_params_check)",
                                       {"got": units.format_duration(value), "allowed": "0 .. 2000s"})
         return value
+
+    @field_validator("x_vcpu_dirty_limit_period")
+    @classmethod
+    def _period_range(cls, value: Optional[int]):
+        """``migrate_params_check``: "x-vcpu-dirty-limit-period expects a value between 1 and 1000" (ms)."""
+        if value is not None and (value % 10**6 or not 10**6 <= value <= 10**9):
+            raise PydanticCustomError("x_vcpu_dirty_limit_period", "QEMU takes whole milliseconds, 1 to 1000 "
+                                      "(migrate_params_check)", {"got": units.format_duration(value),
+                                                                 "allowed": "1ms .. 1000ms"})
+        return value
+
+
+def _throttle_range(params: MigrationParameters, loc: tuple) -> None:
+    """``migrate_params_check``: max-cpu-throttle lies between cpu-throttle-initial (of the same request) and 99."""
+    high, low = params.max_cpu_throttle, params.cpu_throttle_initial
+    if high is not None and low is not None and high < low:
+        raise fail(loc + ("max_cpu_throttle",), "max-cpu-throttle expects an integer in the range of "
+                   "cpu-throttle-initial to 99 (migrate_params_check)", str(high), f"{low} .. 99")
+
+
+class Migration(MigrationParameters):
+    """Migration capabilities and parameters (``migration/options.c``), and when to start and give up."""
+
+    start_at: Duration = Field(0, description="simulated time at which 'migrate' is issued")
+    capabilities: Capabilities = Capabilities()
+    zero_page_detection: Literal["none", "legacy", "multifd"] = Field(
+        "multifd", description="zero-page-detection; without multifd, legacy and multifd both scan in the migration thread"
+    )
+    timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
+    max_syncs: Optional[int] = Field(None, ge=1, description="dirtysim (guestperf's max_iters): cancel with "
+                                     "stop-reason 'max-syncs' once dirty-sync-count exceeds this")
 
 
 class Engine(_Model):
@@ -467,6 +522,9 @@ class Engine(_Model):
 
 class Outputs(_Model):
     dir: Optional[str] = Field(None, min_length=1, description="output directory (default out/<name>)")
+    guest_sample: Duration = Field(100_000_000, ge=10**6, le=60 * 10**9,
+                                   description="guest.csv: how often each vCPU's run time and writes are sampled "
+                                               "(1ms .. 60s)")
 
     @field_validator("dir")
     @classmethod
@@ -531,7 +589,23 @@ class CalcDirtyRate(_Model):
                                         sample_shift=self.x_sample_shift, **tracking_flags(scenario))
 
 
-TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate")
+def _annotated(field):
+    """A field's type with its units parser and bounds, for its optional twin."""
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+
+
+SetParameters = create_model(
+    "SetParameters", __base__=MigrationParameters,
+    __doc__="QMP ``migrate-set-parameters`` during the run: only the parameters given change.",
+    **{name: (Optional[_annotated(f)], Field(None, description=f.description))
+       for name, f in MigrationParameters.model_fields.items()})
+
+
+class MigrateCancel(_Model):
+    """QMP ``migrate-cancel``: the migration stops (status cancelled), the guest runs on at the source."""
+
+
+TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate", "set", "migrate_cancel")
 
 
 class TimelineEntry(_Model):
@@ -542,6 +616,8 @@ class TimelineEntry(_Model):
     pam: Optional[Pam] = None
     ioeventfd: Optional[Ioeventfd] = None
     calc_dirty_rate: Optional[CalcDirtyRate] = None
+    set: Optional[SetParameters] = None
+    migrate_cancel: Optional[MigrateCancel] = None
 
     @model_validator(mode="after")
     def _one_action(self):
@@ -610,6 +686,7 @@ class Scenario(_Model):
         self._vcpus_fit()
         self._devices_fit()
         self._tcg_rules()
+        self._migration_fits()
         self._timeline_fits()
         self._work_fits()
         return self
@@ -744,6 +821,20 @@ class Scenario(_Model):
                 raise fail(("dirty_tracking", key), "a KVM_CLEAR_DIRTY_LOG variant, but accel is tcg",
                            getattr(dt, key), "the default with accel: tcg")
 
+    def _migration_fits(self) -> None:
+        """``migrate_caps_check`` and ``migrate_params_check``'s cross-parameter rules, with QEMU's messages."""
+        mig = self.migration
+        _throttle_range(mig, ("migration",))
+        if mig.capabilities.dirty_limit:
+            loc = ("migration", "capabilities", "dirty_limit")
+            if mig.capabilities.auto_converge:
+                raise fail(loc, "dirty-limit conflicts with auto-converge either of then available currently "
+                           "(migrate_caps_check)", "true, with auto-converge: true", "one of the two")
+            if self.machine.accel != "kvm" or self.dirty_tracking.mode != "ring":
+                raise fail(loc, "dirty-limit requires KVM with accelerator property 'dirty-ring-size' set "
+                           "(migrate_caps_check)", f"accel {self.machine.accel}, dirty_tracking.mode "
+                           f"{self.dirty_tracking.mode}", "accel: kvm with dirty_tracking.mode: ring")
+
     def _timeline_fits(self) -> None:
         ndev, plugged, dm = len(self.machine.devices), {}, self.machine.device_memory
         end = self.migration.start_at + self.migration.timeout
@@ -781,6 +872,11 @@ class Scenario(_Model):
                     raise fail(loc, f"calc-dirty-rate refuses it: {exc}",
                                f"{act.mode}, {act.calc_time} {act.calc_time_unit}",
                                "what qmp_calc_dirty_rate accepts") from None
+            if kind == "set":
+                if not act.model_fields_set:
+                    raise fail(loc, "migrate-set-parameters needs at least one parameter", "none",
+                               ", ".join(MigrationParameters.model_fields))
+                _throttle_range(act, loc)
             if kind == "unplug" and plugged.pop(act.id, None) is None:
                 raise fail(loc + ("id",), "no DIMM with this id is plugged at that point", act.id,
                            ", ".join(plugged) or "none")
