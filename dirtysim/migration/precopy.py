@@ -493,7 +493,7 @@ class PrecopyMigration:
         stops; the guest runs on at the source, which loses nothing. The oracle is
         asked what the migration would still have sent (``check_oracle``).
         """
-        self._record_pages()  # what was handed to the socket counts as sent
+        self._pending = {}  # migration_cancel shuts the stream down: a write in flight never completes
         self.check_oracle(reason)
         if self.rs is not None and self.m.memory.global_dirty_tracking & GLOBAL_DIRTY_MIGRATION:
             self.m.memory.memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION)

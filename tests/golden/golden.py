@@ -29,7 +29,6 @@ SHRINK: dict[str, list[str]] = {
     "bench-1t-64vcpu": ["machine.memory.size=64GiB", "machine.vcpus.0.workload.hot=8GiB", "migration.timeout=1s"],
     "bench-64g-16vcpu": ["migration.timeout=2s"],
     "lab-db": ["migration.timeout=3s"],
-    "no-convergence": ["migration.timeout=3s"],
 }
 
 
