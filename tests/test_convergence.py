@@ -283,3 +283,12 @@ def test_every_rescue_completes_and_loses_nothing(name):
     check = of(result.events, ev.OracleCheck)[-1]
     assert check.at == "switchover" and check.lost_pages == 0
     assert of(result.events, ev.BitmapSync)[-1].t_ns < 120 * S
+
+
+def test_parameters_set_before_migrate_apply_from_its_start():
+    """migrate-set-parameters before 'migrate' is stored; the migration starts under it (migration_rate_set)."""
+    result = _run("migration.timeout=3s", "timeline=[{at: 100ms, migrate-set-parameters: {max-bandwidth: 32MiB/s, "
+                                          "downtime-limit: 100}}]")
+    windows = of(result.events, ev.RateWindow)
+    assert max(w.transferred for w in windows) <= (32 << 20) // 10 + 64 * 4105
+    assert all(w.threshold_size == int(w.bandwidth * 100) for w in windows)

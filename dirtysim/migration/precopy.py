@@ -65,8 +65,8 @@ class PrecopyMigration:
         self.env, self.sc, self.m, self.rec = env, scenario, machine, recorder
         mig = scenario.migration
         self.link_bytes_per_s = scenario.network.bandwidth
-        self.counters = RateCounters(mig.downtime_limit // NS_PER_MS, mig.avail_switchover_bandwidth,
-                                     rate_limit_max(mig.max_bandwidth))
+        self.params = mig  # migrate-set-parameters replaces it (set_parameters)
+        self.counters = self._new_counters()
         self.zero_detect = mig.zero_page_detection != "none"
         self.shift = scenario.dirty_tracking.clear_bitmap_shift
         self.send_before_clear = scenario.dirty_tracking.send_order == "send-before-clear"
@@ -78,7 +78,6 @@ class PrecopyMigration:
         self.stop_reason: str | None = None
         self.deadline_ns: int | None = None  # start + migration.timeout, once the thread starts
         self.rs: RAMState | None = None
-        self.params = mig  # migrate-set-parameters replaces it (set_parameters)
         self.cancel_reason: str | None = None  # migrate-cancel requested; the thread acts at its next wait
         self.throttle = CpuThrottle(env, machine, recorder) if mig.capabilities.auto_converge else None
         self.dirtylimit = machine.dirtylimit if mig.capabilities.dirty_limit else None
@@ -113,6 +112,11 @@ class PrecopyMigration:
         if ns:
             yield from self.m.sleep(ns)
 
+    def _new_counters(self) -> RateCounters:
+        """``migrate_init`` + ``migration_rate_set``: the window counters under the parameters in force."""
+        p = self.params
+        return RateCounters(p.downtime_limit // NS_PER_MS, p.avail_switchover_bandwidth, rate_limit_max(p.max_bandwidth))
+
     def _status(self, status: str) -> None:
         self.rec.emit(ev.MigrationStatus, status=status)
 
@@ -121,6 +125,7 @@ class PrecopyMigration:
         """``migration_thread``: setup, then iterate / rate-limit until completion or timeout."""
         yield from self._wait(self.sc.migration.start_at)  # the thread's process starts with the simulation
         self.deadline_ns = self.env.now + self.sc.migration.timeout
+        self.counters = self._new_counters()  # parameters set before 'migrate' apply from its start
         if self.throttle is not None:
             self.env.process(self._dirty_sync_timer())  # migration_thread: cpu_throttle_dirty_sync_timer(true)
         try:
