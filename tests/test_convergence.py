@@ -292,3 +292,8 @@ def test_parameters_set_before_migrate_apply_from_its_start():
     windows = of(result.events, ev.RateWindow)
     assert max(w.transferred for w in windows) <= (32 << 20) // 10 + 64 * 4105
     assert all(w.threshold_size == int(w.bandwidth * 100) for w in windows)
+
+
+def test_a_capability_not_modelled_is_named_as_such():
+    with pytest.raises(ScenarioError, match="capabilities.postcopy-ram: a QEMU capability dirtysim does not model yet"):
+        load_scenario(NO_CONVERGENCE, ["migration.capabilities={postcopy-ram: true}"])
