@@ -37,8 +37,8 @@ def check_run(scenario, start_ns: int, calc_time_ms: int) -> None:
     horizon = start_ns + calc_time_ms * 10**6
     eng = scenario.engine
     backends = [d for d in scenario.machine.devices if d.kind in VHOST_KINDS]
-    reaper = scenario.dirty_tracking.reaper_period if scenario.dirty_tracking.mode == "ring" else None
-    steps = limits.steps(horizon, calc_time_ms * 10**6, eng.quantum, eng.send_quantum, 1 + len(backends), reaper, 0)
+    steps = limits.steps(horizon, calc_time_ms * 10**6, eng.quantum, eng.send_quantum, 1 + len(backends),
+                         scenario.timer_periods(), 0)
     writes = sum(g.count * g.peak_rate for g in scenario.machine.vcpus) / PAGE_SIZE * horizon / 1e9
     if steps > limits.MAX_STEPS or writes > limits.MAX_WRITES:
         raise DirtyRateError(f"the guest would run {horizon / 1e9:.0f} s: about {steps:.1e} steps and {writes:.1e} "

@@ -25,19 +25,18 @@ MAX_WAIT_NS = 50 * 10**6  # ram.c: one ram_save_iterate, at most one sync each
 
 
 def steps(horizon_ns: int, migrate_ns: int, quantum_ns: int, send_quantum_ns: int, actors: int,
-          reaper_ns: int | None, timeline: int) -> int:
+          timers_ns: list[int], timeline: int) -> int:
     """Upper bound of the SimPy steps of a run.
 
     ``actors`` (the guest and each vhost backend) step every quantum until the
     horizon; the migration thread sends one slice per send quantum, closes a
     window per ``BUFFER_DELAY`` and iterates (and may sync) per ``MAX_WAIT``;
-    the ring reaper wakes every period.
+    each periodic timer (the ring reaper, the guest sampler, the throttle and
+    dirty-limit threads) wakes once per period at most.
     """
     n = actors * horizon_ns // quantum_ns + migrate_ns // send_quantum_ns
     n += migrate_ns // BUFFER_DELAY_NS + 2 * (migrate_ns // MAX_WAIT_NS) + timeline
-    if reaper_ns:
-        n += horizon_ns // reaper_ns
-    return n
+    return n + sum(horizon_ns // period for period in timers_ns)
 
 
 def available_memory() -> int | None:

@@ -912,9 +912,8 @@ class Scenario(_Model):
         switchover = self.machine.device_state * 10**9 // self.network.bandwidth + mig.downtime_limit
         horizon += self.costs.worst_sync_ns(self.machine.memory.size + self.machine.device_memory)  # an overrun
         backends = [d for d in self.machine.devices if d.kind in VHOST_KINDS]
-        reaper = self.dirty_tracking.reaper_period if self.dirty_tracking.mode == "ring" else None
-        n = limits.steps(horizon, mig.timeout, eng.quantum, eng.send_quantum, 1 + len(backends), reaper,
-                         len(self.timeline)) + switchover // limits.BUFFER_DELAY_NS
+        n = limits.steps(horizon, mig.timeout, eng.quantum, eng.send_quantum, 1 + len(backends),
+                         self.timer_periods(), len(self.timeline)) + switchover // limits.BUFFER_DELAY_NS
         if n > limits.MAX_STEPS:
             slow_link = switchover > horizon
             raise fail(("network", "bandwidth") if slow_link else ("engine", "quantum"),
@@ -932,6 +931,17 @@ class Scenario(_Model):
             raise fail(("migration", "timeout"), "the run would make too many page writes",
                        f"about {per_s * horizon / 1e9:.2e} in {horizon / 1e9:.0f}s",
                        f"at most {limits.MAX_WRITES:.0e}: lower rates or a shorter migration.timeout")
+
+    def timer_periods(self) -> list[int]:
+        """The shortest ns between wake-ups of each periodic thread of the run (for the step budget)."""
+        timers = [self.outputs.guest_sample]
+        if self.dirty_tracking.mode == "ring":
+            timers.append(self.dirty_tracking.reaper_period)
+        if self.migration.capabilities.auto_converge:  # the throttle ticks every 10 ms / (1 - p) at the fastest
+            timers.append(10**7)
+        if self.migration.capabilities.dirty_limit:  # dirtyrate-stat: x-vcpu-dirty-limit-period, 1 ms at the least
+            timers.append(10**6)
+        return timers
 
     def to_file(self) -> dict:
         """The resolved scenario as a scenario file would say it: sizes, rates and durations with units."""
