@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .dirtyrate.thread import DirtyRateThread
 from .events import schema as ev
-from .scenario.schema import QEMU_SPELLINGS
+from .scenario.schema import QEMU_SPELLINGS, parameter_changes
 
 
 def run_timeline(env, scenario, machine, migration, recorder):
@@ -24,8 +24,7 @@ def run_timeline(env, scenario, machine, migration, recorder):
             target, result = "mig/dirtyrate", _calc_dirty_rate(env, act, scenario, dirtyrate)
             recorder.emit(ev.TimelineAction, action=kind, target=target, result=result)
         elif kind == "set":
-            changes = {name: getattr(act, name) for name in sorted(act.model_fields_set)
-                       if getattr(act, name) is not None}
+            changes = parameter_changes(act)
             migration.set_parameters(changes)
             recorder.emit(ev.MigrateSetParameters, parameters={QEMU_SPELLINGS[k]: v for k, v in changes.items()})
             recorder.emit(ev.TimelineAction, action=kind, target="migration", result="done")

@@ -142,19 +142,23 @@ def test_fact5_throttled_vcpus_run_and_write_one_minus_p_of_the_time():
 
 
 # -- fact 12: the 5 s forced sync ---------------------------------------------------------------------------
-def test_fact12_the_timer_syncs_only_after_a_quiet_5_s_and_never_in_the_first_pass():
+def test_fact12_the_timer_syncs_after_every_quiet_5_s_and_never_in_the_first_pass():
+    """A tick syncs when dirty-sync-count >= 2 has not moved since the previous tick, whose count it read after
+    its own sync: with nothing else syncing, the timer syncs every 5 s (``cpu_throttle_dirty_sync_timer_tick``)."""
     result = _variant("auto-converge")
     syncs = of(result.events, ev.BitmapSync)
     start = 500 * MS
     count_at = lambda t: sum(1 for s in syncs if s.t_ns <= t)  # noqa: E731
-    expected, k = [], 1
-    while start + 5 * k * S < syncs[-1].t_ns:
-        tick, prev_tick = start + 5 * k * S, start + 5 * (k - 1) * S
-        if count_at(tick) >= 2 and count_at(tick) == count_at(prev_tick) and k > 1:
+    expected, prev, tick = [], 0, start + 5 * S
+    while tick < syncs[-1].t_ns - 100 * MS:
+        count = count_at(tick)
+        forced = count > 1 and count == prev
+        if forced:
             expected.append(tick)
-        k += 1
+        prev = count + forced  # the timer's own sync runs at the thread's next turn, before the next tick
+        tick += 5 * S
     timer = [s for s in syncs if s.reason == "throttle-timer"]
-    assert len(timer) == len(expected) >= 1
+    assert len(timer) == len(expected) >= 2
     for s, tick in zip(timer, expected):
         assert tick <= s.t_ns - s.cost_ns <= tick + 100 * MS, "at the migration thread's next turn"
     assert all(s.dirty_sync_count > 2 for s in timer), "never while dirty-sync-count <= 1"
@@ -218,6 +222,15 @@ def test_parameter_ranges(key, value, allowed):
 def test_max_cpu_throttle_below_the_initial_is_refused():
     with pytest.raises(ScenarioError, match="max-cpu-throttle expects an integer in the range of cpu-throttle-initial"):
         load_scenario(NO_CONVERGENCE, ["migration.cpu-throttle-initial=50", "migration.max-cpu-throttle=40"])
+
+
+def test_a_parameter_change_is_checked_against_the_parameters_in_force():
+    """``migrate_params_test_apply``: the request is applied onto the current values, in time order, then checked."""
+    sets = ("timeline=[{at: 2s, migrate-set-parameters: {max-cpu-throttle: 30}}, "
+            "{at: 1s, migrate-set-parameters: {cpu-throttle-initial: %d}}]")
+    with pytest.raises(ScenarioError, match=r"timeline\.0\.migrate-set-parameters\.max-cpu-throttle: .*got 30; allowed: 50 \.\. 99"):
+        load_scenario(NO_CONVERGENCE, [sets % 50])
+    assert load_scenario(NO_CONVERGENCE, [sets % 25]).timeline[0].set.max_cpu_throttle == 30
 
 
 # -- live changes, cancel, max_syncs ------------------------------------------------------------------------

@@ -158,7 +158,7 @@ class DirtyLimit(Event, tag="dirty-limit", omit_defaults=True):
     then ``dirtylimit_process`` (each limited vCPU's ``throttle_us_per_full``).
     """
 
-    reason: str  # set | round | cancel
+    reason: str  # set | round (a migration's end does not cancel the limits: see PrecopyMigration._iteration_finish)
     quota: int = 0  # MB/s per vCPU (vcpu-dirty-limit)
     period_ms: int = 0
     rates: list[int] = []  # MiB/s per vCPU, by cpu_index

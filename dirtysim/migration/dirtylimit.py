@@ -37,6 +37,11 @@ class RingFullTime:
         self.max_dirtyrate = max(self.max_dirtyrate, dirtyrate)
         return self.ring_size_mib * 1_000_000 // self.max_dirtyrate
 
+    def peek(self, dirtyrate: int) -> int:
+        """The same answer without raising the maximum (0 where QEMU would divide by zero)."""
+        top = max(self.max_dirtyrate, dirtyrate)
+        return self.ring_size_mib * 1_000_000 // top if top else 0
+
 
 def dirtylimit_done(quota: int, current: int) -> bool:
     """Within ``DIRTYLIMIT_TOLERANCE_RANGE`` (25 MB/s) of the quota: no adjustment."""
@@ -74,7 +79,10 @@ def vcpu_dirty_rates(delta_pages: np.ndarray, duration_ms: int) -> list[int]:
 
 
 class DirtyLimit:
-    """The dirty-limit state (``dirtylimit_state``), its stat thread, and what the vCPUs sleep."""
+    """The dirty-limit state (``dirtylimit_state``), its stat thread, and what the vCPUs sleep.
+
+    Once in service it stays for the run: a migration's end does not cancel it (see
+    ``PrecopyMigration._iteration_finish``)."""
 
     def __init__(self, env, machine, recorder, ring_size: int):
         self.env, self.m, self.rec = env, machine, recorder
@@ -95,14 +103,6 @@ class DirtyLimit:
         self.quota = quota
         self.enabled[:] = True
         self.rec.emit(ev.DirtyLimit, reason="set", quota=quota)
-
-    def cancel(self) -> None:
-        """``qmp_cancel_vcpu_dirty_limit`` for every vCPU: the service and its thread stop, no vCPU sleeps."""
-        if self.in_service:
-            self.in_service = False
-            self.enabled[:] = False
-            self.quota = 0
-            self.rec.emit(ev.DirtyLimit, reason="cancel")
 
     def vcpu_execute(self, vcpu: int) -> int:
         """``dirtylimit_vcpu_execute``: ns the vCPU sleeps after its ring-full exit."""
@@ -144,7 +144,9 @@ class DirtyLimit:
     def ring_full_time_now(self) -> int:
         """``dirtylimit_ring_full_time``: the ring-full time at the running vCPUs' mean rate (0 if none dirty).
 
-        As in QEMU, asking feeds the static maximum; dirtysim asks once per round.
+        QEMU computes it when query-migrate asks, and asking feeds the static
+        maximum; dirtysim reports it every round without feeding it, so the
+        throttle steps do not depend on how often someone polls.
         """
-        mean = int(self.rates.sum()) // len(self.rates)
-        return self.ring_full_time(mean) if mean else 0
+        total = int(self.rates.sum())
+        return self.ring_full_time.peek(total // len(self.rates)) if total else 0

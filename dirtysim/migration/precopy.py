@@ -84,6 +84,7 @@ class PrecopyMigration:
         if self.dirtylimit is not None:
             self.dirtylimit.period_ms = self._dirty_limit_period_ms
         self._timer_sync_due = False  # cpu_throttle_dirty_sync_timer_tick asked for a sync
+        self._sync_timer_prev = 0  # its static prev_sync_cnt
         machine.block_listeners.append(self.ram_block_changed)
         self._out = np.zeros(6, dtype=np.int64)
         self._deferred: tuple[RAMBlock, int] | None = None  # send-before-clear: chunk awaiting its clear
@@ -149,6 +150,7 @@ class PrecopyMigration:
             if self._timer_sync_due:  # the timer's sync got bitmap_mutex between two iterations
                 self._timer_sync_due = False
                 yield from self.bitmap_sync("throttle-timer", self.rs.migration_dirty_pages * PAGE_SIZE)
+                self._sync_timer_prev = self.dirty_sync_count
             mark = (self.env.now, self.transferred)
             if not self.counters.rate_exceeded(self.transferred):
                 if (yield from self.iteration_run()):
@@ -203,23 +205,27 @@ class PrecopyMigration:
         Not while dirty-sync-count <= 1 (the first pass sends everything anyway).
         QEMU's sync waits for ``bitmap_mutex``, which ``ram_save_iterate`` holds:
         here it runs at the migration thread's next turn (within 50 ms, or at once
-        after a rate-limit sleep).
+        after a rate-limit sleep), and the tick's ``prev_sync_cnt`` is the count
+        after that sync, as QEMU reads it after its own.
         """
-        prev = 0
         while self.stop_reason is None:
             yield from self.m.sleep(CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS * NS_PER_MS)
             if self.stop_reason is not None or not self.m.guest.running:
                 return
-            if self.dirty_sync_count > 1 and self.dirty_sync_count == prev:
+            if self.dirty_sync_count > 1 and self.dirty_sync_count == self._sync_timer_prev:
                 self._timer_sync_due = True
-            prev = self.dirty_sync_count
+            self._sync_timer_prev = self.dirty_sync_count
 
     def _iteration_finish(self) -> None:
-        """``migration_iteration_finish``/``migration_cancel``: throttling off, dirty limits cancelled."""
+        """``migration_iteration_finish``: auto-converge's throttling stops, however the migration ended.
+
+        Dirty limits stay: ``migration_cancel`` asks ``qmp_cancel_vcpu_dirty_limit``
+        while the status is still active, from the main thread, which
+        ``dirtylimit_is_allowed`` refuses (the error is dropped); completion does
+        not cancel them either.
+        """
         if self.throttle is not None:
             self.throttle.stop()
-        if self.dirtylimit is not None:
-            self.dirtylimit.cancel()
 
     def _init_bitmaps(self, block: RAMBlock) -> None:
         """``ram_list_init_bitmaps`` for one block: bmap all ones, clear_bmap all clear.

@@ -513,9 +513,9 @@ class MigrationParameters(_Model):
 
 
 def _throttle_range(params: MigrationParameters, loc: tuple) -> None:
-    """``migrate_params_check``: max-cpu-throttle lies between cpu-throttle-initial (of the same request) and 99."""
+    """``migrate_params_check``: max-cpu-throttle lies between cpu-throttle-initial and 99."""
     high, low = params.max_cpu_throttle, params.cpu_throttle_initial
-    if high is not None and low is not None and high < low:
+    if high < low:
         raise fail(loc + ("max_cpu_throttle",), "max-cpu-throttle expects an integer in the range of "
                    "cpu-throttle-initial to 99 (migrate_params_check)", str(high), f"{low} .. 99")
 
@@ -621,6 +621,11 @@ SetParameters = create_model(
        for name, f in MigrationParameters.model_fields.items()})
 
 
+def parameter_changes(params: "SetParameters") -> dict:
+    """The parameters a migrate-set-parameters gives (by field name), and their values."""
+    return {name: getattr(params, name) for name in sorted(params.model_fields_set) if getattr(params, name) is not None}
+
+
 class MigrateCancel(_Model):
     """QMP ``migrate-cancel``: the migration stops (status cancelled), the guest runs on at the source."""
 
@@ -708,6 +713,7 @@ class Scenario(_Model):
         self._tcg_rules()
         self._migration_fits()
         self._timeline_fits()
+        self._parameters_fit()
         self._work_fits()
         return self
 
@@ -855,6 +861,15 @@ class Scenario(_Model):
                            "(migrate_caps_check)", f"accel {self.machine.accel}, dirty_tracking.mode "
                            f"{self.dirty_tracking.mode}", "accel: kvm with dirty_tracking.mode: ring")
 
+    def _parameters_fit(self) -> None:
+        """``migrate_params_test_apply`` + ``migrate_params_check``: each migrate-set-parameters, applied in time
+        order onto the parameters in force, must leave max-cpu-throttle at or above cpu-throttle-initial."""
+        params = self.migration
+        for i, entry in sorted(enumerate(self.timeline), key=lambda item: item[1].at):
+            if entry.set is not None:
+                params = params.model_copy(update=parameter_changes(entry.set))
+                _throttle_range(params, ("timeline", i, "set"))
+
     def _timeline_fits(self) -> None:
         ndev, plugged, dm = len(self.machine.devices), {}, self.machine.device_memory
         end = self.migration.start_at + self.migration.timeout
@@ -896,7 +911,6 @@ class Scenario(_Model):
                 if not act.model_fields_set:
                     raise fail(loc, "migrate-set-parameters needs at least one parameter", "none",
                                ", ".join(MigrationParameters.model_fields))
-                _throttle_range(act, loc)
             if kind == "unplug" and plugged.pop(act.id, None) is None:
                 raise fail(loc + ("id",), "no DIMM with this id is plugged at that point", act.id,
                            ", ".join(plugged) or "none")
