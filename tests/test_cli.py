@@ -27,7 +27,7 @@ def test_run_writes_every_output(tmp_path):
     res = CliRunner().invoke(main, ["run", str(_scenario_file(tmp_path)), "-o", str(out), "--seed", "4",
                                     "--set", "migration.downtime_limit=200ms"])
     assert res.exit_code == 0, res.output
-    assert {p.name for p in out.iterdir()} == {"summary.json", "rounds.csv", "vcpus.csv", "events.jsonl",
+    assert {p.name for p in out.iterdir()} == {"summary.json", "rounds.csv", "vcpus.csv", "guest.csv", "events.jsonl",
                                                "convergence.png", ".dirtysim.lock"}  # no temporary left
     vcpu_rows = list(csv.DictReader((out / "vcpus.csv").open()))
     assert len(vcpu_rows) == 2 * len(list(csv.DictReader((out / "rounds.csv").open())))  # 2 vCPUs, every sync

@@ -24,7 +24,7 @@ from dirtysim.migration.precopy import PrecopyMigration
 from dirtysim.report.files import OutputDir
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_SET = {"summary.json", "rounds.csv", "vcpus.csv", "events.jsonl", "convergence.png"}
+RUN_SET = {"summary.json", "rounds.csv", "vcpus.csv", "guest.csv", "events.jsonl", "convergence.png"}
 
 
 def _scenario(tmp_path: Path, **over) -> Path:

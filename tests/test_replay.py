@@ -222,7 +222,7 @@ def test_replay_of_every_scenario_reproduces_its_outputs(tmp_path, name, path, o
     write_run(result, tmp_path / "run", plots=False)
     _, events = read_log(tmp_path / "run" / "events.jsonl")
     write_replay(events, tmp_path / "re", plots=False)
-    for table in ("rounds.csv", "vcpus.csv"):
+    for table in ("rounds.csv", "vcpus.csv", "guest.csv"):
         assert (tmp_path / "run" / table).read_bytes() == (tmp_path / "re" / table).read_bytes(), table
     original = json.loads((tmp_path / "run" / "summary.json").read_text())
     transfers = [e for e in events if isinstance(e, ev.Transfer)]

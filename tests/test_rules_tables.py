@@ -152,13 +152,13 @@ def test_vcpu_rows_from_first_principles():
     rows = tables.vcpu_rounds(_completed_log())
     assert rows == [
         {"dirty-sync-count": 2, "vcpu": 0, "writes": 50, "faults": 3, "fault-ms": 0.006, "ring-full-exits": 1,
-         "ring-full-ms": 1.5, "inhibit-ms": 0.25},  # 6,400 ns, 1,500,300 ns, 250,100 ns to 3 decimals
+         "ring-full-ms": 1.5, "inhibit-ms": 0.25, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},  # 6,400 ns, 1,500,300 ns, 250,100 ns to 3 decimals
         {"dirty-sync-count": 2, "vcpu": 1, "writes": 70, "faults": 4, "fault-ms": 0.008, "ring-full-exits": 2,
-         "ring-full-ms": 2.25, "inhibit-ms": 0.25},
+         "ring-full-ms": 2.25, "inhibit-ms": 0.25, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},
         {"dirty-sync-count": 3, "vcpu": 0, "writes": 9, "faults": 1, "fault-ms": 0.002, "ring-full-exits": 0,
-         "ring-full-ms": 0.0, "inhibit-ms": 0.0},
+         "ring-full-ms": 0.0, "inhibit-ms": 0.0, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},
         {"dirty-sync-count": 3, "vcpu": 1, "writes": 8, "faults": 0, "fault-ms": 0.0, "ring-full-exits": 0,
-         "ring-full-ms": 0.0, "inhibit-ms": 0.0},
+         "ring-full-ms": 0.0, "inhibit-ms": 0.0, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},
     ]
 
 
@@ -209,6 +209,9 @@ def test_completed_summary_from_first_principles():
         "thread-ioctl-ms": round((7_000 + 511 + 1_107) / MS, 3),
         "listener-calls": {"kvm-memory.log_sync": 2, "vhost.log_start": 1},
         "events": len(events),
+        # no convergence control and no guest sample in this log
+        "max-cpu-throttle-percentage": 0, "vcpu-throttle-ms": 0.0, "vcpu-dirtylimit-ms": 0.0, "parameter-changes": [],
+        "guest-slowdown": {"run-fraction": None, "write-rate-mib-s": None, "before-write-rate-mib-s": None},
     }
     assert list(d["listener-calls"]) == ["kvm-memory.log_sync", "vhost.log_start"]  # sorted
 

@@ -42,7 +42,7 @@ from . import tables
 
 LOCK_NAME = ".dirtysim.lock"
 TMP_PREFIX = ".tmp-"
-RUN_FILES = ("events.jsonl", "rounds.csv", "vcpus.csv", "convergence.png", "summary.json")
+RUN_FILES = ("events.jsonl", "rounds.csv", "vcpus.csv", "guest.csv", "convergence.png", "summary.json")
 PROJECTION_FILES = RUN_FILES[1:]  # what replay writes: never the log it reads
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -160,19 +160,21 @@ def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
 
 
-def projections(events: list, run_info: dict, plots: bool) -> tuple[dict, dict[str, bytes]]:
-    """The summary, and the bytes of rounds.csv, vcpus.csv, the plot and summary.json (``run_info`` in ``dirtysim``)."""
+def projections(events: list, run_info: dict, plots: bool, title: str | None = None) -> tuple[dict, dict[str, bytes]]:
+    """The summary, and the bytes of rounds.csv, vcpus.csv, guest.csv, the plot and summary.json (``run_info`` in
+    ``dirtysim``). ``title``: the figure's name for the run (default: the scenario's name)."""
     f = tables.fold(events)  # once: a 1 TiB run has hundreds of thousands of events
     summary = tables.summary(events, f)
     summary["dirtysim"].update(run_info, scenario=resolved_to_file(run_info.get("scenario", {})))
     measured = dirtyrate_measurements(events)
     if measured:
         summary["calc-dirty-rate"] = measured
-    files = {"rounds.csv": tables.csv_bytes(f.rounds), "vcpus.csv": tables.csv_bytes(f.vcpu_rows, tables.VCPU_FIELDS)}
+    files = {"rounds.csv": tables.csv_bytes(f.rounds), "vcpus.csv": tables.csv_bytes(f.vcpu_rows, tables.VCPU_FIELDS),
+             "guest.csv": tables.csv_bytes(tables.guest_rows(events, f), tables.GUEST_FIELDS)}
     if plots:
         from .plots import convergence_figure, figure_png
 
-        files["convergence.png"] = figure_png(convergence_figure(events, f))
+        files["convergence.png"] = figure_png(convergence_figure(events, f, title))
     files["summary.json"] = json_bytes(summary)
     return summary, files
 
@@ -197,10 +199,11 @@ def write_replay(events: list, out: Path | OutputDir, plots: bool | None = None)
     return summary
 
 
-def write_run(result, out: Path | OutputDir, plots: bool | None = None) -> dict:
+def write_run(result, out: Path | OutputDir, plots: bool | None = None, title: str | None = None) -> dict:
     """Every file of a run. Called for failed and interrupted runs too: the summary then says so.
 
-    ``plots`` overrides the scenario's ``outputs.plots`` (tests skip the slow figure).
+    ``plots`` overrides the scenario's ``outputs.plots`` (tests skip the slow figure); ``title`` names the run in
+    the figure (a sweep names its variant; default: the scenario's name).
     """
     info = {
         "fingerprint": result.fingerprint,
@@ -211,7 +214,7 @@ def write_run(result, out: Path | OutputDir, plots: bool | None = None) -> dict:
     }
     if plots is None:
         plots = result.scenario.outputs.plots and result.error is None
-    summary, files = projections(result.events, info, plots)
+    summary, files = projections(result.events, info, plots, title)
     _commit(out, {"events.jsonl": encode_log(result.events), **files}, RUN_FILES)
     return summary
 

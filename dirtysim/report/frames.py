@@ -10,12 +10,14 @@ from typing import Any
 
 @dataclass
 class RunTables:
-    """The tables of one run: ``rounds`` and ``vcpus`` (the CSV files), ``summary`` (one row, nested keys
-    joined with dots, as ``ram.transferred``) and ``events`` (one row per event of the checked log, its
-    payload fields as columns; ``type`` names the event)."""
+    """The tables of one run: ``rounds``, ``vcpus`` and ``guest`` (the CSV files; ``guest`` is empty for a
+    directory written before guest.csv existed), ``summary`` (one row, nested keys joined with dots, as
+    ``ram.transferred``) and ``events`` (one row per event of the checked log, its payload fields as columns;
+    ``type`` names the event)."""
 
     rounds: Any
     vcpus: Any
+    guest: Any
     summary: Any
     events: Any
 
@@ -29,10 +31,12 @@ def load(directory: str | Path) -> RunTables:
     import msgspec
 
     from ..events.replay import read_log
+    from .tables import GUEST_FIELDS
 
     d = Path(directory)
     _, events = read_log(d / "events.jsonl")
     summary = pd.json_normalize(json.loads((d / "summary.json").read_text()), max_level=1)
     rows = [{"type": e.__struct_config__.tag, **msgspec.structs.asdict(e)} for e in events]
-    return RunTables(rounds=pd.read_csv(d / "rounds.csv"), vcpus=pd.read_csv(d / "vcpus.csv"), summary=summary,
-                     events=pd.DataFrame(rows))
+    guest = pd.read_csv(d / "guest.csv") if (d / "guest.csv").exists() else pd.DataFrame(columns=GUEST_FIELDS)
+    return RunTables(rounds=pd.read_csv(d / "rounds.csv"), vcpus=pd.read_csv(d / "vcpus.csv"), guest=guest,
+                     summary=summary, events=pd.DataFrame(rows))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..events import schema as ev
 
 NS_PER_MS = 10**6
+MIB = 1 << 20
 
 ROUND_FIELDS = [
     "time", "dirty-sync-count", "reason", "transferred", "remaining", "dirty-pages-rate", "mbps",
@@ -21,11 +22,14 @@ ROUND_FIELDS = [
     "resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ms", "ring-full-exits",
     "vcpu-ring-full-ms", "vcpu-inhibit-ms", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
     "thread-get-us", "thread-clear-us", "thread-reap-us", "sync-cost-us",
+    # convergence controls (schema 2)
+    "cpu-throttle-percentage", "dirty-limit-throttle-time-per-round", "dirty-limit-ring-full-time", "vcpu-throttle-ms",
+    "vcpu-dirtylimit-ms", "bytes-dirty-period", "dirty-rate-high-cnt",
 ]
 # Per-interval counters (reset at every sync) and what they are folded from.
 INTERVAL_FIELDS = ("resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ns", "ring-full-exits",
                    "vcpu-ring-full-ns", "vcpu-inhibit-ns", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
-                   "thread-get-ns", "thread-clear-ns", "thread-reap-ns")
+                   "thread-get-ns", "thread-clear-ns", "thread-reap-ns", "vcpu-throttle-ns", "vcpu-dirtylimit-ns")
 
 
 @dataclass
@@ -65,6 +69,16 @@ class _Fold:
     blocks: dict = field(default_factory=dict)  # RAMBlocks: idstr -> size (ram_bytes_total)
     rounds: list = field(default_factory=list)
     vcpu_rows: list = field(default_factory=list)
+    # convergence controls
+    auto_converge: bool = False  # the scenario's capabilities (fixed for the run, as in QEMU)
+    dirty_limit: bool = False
+    cpu_throttle_percentage: int = 0  # cpu_throttle_get_percentage() now
+    max_cpu_throttle_percentage: int = 0
+    dirty_limit_in_service: bool = False  # between a dirty-limit set and its cancel
+    dirty_limit_throttle_time_per_round: int = 0  # us, from the last round (0 once cancelled)
+    dirty_limit_ring_full_time: int = 0  # us, likewise
+    parameter_changes: list = field(default_factory=list)  # (t_ns, parameters)
+    samples: list = field(default_factory=list)  # (GuestSample, cpu-throttle-percentage when it was taken)
 
     def _add(self, **counts: int) -> None:
         for key, n in counts.items():
@@ -80,6 +94,8 @@ class _Fold:
         self.page_size, self.seed = e.page_size, e.seed
         self.latency_ns = e.scenario["network"]["latency"]
         self.expected_downtime = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
+        caps = e.scenario["migration"].get("capabilities", {})  # absent from schema-1 logs: both off
+        self.auto_converge, self.dirty_limit = caps.get("auto_converge", False), caps.get("dirty_limit", False)
 
     def _block_added(self, e: ev.RamBlockAdded) -> None:
         self.blocks[e.idstr] = e.size
@@ -117,11 +133,13 @@ class _Fold:
     def _vcpu_stats(self, e: ev.VcpuStats) -> None:
         self._add(**{"vcpu-writes": e.writes, "vcpu-faults": e.faults, "vcpu-fault-ns": e.fault_ns,
                      "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns,
-                     "vcpu-inhibit-ns": e.inhibit_ns})
+                     "vcpu-inhibit-ns": e.inhibit_ns, "vcpu-throttle-ns": e.throttle_ns,
+                     "vcpu-dirtylimit-ns": e.dirtylimit_ns})
         self.vcpu_rows.append({  # emitted inside the sync that ends the interval
             "dirty-sync-count": self.syncs + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
             "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
-            "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3), "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3)})
+            "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3), "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3),
+            "throttle-ms": round(e.throttle_ns / NS_PER_MS, 3), "dirtylimit-ms": round(e.dirtylimit_ns / NS_PER_MS, 3)})
 
     def _lazy_clear(self, e: ev.LazyClear) -> None:
         self._add(**{"lazy-clears": 1})
@@ -152,6 +170,34 @@ class _Fold:
         if e.lost_pages and self.first_lost_ns is None:
             self.first_lost_ns, self.first_lost_at = e.t_ns, e.at
 
+    def _cpu_throttle(self, e: ev.CpuThrottle) -> None:
+        self.cpu_throttle_percentage = e.percentage
+        self.max_cpu_throttle_percentage = max(self.max_cpu_throttle_percentage, e.percentage)
+
+    def _dirty_limit(self, e: ev.DirtyLimit) -> None:
+        """A set starts the service, a round gives the reported values, a cancel stops the service and zeroes
+        them (no vCPU sleeps any more)."""
+        self.dirty_limit_in_service = e.reason != "cancel"
+        if e.reason == "round":
+            self.dirty_limit_throttle_time_per_round, self.dirty_limit_ring_full_time = \
+                e.throttle_time_per_round, e.ring_full_time
+        elif e.reason == "cancel":
+            self.dirty_limit_throttle_time_per_round, self.dirty_limit_ring_full_time = 0, 0
+
+    def _set_parameters(self, e: ev.MigrateSetParameters) -> None:
+        self.parameter_changes.append((e.t_ns, e.parameters))
+
+    def _guest_sample(self, e: ev.GuestSample) -> None:
+        self.samples.append((e, self.cpu_throttle_percentage))
+
+    def ms_since_migrate(self, t_ns: int) -> float:
+        """rounds.csv's ``time`` convention: ms since ``migrate`` (the setup status), or since 0 without one.
+
+        Taken from the finished fold for events that may precede the migration
+        (guest samples, parameter changes): they are then negative.
+        """
+        return round((t_ns - (self.migrate_ns or 0)) / NS_PER_MS, 3)
+
     def _finished(self, e: ev.RunFinished) -> None:
         self.stop_reason, self.error = e.stop_reason, e.error
 
@@ -161,7 +207,7 @@ class _Fold:
         self.dirty_pages_rate = e.dirty_pages_rate
         acc = self.interval
         row = {
-            "time": round((e.t_ns - (self.migrate_ns or 0)) / NS_PER_MS, 3),
+            "time": self.ms_since_migrate(e.t_ns),
             "dirty-sync-count": e.dirty_sync_count,
             "reason": e.reason,
             "transferred": self.transferred,
@@ -175,6 +221,11 @@ class _Fold:
             "duplicate": self.zero,
             "normal": self.normal,
             "sync-cost-us": e.cost_ns // 1000,
+            "cpu-throttle-percentage": self.cpu_throttle_percentage,  # as query-migrate shows it after this sync
+            "dirty-limit-throttle-time-per-round": self.dirty_limit_throttle_time_per_round,
+            "dirty-limit-ring-full-time": self.dirty_limit_ring_full_time,
+            "bytes-dirty-period": e.bytes_dirty_period,
+            "dirty-rate-high-cnt": e.dirty_rate_high_cnt,
         }
         for key in INTERVAL_FIELDS:
             if key.endswith("-ns"):
@@ -192,7 +243,9 @@ _HANDLERS = {  # event type -> what it changes in the fold (one dict lookup per 
     ev.VcpuStats: _Fold._vcpu_stats, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
     ev.KvmGetDirtyLog: _Fold._kvm_get, ev.DirtyRingReap: _Fold._ring_reap, ev.VhostLogSync: _Fold._vhost_sync,
     ev.ListenerCall: _Fold._listener_call, ev.BitmapSync: _Fold._sync, ev.VcpusStopped: _Fold._stopped,
-    ev.OracleCheck: _Fold._oracle, ev.RunFinished: _Fold._finished,
+    ev.OracleCheck: _Fold._oracle, ev.RunFinished: _Fold._finished, ev.CpuThrottle: _Fold._cpu_throttle,
+    ev.DirtyLimit: _Fold._dirty_limit, ev.MigrateSetParameters: _Fold._set_parameters,
+    ev.GuestSample: _Fold._guest_sample,
 }
 
 
@@ -209,12 +262,79 @@ def rounds(events: list[ev.Event]) -> list[dict]:
 
 
 VCPU_FIELDS = ["dirty-sync-count", "vcpu", "writes", "faults", "fault-ms", "ring-full-exits", "ring-full-ms",
-               "inhibit-ms"]
+               "inhibit-ms", "throttle-ms", "dirtylimit-ms"]
 
 
 def vcpu_rounds(events: list[ev.Event]) -> list[dict]:
     """One row per vCPU per sync: its writes, faults and stalls since the previous sync."""
     return fold(events).vcpu_rows
+
+
+GUEST_FIELDS = ["time-ms", "vcpu", "interval-ms", "run-fraction", "writes", "write-mib-s", "throttle-ms",
+                "dirtylimit-ms", "cpu-throttle-percentage"]
+
+
+def guest_rows(events: list[ev.Event], f: _Fold | None = None) -> list[dict]:
+    """guest.csv: one row per ``guest-sample`` per vCPU, what the guest got out of each sampling interval.
+
+    ``time-ms`` is when the sample was taken (the end of its interval), in
+    rounds.csv's convention (ms since migrate; negative before it).
+    ``run-fraction`` = ``ran_ns / interval_ns``; ``write-mib-s`` = page writes x
+    page size over the interval. ``throttle-ms`` and ``dirtylimit-ms`` are the
+    sleeps imposed in the interval: a long dirty-limit sleep counts whole in the
+    interval that imposed it, so it can exceed ``interval-ms`` (``run-fraction``
+    shows what the guest then lost). ``cpu-throttle-percentage`` is the one in
+    force when the sample was taken. ``f``: the fold of ``events`` if known.
+    """
+    f = fold(events) if f is None else f
+    rows = []
+    for e, pct in f.samples:
+        t, span = f.ms_since_migrate(e.t_ns), e.interval_ns
+        for v, (ran, writes, thr, dl) in enumerate(zip(e.ran_ns, e.writes, e.throttle_ns, e.dirtylimit_ns)):
+            rows.append({"time-ms": t, "vcpu": v, "interval-ms": round(span / NS_PER_MS, 3),
+                         "run-fraction": round(ran / span, 6), "writes": writes,
+                         "write-mib-s": round(writes * f.page_size / MIB / (span / 1e9), 3),
+                         "throttle-ms": round(thr / NS_PER_MS, 3), "dirtylimit-ms": round(dl / NS_PER_MS, 3),
+                         "cpu-throttle-percentage": pct})
+    return rows
+
+
+def guest_slowdown(f: _Fold) -> dict:
+    """What the migration cost the guest, from the ``guest-sample`` events of a finished fold.
+
+    - ``run-fraction``: the sum of ``ran_ns`` over every vCPU and every sample
+      taken during the migration, over the sum of their ``interval_ns`` (each
+      interval counted once per vCPU): the share of its time the guest ran.
+    - ``write-rate-mib-s``: the guest's page writes (all vCPUs) in those
+      samples x page size, in MiB, over the sum of their intervals in seconds:
+      its mean write rate while migrating.
+    - ``before-write-rate-mib-s``: the same over the samples taken before it.
+
+    A sample is *during* the migration when its interval starts at or after
+    ``migrate`` (the setup status) and it was taken no later than the vCPUs
+    stopped for the switchover or the migration ended (completed, cancelled,
+    failed), whichever came first, or the end of the log; it is *before* when
+    taken at or before ``migrate`` (every sample, if no migration started). A
+    sample straddling the start, or taken after the stop, is in neither: the
+    figures never mix in time outside the window. A value is null without a sample.
+    """
+    start = f.migrate_ns
+    ends = [t for t in (f.stop_ns, f.end_ns) if t is not None]
+    last = min(ends) if ends else None
+    during = [e for e, _ in f.samples if start is not None and e.t_ns - e.interval_ns >= start
+              and (last is None or e.t_ns <= last)]
+    before = [e for e, _ in f.samples if start is None or e.t_ns <= start]
+    ran = sum(sum(e.ran_ns) for e in during)
+    span = sum(e.interval_ns * len(e.ran_ns) for e in during)
+    return {"run-fraction": round(ran / span, 6) if span else None,
+            "write-rate-mib-s": _write_rate(during, f.page_size),
+            "before-write-rate-mib-s": _write_rate(before, f.page_size)}
+
+
+def _write_rate(samples: list[ev.GuestSample], page_size: int) -> float | None:
+    """MiB/s the whole guest wrote over these samples' intervals (None for no samples)."""
+    span = sum(e.interval_ns for e in samples)
+    return round(sum(sum(e.writes) for e in samples) * page_size / MIB / (span / 1e9), 3) if span else None
 
 
 def csv_bytes(rows: list[dict], fields: list[str] = ROUND_FIELDS) -> bytes:
@@ -268,6 +388,7 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
     elif not completed:
         out["expected-downtime"] = f.expected_downtime
     out["ram"] = ram
+    out.update(_convergence_info(f))
     if f.error:
         out["error-desc"] = f.error
     t = f.totals
@@ -293,5 +414,28 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "thread-ioctl-ms": round((t["thread-get-ns"] + t["thread-clear-ns"] + t["thread-reap-ns"]) / NS_PER_MS, 3),
         "listener-calls": {f"{listener}.{hook}": n for (listener, hook), n in sorted(f.hook_calls.items())},
         "events": len(events),
+        "max-cpu-throttle-percentage": f.max_cpu_throttle_percentage,
+        # the sleeps of the synced intervals (vcpu-stats), as vcpu-fault-ms; guest.csv has them to the end of the run
+        "vcpu-throttle-ms": round(t["vcpu-throttle-ns"] / NS_PER_MS, 3),
+        "vcpu-dirtylimit-ms": round(t["vcpu-dirtylimit-ns"] / NS_PER_MS, 3),
+        "parameter-changes": [{"time-ms": f.ms_since_migrate(t_ns), "parameters": params}
+                              for t_ns, params in f.parameter_changes],
+        "guest-slowdown": guest_slowdown(f),
     }
     return out
+
+
+def _convergence_info(f: _Fold) -> dict:
+    """query-migrate's throttle fields (``populate_ram_info``), present under the same conditions as in QEMU.
+
+    ``cpu-throttle-percentage`` whenever auto-converge is on; the dirty-limit
+    pair when dirty-limit is on and its service runs (``dirtylimit_in_service``),
+    with the values of its last round.
+    """
+    info = {}
+    if f.auto_converge:
+        info["cpu-throttle-percentage"] = f.cpu_throttle_percentage
+    if f.dirty_limit and f.dirty_limit_in_service:
+        info["dirty-limit-throttle-time-per-round"] = f.dirty_limit_throttle_time_per_round
+        info["dirty-limit-ring-full-time"] = f.dirty_limit_ring_full_time
+    return info
