@@ -1,4 +1,4 @@
-"""``dirtysim`` command line: run | dirtyrate | validate | schema | listeners | sweep | replay | trace.
+"""``dirtysim`` command line: run | compare | dirtyrate | validate | schema | listeners | sweep | replay | trace.
 
 Exit codes: 0 ok, 2 bad input or an unusable output directory (nothing was
 simulated), 1 the simulation failed, lost pages (its result record is still
@@ -8,6 +8,7 @@ written) or the outputs could not be written, 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def main() -> None:
 @click.option("--seed", type=int, help="override the scenario seed")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a TTY)")
 def run(file: str, outdir: str | None, overrides: tuple[str, ...], seed: int | None, progress: bool | None) -> None:
-    """Run the scenario FILE; write summary.json, rounds.csv, vcpus.csv, events.jsonl, convergence.png.
+    """Run the scenario FILE; write summary.json, rounds.csv, vcpus.csv, guest.csv, events.jsonl, convergence.png.
 
     The output directory is locked and checked before the run, and written whole
     or not at all (see dirtysim/report/files.py). Ctrl-C stops the simulation and
@@ -65,6 +66,55 @@ def run(file: str, outdir: str | None, overrides: tuple[str, ...], seed: int | N
     if lost and wrong:
         click.echo(f"                  (expected: deliberately wrong {', '.join(wrong)})")
     sys.exit(EXIT_SIM_ERROR if result.error or (lost and not wrong) else EXIT_OK)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "outdir", default="out/compare", show_default=True, type=click.Path(),
+              help="output directory")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override a key of every scenario")
+@click.option("--seed", type=int, help="override every scenario's seed")
+@click.option("--progress/--no-progress", default=None, help="progress bars (default: when stderr is a TTY)")
+def compare(files: tuple[str, ...], outdir: str, overrides: tuple[str, ...], seed: int | None,
+            progress: bool | None) -> None:
+    """Run each scenario of FILES and compare them side by side.
+
+    Each run's usual files go to OUTPUT/<name>/ (name: the scenario's, by default
+    its file name); OUTPUT/compare.csv (also printed) has one row per run and
+    OUTPUT/compare.png overlays their remaining bytes, dirty rate against
+    bandwidth, throttles and guest slowdown (drawn unless every scenario has
+    outputs.plots false). Every file is checked and every output directory locked
+    before the first run; exit codes as for run.
+    """
+    from .report.compare import COMPARE_FILES, FIELDS, Comparison, duplicate_names, markdown
+    from .report.files import child, write_run
+    from .sim import run as simulate
+
+    scenarios = {file: _load(file, overrides, seed) for file in files}
+    clash = duplicate_names((file, s.name) for file, s in scenarios.items())
+    if clash:
+        _fail(clash, EXIT_BAD_INPUT)
+    root = Path(outdir)
+    comparison = Comparison(plots=any(s.outputs.plots for s in scenarios.values()))
+    failed = False
+    with contextlib.ExitStack() as stack:
+        top = stack.enter_context(_claim(root))
+        targets = {file: stack.enter_context(_claim(child(root, s.name, "name"))) for file, s in scenarios.items()}
+        for file, scenario in scenarios.items():
+            target = targets[file]
+            result = _writing(target, functools.partial(simulate, scenario, progress=progress))
+            summary = _writing(target, functools.partial(write_run, result, target))
+            comparison.add(scenario.name, result.events, summary)
+            if result.stop_reason == "interrupted":
+                _fail(f"interrupted: the runs so far are in {root}/<name>/ ({scenario.name} with status cancelled)",
+                      EXIT_INTERRUPTED)
+            lost, wrong = summary["dirtysim"]["lost-pages"], scenario.dirty_tracking.wrong_semantics()
+            failed = failed or result.error is not None or bool(lost and not wrong)
+        made = _writing(top, comparison.files)
+        _writing(top, functools.partial(top.commit, made, COMPARE_FILES))
+    click.echo(markdown(comparison.rows, FIELDS))
+    click.echo(f"\noutputs: {root}/<name>/ and {root}/{', '.join(made)}")
+    sys.exit(EXIT_SIM_ERROR if failed else EXIT_OK)
 
 
 @main.command()
@@ -309,9 +359,14 @@ def schema() -> None:
 @click.option("-o", "--output", "outdir", type=click.Path(), help="output directory")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override for every variant")
 def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[str, ...]) -> None:
-    """Run FILE once per variant of VARIANTS (name -> overrides) and print a comparison table."""
+    """Run FILE once per variant of VARIANTS (name -> overrides) and print a comparison table.
+
+    Writes OUTPUT/<variant>/ per variant, OUTPUT/comparison.csv, and compare's
+    OUTPUT/compare.csv and compare.png across the variants.
+    """
     from .sweep import load_variants, markdown, run_variants
 
+    from .report.compare import COMPARE_FILES
     from .report.files import OutputError
 
     try:
@@ -326,14 +381,15 @@ def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[st
         _fail(f"interrupted: the variants run so far are in {out}/ (the one interrupted with status cancelled)",
               EXIT_INTERRUPTED)
     click.echo(markdown(rows))
-    click.echo(f"\noutputs: {out}/<variant>/ and {out}/comparison.csv")
+    overlay = "".join(f", {n}" for n in COMPARE_FILES if (out / n).exists())
+    click.echo(f"\noutputs: {out}/<variant>/ and {out}/comparison.csv{overlay}")
 
 
 @main.command()
 @click.argument("events", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "outdir", type=click.Path(), required=True)
 def replay(events: str, outdir: str) -> None:
-    """Check a saved events.jsonl, then recompute rounds.csv, vcpus.csv, summary.json and the plot from it."""
+    """Check a saved events.jsonl, then recompute rounds.csv, vcpus.csv, guest.csv, summary.json and the plot from it."""
     from .report.files import write_replay
 
     _, log = _read_log(events)

@@ -12,6 +12,7 @@ from typing import Iterable
 
 import yaml
 
+from .report import compare
 from .report.files import OutputError, child, write_atomic, write_run
 from .report.tables import csv_bytes
 from .scenario.load import ScenarioError, load_scenario, read_yaml
@@ -67,22 +68,34 @@ def comparison_row(name: str, summary: dict) -> dict:
 
 def run_variants(scenario_file: str | Path, variants: dict[str, list[str]], outdir: Path | None = None,
                  common: Iterable[str] = ()) -> list[dict]:
-    """Validate every variant first (bad input fails before anything runs), then run them in order."""
+    """Validate every variant first (bad input fails before anything runs), then run them in order.
+
+    With ``outdir``: also comparison.csv (these rows) and ``dirtysim compare``'s
+    compare.csv and compare.png across the variants (the figure if any variant
+    draws plots). Each variant's own figure is titled "<scenario> / <variant>".
+    """
     scenarios = {name: load_scenario(scenario_file, [*common, *over]) for name, over in variants.items()}
     rows = []
+    overlay = compare.Comparison(plots=outdir is not None and any(s.outputs.plots for s in scenarios.values()))
     for name, scenario in scenarios.items():
         result = run(scenario, progress=False)
         out = child(outdir or Path("out") / f"{scenario.name}-sweep", name, "variant")
-        rows.append(comparison_row(name, write_run(result, out)))
+        summary = write_run(result, out, title=f"{scenario.name} / {name}")
+        rows.append(comparison_row(name, summary))
+        overlay.add(name, result.events, summary)
         if result.stop_reason == "interrupted":  # Ctrl-C stops the sweep, not only this variant
             raise KeyboardInterrupt
     if outdir is not None:
         write_atomic(outdir / "comparison.csv", csv_bytes(rows, COMPARE_FIELDS))
+        files = overlay.files()
+        for file_name in compare.COMPARE_FILES:  # an earlier sweep's figure goes when this one draws none
+            if file_name in files:
+                write_atomic(outdir / file_name, files[file_name])
+            else:
+                (outdir / file_name).unlink(missing_ok=True)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| " + " | ".join(COMPARE_FIELDS) + " |"
-    sep = "|" + "---|" * len(COMPARE_FIELDS)
-    body = ["| " + " | ".join("-" if r[k] is None else str(r[k]) for k in COMPARE_FIELDS) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    """The sweep's comparison rows as a Markdown table."""
+    return compare.markdown(rows, COMPARE_FIELDS)

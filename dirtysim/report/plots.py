@@ -189,7 +189,7 @@ def plot_rates(s: dict, ax: Axes | None = None, *, label: str | None = None, col
             color="tab:red" if label is None else line.get_color(), ls="-" if label is None else "--",
             label="dirty-pages-rate x page size" if label is None else None)
     ax.set_ylabel("MiB/s")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     return Series(s, ax)
 
 
@@ -264,11 +264,12 @@ def compare_figure(runs: dict[str, dict[str, dict]]) -> Figure:
     """Several runs (name -> ``run_curves``) overlaid in four panels, one color per run, named in the legends."""
     fig = Figure(figsize=(13, 8.5))
     fig.subplots_adjust(left=0.07, right=0.94, top=0.92, bottom=0.07, hspace=0.25, wspace=0.3)
-    axes = fig.subplots(2, 2, sharex=True).flat
-    for ax, (key, plot) in zip(axes, PANELS):
+    axes = fig.subplots(2, 2, sharex=True)
+    for ax, (key, plot) in zip(axes.flat, PANELS):
         for i, (name, curves) in enumerate(runs.items()):
             plot(curves[key], ax, label=name, color=f"C{i % 10}")
         ax.set_title(OVERLAY_TITLES[key], fontsize=9)
+    for ax in axes[-1]:
         ax.set_xlabel("seconds since migrate")
     fig.suptitle(f"compare: {', '.join(runs)}")
     return fig
