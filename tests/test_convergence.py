@@ -310,3 +310,15 @@ def test_parameters_set_before_migrate_apply_from_its_start():
 def test_a_capability_not_modelled_is_named_as_such():
     with pytest.raises(ScenarioError, match="capabilities.postcopy-ram: a QEMU capability dirtysim does not model yet"):
         load_scenario(NO_CONVERGENCE, ["migration.capabilities={postcopy-ram: true}"])
+
+
+@pytest.mark.parametrize("name", ["auto-converge", "dirty-limit"])
+def test_guest_samples_count_sleeps_as_served(name):
+    """A sleep longer than a sample spreads over the samples it lasts: nothing exceeds its interval."""
+    samples = of(_variant(name).events, ev.GuestSample)
+    slept = 0
+    for s in samples:
+        for ran, th, dl in zip(s.ran_ns, s.throttle_ns, s.dirtylimit_ns):
+            assert 0 <= th and 0 <= dl and ran + th + dl <= s.interval_ns, s
+            slept += th + dl
+    assert slept > 10 * S

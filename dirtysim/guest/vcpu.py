@@ -17,6 +17,7 @@ the sequence of one-by-one draws, so results do not depend on the batching.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Optional
 
 import numpy as np
@@ -70,6 +71,9 @@ class Guest(LazyActor):
         self.state = K.run_state()
         self.on_ring_full: Optional[Callable[[int], int]] = None  # reaps; returns the stall in ns
         self._taken = {name: np.zeros(len(workloads), dtype=np.int64) for name in STAT_ROWS}  # per vCPU, since boot
+        sleeps = ("throttle_ns", "dirtylimit_ns")  # per vCPU: (charged before it, ns) not yet served; served so far
+        self._sleeps = {stat: [deque() for _ in workloads] for stat in sleeps}
+        self._slept = {stat: np.zeros(len(workloads), dtype=np.int64) for stat in sleeps}
 
     @property
     def nvcpus(self) -> int:
@@ -170,10 +174,27 @@ class Guest(LazyActor):
         self.stats["ring_full_ns"][vcpu] += ns
         self.debt[vcpu] += ns
 
-    def sleep(self, vcpus: np.ndarray, ns: int, stat: str) -> None:
-        """The ``vcpus`` (a mask or indices) leave the guest for ``ns`` from their next quantum (``stat`` counts it)."""
+    def sleep(self, vcpus, ns: int, stat: str) -> None:
+        """The ``vcpus`` (a mask or an index) leave the guest for ``ns`` after what they owe (``stat`` counts it).
+
+        Owed time is served in the order it was charged, so the sleep is served
+        once everything charged before it is: ``slept_ns`` reports it as served.
+        """
+        charged = self.charged_ns()
+        for v in [vcpus] if np.ndim(vcpus) == 0 else np.flatnonzero(vcpus):
+            self._sleeps[stat][v].append((int(charged[v]), ns))
         self.stats[stat][vcpus] += ns
         self.debt[vcpus] += ns
+
+    def slept_ns(self, stat: str) -> np.ndarray:
+        """Per vCPU, how much of its ``stat`` sleeps (``throttle_ns``, ``dirtylimit_ns``) it has served so far."""
+        served = self.charged_ns() - self.debt
+        done, out = self._slept[stat], self._slept[stat].copy()
+        for v, pending in enumerate(self._sleeps[stat]):
+            while pending and sum(pending[0]) <= served[v]:
+                done[v] += pending.popleft()[1]
+            out[v] = done[v] + sum(min(max(int(served[v]) - start, 0), ns) for start, ns in pending)
+        return out
 
     def stall_inhibit(self, ns: int) -> None:
         """``accel_ioctl_inhibit_begin``: every vCPU held out of KVM_RUN while KVM applies an atomic memslot update."""
@@ -196,9 +217,13 @@ class Guest(LazyActor):
         """A counter of ``STAT_ROWS`` summed over the vCPUs since boot."""
         return int(self.totals(name).sum())
 
+    def charged_ns(self) -> np.ndarray:
+        """Per vCPU, all the time outside the guest it was charged since boot (served or still owed)."""
+        return sum(self.totals(name) for name in OWED)
+
     def out_of_guest_ns(self) -> np.ndarray:
         """Per vCPU, the time it has spent outside the guest since boot: all it was charged, less what it still owes."""
-        return sum(self.totals(name) for name in OWED) - self.debt
+        return self.charged_ns() - self.debt
 
 
 class _Schedule:
