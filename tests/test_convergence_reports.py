@@ -126,9 +126,11 @@ def test_guest_rows_from_first_principles():
 
 def test_summary_of_an_auto_converge_run():
     out = tables.summary(_auto_converge_log())
-    assert out["cpu-throttle-percentage"] == 0  # stopped at completion, as query-migrate then shows it
+    assert "cpu-throttle-percentage" not in out  # stopped at completion: cpu_throttle_active() is false
     assert "dirty-limit-throttle-time-per-round" not in out and "dirty-limit-ring-full-time" not in out
-    assert list(out)[list(out).index("ram") + 1] == "cpu-throttle-percentage"
+    running = tables.summary(_auto_converge_log()[:-6] + [ev.RunFinished(seq=99, t_ns=10**9, stop_reason="x")])
+    assert running["cpu-throttle-percentage"] == 30
+    assert list(running)[list(running).index("ram") + 1] == "cpu-throttle-percentage"
     d = out["dirtysim"]
     assert d["max-cpu-throttle-percentage"] == 30
     assert (d["vcpu-throttle-ms"], d["vcpu-dirtylimit-ms"]) == (36.0, 0.0)
@@ -153,7 +155,7 @@ def test_throttle_fields_absent_without_the_capabilities():
     assert out["dirtysim"]["max-cpu-throttle-percentage"] == 30  # what happened is still reported
 
 
-def _dirty_limit_log(cancel: bool) -> list[ev.Event]:
+def _dirty_limit_log() -> list[ev.Event]:
     return _log(
         _started(dirty_limit=True),
         (ev.MigrationStatus, 100, dict(status="setup")),
@@ -165,26 +167,25 @@ def _dirty_limit_log(cancel: bool) -> list[ev.Event]:
                                   ring_full_time=266_666)),
         _vcpu(310, 0, dirtylimit_ns=5_000_000), _vcpu(310, 1, dirtylimit_ns=2_500_000),
         _sync(310, 3, "exact"),
-        *([(ev.DirtyLimit, 400, dict(reason="cancel"))] if cancel else []),
         _sync(410, 4, "exact"),
         (ev.RunFinished, 500, dict(stop_reason="timeout")),
     )
 
 
 def test_dirty_limit_in_rounds_and_summary():
-    rows = tables.rounds(_dirty_limit_log(cancel=True))
-    assert [r["dirty-limit-throttle-time-per-round"] for r in rows] == [0, 0, 5000, 0]  # a cancel: nothing sleeps
-    assert [r["dirty-limit-ring-full-time"] for r in rows] == [0, 0, 266_666, 0]
+    rows = tables.rounds(_dirty_limit_log())
+    assert [r["dirty-limit-throttle-time-per-round"] for r in rows] == [0, 0, 5000, 5000]  # the last round holds
+    assert [r["dirty-limit-ring-full-time"] for r in rows] == [0, 0, 266_666, 266_666]
     assert [r["vcpu-dirtylimit-ms"] for r in rows] == [0, 0, 7.5, 0]
     assert [r["cpu-throttle-percentage"] for r in rows] == [0, 0, 0, 0]
-    in_service = tables.summary(_dirty_limit_log(cancel=False))
+    in_service = tables.summary(_dirty_limit_log())
     assert (in_service["dirty-limit-throttle-time-per-round"], in_service["dirty-limit-ring-full-time"]) == \
         (5000, 266_666)
     assert "cpu-throttle-percentage" not in in_service  # auto-converge is off
     assert in_service["dirtysim"]["vcpu-dirtylimit-ms"] == 7.5
-    cancelled = tables.summary(_dirty_limit_log(cancel=True))
-    assert "dirty-limit-throttle-time-per-round" not in cancelled  # dirtylimit_in_service() is false
-    just_set = tables.summary(_dirty_limit_log(cancel=False)[:5] + [ev.RunFinished(seq=5, t_ns=250 * MS, stop_reason="x")])
+    before = tables.summary(_dirty_limit_log()[:3] + [ev.RunFinished(seq=3, t_ns=150 * MS, stop_reason="x")])
+    assert "dirty-limit-throttle-time-per-round" not in before  # dirtylimit_in_service() is false until the set
+    just_set = tables.summary(_dirty_limit_log()[:5] + [ev.RunFinished(seq=5, t_ns=250 * MS, stop_reason="x")])
     assert (just_set["dirty-limit-throttle-time-per-round"], just_set["dirty-limit-ring-full-time"]) == (0, 0)
 
 
@@ -223,10 +224,10 @@ def test_guest_series_reads_guest_csv_back():
         assert np.allclose(from_csv[key], values), key
 
 
-def test_dirty_limit_series_steps_to_zero_at_the_cancel():
-    s = plots.throttle_series(_dirty_limit_log(cancel=True))
-    assert np.allclose(s["dirty-limit-time-s"], [0.1, 0.2, 0.3, 0.4])  # set, round, cancel, end of log
-    assert s["dirty-limit-ms"].tolist() == [0.0, 5.0, 0.0, 0.0]
+def test_dirty_limit_series_steps_at_each_round():
+    s = plots.throttle_series(_dirty_limit_log())
+    assert np.allclose(s["dirty-limit-time-s"], [0.1, 0.2, 0.4])  # set, round, end of log
+    assert s["dirty-limit-ms"].tolist() == [0.0, 5.0, 5.0]
 
 
 def test_overlay_runs_share_the_right_axis():

@@ -188,12 +188,14 @@ class Guest(LazyActor):
 
     def slept_ns(self, stat: str) -> np.ndarray:
         """Per vCPU, how much of its ``stat`` sleeps (``throttle_ns``, ``dirtylimit_ns``) it has served so far."""
-        served = self.charged_ns() - self.debt
         done, out = self._slept[stat], self._slept[stat].copy()
-        for v, pending in enumerate(self._sleeps[stat]):
-            while pending and sum(pending[0]) <= served[v]:
-                done[v] += pending.popleft()[1]
-            out[v] = done[v] + sum(min(max(int(served[v]) - start, 0), ns) for start, ns in pending)
+        waiting = [(v, pending) for v, pending in enumerate(self._sleeps[stat]) if pending]
+        if waiting:  # most runs never sleep: no work then
+            served = self.charged_ns() - self.debt
+            for v, pending in waiting:
+                while pending and sum(pending[0]) <= served[v]:
+                    done[v] += pending.popleft()[1]
+                out[v] = done[v] + sum(min(max(int(served[v]) - start, 0), ns) for start, ns in pending)
         return out
 
     def stall_inhibit(self, ns: int) -> None:

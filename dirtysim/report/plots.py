@@ -116,7 +116,7 @@ def throttle_series(events: list, f: tables._Fold | None = None) -> dict[str, np
 
     ``cpu-throttle-percentage`` from 0 at migrate and at every ``cpu-throttle``;
     ``dirty-limit-ms``: ``dirty-limit-throttle-time-per-round`` (in ms) at every
-    ``dirty-limit`` event (a round's value, 0 at a cancel; a set keeps the last).
+    ``dirty-limit`` event (a round's value; a set keeps the last).
     """
     f = tables.fold(events) if f is None else f
     sec, end = _seconds(f), events[-1].t_ns if events else 0
@@ -127,7 +127,7 @@ def throttle_series(events: list, f: tables._Fold | None = None) -> dict[str, np
             pct_t.append(e.t_ns)
             pct.append(e.percentage)
         elif type(e) is ev.DirtyLimit:
-            value = {"round": e.throttle_time_per_round / 1000, "cancel": 0.0}.get(e.reason, dl[-1] if dl else 0.0)
+            value = e.throttle_time_per_round / 1000 if e.reason == "round" else (dl[-1] if dl else 0.0)
             dl_t.append(e.t_ns)
             dl.append(value)
     if dl:

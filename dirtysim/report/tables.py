@@ -74,7 +74,7 @@ class _Fold:
     dirty_limit: bool = False
     cpu_throttle_percentage: int = 0  # cpu_throttle_get_percentage() now
     max_cpu_throttle_percentage: int = 0
-    dirty_limit_in_service: bool = False  # between a dirty-limit set and its cancel
+    dirty_limit_in_service: bool = False  # from the first dirty-limit set (nothing cancels it during a run)
     dirty_limit_throttle_time_per_round: int = 0  # us, from the last round (0 once cancelled)
     dirty_limit_ring_full_time: int = 0  # us, likewise
     parameter_changes: list = field(default_factory=list)  # (t_ns, parameters)
@@ -175,14 +175,11 @@ class _Fold:
         self.max_cpu_throttle_percentage = max(self.max_cpu_throttle_percentage, e.percentage)
 
     def _dirty_limit(self, e: ev.DirtyLimit) -> None:
-        """A set starts the service, a round gives the reported values, a cancel stops the service and zeroes
-        them (no vCPU sleeps any more)."""
-        self.dirty_limit_in_service = e.reason != "cancel"
+        """A set starts the service (for the rest of the run), a round gives the reported values."""
+        self.dirty_limit_in_service = True
         if e.reason == "round":
             self.dirty_limit_throttle_time_per_round, self.dirty_limit_ring_full_time = \
                 e.throttle_time_per_round, e.ring_full_time
-        elif e.reason == "cancel":
-            self.dirty_limit_throttle_time_per_round, self.dirty_limit_ring_full_time = 0, 0
 
     def _set_parameters(self, e: ev.MigrateSetParameters) -> None:
         self.parameter_changes.append((e.t_ns, e.parameters))
@@ -428,12 +425,13 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
 def _convergence_info(f: _Fold) -> dict:
     """query-migrate's throttle fields (``populate_ram_info``), present under the same conditions as in QEMU.
 
-    ``cpu-throttle-percentage`` whenever auto-converge is on; the dirty-limit
-    pair when dirty-limit is on and its service runs (``dirtylimit_in_service``),
-    with the values of its last round.
+    ``cpu-throttle-percentage`` while the throttle is active (``cpu_throttle_active``:
+    not after the migration ends, which stops it); the dirty-limit pair when
+    dirty-limit is on and its service runs (``dirtylimit_in_service``), with the
+    values of its last round.
     """
     info = {}
-    if f.auto_converge:
+    if f.auto_converge and f.cpu_throttle_percentage:
         info["cpu-throttle-percentage"] = f.cpu_throttle_percentage
     if f.dirty_limit and f.dirty_limit_in_service:
         info["dirty-limit-throttle-time-per-round"] = f.dirty_limit_throttle_time_per_round
