@@ -10,12 +10,14 @@ import functools
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from builders import of
 from dirtysim.events import schema as ev
 from dirtysim.migration.cpu_throttle import next_throttle, next_tick_ns, period_is_high, throttle_sleep_ns
-from dirtysim.migration.dirtylimit import RingFullTime, dirtylimit_done, need_linear_adjustment, set_throttle
+from dirtysim.migration.dirtylimit import (RingFullTime, dirtylimit_done, need_linear_adjustment, set_throttle,
+                                         vcpu_dirty_rates)
 from dirtysim.scenario.load import ScenarioError, load_scenario
 from dirtysim.scenario.schema import MigrationParameters
 from dirtysim.sim import run
@@ -28,6 +30,12 @@ DEFAULTS = MigrationParameters()
 S, MS = 10**9, 10**6
 
 pytestmark = pytest.mark.rules
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_runs():
+    """Each pytest session simulates anew: mutmut runs sessions in processes forked after a clean one."""
+    _run.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)
@@ -322,3 +330,32 @@ def test_guest_samples_count_sleeps_as_served(name):
             assert 0 <= th and 0 <= dl and ran + th + dl <= s.interval_ns, s
             slept += th + dl
     assert slept > 10 * S
+
+
+def test_dirtylimit_integer_arithmetic_at_its_boundaries():
+    """QEMU computes in uint64: the percentages truncate, the steps are whole microseconds."""
+    assert not need_linear_adjustment(100, 50) and not need_linear_adjustment(101, 50)  # 50 % is not above 50 %
+    assert not need_linear_adjustment(99, 200) and need_linear_adjustment(98, 200)
+    fast = RingFullTime(4096)
+    up = set_throttle(0, 100, 300, fast)  # sleep_pct = 200 * 100 // 300 = 66; ring-full 16e6 // 300 = 53,333 us
+    assert up == int(53_333 * 66 / 34.0) == 103_528
+    assert set_throttle(0, 200, 300, fast) == 5_333 and type(set_throttle(0, 200, 300, fast)) is int  # fine: a tenth
+    assert set_throttle(50_000, 100, 100, RingFullTime(4096)) == 50_000 - 16_000  # quota < current is false: down
+    down = set_throttle(1_000_000, 300, 100, RingFullTime(4096))  # below quota: (300 - 100) * 100 // 300 = 66
+    assert down == 1_000_000 - int(160_000 * 66 / 34.0)
+
+
+def test_vcpu_rates_and_the_reported_ring_full_time():
+    assert vcpu_dirty_rates(np.array([1_000_000, 0]), 700) == [5580, 0]  # (10**9 >> 8) // 700
+    assert vcpu_dirty_rates(np.array([256]), 1) == [1000]
+    full = RingFullTime(4096)
+    assert full.peek(3) == 5_333_333 and full.peek(0) == 0 and full.max_dirtyrate == 0, "peeking raises nothing"
+    full(200)
+    assert full.peek(100) == 80_000 and full.max_dirtyrate == 200
+
+
+def test_auto_converge_stops_the_throttle_once_at_the_end():
+    events = _variant("auto-converge").events
+    stops = [e for e in of(events, ev.CpuThrottle) if e.reason == "stop"]
+    assert [(s.percentage, s.bytes_dirty_period) for s in stops] == [(0, 0)]
+    assert stops[0].t_ns == of(events, ev.MigrationStatus)[-1].t_ns, "migration_iteration_finish"
