@@ -359,3 +359,15 @@ def test_auto_converge_stops_the_throttle_once_at_the_end():
     stops = [e for e in of(events, ev.CpuThrottle) if e.reason == "stop"]
     assert [(s.percentage, s.bytes_dirty_period) for s in stops] == [(0, 0)]
     assert stops[0].t_ns == of(events, ev.MigrationStatus)[-1].t_ns, "migration_iteration_finish"
+
+
+def test_each_dirty_limit_round_reports_what_query_migrate_would():
+    """``dirtylimit_throttle_time_per_round`` is the largest sleep; ``dirtylimit_ring_full_time`` the ring-full time
+    at the vCPUs' mean rate, against a maximum at least that mean (16 MiB ring: 16e6 us per MB/s)."""
+    rounds = [e for e in of(_variant("dirty-limit").events, ev.DirtyLimit) if e.reason == "round"]
+    assert rounds
+    for r in rounds:
+        assert r.quota == 1 and r.throttle_time_per_round == max(r.throttle_us_per_full) > 0
+        mean = sum(r.rates) // len(r.rates)
+        assert (r.ring_full_time == 0) if mean == 0 else (0 < r.ring_full_time <= 16_000_000 // mean)
+    assert rounds[0].ring_full_time == 16_000_000 // max(rounds[0].rates)
