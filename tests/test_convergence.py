@@ -371,3 +371,34 @@ def test_each_dirty_limit_round_reports_what_query_migrate_would():
         mean = sum(r.rates) // len(r.rates)
         assert (r.ring_full_time == 0) if mean == 0 else (0 < r.ring_full_time <= 16_000_000 // mean)
     assert rounds[0].ring_full_time == 16_000_000 // max(rounds[0].rates)
+
+
+def test_the_throttle_timer_on_a_tiny_guest():
+    """50 %: a sleep of 10,000,001 ns per vCPU at 0, 20, 40, ... ms (ticks every 20 ms, the first at the set);
+    a stop emits percentage 0 once and the next tick does not re-arm."""
+    import simpy
+
+    from builders import scenario
+    from dirtysim.events.log import Recorder
+    from dirtysim.machine import Machine
+    from dirtysim.migration.cpu_throttle import CpuThrottle
+
+    env = simpy.Environment()
+    rec = Recorder(lambda: env.now)
+    m = Machine(env, scenario(), rec, np.random.SeedSequence(1))
+    m.start()
+    throttle = CpuThrottle(env, m, rec)
+    throttle.set(50, bytes_dirty_period=2, bytes_dirty_threshold=1)
+    assert throttle.active() and m.guest.totals("throttle_ns").tolist() == [10_000_001] * 2
+    env.run(until=99 * MS)
+    assert m.guest.totals("throttle_ns").tolist() == [5 * 10_000_001] * 2  # ticks at 0, 20, 40, 60, 80 ms
+    throttle.stop()
+    throttle.stop()
+    env.run(until=200 * MS)
+    assert m.guest.totals("throttle_ns").tolist() == [5 * 10_000_001] * 2
+    events = of(rec.events, ev.CpuThrottle)
+    assert [(e.percentage, e.reason, e.bytes_dirty_period, e.bytes_dirty_threshold) for e in events] == \
+        [(50, "auto-converge", 2, 1), (0, "stop", 0, 0)]
+    assert not throttle.active() and throttle.max_percentage == 50
+    ran = 99 * MS - int(m.guest.out_of_guest_ns()[0])
+    assert 0.45 < ran / (99 * MS) < 0.55
