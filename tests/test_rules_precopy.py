@@ -98,7 +98,7 @@ def test_a_guest_sent_before_the_first_window_completes_at_once(path, zero_fract
     assert check.unassigned_writes == 0
     tail = [(t.kind, t.bytes, t.running) for t in of(events, ev.Transfer) if t.t_ns > stop]
     assert tail == [("eos", EOS, False), ("device-state", DEVICE_STATE, False)]  # the guest is stopped
-    assert [e.status for e in of(events, ev.MigrationStatus)] == ["setup", "active", "completed"]
+    assert [e.status for e in of(events, ev.MigrationStatus)] == ["setup", "active", "device", "completed"]
     assert result.stop_reason == "completed"
 
 

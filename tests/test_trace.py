@@ -114,7 +114,7 @@ def test_migration_thread_and_counters_agree_with_the_summary(traced):
     status = [e["name"] for e in tracks[(1, next(t for t, n in names.items() if n == "migration status"))]
               if e["ph"] == "X"]
     assert status[:2] == ["setup", "active"]
-    assert (status[-1] == "completion (vCPUs stopped)") == (s["status"] == "completed")
+    assert (status[-1] == "device (vCPUs stopped)") == (s["status"] == "completed")
 
 
 def test_ring_and_vhost_tracks(traced):

@@ -485,7 +485,8 @@ class PrecopyMigration:
     def completion(self):
         """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
         self.rec.emit(ev.VcpusStopped)
-        self.m.stop_vm()  # migration_stop_vm: downtime starts (status stays "active" without pause-before-switchover)
+        self.m.stop_vm()  # migration_stop_vm: downtime starts
+        self._status("device")  # migration_switchover_start: ACTIVE -> DEVICE ("migration: Always set DEVICE state")
         self.rs.last_stage = True  # ram_save_complete
         yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE)
         while self.rs.migration_dirty_pages:  # send_slice raises rather than return 0 with pages left

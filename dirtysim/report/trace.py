@@ -5,8 +5,9 @@ guest started (``t_ns`` = 0), with nanosecond precision as decimals. One
 process (``pid`` 1) per run; tracks (``tid``):
 
 - ``migration status`` (1): one slice per ``MigrationStatus`` (setup, active,
-  then ``completion (vCPUs stopped)`` from ``migration_stop_vm`` until
-  completed); instants for timeline actions, oracle checks and the run's end.
+  then ``device (vCPUs stopped)`` from ``migration_stop_vm`` until completed; a
+  log without the DEVICE status shows ``completion (vCPUs stopped)`` there);
+  instants for timeline actions, oracle checks and the run's end.
 - ``migration thread`` (2): ``migration_bitmap_sync #N`` slices (``[t - cost_ns,
   t]``; args: reason, new and remaining dirty pages, GET/CLEAR/reap/vhost time of
   that sync), send slices (the ``transfer`` events of one slice, ending at their
@@ -52,6 +53,7 @@ MIB = 1 << 20
 PID = 1
 STATUS, THREAD, MEMORY_MAP, REAPER, VCPU0, VHOST0 = 1, 2, 3, 4, 10, 100
 ENDED = ("completed", "cancelled", "failed")
+STATUS_NAMES = {"device": "device (vCPUs stopped)"}  # migration_switchover_start, right after migration_stop_vm
 
 
 def _us(t_ns: int) -> float:
@@ -114,7 +116,7 @@ def chrome_trace(events: list[ev.Event]) -> dict:
 
     def set_status(t: int, name: str | None) -> None:
         nonlocal status
-        if status is not None:
+        if status is not None and status[0] < t:  # a status replaced at once (vCPUs stopped, then DEVICE) leaves none
             tr.slice(STATUS, status[0], t, status[1])
         status = (t, name) if name else None
 
@@ -124,7 +126,7 @@ def chrome_trace(events: list[ev.Event]) -> dict:
         if not (isinstance(e, ev.Transfer) and e.kind == "pages" and send and send[-1].t_ns == e.t_ns):
             flush_send()
         if isinstance(e, ev.MigrationStatus):
-            set_status(e.t_ns, None if e.status in ENDED else e.status)
+            set_status(e.t_ns, None if e.status in ENDED else STATUS_NAMES.get(e.status, e.status))
             if e.status == "setup":
                 dirty = sum(b for b in _blocks(events, e.seq)) // page
             if e.status in ENDED:
