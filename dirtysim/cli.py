@@ -90,18 +90,17 @@ def compare(files: tuple[str, ...], outdir: str, overrides: tuple[str, ...], see
     from .report.files import child, write_run
     from .sim import run as simulate
 
-    scenarios = {file: _load(file, overrides, seed) for file in files}
-    clash = duplicate_names((file, s.name) for file, s in scenarios.items())
+    scenarios = [(file, _load(file, overrides, seed)) for file in files]  # a file given twice is a clash too
+    clash = duplicate_names((file, s.name) for file, s in scenarios)
     if clash:
         _fail(clash, EXIT_BAD_INPUT)
     root = Path(outdir)
-    comparison = Comparison(plots=any(s.outputs.plots for s in scenarios.values()))
+    comparison = Comparison(plots=any(s.outputs.plots for _, s in scenarios))
     failed = False
     with contextlib.ExitStack() as stack:
         top = stack.enter_context(_claim(root))
-        targets = {file: stack.enter_context(_claim(child(root, s.name, "name"))) for file, s in scenarios.items()}
-        for file, scenario in scenarios.items():
-            target = targets[file]
+        targets = [stack.enter_context(_claim(child(root, s.name, "name"))) for _, s in scenarios]
+        for target, (file, scenario) in zip(targets, scenarios):
             result = _writing(target, functools.partial(simulate, scenario, progress=progress))
             summary = _writing(target, functools.partial(write_run, result, target))
             comparison.add(scenario.name, result.events, summary)

@@ -132,3 +132,10 @@ def test_sweep_writes_the_overlay_and_names_each_variant(tmp_path, monkeypatch):
     assert [r["name"] for r in _rows(out / "compare.csv")] == ["plain", "ac"]
     assert (out / "compare.png").read_bytes()[:8] == PNG and (out / "comparison.csv").exists()
     assert [t.split(":")[0] for t in titles] == ["tiny / plain", "tiny / ac"]
+
+
+def test_the_same_file_twice_is_a_clash_too(tmp_path):
+    a = _scenario(tmp_path, "a", name="twice")
+    res = _compare(str(a), str(a), "-o", str(tmp_path / "cmp"))
+    assert res.exit_code == 2 and "are both named 'twice'" in res.stderr
+    assert not (tmp_path / "cmp").exists()

@@ -8,7 +8,7 @@ set of files or the complete new set, never a mix and never half a file.
    (``OUT/.dirtysim.lock``, ``fcntl.flock``, holding the writer's pid), which
    also proves that OUT is writable. A second run into OUT is refused with the
    pid of the one holding the lock; the lock ends with the process.
-2. After the run, ``commit`` writes every file into ``OUT/.tmp-XXXX/`` (same
+2. After the run, ``commit`` writes every file into a fresh ``OUT/.tmp-*/`` (same
    file system). A failed write (disk full, permission) removes that directory
    and leaves OUT as it was.
 3. The files are then renamed into OUT, ``summary.json`` last (it is in every

@@ -476,7 +476,7 @@ class MigrationParameters(_Model):
     cpu_throttle_increment: int = Field(10, ge=1, le=99, description="cpu-throttle-increment (%)")
     cpu_throttle_tailslow: bool = Field(False, description="cpu-throttle-tailslow: smaller steps near the need")
     max_cpu_throttle: int = Field(99, ge=1, le=99, description="max-cpu-throttle (%), at least cpu-throttle-initial")
-    vcpu_dirty_limit: int = Field(1, ge=1, description="vcpu-dirty-limit (MB/s, computed as MiB/s): each vCPU's "
+    vcpu_dirty_limit: int = Field(1, ge=1, le=(1 << 64) - 1, description="vcpu-dirty-limit (MB/s, computed as MiB/s): each vCPU's "
                                                        "quota under dirty-limit")
     x_vcpu_dirty_limit_period: Duration = Field(
         10**9, description="x-vcpu-dirty-limit-period: how often dirty-limit measures and adjusts (1 .. 1000 ms)")
