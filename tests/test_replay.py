@@ -259,3 +259,19 @@ def test_rarer_logs_are_accepted_and_replay(tmp_path, path, overrides):
         assert sum(e.__struct_config__.tag == "oracle-check" for e in events) > 1 and "oracle-check" in kinds
     write_replay(events, tmp_path / "re", plots=False)
     assert (tmp_path / "run" / "rounds.csv").read_bytes() == (tmp_path / "re" / "rounds.csv").read_bytes()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(ran_ns=[s["interval_ns"] + 1] * len(s["ran_ns"])),
+     "a vCPU ran and slept longer than the {interval} ns the guest-sample covers"),
+    (lambda s: s.update(writes=s["writes"][:-1]), "guest-sample lists of different lengths (one entry per vCPU)"),
+    (lambda s: s.update(throttle_ns=[-1] * len(s["throttle_ns"])),
+     "not a valid guest-sample: Expected `int` >= 0 - at `$.throttle_ns[0]`"),
+])
+def test_a_tampered_guest_sample(tmp_path, log, edit, message):
+    lines = list(log)
+    i = _index(lines, "guest-sample")
+    sample = _obj(lines[i])
+    edit(sample)
+    lines[i] = _line(sample)
+    _rejected(tmp_path, lines, i + 1, message.format(interval=sample["interval_ns"]))

@@ -177,6 +177,8 @@ class _Checker:
             self._oracle(number, e)
         elif isinstance(e, ev.MigrationStatus):
             self._status(number, e)
+        elif isinstance(e, ev.GuestSample):
+            self._sample(number, e)
 
     def _run_started(self, number: int, e: ev.RunStarted) -> None:
         h, self.page_size = self.header, e.page_size
@@ -222,6 +224,13 @@ class _Checker:
                 self.fail(number, "completed without an oracle-check at switchover")
         elif e.status == "cancelled" and (self.last_oracle is None or self.last_oracle.at not in ev.CANCEL_REASONS):
             self.fail(number, "cancelled without an oracle-check at the cancel (timeout, max-syncs or cancelled)")
+
+    def _sample(self, number: int, e: ev.GuestSample) -> None:
+        """One entry per vCPU in every list; no vCPU runs and sleeps longer than the sample lasts."""
+        if len({len(e.ran_ns), len(e.writes), len(e.throttle_ns), len(e.dirtylimit_ns)}) != 1:
+            self.fail(number, "guest-sample lists of different lengths (one entry per vCPU)")
+        if any(r + t + d > e.interval_ns for r, t, d in zip(e.ran_ns, e.throttle_ns, e.dirtylimit_ns)):
+            self.fail(number, f"a vCPU ran and slept longer than the {e.interval_ns} ns the guest-sample covers")
 
     def _oracle(self, number: int, e: ev.OracleCheck) -> None:
         if e.lost_pages > e.stale_pages:

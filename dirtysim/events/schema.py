@@ -8,12 +8,15 @@ so the log is a pure function of (scenario, seed, dirtysim version).
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
 import msgspec
 
 CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
 SCHEMA_VERSION = 2  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel)
+
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True):
@@ -145,7 +148,7 @@ class MigrateSetParameters(Event, tag="migrate-set-parameters"):
 class CpuThrottle(Event, tag="cpu-throttle", omit_defaults=True):
     """``cpu_throttle_set`` / ``cpu_throttle_stop``: the throttle percentage every vCPU now runs under."""
 
-    percentage: int  # 0 = not throttling
+    percentage: Annotated[int, msgspec.Meta(ge=0, le=99)]  # 0 = not throttling (cpu_throttle_set clamps to 1..99)
     reason: str  # auto-converge | stop
     bytes_dirty_period: int = 0  # migration_trigger_throttle's inputs when auto-converge acted
     bytes_dirty_threshold: int = 0
@@ -175,11 +178,11 @@ class GuestSample(Event, tag="guest-sample"):
     ``throttle_ns`` is auto-converge's sleep and ``dirtylimit_ns`` dirty-limit's.
     """
 
-    interval_ns: int
-    ran_ns: list[int]
-    writes: list[int]
-    throttle_ns: list[int]
-    dirtylimit_ns: list[int]
+    interval_ns: Annotated[int, msgspec.Meta(gt=0)]
+    ran_ns: list[NonNegative]
+    writes: list[NonNegative]
+    throttle_ns: list[NonNegative]
+    dirtylimit_ns: list[NonNegative]
 
 
 class LazyClear(Event, tag="lazy-clear"):

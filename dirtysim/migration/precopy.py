@@ -15,7 +15,8 @@ from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
 from ..scenario.schema import PAGE_SIZE, Scenario
-from .cpu_throttle import CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS, DIRTY_RATE_HIGH_PERIODS, CpuThrottle, next_throttle, period_is_high
+from .cpu_throttle import (CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS, DIRTY_RATE_HIGH_PERIODS, CpuThrottle, next_throttle,
+                           period_is_high)
 from .dirtylimit import DIRTYLIMIT_CALC_TIME_MS
 from .invariant import BrokenInvariant, dirty_count_mismatch
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
