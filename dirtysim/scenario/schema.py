@@ -37,7 +37,8 @@ QEMU_SPELLINGS = {
     "cpu_throttle_increment": "cpu-throttle-increment", "cpu_throttle_tailslow": "cpu-throttle-tailslow",
     "max_cpu_throttle": "max-cpu-throttle", "vcpu_dirty_limit": "vcpu-dirty-limit",
     "x_vcpu_dirty_limit_period": "x-vcpu-dirty-limit-period", "set": "migrate-set-parameters",
-    "migrate_cancel": "migrate-cancel",
+    "migrate_cancel": "migrate-cancel", "multifd_channels": "multifd-channels",
+    "multifd_compression": "multifd-compression",
 }
 
 # QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
@@ -205,6 +206,10 @@ class VcpuGroup(_Model):
 class MemoryConfig(_Model):
     size: Size = Field(description="guest RAM (one RAMBlock 'pc.ram' mapped at guest-physical 0)")
     zero_fraction: Fraction01 = Field(0.0, description="share of RAM that is zero at migration start (sent as 'duplicate')")
+    zlib_ratio: float = Field(2.0, ge=1.0, le=4096.0, description="how much multifd zlib shrinks a data page "
+                              "(4 KiB / ratio on the wire) [assumption: guest data; zlib -1 gives 2.7 on text]")
+    zstd_ratio: float = Field(2.2, ge=1.0, le=4096.0, description="how much multifd zstd shrinks a data page "
+                              "[assumption: zstd -1 gives 2.9 on text]")
 
 
 class _PciDevice(_Model):
@@ -403,6 +408,27 @@ class Costs(_Model):
     memslot_update: Duration = Field(
         20_000, description="one KVM_SET_USER_MEMORY_REGION while vCPUs are held out (atomic update) [assumption]"
     )
+    migration_page: Duration = Field(
+        100, description="migration thread, per page it sends or queues: find_next_bit, migration_bitmap_clear_dirty, "
+                         "the page header (ram_find_and_save_block -> ram_save_target_page) [assumption: a few hundred "
+                         "instructions]")
+    zero_check_zero_page: Duration = Field(
+        200, description="buffer_is_zero over a zero page: the whole 4 KiB is read (measure with `dirtysim calibrate`)")
+    zero_check_data_page: Duration = Field(
+        10, description="buffer_is_zero over a data page: it exits at the first non-zero sample "
+                        "(measure with `dirtysim calibrate`)")
+    page_send: Duration = Field(
+        2_500, description="one normal page into the socket: header, writev of 4 KiB, TCP copy (measure with "
+                           "`dirtysim calibrate`; one TCP connection moves 1617 MiB/s = 2.4 us per page on a 100 Gbit "
+                           "link, cloud-hypervisor PR 7669; KubeVirt needs 8-16 multifd channels for 100 Gbit/s)")
+    multifd_packet: Duration = Field(
+        5_000, description="one multifd packet in its sender thread: header, sendmsg, the channel handoff "
+                           "(multifd_send, sem_wait/post) [assumption]")
+    zlib_page: Duration = Field(
+        20_000, description="multifd zlib compressing one data page (level 1) [assumption: ~200 MB/s; measure with "
+                            "`dirtysim calibrate`]")
+    zstd_page: Duration = Field(
+        8_000, description="multifd zstd compressing one data page (level 1) [assumption: ~500 MB/s]")
     page_hash: Duration = Field(
         500, description="calc-dirty-rate hashing one sampled 4 KiB page (compute_page_hash, xxHash64 rounds): "
                          "a page read from DRAM at ~10 GB/s [assumption; xxHash's own benchmark gives ~19 GB/s "
@@ -430,11 +456,11 @@ class Network(_Model):
                               description="one-way latency, paid once at the end of switchover (at most 10s)")
 
 
-# qapi/migration.json MigrationCapability values besides the two modelled (multifd, postcopy and xbzrle
+# qapi/migration.json MigrationCapability values besides those modelled (postcopy and xbzrle
 # are planned; the others do not change how RAM migrates or are deprecated).
 UNBUILT_CAPABILITIES = frozenset({
     "xbzrle", "rdma-pin-all", "zero-blocks", "events", "postcopy-ram", "x-colo", "release-ram", "return-path",
-    "pause-before-switchover", "multifd", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate",
+    "pause-before-switchover", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate",
     "x-ignore-shared", "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt",
     "switchover-ack", "mapped-ram"})
 
@@ -449,6 +475,8 @@ class Capabilities(_Model):
     auto_converge: bool = Field(False, description="auto-converge: throttle the vCPUs (migration/cpu-throttle.c)")
     dirty_limit: bool = Field(False, description="dirty-limit: cap each vCPU's dirty rate (system/dirtylimit.c); "
                                                  "needs the dirty ring, excludes auto-converge")
+    multifd: bool = Field(False, description="multifd: RAM pages go out on multifd-channels sender threads "
+                                             "(migration/multifd.c)")
 
     @model_validator(mode="before")
     @classmethod
@@ -458,7 +486,7 @@ class Capabilities(_Model):
             for key, value in data.items():
                 if key in UNBUILT_CAPABILITIES:
                     raise fail(("migration", "capabilities", key), "a QEMU capability dirtysim does not model yet",
-                               str(value), "auto-converge, dirty-limit")
+                               str(value), "auto-converge, dirty-limit, multifd")
         return data
 
 
@@ -528,6 +556,11 @@ class Migration(MigrationParameters):
     zero_page_detection: Literal["none", "legacy", "multifd"] = Field(
         "multifd", description="zero-page-detection; without multifd, legacy and multifd both scan in the migration thread"
     )
+    multifd_channels: int = Field(2, ge=1, le=255, description="multifd-channels (2): sender threads and "
+                                  "connections (migrate_params_check: 1 .. 255)")
+    multifd_compression: Literal["none", "zlib", "zstd"] = Field(
+        "none", description="multifd-compression; the compressed size of a data page is 4 KiB / "
+                            "machine.memory.<method>_ratio (qpl, uadk, qatzip are not modelled)")
     timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
     max_syncs: Optional[int] = Field(None, ge=1, description="dirtysim (guestperf's max_iters): cancel with "
                                      "stop-reason 'max-syncs' once dirty-sync-count exceeds this")
