@@ -23,6 +23,7 @@ import numpy as np
 
 from common import median_time, table
 from dirtysim.dirty import kernels as k
+from dirtysim.dirty import sendcost
 
 TIB_WORDS = 1 << 22  # 1 TiB guest = 2^28 pages = 2^22 uint64 words
 SCRATCH_WORDS = (128 << 20) // 8
@@ -108,6 +109,8 @@ def _bitmap_cases(rows: np.ndarray, words: int) -> dict:
     """
     u8 = np.zeros(1, dtype=np.uint8)
     out6 = np.zeros(6, dtype=np.int64)
+    free = np.zeros(sendcost.CV_ROWS, dtype=np.int64)  # wire time only: the bitmap walk is what is measured
+    free[sendcost.CV_CHANNELS] = 1
     seen = np.zeros(0, dtype=np.uint64)
     end = words * 64
     return {
@@ -119,7 +122,8 @@ def _bitmap_cases(rows: np.ndarray, words: int) -> dict:
         "harvest_log (exchange)": (lambda: k.harvest_log(rows[0], rows[1], 0, words, 0, True, seen), 2, 2),
         "find_next_bit scan": (lambda: scan_dirty(rows[0], end), 1, 0),
         "send_pages (whole block)": (lambda: k.send_pages(rows[0], u8, rows[3], rows[1], rows[2], 0, end, 1 << 62,
-                                                          1 << 62, 18, False, True, 0, out6), 4, 3),
+                                                          1 << 62, 18, False, True, 0, k.NORMAL_PAGE_BYTES,
+                                                          k.ZERO_PAGE_BYTES, free, 1 << 62, out6), 4, 3),
     }
 
 

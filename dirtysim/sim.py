@@ -20,7 +20,7 @@ import numpy as np
 import simpy
 
 from . import __version__
-from .dirty import kernels
+from .dirty import kernels, sendcost
 from .events import schema as ev
 from .events.log import Recorder, fingerprint
 from .machine import Machine
@@ -91,7 +91,9 @@ def _warm_up() -> float:
     win = np.zeros((2, 2), dtype=np.uint64)
     kernels.apply_writes(i64, one, gmap, *slots, w, w.copy(), w.copy(), win, i64.copy())
     u8, out6 = np.zeros(1, dtype=np.uint8), np.zeros(6, dtype=np.int64)
-    kernels.send_pages(w, u8, w.copy(), w.copy(), w.copy(), 0, 128, 1 << 40, 1 << 40, 18, True, True, 0, out6)
+    cv = np.ones(sendcost.CV_ROWS, dtype=np.int64)
+    kernels.send_pages(w, u8, w.copy(), w.copy(), w.copy(), 0, 128, 1 << 40, 1 << 40, 18, True, True, 0, 4104, 9, cv,
+                       1 << 40, out6)
     kernels.count_stale(w, np.stack([w]), 0, 2)
     f = np.zeros(1)
     kernels.map_writes(f, one, i64, i64 + 128, i64, i64, f, i64.copy())
@@ -111,8 +113,10 @@ def _warm_up() -> float:
         kernels.run_vcpus(1, *guest, ring, rings, idx, idx.copy(), 2)
     kernels.run_backend(1, 1, 1, i64.copy(), i64.copy(), 1, 0, 1, 0, 1, i64, one * 128, gmap, w, w.copy(), win,
                         w.copy(), True)
-    kernels.iterate_slices(np.zeros(7, dtype=np.int64), np.zeros((2, 8), dtype=np.int64), 0, 0, 1, 1, 0, 0, w, u8,
-                           w.copy(), w.copy(), w.copy(), 128, 18, True, out6, *guest)
+    kernels.iterate_slices(np.zeros(7, dtype=np.int64), np.zeros((2, kernels.REC_COLS), dtype=np.int64), 0, 0, 1, 1,
+                           0, 0, w, u8, w.copy(), w.copy(), w.copy(), 128, 18, True, out6, 4104, 9, cv, i64.copy(),
+                           1 << 40, *guest)
+    sendcost.send_partial(cv, i64.copy())
     return time.perf_counter() - t0
 
 

@@ -22,7 +22,7 @@ MIB = 1 << 20
 COMPARE_FIELDS = [
     "variant", "status", "total-time", "downtime", "dirty-sync-count", "transferred-mib", "resent-pages",
     "write-not-dirty-pages", "vcpu-faults", "vcpu-lost-ms", "ring-full-exits", "vhost-logged-pages",
-    "thread-ioctl-ms", "lost-pages", "first-lost-ms",
+    "thread-ioctl-ms", "migration-thread-busy", "multifd-busy", "lost-pages", "first-lost-ms",
 ]
 
 
@@ -61,6 +61,8 @@ def comparison_row(name: str, summary: dict) -> dict:
         "ring-full-exits": d["ring-full-exits"],
         "vhost-logged-pages": d["vhost-logged-pages"],
         "thread-ioctl-ms": d["thread-ioctl-ms"],
+        "migration-thread-busy": d["migration-thread-busy"],
+        "multifd-busy": d["multifd-busy"],
         "lost-pages": d["lost-pages"],
         "first-lost-ms": d["first-lost-ms"],
     }

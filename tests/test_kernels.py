@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from dirtysim.dirty import kernels as K
 from dirtysim.sim import warm_up_kernels
 from dirtysim.dirty import reference as R
+from dirtysim.dirty.sendcost import (CV_CHAN_NORMAL, CV_CHAN_ZERO, CV_CHANNELS, CV_MAIN_NORMAL, CV_MAIN_PAGE,
+                                     CV_MAIN_ZERO, CV_ROWS)
 from dirtysim.dirty.kernels import (
     NORMAL_PAGE_BYTES,
     SEND_BUDGET,
@@ -29,6 +31,8 @@ from dirtysim.dirty.kernels import (
 )
 
 U64 = np.uint64
+FREE = np.zeros(CV_ROWS, dtype=np.int64)  # no CPU cost per page: slices are wire time only
+FREE[CV_CHANNELS] = 1
 ALL_ONES = (1 << 64) - 1
 MAX_WORDS = 40
 
@@ -302,9 +306,15 @@ def send_pages_case(draw):
     lazy_clear = draw(st.booleans())
     zero_detect = draw(st.booleans())
     first_extra = draw(st.sampled_from([0, 8]))
+    normal_bytes, zero_bytes = draw(st.sampled_from([(NORMAL_PAGE_BYTES, ZERO_PAGE_BYTES), (4096, 0), (1862, 9)]))
+    cv = np.zeros(CV_ROWS, dtype=np.int64)
+    costs = st.integers(0, 3000)
+    cv[[CV_MAIN_PAGE, CV_MAIN_ZERO, CV_MAIN_NORMAL, CV_CHAN_ZERO, CV_CHAN_NORMAL]] = [draw(costs) for _ in range(5)]
+    cv[CV_CHANNELS] = draw(st.integers(1, 4))
+    t_cap = draw(st.one_of(st.integers(1, 20_000), st.just(1 << 62)))
     out = np.full(6, -7, dtype=np.int64)
     return (bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
-            first_extra, out)
+            first_extra, normal_bytes, zero_bytes, cv, t_cap, out)
 
 
 @SLOW
@@ -316,7 +326,8 @@ def test_send_pages_matches_reference(case):
     # Invariants of the kernel's own result (independent of the reference).
     bmap0, clear_bmap, nonzero, stale0, received0 = case[:5]
     page0, end, budget, cap, shift, lazy_clear, zero_detect, first_extra = case[5:13]
-    bmap1, stale1, received1, out = k_args[0], k_args[3], k_args[4], k_args[13]
+    normal_bytes, zero_bytes, cv, t_cap = case[13:17]
+    bmap1, stale1, received1, out = k_args[0], k_args[3], k_args[4], k_args[17]
     nxt, normal, zero, nbytes, resent, unchanged = (int(x) for x in out)
     sent = sorted(pages_of(bmap0) - pages_of(bmap1))
     assert resent == len(set(sent) & pages_of(received0))
@@ -329,18 +340,22 @@ def test_send_pages_matches_reference(case):
     assert pages_of(stale1) == pages_of(stale0) - set(sent)
     assert pages_of(received1) == pages_of(received0) | set(sent)
     # bytes: zero / normal records plus the block header on the first page only
-    assert nbytes == zero * ZERO_PAGE_BYTES + normal * NORMAL_PAGE_BYTES + (first_extra if sent else 0)
+    assert nbytes == zero * zero_bytes + normal * normal_bytes + (first_extra if sent else 0)
+    thread = lambda n, z: (n + z) * cv[CV_MAIN_PAGE] + z * cv[CV_MAIN_ZERO] + n * cv[CV_MAIN_NORMAL]  # noqa: E731
+    senders = lambda n, z: (z * cv[CV_CHAN_ZERO] + n * cv[CV_CHAN_NORMAL]) // cv[CV_CHANNELS]  # noqa: E731
     # pages are sent in address order with no dirty page skipped in [page0, nxt)
     assert all(p in sent for p in pages_of(bmap0) if page0 <= p < nxt)
     if sent:
-        last_cost = (ZERO_PAGE_BYTES if zero_detect and sent[-1] not in pages_of(nonzero) else NORMAL_PAGE_BYTES)
-        last_cost += first_extra if len(sent) == 1 else 0
+        last_zero = zero_detect and sent[-1] not in pages_of(nonzero)
+        last_cost = (zero_bytes if last_zero else normal_bytes) + (first_extra if len(sent) == 1 else 0)
         before_last = nbytes - last_cost
         assert before_last <= budget and before_last < cap  # overshoot by at most one page
+        n1, z1 = normal - (not last_zero), zero - last_zero  # and in CPU time: the page before last was in time
+        assert thread(n1, z1) < t_cap and senders(n1, z1) < t_cap
     if k_ret == SEND_END_OF_BLOCK:
         assert nxt == end and not any(page0 <= p < end for p in pages_of(bmap1))
     elif k_ret == SEND_BUDGET:
-        assert nbytes > budget or nbytes >= cap
+        assert nbytes > budget or nbytes >= cap or thread(normal, zero) >= t_cap or senders(normal, zero) >= t_cap
         assert nxt in pages_of(bmap1)
     else:
         assert k_ret == SEND_NEED_CLEAR and lazy_clear
@@ -352,11 +367,11 @@ def _send(bmap, clear_bmap, nonzero, page, end, budget, cap, shift, lazy_clear, 
     stale, received = ~np.zeros_like(nonzero), np.zeros_like(nonzero)
     out = np.zeros(6, dtype=np.int64)
     args = (bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
-            first_extra, out)
+            first_extra, NORMAL_PAGE_BYTES, ZERO_PAGE_BYTES, FREE, 1 << 62, out)
     k_ret, k_args, r_ret, r_args = run_both(K.send_pages, R.send_pages, *args)
     assert_same(k_ret, k_args, r_ret, r_args)
     assert pages_of(k_args[3]) == pages_of(stale) - pages_of(k_args[4])  # received pages are up to date
-    return int(k_ret), k_args[0], pages_of(k_args[4]), [int(x) for x in k_args[13][:4]]
+    return int(k_ret), k_args[0], pages_of(k_args[4]), [int(x) for x in k_args[17][:4]]
 
 
 @pytest.mark.parametrize("page0", [0, 10])

@@ -45,9 +45,10 @@ def _sync(t, count, reason, dirty, new=0, pending=0, threshold=0, rate=0, closed
                                    period_closed=closed, dirty_pages_rate=rate, cost_ns=cost))
 
 
-def _pages(t, normal, zero, nbytes, running=True, resent=0, unchanged=0):
+def _pages(t, normal, zero, nbytes, running=True, resent=0, unchanged=0, cpu_ns=0, channel_ns=0):
     return (ev.Transfer, t, dict(kind="pages", bytes=nbytes, wire_ns=1, running=running, block="pc.ram",
-                                 normal=normal, zero=zero, resent=resent, unchanged=unchanged))
+                                 normal=normal, zero=zero, resent=resent, unchanged=unchanged, cpu_ns=cpu_ns,
+                                 channel_ns=channel_ns))
 
 
 def _vcpu(t, vcpu, writes, faults, fault_ns, exits=0, ring_ns=0, inhibit_ns=0):
@@ -75,7 +76,7 @@ def _completed_log() -> list[ev.Event]:
         _sync(SETUP_T + 300_060, 1, "setup", dirty=2304, cost=12_345),  # 9 MiB / 4 KiB
         (ev.MigrationStatus, ACTIVE_T, dict(status="active")),
         (ev.Transfer, ACTIVE_T, dict(kind="setup", bytes=100, wire_ns=1, running=True)),
-        _pages(300 * MS, normal=1000, zero=800, nbytes=4_200_000, resent=3, unchanged=2),
+        _pages(300 * MS, normal=1000, zero=800, nbytes=4_200_000, resent=3, unchanged=2, cpu_ns=99_640_000),
         _vcpu(305 * MS, 0, writes=50, faults=3, fault_ns=6_400, exits=1, ring_ns=1_500_300, inhibit_ns=250_100),
         _vcpu(305 * MS, 1, writes=70, faults=4, fault_ns=8_000, exits=2, ring_ns=2_250_000, inhibit_ns=250_000),
         (ev.LazyClear, 306 * MS, dict(block="pc.ram", chunk=0, start=0, size=MIB)),
@@ -88,7 +89,8 @@ def _completed_log() -> list[ev.Event]:
         _window(310 * MS, mbps=336.1234, pps=25_000.5678, downtime=42),
         _sync(400 * MS, 2, "exact", dirty=2304 - 1800 + 120, new=120, pending=2_000_000, threshold=3_000_000,
               rate=0, cost=1_000_000),
-        _pages(500 * MS, normal=400, zero=100, nbytes=1_700_000, resent=5, unchanged=1),
+        _pages(500 * MS, normal=400, zero=100, nbytes=1_700_000, resent=5, unchanged=1, cpu_ns=50_000_000,
+               channel_ns=7),  # senders' time without multifd counts nowhere (it cannot happen)
         _vcpu(1_050 * MS, 0, writes=9, faults=1, fault_ns=2_000),
         _vcpu(1_050 * MS, 1, writes=8, faults=0, fault_ns=0),
         _window(1_060 * MS, mbps=400.0, pps=30_000.0, downtime=17),
@@ -144,6 +146,10 @@ def test_rounds_from_first_principles():
     assert [r["thread-get-us"] for r in rows] == [0, 7.0, 0]
     assert [r["thread-clear-us"] for r in rows] == [0, 0.511, 0]
     assert [r["thread-reap-us"] for r in rows] == [0, 1.107, 0]  # the reaper thread's reap is not counted
+    # page work of the migration thread between syncs: 99.64 ms of 198.799940 ms, then 50 ms of 700.1 ms
+    assert [r["thread-send-us"] for r in rows] == [0, 99_640.0, 50_000.0]
+    assert [r["migration-thread-busy"] for r in rows] == [0.0, 0.5012, 0.0714]
+    assert [r["multifd-busy"] for r in rows] == [0.0, 0.0, 0.0]
     assert sorted(rows[0]) == sorted(tables.ROUND_FIELDS)  # every column, nothing else
 
 
@@ -186,6 +192,7 @@ def test_completed_summary_from_first_principles():
         "precopy-bytes": 100 + 4_200_000 + 1_700_000,
         "downtime-bytes": 420_000 + 200_000,
         "postcopy-bytes": 0,
+        "multifd-bytes": 0,
         "page-size": PAGE,
     }
     d = out["dirtysim"]
@@ -212,6 +219,8 @@ def test_completed_summary_from_first_principles():
         # no convergence control and no guest sample in this log
         "max-cpu-throttle-percentage": 0, "vcpu-throttle-ms": 0.0, "vcpu-dirtylimit-ms": 0.0, "parameter-changes": [],
         "guest-slowdown": {"run-fraction": None, "write-rate-mib-s": None, "before-write-rate-mib-s": None},
+        # 149.64 ms of page work from 'active' to the end (END_T - ACTIVE_T)
+        "migration-thread-busy": round(149_640_000 / (END_T - ACTIVE_T), 4), "multifd-busy": 0.0,
     }
     assert list(d["listener-calls"]) == ["kvm-memory.log_sync", "vhost.log_start"]  # sorted
 

@@ -21,6 +21,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .sendcost import (CV_CHAN_NORMAL, CV_CHAN_ZERO, CV_CHANNELS, CV_MAIN_NORMAL, CV_MAIN_PAGE, CV_MAIN_ZERO,
+                       CV_PACKET_BYTES, RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES, flush_and_sync, queue_pages, slice_ns)
+
 jit = numba.njit(cache=True, nogil=True)
 inline = numba.njit(cache=True, nogil=True, inline="always")  # per-write helpers, inlined into the loops
 
@@ -287,19 +290,22 @@ def find_next_bit(bmap, page, end):
 
 @jit
 def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
-               first_extra, out):
+               first_extra, normal_bytes, zero_bytes, cv, t_cap, out):
     """Send dirty pages of one RAMBlock from ``page`` in address order.
 
     Models ``ram_find_and_save_block`` / ``ram_save_host_page`` for 4 KiB pages:
     stop before a page once more than ``budget`` bytes went out
-    (``migration_rate_exceeded``) or ``cap`` bytes (one send slice); stop and ask
+    (``migration_rate_exceeded``), ``cap`` bytes (one send slice of link time) or
+    ``t_cap`` ns of the migration thread's or the senders' CPU time (one send
+    slice of CPU: the costs in ``cv``, ``dirty/sendcost.py``); stop and ask
     the caller to clear a chunk when the next dirty page lies in a chunk whose
     ``clear_bmap`` bit is set (``migration_clear_memory_region_dirty_bitmap``,
     skipped when ``lazy_clear`` is 0, i.e. in the last stage). Each sent page is
     test-and-cleared in ``bmap`` (``migration_bitmap_clear_dirty``), costs a
     zero-page or normal-page record (``nonzero`` clear: ``save_zero_page``), and
     the destination oracle receives its current content (``stale`` cleared,
-    ``received`` set). ``first_extra`` bytes (block idstr) go on the first page.
+    ``received`` set). A page puts ``normal_bytes`` or ``zero_bytes`` on the wire
+    (``migration/sending.py``); ``first_extra`` bytes (block idstr) go on the first page.
     The oracle bitmaps are the block's words (page 0 = the block's first page).
 
     out[:] = next page, normal pages, zero pages, bytes, re-sent pages (received
@@ -313,12 +319,18 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
     unchanged = 0
     extra = first_extra
     status = SEND_END_OF_BLOCK
+    nch = cv[CV_CHANNELS]
+    m_zero, m_normal = cv[CV_MAIN_PAGE] + cv[CV_MAIN_ZERO], cv[CV_MAIN_PAGE] + cv[CV_MAIN_NORMAL]
+    c_zero, c_normal = cv[CV_CHAN_ZERO], cv[CV_CHAN_NORMAL]
+    m_worst, c_worst = max(m_zero, m_normal), max(c_zero, c_normal)
+    tm = 0  # migration thread CPU so far
+    tc = 0  # senders' CPU so far, summed over the channels
     while True:
         p = find_next_bit(bmap, page, end)
         page = p
         if p >= end:
             break
-        if nbytes > budget or nbytes >= cap:
+        if nbytes > budget or nbytes >= cap or tm >= t_cap or tc // nch >= t_cap:
             status = SEND_BUDGET
             break
         if lazy_clear and clear_bmap[p >> shift]:
@@ -329,14 +341,17 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
         if end - (w << 6) < 64:
             x &= (np.uint64(1) << np.uint64(end - (w << 6))) - np.uint64(1)
         k = np.int64(popcount64(x))
-        worst = nbytes + (k - 1) * NORMAL_PAGE_BYTES + extra  # bytes out before the word's last page, at most
-        if worst <= budget and worst < cap:
+        worst = nbytes + (k - 1) * max(normal_bytes, zero_bytes) + extra  # bytes out before the word's last page
+        if worst <= budget and worst < cap and tm + (k - 1) * m_worst < t_cap and (
+                tc + (k - 1) * c_worst) // nch < t_cap:
             # Every page left in the word passes the per-page checks (one chunk: shift >= 6): send them at once.
             bmap[w] &= ~x
             z = np.int64(popcount64(x & ~nonzero[w])) if zero_detect else 0
             zero += z
             normal += k - z
-            nbytes += z * ZERO_PAGE_BYTES + (k - z) * NORMAL_PAGE_BYTES + extra
+            nbytes += z * zero_bytes + (k - z) * normal_bytes + extra
+            tm += z * m_zero + (k - z) * m_normal
+            tc += z * c_zero + (k - z) * c_normal
             extra = 0
             rc = received[w] & x
             resent += np.int64(popcount64(rc))
@@ -349,10 +364,14 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
         bmap[w] &= ~b
         if zero_detect and not (nonzero[w] & b):
             zero += 1
-            nbytes += ZERO_PAGE_BYTES + extra
+            nbytes += zero_bytes + extra
+            tm += m_zero
+            tc += c_zero
         else:
             normal += 1
-            nbytes += NORMAL_PAGE_BYTES + extra
+            nbytes += normal_bytes + extra
+            tm += m_normal
+            tc += c_normal
         extra = 0
         if received[w] & b:
             resent += 1
@@ -780,21 +799,23 @@ def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_
 IT_DONE, IT_MORE, IT_PENDING, IT_PARTIAL, IT_STUCK = 0, 1, 2, 3, 4
 IO_NOW, IO_PAGE, IO_DIRTY, IO_TRANSFERRED, IO_EXTRA, IO_GUEST_NEXT, IO_NREC = range(7)
 # columns of its slice records
-REC_START, REC_END, REC_NORMAL, REC_ZERO, REC_BYTES, REC_RESENT, REC_UNCHANGED, REC_WRAPS = range(8)
+REC_START, REC_END, REC_NORMAL, REC_ZERO, REC_BYTES, REC_RESENT, REC_UNCHANGED, REC_WRAPS, REC_PACKETS, REC_COLS = range(10)
 MAX_WAIT_MS = 50  # ram_save_iterate
 
 
 @jit
 def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
-                   breceived, end, shift, zero_detect, sout, quantum, fault_cost, vi, vf, runs, ubuf, buf, state,
-                   gmap, slot_gpa, slot_pages, slot_ram, slot_logging, target, nonzero, stale, win):
+                   breceived, end, shift, zero_detect, sout, normal_bytes, zero_bytes, cv, mstate, t_cap, quantum,
+                   fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
+                   target, nonzero, stale, win):
     """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
 
     Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
     in address order from ``io[IO_PAGE]`` (``send_pages``, wrapping at the end of
-    the block) until ``cap`` bytes or the window's budget
-    (``migration_rate_exceeded``) are reached; then the thread waits for the wire
-    (``nbytes / link``) while the vCPUs run (``run_vcpus`` up to the wake-up
+    the block) until ``cap`` bytes, ``t_cap`` ns of CPU or the window's budget
+    (``migration_rate_exceeded``) are reached, multifd packets filled and, at a
+    wrap, flushed (``sendcost.py``); then the thread waits out the slice (the
+    slowest of wire and CPU, ``slice_ns``) while the vCPUs run (``run_vcpus`` up to the wake-up
     time, the quantum starting exactly then included iff it was already due when
     the thread went to sleep, as SimPy orders it). The loop ends as QEMU's does:
     budget exceeded, nothing sent, or more than MAX_WAIT (50 ms) since ``t0_ms``
@@ -813,12 +834,13 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
     status = IT_MORE
     while nrec < rec.shape[0] - 1:
         budget = rl_start + rl_max - transferred if rl_max > 0 else 1 << 62
-        nbytes = normal = zero = resent = unchanged = wraps = 0
+        nbytes = normal = zero = resent = unchanged = wraps = packets = 0
         sent_since_wrap = 1
         st = SEND_BUDGET
-        while dirty > 0 and nbytes < cap and nbytes <= budget:
+        t_left = t_cap
+        while dirty > 0 and nbytes < cap and nbytes <= budget and t_left > 0:
             st = send_pages(bmap, clear_bmap, bnonzero, bstale, breceived, page, end, budget - nbytes, cap - nbytes,
-                            shift, True, zero_detect, extra, sout)
+                            shift, True, zero_detect, extra, normal_bytes, zero_bytes, cv, t_left, sout)
             n = sout[1] + sout[2]
             if n:
                 extra = 0
@@ -830,6 +852,10 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
             dirty -= n
             page = sout[0]
             sent_since_wrap += n
+            pk = queue_pages(cv, mstate, sout[1], sout[2])
+            packets += pk
+            nbytes += pk * cv[CV_PACKET_BYTES]
+            t_left = t_cap - slice_ns(cv, link, 0, normal, zero, packets)
             if st == SEND_NEED_CLEAR:
                 break
             if st == SEND_END_OF_BLOCK:
@@ -839,15 +865,20 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
                 page = 0
                 wraps += 1
                 sent_since_wrap = 0
+                pk = flush_and_sync(cv, mstate)  # find_dirty_block: the per-round multifd sync
+                if pk:
+                    packets += pk
+                    nbytes += pk * cv[CV_PACKET_BYTES] + RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES
         r = rec[nrec]
         r[REC_START], r[REC_END], r[REC_NORMAL], r[REC_ZERO] = now, -1, normal, zero
         r[REC_BYTES], r[REC_RESENT], r[REC_UNCHANGED], r[REC_WRAPS] = nbytes, resent, unchanged, wraps
+        r[REC_PACKETS] = packets
         if status == IT_STUCK:
             break
         if st == SEND_NEED_CLEAR:
             status = IT_PARTIAL
             break
-        t_end = now + nbytes * NS_PER_S // link
+        t_end = now + slice_ns(cv, link, nbytes, normal, zero, packets)
         if t_end > now:  # a zero wait does not yield in SimPy: nobody else runs
             if t_end >= horizon:
                 status = IT_PENDING

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import NORMAL_PAGE_BYTES, SEND_BUDGET, SEND_END_OF_BLOCK, SEND_NEED_CLEAR, ZERO_PAGE_BYTES
+from . import sendcost
+from .kernels import SEND_BUDGET, SEND_END_OF_BLOCK, SEND_NEED_CLEAR
 
 
 def bits(words: np.ndarray) -> np.ndarray:
@@ -120,7 +121,7 @@ def find_next_bit(bmap, page, end):
 
 
 def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
-               first_extra, out):
+               first_extra, normal_bytes, zero_bytes, cv, t_cap, out):
     b, nz, st, rc = bits(bmap), bits(nonzero), bits(stale), bits(received)
     nbytes = normal = zero = resent = unchanged = 0
     extra = first_extra
@@ -131,7 +132,9 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
         if page >= end:
             page = end
             break
-        if nbytes > budget or nbytes >= cap:
+        thread = sendcost.main_ns(cv, normal, zero)
+        senders = sendcost.channel_ns(cv, normal, zero, 0) // cv[sendcost.CV_CHANNELS]
+        if nbytes > budget or nbytes >= cap or thread >= t_cap or senders >= t_cap:
             status = SEND_BUDGET
             break
         if lazy_clear and clear_bmap[page >> shift]:
@@ -141,7 +144,7 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
         is_zero = zero_detect and not nz[page]
         zero += is_zero
         normal += not is_zero
-        nbytes += (ZERO_PAGE_BYTES if is_zero else NORMAL_PAGE_BYTES) + extra
+        nbytes += (zero_bytes if is_zero else normal_bytes) + extra
         extra = 0
         resent += bool(rc[page])
         unchanged += bool(rc[page] and not st[page])

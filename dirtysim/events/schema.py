@@ -13,7 +13,7 @@ from typing import Annotated, Optional, Union
 import msgspec
 
 CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
-SCHEMA_VERSION = 2  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel)
+SCHEMA_VERSION = 3  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -235,6 +235,10 @@ class Transfer(Event, tag="transfer"):
     zero: int = 0
     resent: int = 0  # pages the destination had received before
     unchanged: int = 0  # re-sent although not written since their last send ("write-not-dirty")
+    cpu_ns: int = 0  # the migration thread's CPU time for these pages (migration/sending.py)
+    channel_ns: int = 0  # the multifd sender threads' CPU time, summed over the channels
+    packets: int = 0  # multifd packets sent (data and SYNC)
+    multifd_bytes: int = 0  # of ``bytes``, those on the multifd channels (query-migrate ram.multifd-bytes)
 
 
 class ScanWrap(Event, tag="scan-wrap"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dirty import kernels
+from ..dirty import kernels, sendcost
 from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
@@ -20,6 +20,7 @@ from .cpu_throttle import (CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS, DIRTY_RATE_HIGH
 from .dirtylimit import DIRTYLIMIT_CALC_TIME_MS
 from .invariant import BrokenInvariant, dirty_count_mismatch
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
+from .sending import send_costs
 from .slices import FusedSlices
 
 MAX_WAIT = 50  # ms, ram_save_iterate
@@ -69,6 +70,7 @@ class PrecopyMigration:
         self.params = mig  # migrate-set-parameters replaces it (set_parameters)
         self.counters = self._new_counters()
         self.zero_detect = mig.zero_page_detection != "none"
+        self.send = send_costs(scenario)  # what a page costs on the wire and in CPU (multifd or not)
         self.shift = scenario.dirty_tracking.clear_bitmap_shift
         self.send_before_clear = scenario.dirty_tracking.send_order == "send-before-clear"
         self.transferred = 0  # migration_transferred_bytes
@@ -89,7 +91,7 @@ class PrecopyMigration:
         machine.block_listeners.append(self.ram_block_changed)
         self._out = np.zeros(6, dtype=np.int64)
         self._deferred: tuple[RAMBlock, int] | None = None  # send-before-clear: chunk awaiting its clear
-        self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes, resent, unchanged in flight
+        self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes, resent, unchanged, packets
         self.slices = FusedSlices(self)
 
     # -- clock ---------------------------------------------------------------------------------------
@@ -385,36 +387,50 @@ class PrecopyMigration:
         """Bytes one send slice may put on the wire: ``engine.send_quantum`` of link time."""
         return max(1, self.link_bytes_per_s * self.sc.engine.send_quantum // 10**9)
 
-    def send_slice(self, budget: int, carried: tuple[int, int, int] = (0, 0, 0)):
-        """Send dirty pages in address order for at most one send quantum of link time.
+    def slice_ns(self, nbytes: int, normal: int, zero: int, packets: int) -> int:
+        """How long a slice of pages takes: wire, migration thread or multifd senders, the slowest (``sendcost``)."""
+        return int(sendcost.slice_ns(self.send.cv, self.link_bytes_per_s, nbytes, normal, zero, packets))
+
+    def send_slice(self, budget: int, carried: tuple[int, int, int, int] = (0, 0, 0, 0)):
+        """Send dirty pages in address order for at most one send quantum of link or CPU time.
 
         ``ram_find_and_save_block`` from (last_seen_block, last_page), wrapping at
         the end of the block list; a chunk whose ``clear_bmap`` bit is set is
         cleared first (``migration_clear_memory_region_dirty_bitmap``) unless in
-        the last stage. Returns the number of pages sent. ``carried`` (bytes,
-        normal, zero pages) continues a slice that ``FusedSlices`` began and
+        the last stage. Multifd packets fill and, at a wrap, are flushed and
+        synced. Returns the number of pages sent. ``carried`` (bytes, normal,
+        zero pages, packets) continues a slice that ``FusedSlices`` began and
         stopped at a chunk to clear.
         """
         self._reset_if_blocks_changed()  # a block list change lands between slices (QEMU: between iterations)
-        rs, blocks = self.rs, self.m.ram_list.blocks
-        cap = self.slice_cap()
+        rs, blocks, sc = self.rs, self.m.ram_list.blocks, self.send
+        cap, t_cap = self.slice_cap(), self.sc.engine.send_quantum
         lazy = not rs.last_stage
-        nbytes, normal, zero = carried
+        nbytes, normal, zero, packets = carried
         sent_since_wrap = 1  # the pass in progress may have sent before this slice
-        while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget:
+        t_left = t_cap - self.slice_ns(0, normal, zero, packets)
+        while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget and t_left > 0:
             block = blocks[rs.block_index]
-            extra = 0 if block is rs.last_sent_block else 1 + len(block.idstr)
+            # the block's idstr rides on the first page header of a new block; multifd packets name their block
+            extra = 0 if block is rs.last_sent_block or sc.multifd else 1 + len(block.idstr)
             rl, w = self.m.ram_list, block.words
             status = kernels.send_pages(block.bmap, block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w],
-                                        rs.page, block.pages, budget - nbytes,
-                                        cap - nbytes, self.shift, lazy, self.zero_detect, extra, self._out)
+                                        rs.page, block.pages, budget - nbytes, cap - nbytes, self.shift, lazy,
+                                        self.zero_detect, extra, sc.normal_bytes, sc.zero_bytes, sc.cv, t_left,
+                                        self._out)
             page, n, z, b, resent, unchanged = (int(x) for x in self._out)
+            pk = 0
             if n + z:
+                if block is not rs.last_sent_block:  # multifd_queue_page: a new block sends the packet in progress
+                    pk += int(sendcost.send_partial(sc.cv, sc.state))
+                pk += int(sendcost.queue_pages(sc.cv, sc.state, n, z))
+                b += pk * int(sc.cv[sendcost.CV_PACKET_BYTES])
                 rs.last_sent_block = block
-                self._account_block(block, n, z, b, resent, unchanged)
+                self._account_block(block, n, z, b, resent, unchanged, pk)
             rs.migration_dirty_pages -= n + z
             sent_since_wrap += n + z
-            normal, zero, nbytes, rs.page = normal + n, zero + z, nbytes + b, page
+            normal, zero, nbytes, packets, rs.page = normal + n, zero + z, nbytes + b, packets + pk, page
+            t_left = t_cap - self.slice_ns(0, normal, zero, packets)
             if status == kernels.SEND_NEED_CLEAR:
                 self.clear_chunk(block, page >> self.shift)
             elif status == kernels.SEND_END_OF_BLOCK:
@@ -426,10 +442,20 @@ class PrecopyMigration:
                     sent_since_wrap = 0
                     rs.block_index = 0
                     self.rec.emit(ev.ScanWrap)
-        wire_ns = nbytes * 10**9 // self.link_bytes_per_s
-        yield from self._wait(wire_ns + self.m.meter.drain())
+                    nbytes, packets = self._multifd_sync(rs.last_sent_block or block, nbytes, packets)
+        yield from self._wait(self.slice_ns(nbytes, normal, zero, packets) + self.m.meter.drain())
         self._record_pages()
         return normal + zero
+
+    def _multifd_sync(self, block: RAMBlock, nbytes: int, packets: int) -> tuple[int, int]:
+        """``multifd_ram_flush_and_sync`` (per-round mode, the default): the partial packet and a SYNC packet per
+        channel go out, and ``RAM_SAVE_FLAG_MULTIFD_FLUSH`` on the main stream; nothing without multifd."""
+        pk = int(sendcost.flush_and_sync(self.send.cv, self.send.state))
+        if not pk:
+            return nbytes, packets
+        b = pk * int(self.send.cv[sendcost.CV_PACKET_BYTES]) + sendcost.RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES
+        self._account_block(block, 0, 0, b, 0, 0, pk)
+        return nbytes + b, packets + pk
 
     def flush_deferred_clear(self) -> None:
         """send-before-clear: issue the clear of the chunk whose pages have all been sent by now."""
@@ -446,13 +472,20 @@ class PrecopyMigration:
 
     def _record_pages(self) -> None:
         """The flush returned: the bytes count as transferred (``qemu_fflush``)."""
-        for idstr, (n, z, b, resent, unchanged) in self._pending.items():
-            self.transferred += b
-            self.pages_sent += n + z
-            self.rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=b,
-                          wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running,
-                          resent=resent, unchanged=unchanged)
+        for idstr, counts in self._pending.items():
+            self.emit_pages(idstr, *counts)
         self._pending = {}
+
+    def emit_pages(self, idstr: str, n: int, z: int, b: int, resent: int, unchanged: int, packets: int) -> None:
+        """Pages of one block are out: transferred, and who spent how long on them (``ram_transferred_add``)."""
+        cv = self.send.cv
+        self.transferred += b
+        self.pages_sent += n + z
+        mf_bytes = packets * int(cv[sendcost.CV_PACKET_BYTES]) + (n * self.send.normal_bytes if self.send.multifd else 0)
+        self.rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=b,
+                      wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running,
+                      resent=resent, unchanged=unchanged, cpu_ns=int(sendcost.main_ns(cv, n, z)),
+                      channel_ns=int(sendcost.channel_ns(cv, n, z, packets)), packets=packets, multifd_bytes=mf_bytes)
 
     def clear_chunk(self, block: RAMBlock, chunk: int) -> None:
         """``migration_clear_memory_region_dirty_bitmap``: consume the chunk's bit, then log_clear.
@@ -492,6 +525,10 @@ class PrecopyMigration:
         yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE)
         while self.rs.migration_dirty_pages:  # send_slice raises rather than return 0 with pages left
             yield from self.send_slice(UNLIMITED)  # migration_switchover_start: no rate limit
+        if self.send.multifd:  # ram_save_complete: multifd_ram_flush_and_sync before the EOS
+            nbytes, packets = self._multifd_sync(self.rs.last_sent_block or self.m.ram_list.blocks[0], 0, 0)
+            yield from self._wait(self.slice_ns(nbytes, 0, 0, packets))
+            self._record_pages()
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
         yield from self._transfer("device-state", self.m.device_state)  # flushed: QEMU's downtime ends here
         self.check_oracle("switchover")

@@ -17,14 +17,13 @@ from ..events import schema as ev
 from .invariant import dirty_count_mismatch
 
 RECORDS = 4096  # slices per kernel call at most
-NS_PER_S = 10**9
 
 
 class FusedSlices:
     def __init__(self, migration):
         self.mig = migration
         self.io = np.zeros(7, dtype=np.int64)
-        self.rec = np.zeros((RECORDS, 8), dtype=np.int64)
+        self.rec = np.zeros((RECORDS, K.REC_COLS), dtype=np.int64)
         self.sout = np.zeros(6, dtype=np.int64)
 
     def eligible(self) -> bool:
@@ -48,10 +47,12 @@ class FusedSlices:
         io[:K.IO_NREC] = (env.now, rs.page, rs.migration_dirty_pages, mig.transferred, first_extra, guest.next_t)
         horizon = min(env.peek(), float(1 << 62))
         w = block.words
+        sc = mig.send
         status = K.iterate_slices(io, self.rec, int(horizon), t0_ms, mig.link_bytes_per_s, mig.slice_cap(),
                                   mig.counters.rate_limit_start, mig.counters.rate_limit_max, block.bmap,
                                   block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w], block.pages,
-                                  mig.shift, mig.zero_detect, self.sout, *guest.write_args())
+                                  mig.shift, mig.zero_detect, self.sout, sc.normal_bytes, sc.zero_bytes, sc.cv,
+                                  sc.state, mig.sc.engine.send_quantum, *guest.write_args())
         now = int(io[K.IO_NOW])
         if now > env.now:  # first the clock (the guest is up to date: a plain SimPy wait), then the past's events
             yield env.timeout(now - env.now)
@@ -68,32 +69,28 @@ class FusedSlices:
             return False
         if status == K.IT_STUCK:
             raise dirty_count_mismatch(rs.migration_dirty_pages)
-        start, _, n, z, nbytes, resent, unchanged, wraps = self.rec[nrec].tolist()
+        start, _, n, z, nbytes, resent, unchanged, wraps, packets = self.rec[nrec].tolist()
         for _ in range(wraps):
             rec.emit(ev.ScanWrap)
-        if n + z:
-            mig._account_block(block, n, z, nbytes, resent, unchanged)
+        if n + z or packets:
+            mig._account_block(block, n, z, nbytes, resent, unchanged, packets)
         if status == K.IT_PARTIAL:  # a lazy clear is due: send_slice meets the chunk, clears it, sends its page
-            yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z))
+            yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z, packets))
         else:  # IT_PENDING: pages sent (the wait is not empty); it meets another process, or the vCPUs need
-            yield from mig._wait(nbytes * NS_PER_S // mig.link_bytes_per_s)  # more variates; nothing charged
+            yield from mig._wait(mig.slice_ns(nbytes, n, z, packets))  # more variates; nothing charged
             mig._record_pages()
         return mig.now_ms() - t0_ms > K.MAX_WAIT_MS
 
     def _emit_slice(self, idstr: str, row: list) -> None:
         """A completed slice's events at their own times: scan wraps at its start, the transfer at its end."""
         mig, rec = self.mig, self.mig.rec
-        start, end, n, z, nbytes, resent, unchanged, wraps = row
+        start, end, n, z, nbytes, resent, unchanged, wraps, packets = row
         try:
             rec.time_override = start
             for _ in range(wraps):
                 rec.emit(ev.ScanWrap)
-            if n + z:
+            if n + z or packets:
                 rec.time_override = end
-                mig.transferred += nbytes
-                mig.pages_sent += n + z
-                rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=nbytes,
-                         wire_ns=nbytes * NS_PER_S // mig.link_bytes_per_s, running=True, resent=resent,
-                         unchanged=unchanged)
+                mig.emit_pages(idstr, n, z, nbytes, resent, unchanged, packets)
         finally:
             rec.time_override = None

@@ -15,7 +15,7 @@ from . import tables
 
 COMPARE_FILES = ("compare.csv", "compare.png")
 FIELDS = ["name", "status", "stop-reason", "total-time-ms", "downtime-ms", "transferred", "dirty-sync-count",
-          "max-cpu-throttle-percentage", "guest-run-fraction", "lost-pages"]
+          "max-cpu-throttle-percentage", "guest-run-fraction", "migration-thread-busy", "multifd-busy", "lost-pages"]
 
 
 def row(name: str, summary: dict) -> dict:
@@ -31,6 +31,8 @@ def row(name: str, summary: dict) -> dict:
         "dirty-sync-count": summary["ram"]["dirty-sync-count"],
         "max-cpu-throttle-percentage": d["max-cpu-throttle-percentage"],
         "guest-run-fraction": d["guest-slowdown"]["run-fraction"],
+        "migration-thread-busy": d.get("migration-thread-busy"),  # absent from summaries before the sending costs
+        "multifd-busy": d.get("multifd-busy"),
         "lost-pages": d["lost-pages"],
     }
 

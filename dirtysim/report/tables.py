@@ -25,11 +25,14 @@ ROUND_FIELDS = [
     # convergence controls (schema 2)
     "cpu-throttle-percentage", "dirty-limit-throttle-time-per-round", "dirty-limit-ring-full-time", "vcpu-throttle-ms",
     "vcpu-dirtylimit-ms", "bytes-dirty-period", "dirty-rate-high-cnt",
+    # the sending side (schema 3)
+    "thread-send-us", "migration-thread-busy", "multifd-send-ms", "multifd-busy",
 ]
 # Per-interval counters (reset at every sync) and what they are folded from.
 INTERVAL_FIELDS = ("resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ns", "ring-full-exits",
                    "vcpu-ring-full-ns", "vcpu-inhibit-ns", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
-                   "thread-get-ns", "thread-clear-ns", "thread-reap-ns", "vcpu-throttle-ns", "vcpu-dirtylimit-ns")
+                   "thread-get-ns", "thread-clear-ns", "thread-reap-ns", "vcpu-throttle-ns", "vcpu-dirtylimit-ns",
+                   "thread-send-ns", "multifd-send-ns")
 
 
 @dataclass
@@ -79,6 +82,10 @@ class _Fold:
     dirty_limit_ring_full_time: int = 0  # us, likewise
     parameter_changes: list = field(default_factory=list)  # (t_ns, parameters)
     samples: list = field(default_factory=list)  # (GuestSample, cpu-throttle-percentage when it was taken)
+    # the sending side
+    multifd_channels: int = 0  # 0 without multifd
+    multifd_bytes: int = 0
+    last_sync_ns: int | None = None  # the previous round's end, for busy fractions
 
     def _add(self, **counts: int) -> None:
         for key, n in counts.items():
@@ -96,6 +103,8 @@ class _Fold:
         self.expected_downtime = e.scenario["migration"]["downtime_limit"] // NS_PER_MS
         caps = e.scenario["migration"].get("capabilities", {})  # absent from schema-1 logs: both off
         self.auto_converge, self.dirty_limit = caps.get("auto_converge", False), caps.get("dirty_limit", False)
+        if caps.get("multifd", False):
+            self.multifd_channels = e.scenario["migration"]["multifd_channels"]
 
     def _block_added(self, e: ev.RamBlockAdded) -> None:
         self.blocks[e.idstr] = e.size
@@ -120,7 +129,9 @@ class _Fold:
             self.normal += e.normal
             self.zero += e.zero
             self.dirty_pages -= e.normal + e.zero
-            self._add(**{"resent": e.resent, "write-not-dirty": e.unchanged})
+            self._add(**{"resent": e.resent, "write-not-dirty": e.unchanged, "thread-send-ns": e.cpu_ns,
+                         "multifd-send-ns": e.channel_ns})
+            self.multifd_bytes += e.multifd_bytes
             if e.running:
                 self.precopy_bytes += e.bytes
             else:
@@ -187,6 +198,17 @@ class _Fold:
     def _guest_sample(self, e: ev.GuestSample) -> None:
         self.samples.append((e, self.cpu_throttle_percentage))
 
+    def busy(self, acc: Counter, elapsed_ns: int) -> dict:
+        """Share of ``elapsed_ns`` the migration thread spent sending pages, and each multifd sender on average.
+
+        The thread's page work only (``migration/sending.py``); its ioctls are
+        ``thread-get/clear/reap-us``. 0 over an empty interval, and for the senders without multifd.
+        """
+        if elapsed_ns <= 0:
+            return {"migration-thread-busy": 0.0, "multifd-busy": 0.0}
+        senders = acc["multifd-send-ns"] / (elapsed_ns * self.multifd_channels) if self.multifd_channels else 0.0
+        return {"migration-thread-busy": round(acc["thread-send-ns"] / elapsed_ns, 4), "multifd-busy": round(senders, 4)}
+
     def ms_since_migrate(self, t_ns: int) -> float:
         """rounds.csv's ``time`` convention: ms since ``migrate`` (the setup status), or since 0 without one.
 
@@ -223,7 +245,9 @@ class _Fold:
             "dirty-limit-ring-full-time": self.dirty_limit_ring_full_time,
             "bytes-dirty-period": e.bytes_dirty_period,
             "dirty-rate-high-cnt": e.dirty_rate_high_cnt,
+            **self.busy(acc, e.t_ns - (self.last_sync_ns if self.last_sync_ns is not None else e.t_ns)),
         }
+        self.last_sync_ns = e.t_ns
         for key in INTERVAL_FIELDS:
             if key.endswith("-ns"):
                 unit, div = ("-us", 1000) if key.startswith("thread") else ("-ms", NS_PER_MS)
@@ -372,6 +396,7 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "precopy-bytes": f.precopy_bytes,
         "downtime-bytes": f.downtime_bytes,
         "postcopy-bytes": 0,
+        "multifd-bytes": f.multifd_bytes,
         "page-size": f.page_size,
     }
     if not completed:
@@ -418,6 +443,8 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "parameter-changes": [{"time-ms": f.ms_since_migrate(t_ns), "parameters": params}
                               for t_ns, params in f.parameter_changes],
         "guest-slowdown": guest_slowdown(f),
+        # the sending side over the whole migration (setup to the end): migration thread and multifd senders
+        **f.busy(f.totals, end - (f.setup_end_ns if f.setup_end_ns is not None else end)),
     }
     return out
 
