@@ -1,4 +1,4 @@
-"""``dirtysim.calibrate``: its kernels against obvious references, and the block it prints.
+"""``dirtysim calibrate``: its kernels against obvious references, and the block it prints.
 
 No test times anything against an absolute number: only the zero check's
 zero-page/data-page ratio is asserted, a property of the algorithm (a full
@@ -10,14 +10,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dirtysim import calibrate as C
+from dirtysim.cli import main
 from dirtysim.scenario.schema import Costs
 from dirtysim.scenario.units import parse_duration
 
 PAGE = C.PAGE_SIZE
+MEASURED = ("zero_check_zero_page", "zero_check_data_page", "page_send", "zlib_page")
+NOT_MEASURED = ("migration_page", "multifd_packet")
 
 
 def _page(nonzero: dict[int, int]) -> np.ndarray:
@@ -103,9 +107,64 @@ def test_measure_refuses_settings_it_cannot_measure():
         C.measure(C.Settings(buffer=C.QUICK.buffer, repetitions=0, send_seconds=0.01, compress_pages=1))
 
 
+# --------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One ``dirtysim calibrate --quick -o FILE``: its result, its stdout parsed, and the file."""
+    out = tmp_path_factory.mktemp("calibrate") / "costs.yaml"
+    res = CliRunner().invoke(main, ["calibrate", "--quick", "-o", str(out)])
+    return res, yaml.safe_load(res.stdout), out
+
+
+def test_quick_block_is_a_valid_costs_block(quick):
+    res, block, out = quick
+    assert res.exit_code == 0, res.output
+    assert out.read_text() == res.stdout
+    costs = Costs.model_validate(block["costs"])  # every key a Costs field, every value a duration
+    defaults = Costs()
+    assert all(getattr(costs, key) > 0 for key in MEASURED)
+    assert all(getattr(costs, key) == getattr(defaults, key) for key in NOT_MEASURED)
+    for key in NOT_MEASURED:
+        assert "default, not measured" in next(line for line in res.stdout.splitlines() if f" {key}:" in line)
+    assert "loopback TCP: includes the receiver's copy" in res.stdout
+
+
+def test_zero_check_reads_a_zero_page_whole_and_a_data_page_hardly(quick):
+    costs = Costs.model_validate(quick[1]["costs"])
+    assert costs.zero_check_zero_page > 2 * costs.zero_check_data_page
+
+
+def test_zstd_without_a_module_keeps_its_default(quick):
+    line = next(line for line in quick[0].stdout.splitlines() if " zstd_page:" in line)
+    if C._zstd_stream() is None:
+        assert Costs.model_validate(quick[1]["costs"]).zstd_page == Costs().zstd_page
+        assert "not measured: no zstd module" in line
+    else:
+        assert "level 1 stream" in line
+
+
 def test_a_measured_zstd_is_printed_with_its_module():
     comp = C.Compression("zstandard", {"text": 14_000.0, "random": 1_340.0}, {"text": 3.7, "random": 1.0})
     cal = C.Calibration(C.QUICK, 700.0, 60.0, 600.0, 2_000.0, comp, comp)
     block = yaml.safe_load(C.costs_yaml(cal))
     assert Costs.model_validate(block["costs"]).zstd_page == 7_670
     assert "zstandard level 1 stream" in C.costs_yaml(cal)
+
+
+def test_output_into_a_missing_directory_is_refused_before_measuring(tmp_path):
+    res = CliRunner().invoke(main, ["calibrate", "--quick", "-o", str(tmp_path / "nowhere" / "costs.yaml")])
+    assert res.exit_code == 2
+    assert res.stderr == f"--output: directory {tmp_path / 'nowhere'} does not exist\n"
+
+
+def test_ctrl_c_while_measuring_exits_130(monkeypatch, tmp_path):
+    def interrupted(settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "measure", interrupted)
+    out = tmp_path / "costs.yaml"
+    res = CliRunner().invoke(main, ["calibrate", "-o", str(out)])
+    assert res.exit_code == 130
+    assert "interrupted" in res.stderr and not out.exists()
