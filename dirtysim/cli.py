@@ -1,4 +1,5 @@
-"""``dirtysim`` command line: run | compare | dirtyrate | validate | schema | listeners | sweep | replay | trace.
+"""``dirtysim`` command line: run | compare | dirtyrate | validate | schema | listeners | sweep | replay | trace |
+calibrate.
 
 Exit codes: 0 ok, 2 bad input or an unusable output directory (nothing was
 simulated), 1 the simulation failed, lost pages (its result record is still
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -414,6 +416,39 @@ def trace(events: str, output: str | None) -> None:
     except OSError as exc:
         _fail(f"{path}: cannot write: {exc.strerror}", EXIT_SIM_ERROR)
     click.echo(f"{path}  ({len(log)} events; open it in https://ui.perfetto.dev)")
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="64 MiB of pages, 3 runs per cost, short socket runs (a few seconds; "
+                                            "rougher numbers)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="also write the block to this file")
+def calibrate(quick: bool, output: str | None) -> None:
+    """Measure this machine's per-page sending costs; print them as a scenario `costs:` block.
+
+    Zero check, page send over loopback TCP, zlib and (with a zstd module)
+    zstd compression, each the median of several runs; the costs it cannot
+    measure keep their defaults, marked so.
+    """
+    from .calibrate import FULL, QUICK, CalibrationError, costs_yaml, measure
+    from .report.files import write_atomic
+
+    path = Path(output) if output else None
+    if path is not None and not path.parent.is_dir():
+        _fail(f"--output: directory {path.parent} does not exist", EXIT_BAD_INPUT)
+    if path is not None and not os.access(path.parent, os.W_OK):
+        _fail(f"--output: directory {path.parent} is not writable", EXIT_BAD_INPUT)
+    try:
+        block = costs_yaml(measure(QUICK if quick else FULL))
+    except (CalibrationError, OSError) as exc:
+        _fail(f"calibrate: {exc}", EXIT_SIM_ERROR)
+    except KeyboardInterrupt:
+        _fail("interrupted: nothing written", EXIT_INTERRUPTED)
+    if path is not None:
+        try:
+            write_atomic(path, block.encode())
+        except OSError as exc:
+            _fail(f"{path}: cannot write: {exc.strerror}", EXIT_SIM_ERROR)
+    click.echo(block, nl=False)
 
 
 def _read_log(path: str):
