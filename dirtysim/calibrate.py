@@ -41,12 +41,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from .dirty.kernels import PAGE_HEADER, PAGE_SIZE, inline, jit
+from .dirty.sendcost import MULTIFD_PAGES as PACKET_PAGES  # the compressors flush once per multifd packet
 from .scenario.schema import Costs
 from .scenario.units import DURATION_UNITS, format_duration
 
 LINE_WORDS = 8  # buffer_is_zero_int_ge256 ORs one 64-byte block of words per test
 IOV_PAGES = 32  # MAX_IOV_SIZE (64) iovecs per writev, two per page: header and page
-PACKET_PAGES = 128  # MULTIFD_PACKET_SIZE (512 KiB) / 4 KiB: the compressors flush once per packet
 COPY_RING = 64  # pages of the copy's destination: stays in cache, like a socket buffer being refilled
 
 

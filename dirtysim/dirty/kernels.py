@@ -22,7 +22,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .sendcost import (CV_CHAN_NORMAL, CV_CHAN_ZERO, CV_CHANNELS, CV_MAIN_NORMAL, CV_MAIN_PAGE, CV_MAIN_ZERO,
-                       CV_PACKET_BYTES, RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES, flush_and_sync, queue_pages, slice_ns)
+                       CV_PACKET_BYTES, RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES, channel_ns, flush_and_sync, main_ns,
+                       queue_pages, slice_ns)
 
 jit = numba.njit(cache=True, nogil=True)
 inline = numba.njit(cache=True, nogil=True, inline="always")  # per-write helpers, inlined into the loops
@@ -799,7 +800,8 @@ def run_backend(nq, rate_q, unit_div, carry, cursor, buf_slots, buf_first, unit_
 IT_DONE, IT_MORE, IT_PENDING, IT_PARTIAL, IT_STUCK = 0, 1, 2, 3, 4
 IO_NOW, IO_PAGE, IO_DIRTY, IO_TRANSFERRED, IO_EXTRA, IO_GUEST_NEXT, IO_NREC = range(7)
 # columns of its slice records
-REC_START, REC_END, REC_NORMAL, REC_ZERO, REC_BYTES, REC_RESENT, REC_UNCHANGED, REC_WRAPS, REC_PACKETS, REC_COLS = range(10)
+(REC_START, REC_END, REC_NORMAL, REC_ZERO, REC_BYTES, REC_RESENT, REC_UNCHANGED, REC_WRAPS, REC_PACKETS, REC_CPU,
+ REC_CHANNEL, REC_COLS) = range(12)
 MAX_WAIT_MS = 50  # ram_save_iterate
 
 
@@ -872,7 +874,8 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
         r = rec[nrec]
         r[REC_START], r[REC_END], r[REC_NORMAL], r[REC_ZERO] = now, -1, normal, zero
         r[REC_BYTES], r[REC_RESENT], r[REC_UNCHANGED], r[REC_WRAPS] = nbytes, resent, unchanged, wraps
-        r[REC_PACKETS] = packets
+        r[REC_PACKETS], r[REC_CPU] = packets, main_ns(cv, normal, zero)
+        r[REC_CHANNEL] = channel_ns(cv, normal, zero, packets)
         if status == IT_STUCK:
             break
         if st == SEND_NEED_CLEAR:

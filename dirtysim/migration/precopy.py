@@ -424,7 +424,7 @@ class PrecopyMigration:
                 if block is not rs.last_sent_block:  # multifd_queue_page: a new block sends the packet in progress
                     pk += int(sendcost.send_partial(sc.cv, sc.state))
                 pk += int(sendcost.queue_pages(sc.cv, sc.state, n, z))
-                b += pk * int(sc.cv[sendcost.CV_PACKET_BYTES])
+                b += pk * sc.packet_bytes
                 rs.last_sent_block = block
                 self._account_block(block, n, z, b, resent, unchanged, pk)
             rs.migration_dirty_pages -= n + z
@@ -453,7 +453,7 @@ class PrecopyMigration:
         pk = int(sendcost.flush_and_sync(self.send.cv, self.send.state))
         if not pk:
             return nbytes, packets
-        b = pk * int(self.send.cv[sendcost.CV_PACKET_BYTES]) + sendcost.RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES
+        b = pk * self.send.packet_bytes + sendcost.RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES
         self._account_block(block, 0, 0, b, 0, 0, pk)
         return nbytes + b, packets + pk
 
@@ -476,16 +476,21 @@ class PrecopyMigration:
             self.emit_pages(idstr, *counts)
         self._pending = {}
 
-    def emit_pages(self, idstr: str, n: int, z: int, b: int, resent: int, unchanged: int, packets: int) -> None:
-        """Pages of one block are out: transferred, and who spent how long on them (``ram_transferred_add``)."""
-        cv = self.send.cv
+    def emit_pages(self, idstr: str, n: int, z: int, b: int, resent: int, unchanged: int, packets: int,
+                   cpu: tuple[int, int] | None = None) -> None:
+        """Pages of one block are out: transferred, and who spent how long on them (``ram_transferred_add``).
+
+        ``cpu``: (migration thread, senders) ns when the caller has them (the fused loop records them per slice).
+        """
+        sc = self.send
+        cpu_ns, channel_ns = cpu if cpu is not None else (int(sendcost.main_ns(sc.cv, n, z)),
+                                                           int(sendcost.channel_ns(sc.cv, n, z, packets)))
         self.transferred += b
         self.pages_sent += n + z
-        mf_bytes = packets * int(cv[sendcost.CV_PACKET_BYTES]) + (n * self.send.normal_bytes if self.send.multifd else 0)
         self.rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=b,
                       wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running,
-                      resent=resent, unchanged=unchanged, cpu_ns=int(sendcost.main_ns(cv, n, z)),
-                      channel_ns=int(sendcost.channel_ns(cv, n, z, packets)), packets=packets, multifd_bytes=mf_bytes)
+                      resent=resent, unchanged=unchanged, cpu_ns=cpu_ns, channel_ns=channel_ns, packets=packets,
+                      multifd_bytes=packets * sc.packet_bytes + (n * sc.normal_bytes if sc.multifd else 0))
 
     def clear_chunk(self, block: RAMBlock, chunk: int) -> None:
         """``migration_clear_memory_region_dirty_bitmap``: consume the chunk's bit, then log_clear.

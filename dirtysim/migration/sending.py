@@ -26,6 +26,7 @@ from ..dirty.kernels import NORMAL_PAGE_BYTES, PAGE_SIZE, ZERO_PAGE_BYTES
 from ..dirty.sendcost import (CV_CHAN_NORMAL, CV_CHAN_PACKET, CV_CHAN_ZERO, CV_CHANNELS, CV_MAIN_NORMAL, CV_MAIN_PAGE,
                               CV_MAIN_ZERO, CV_MULTIFD, CV_PACKET_BYTES, CV_ROWS, CV_ZERO_IN_PACKETS, MULTIFD_PACKET_HEADER)
 from ..scenario.schema import Scenario
+
 # the scenario ``costs`` of this model: all zero, a slice costs its wire time only (as before the model existed)
 SENDING_COSTS = ("migration_page", "zero_check_zero_page", "zero_check_data_page", "page_send", "multifd_packet",
                  "zlib_page", "zstd_page")
@@ -42,8 +43,9 @@ class SendCosts:
     multifd: bool
 
     @property
-    def channels(self) -> int:
-        return int(self.cv[CV_CHANNELS])
+    def packet_bytes(self) -> int:
+        """Bytes of one multifd packet's header (0 without multifd)."""
+        return MULTIFD_PACKET_HEADER if self.multifd else 0
 
 
 def send_costs(scenario: Scenario) -> SendCosts:

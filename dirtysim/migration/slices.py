@@ -69,7 +69,7 @@ class FusedSlices:
             return False
         if status == K.IT_STUCK:
             raise dirty_count_mismatch(rs.migration_dirty_pages)
-        start, _, n, z, nbytes, resent, unchanged, wraps, packets = self.rec[nrec].tolist()
+        start, _, n, z, nbytes, resent, unchanged, wraps, packets, _, _ = self.rec[nrec].tolist()
         for _ in range(wraps):
             rec.emit(ev.ScanWrap)
         if n + z or packets:
@@ -84,13 +84,13 @@ class FusedSlices:
     def _emit_slice(self, idstr: str, row: list) -> None:
         """A completed slice's events at their own times: scan wraps at its start, the transfer at its end."""
         mig, rec = self.mig, self.mig.rec
-        start, end, n, z, nbytes, resent, unchanged, wraps, packets = row
+        start, end, n, z, nbytes, resent, unchanged, wraps, packets, cpu_ns, channel_ns = row
         try:
             rec.time_override = start
             for _ in range(wraps):
                 rec.emit(ev.ScanWrap)
             if n + z or packets:
                 rec.time_override = end
-                mig.emit_pages(idstr, n, z, nbytes, resent, unchanged, packets)
+                mig.emit_pages(idstr, n, z, nbytes, resent, unchanged, packets, (cpu_ns, channel_ns))
         finally:
             rec.time_override = None

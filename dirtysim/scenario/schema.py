@@ -207,9 +207,10 @@ class MemoryConfig(_Model):
     size: Size = Field(description="guest RAM (one RAMBlock 'pc.ram' mapped at guest-physical 0)")
     zero_fraction: Fraction01 = Field(0.0, description="share of RAM that is zero at migration start (sent as 'duplicate')")
     zlib_ratio: float = Field(2.0, ge=1.0, le=4096.0, description="how much multifd zlib shrinks a data page "
-                              "(4 KiB / ratio on the wire) [assumption: guest data; zlib -1 gives 2.7 on text]")
+                              "(4 KiB / ratio on the wire) [assumption about guest data: `dirtysim calibrate` gives "
+                              "3.3-3.5 on text pages, 1.0 on random ones]")
     zstd_ratio: float = Field(2.2, ge=1.0, le=4096.0, description="how much multifd zstd shrinks a data page "
-                              "[assumption: zstd -1 gives 2.9 on text]")
+                              "[assumption: 3.7 on text pages, 1.0 on random ones]")
 
 
 class _PciDevice(_Model):
@@ -413,22 +414,26 @@ class Costs(_Model):
                          "the page header (ram_find_and_save_block -> ram_save_target_page) [assumption: a few hundred "
                          "instructions]")
     zero_check_zero_page: Duration = Field(
-        200, description="buffer_is_zero over a zero page: the whole 4 KiB is read (measure with `dirtysim calibrate`)")
+        300, description="buffer_is_zero over a zero page: the whole 4 KiB is read. `dirtysim calibrate` on the CI "
+                         "machine (EPYC VM, 2026-12): 430 ns in address order from DRAM, 850-1100 ns in random order, "
+                         "150-250 ns in cache, with a plain kernel; QEMU's AVX2 one takes about 2/3 of that")
     zero_check_data_page: Duration = Field(
-        10, description="buffer_is_zero over a data page: it exits at the first non-zero sample "
-                        "(measure with `dirtysim calibrate`)")
+        70, description="buffer_is_zero over a data page: it exits at the 3-byte sample, three cache misses "
+                        "(`dirtysim calibrate` on the CI machine: 66-84 ns)")
     page_send: Duration = Field(
-        2_500, description="one normal page into the socket: header, writev of 4 KiB, TCP copy (measure with "
-                           "`dirtysim calibrate`; one TCP connection moves 1617 MiB/s = 2.4 us per page on a 100 Gbit "
-                           "link, cloud-hypervisor PR 7669; KubeVirt needs 8-16 multifd channels for 100 Gbit/s)")
+        2_500, description="one normal page into the socket: header, writev of 4 KiB, TCP copy (`dirtysim calibrate` "
+                           "on the CI machine, loopback: 2.2-2.6 us; one TCP connection moves 1617 MiB/s = 2.4 us per "
+                           "page on a 100 Gbit link, cloud-hypervisor PR 7669; KubeVirt needs 8-16 multifd channels "
+                           "for 100 Gbit/s)")
     multifd_packet: Duration = Field(
         5_000, description="one multifd packet in its sender thread: header, sendmsg, the channel handoff "
                            "(multifd_send, sem_wait/post) [assumption]")
     zlib_page: Duration = Field(
-        20_000, description="multifd zlib compressing one data page (level 1) [assumption: ~200 MB/s; measure with "
-                            "`dirtysim calibrate`]")
+        60_000, description="multifd zlib compressing one data page, level 1, one stream flushed per packet "
+                            "(`dirtysim calibrate` on the CI machine: text 55 us, random bytes 110-140 us)")
     zstd_page: Duration = Field(
-        8_000, description="multifd zstd compressing one data page (level 1) [assumption: ~500 MB/s]")
+        8_000, description="multifd zstd compressing one data page, level 1 (zstandard 0.25 on the CI machine: "
+                           "7.7 us for half text, half random pages)")
     page_hash: Duration = Field(
         500, description="calc-dirty-rate hashing one sampled 4 KiB page (compute_page_hash, xxHash64 rounds): "
                          "a page read from DRAM at ~10 GB/s [assumption; xxHash's own benchmark gives ~19 GB/s "
