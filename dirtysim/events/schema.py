@@ -13,7 +13,8 @@ from typing import Annotated, Optional, Union
 import msgspec
 
 CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
-SCHEMA_VERSION = 3  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs
+SCHEMA_VERSION = 4  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
+# 4: switchover steps
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -263,6 +264,14 @@ class VcpusStopped(Event, tag="vcpus-stopped"):
     """``migration_stop_vm``: downtime starts."""
 
 
+class SwitchoverStep(Event, tag="switchover-step", omit_defaults=True):
+    """What stopping the VM costs before the final sync (``vm_stop_force_state``): time of the migration thread."""
+
+    step: str  # vm-stop (pause_all_vcpus) | vhost-stop (vhost_dev_stop) | block-drain (bdrv_drain_all)
+    cost_ns: int
+    device: Optional[str] = None  # machine.devices index and kind, for vhost-stop and block-drain
+
+
 class OracleCheck(Event, tag="oracle-check", omit_defaults=True):
     """Destination against the source page oracle."""
 
@@ -319,6 +328,6 @@ AnyEvent = Union[
     RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, MigrateSetParameters, CpuThrottle, DirtyLimit, GuestSample, LazyClear,
-    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, DirtyRateStarted,
+    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, OracleCheck, DirtyRateStarted,
     DirtyRateMeasured, RunFinished,
 ]

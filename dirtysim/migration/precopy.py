@@ -14,7 +14,7 @@ from ..dirty import kernels, sendcost
 from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
-from ..scenario.schema import PAGE_SIZE, Scenario
+from ..scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario
 from .cpu_throttle import (CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS, DIRTY_RATE_HIGH_PERIODS, CpuThrottle, next_throttle,
                            period_is_high)
 from .dirtylimit import DIRTYLIMIT_CALC_TIME_MS
@@ -525,8 +525,9 @@ class PrecopyMigration:
         """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
         self.rec.emit(ev.VcpusStopped)
         self.m.stop_vm()  # migration_stop_vm: downtime starts
+        self.rs.last_stage = True  # ram_save_complete's flag, set here: no cancel once the VM is stopped
+        yield from self.stop_costs()
         self._status("device")  # migration_switchover_start: ACTIVE -> DEVICE ("migration: Always set DEVICE state")
-        self.rs.last_stage = True  # ram_save_complete
         yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE)
         while self.rs.migration_dirty_pages:  # send_slice raises rather than return 0 with pages left
             yield from self.send_slice(UNLIMITED)  # migration_switchover_start: no rate limit
@@ -535,10 +536,34 @@ class PrecopyMigration:
             yield from self._wait(self.slice_ns(nbytes, 0, 0, packets))
             self._record_pages()
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
-        yield from self._transfer("device-state", self.m.device_state)  # flushed: QEMU's downtime ends here
+        # qemu_savevm_state_complete_precopy_non_iterable: every device's section, then the flush ends the downtime
+        yield from self._transfer("device-state", self.sc.machine.switchover_state())
         self.check_oracle("switchover")
         self._status("completed")
         self.stop_reason = "completed"
+
+    def stop_costs(self):
+        """What ``vm_stop_force_state`` costs the migration thread before the final sync, step by step.
+
+        ``do_vm_stop``: ``pause_all_vcpus`` kicks every vCPU out of KVM_RUN and
+        waits for it; the VM state change notifies each virtio device, whose
+        ``vhost_dev_stop`` asks the backend for every virtqueue's base
+        (GET_VRING_BASE, after its in-flight requests); ``bdrv_drain_all`` waits for
+        each block device's requests. The guest and the backends stopped writing
+        at ``stop_vm`` already: these are times, not writes.
+        """
+        c = self.sc.costs
+        steps = [("vm-stop", None, c.vm_stop_per_vcpu * self.m.guest.nvcpus)]
+        for i, d in enumerate(self.sc.machine.devices):
+            name = f"{i}:{d.kind}"
+            if d.kind in VHOST_KINDS:  # a net queue pair is two virtqueues (rx, tx); a blk queue is one
+                vqs = d.queues * (2 if d.kind != "vhost-user-blk" else 1)
+                steps.append(("vhost-stop", name, c.vhost_stop_per_queue * vqs))
+            if d.kind in ("vhost-user-blk", "virtio-blk"):
+                steps.append(("block-drain", name, c.block_drain))
+        for step, device, cost in steps:
+            self.rec.emit(ev.SwitchoverStep, step=step, device=device, cost_ns=cost)
+            yield from self._wait(cost)
 
     def cancel(self, reason: str) -> None:
         """The migration is cancelled: at ``migration.timeout`` (as guestperf does at max_time), after

@@ -86,6 +86,7 @@ class _Fold:
     multifd_channels: int = 0  # 0 without multifd
     multifd_bytes: int = 0
     last_sync_ns: int | None = None  # the previous round's end, for busy fractions
+    switchover: Counter = field(default_factory=Counter)  # downtime parts: stop steps, final sync, device state
 
     def _add(self, **counts: int) -> None:
         for key, n in counts.items():
@@ -125,7 +126,9 @@ class _Fold:
 
     def _transfer(self, e: ev.Transfer) -> None:
         self.transferred += e.bytes
-        if e.kind != "device-state":
+        if e.kind == "device-state":
+            self.switchover["device-state"] += e.wire_ns
+        else:
             self.normal += e.normal
             self.zero += e.zero
             self.dirty_pages -= e.normal + e.zero
@@ -175,6 +178,9 @@ class _Fold:
     def _stopped(self, e: ev.VcpusStopped) -> None:
         self.stop_ns = e.t_ns
 
+    def _switchover_step(self, e: ev.SwitchoverStep) -> None:
+        self.switchover[e.step] += e.cost_ns
+
     def _oracle(self, e: ev.OracleCheck) -> None:
         self.lost_pages, self.stale_pages = e.lost_pages, e.stale_pages
         self.unassigned_writes = max(self.unassigned_writes, e.unassigned_writes)
@@ -221,6 +227,8 @@ class _Fold:
         self.stop_reason, self.error = e.stop_reason, e.error
 
     def _sync(self, e: ev.BitmapSync) -> None:
+        if e.reason == "final":
+            self.switchover["final-sync"] += e.cost_ns
         self.syncs = e.dirty_sync_count
         self.dirty_pages = e.migration_dirty_pages
         self.dirty_pages_rate = e.dirty_pages_rate
@@ -261,7 +269,7 @@ class _Fold:
 _HANDLERS = {  # event type -> what it changes in the fold (one dict lookup per event, not an isinstance chain)
     ev.RunStarted: _Fold._run_started, ev.RamBlockAdded: _Fold._block_added, ev.RamBlockRemoved: _Fold._block_removed,
     ev.MigrationStatus: _Fold._status, ev.Transfer: _Fold._transfer, ev.RateWindow: _Fold._window,
-    ev.VcpuStats: _Fold._vcpu_stats, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
+    ev.VcpuStats: _Fold._vcpu_stats, ev.SwitchoverStep: _Fold._switchover_step, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
     ev.KvmGetDirtyLog: _Fold._kvm_get, ev.DirtyRingReap: _Fold._ring_reap, ev.VhostLogSync: _Fold._vhost_sync,
     ev.ListenerCall: _Fold._listener_call, ev.BitmapSync: _Fold._sync, ev.VcpusStopped: _Fold._stopped,
     ev.OracleCheck: _Fold._oracle, ev.RunFinished: _Fold._finished, ev.CpuThrottle: _Fold._cpu_throttle,
@@ -445,8 +453,22 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "guest-slowdown": guest_slowdown(f),
         # the sending side over the whole migration (setup to the end): migration thread and multifd senders
         **f.busy(f.totals, end - (f.setup_end_ns if f.setup_end_ns is not None else end)),
+        "downtime-breakdown-ms": downtime_breakdown(f, end) if completed and f.stop_ns is not None else None,
     }
     return out
+
+
+SWITCHOVER_PARTS = ("vm-stop", "vhost-stop", "block-drain", "final-sync", "ram", "device-state")
+
+
+def downtime_breakdown(f: _Fold, end_ns: int) -> dict:
+    """Where the downtime went (ms): stopping the VM, the final sync, the remaining RAM, the device state.
+
+    ``ram`` is the rest: the pages sent after the final sync, the EOS and any multifd sync.
+    """
+    parts = {k: f.switchover[k] for k in SWITCHOVER_PARTS if k != "ram"}
+    parts["ram"] = end_ns - f.stop_ns - sum(parts.values())
+    return {k: round(parts[k] / NS_PER_MS, 3) for k in SWITCHOVER_PARTS}
 
 
 def _convergence_info(f: _Fold) -> dict:

@@ -215,6 +215,8 @@ class MemoryConfig(_Model):
 
 class _PciDevice(_Model):
     bar: Size = Field(16 << 10, description="size of the device's MMIO BAR (mapped by a timeline 'bar' action)")
+    state: Size = Field(4 << 10, le=16 << 30, description="the device's vmstate section, sent in the downtime "
+                        "[assumption: virtio config, features and queue indices, a few KiB]")
 
     @field_validator("bar")
     @classmethod
@@ -239,6 +241,9 @@ class VfioPci(_PciDevice):
 
     kind: Literal["vfio-pci"]
     bar: Size = Field(16 << 20, description="size of the device's MMIO BAR")
+    state: Size = Field(1 << 20, le=16 << 30, description="the device's migration data in the downtime "
+                        "(VFIO_DEVICE_STATE_STOP_COPY) [assumption: a NIC VF's state; vfio precopy of it is not "
+                        "modelled]")
 
 
 class _VhostUserDevice(_PciDevice):
@@ -303,8 +308,13 @@ class Machine(_Model):
     device_memory: Size = Field(0, description="memory-hotplug area (maxmem - size) for pc-dimm hotplug")
     device_state: Size = Field(
         256 << 10, le=64 << 30,
-        description="non-iterable device state sent during downtime, at most 64GiB [modelling assumption]"
+        description="the rest of the non-iterable device state sent during downtime (CPUs, chipset, timers; each "
+                    "device in machine.devices adds its own state), at most 64GiB [modelling assumption]"
     )
+
+    def switchover_state(self) -> int:
+        """Bytes of device state ``qemu_savevm_state_complete_precopy_non_iterable`` writes in the downtime."""
+        return self.device_state + sum(d.state for d in self.devices)
 
 
 class DirtyTracking(_Model):
@@ -434,6 +444,15 @@ class Costs(_Model):
     zstd_page: Duration = Field(
         8_000, description="multifd zstd compressing one data page, level 1 (zstandard 0.25 on the CI machine: "
                            "7.7 us for half text, half random pages)")
+    vm_stop_per_vcpu: Duration = Field(
+        10_000, description="vm_stop_force_state -> pause_all_vcpus: kick one vCPU out of KVM_RUN and wait for it "
+                            "[assumption: a signal and a condition-variable wake-up, 5-20 us]")
+    vhost_stop_per_queue: Duration = Field(
+        50_000, description="vhost_dev_stop: GET_VRING_BASE for one virtqueue, a round trip to the backend that "
+                            "first completes the queue's in-flight requests [assumption]")
+    block_drain: Duration = Field(
+        500_000, description="bdrv_drain_all for one block device: its in-flight requests complete [assumption: "
+                             "one request's service time on NVMe-class storage]")
     page_hash: Duration = Field(
         500, description="calc-dirty-rate hashing one sampled 4 KiB page (compute_page_hash, xxHash64 rounds): "
                          "a page read from DRAM at ~10 GB/s [assumption; xxHash's own benchmark gives ~19 GB/s "
