@@ -68,7 +68,7 @@ def test_encoded_len_is_what_the_encoder_writes(run_, seed):
     length, offset = run_
     old, new = run(offset, length, seed)
     enc = R.encode(old, new)
-    assert X.encoded_len(length, offset) == (-1 if enc is None else len(enc))
+    assert X.encoded_len(length, offset) == (-1 if enc is None else len(enc)) <= PAGE_SIZE
     if enc is not None:
         assert np.array_equal(R.decode(enc, old), new)
 
@@ -124,9 +124,8 @@ def test_first_send_misses_the_next_is_encoded_to_the_exact_length():
     second = send(cache, [10], age=2, changed={10: 300}, offsets=np.array([40]))
     assert second.codes.tolist() == [X.XBZRLE_SENT]
     assert second.wire.tolist() == [8 + 1 + 2 + (1 + 2 + 300)]
-    assert cache.query() | {"cache-miss-rate": 0} == {"cache-size": 1 << 20, "bytes": 3 + 303, "pages": 1,
-                                                      "cache-miss": 1, "cache-miss-rate": 0, "encoding-rate": 0.0,
-                                                      "overflow": 0}
+    assert cache.query() == {"cache-size": 1 << 20, "bytes": 3 + 303, "pages": 1, "cache-miss": 1,
+                             "cache-miss-rate": 0.0, "encoding-rate": 0.0, "overflow": 0}  # no period closed yet
 
 
 def test_one_slot_cache_keeps_the_first_page_until_it_ages():
