@@ -212,7 +212,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("qemu_spelling_range", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 1000}\n",
      '{file}:6: dirty_tracking.dirty-ring-size: out of range (got 1000; allowed: 1024 .. 65536)'),
     ("qemu_spelling_typo", V + "migration: {downtime-limt: 500}\n",
-     '{file}:6: migration.downtime-limt: unknown key; did you mean downtime-limit? (got 500; allowed: max_bandwidth, downtime_limit, avail_switchover_bandwidth, throttle_trigger_threshold, cpu_throttle_initial, cpu_throttle_increment, cpu_throttle_tailslow, max_cpu_throttle, vcpu_dirty_limit, x_vcpu_dirty_limit_period, start_at, capabilities, zero_page_detection, multifd_channels, multifd_compression, timeout, max_syncs)'),
+     '{file}:6: migration.downtime-limt: unknown key; did you mean downtime-limit? (got 500; allowed: max_bandwidth, downtime_limit, avail_switchover_bandwidth, throttle_trigger_threshold, cpu_throttle_initial, cpu_throttle_increment, cpu_throttle_tailslow, max_cpu_throttle, vcpu_dirty_limit, x_vcpu_dirty_limit_period, start_at, capabilities, zero_page_detection, multifd_channels, xbzrle_cache_size, multifd_compression, timeout, max_syncs)'),
     ("downtime_over_qemu_max", V + "migration: {downtime_limit: 2001s}\n",
      "{file}:6: migration.downtime_limit: above QEMU's maximum (migrate_params_check) (got 2001s; allowed: 0 .. 2000s)"),
     # more that a new user writes

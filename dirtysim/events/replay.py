@@ -200,7 +200,7 @@ class _Checker:
             if self.migrating:
                 self.dirty = None  # its dirty pages are dropped; how many is not in the log
         elif isinstance(e, ev.Transfer) and e.kind == "pages" and self.dirty is not None:
-            self.dirty -= e.normal + e.zero
+            self.dirty -= e.pages
             if self.dirty < 0:
                 self.fail(number, f"remaining goes negative ({self.dirty} pages) after this transfer: "
                                   "more pages sent than were dirty")

@@ -14,7 +14,7 @@ import msgspec
 
 CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
 SCHEMA_VERSION = 4  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
-# 4: switchover steps
+# 4: switchover steps, XBZRLE
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -240,6 +240,13 @@ class Transfer(Event, tag="transfer"):
     channel_ns: int = 0  # the multifd sender threads' CPU time, summed over the channels
     packets: int = 0  # multifd packets sent (data and SYNC)
     multifd_bytes: int = 0  # of ``bytes``, those on the multifd channels (query-migrate ram.multifd-bytes)
+    xbzrle: int = 0  # pages sent as XBZRLE records (not in normal)
+    skipped: int = 0  # XBZRLE cache hits not written since their last send: nothing went out
+
+    @property
+    def pages(self) -> int:
+        """Dirty pages these bytes consumed (``migration_dirty_pages`` went down by as many)."""
+        return self.normal + self.zero + self.xbzrle + self.skipped
 
 
 class ScanWrap(Event, tag="scan-wrap"):
@@ -262,6 +269,18 @@ class VcpuStats(Event, tag="vcpu-stats"):
 
 class VcpusStopped(Event, tag="vcpus-stopped"):
     """``migration_stop_vm``: downtime starts."""
+
+
+class XbzrleCache(Event, tag="xbzrle-cache"):
+    """query-migrate's ``xbzrle-cache`` after a sync (``populate_ram_info``; rates from ``migration_update_rates``)."""
+
+    cache_size: int
+    bytes: int
+    pages: int
+    cache_miss: int
+    cache_miss_rate: float
+    encoding_rate: float
+    overflow: int
 
 
 class SwitchoverStep(Event, tag="switchover-step", omit_defaults=True):
@@ -328,6 +347,6 @@ AnyEvent = Union[
     RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, MigrateSetParameters, CpuThrottle, DirtyLimit, GuestSample, LazyClear,
-    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, OracleCheck, DirtyRateStarted,
+    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, XbzrleCache, OracleCheck, DirtyRateStarted,
     DirtyRateMeasured, RunFinished,
 ]

@@ -30,7 +30,7 @@ from ..scenario.schema import Scenario
 # the scenario ``costs`` of the sending side and the switchover (``precopy.stop_costs``): all zero, a slice costs
 # its wire time only and stopping the VM nothing (as before they existed)
 SENDING_COSTS = ("migration_page", "zero_check_zero_page", "zero_check_data_page", "page_send", "multifd_packet",
-                 "zlib_page", "zstd_page", "vm_stop_per_vcpu", "vhost_stop_per_queue", "block_drain")
+                 "zlib_page", "zstd_page", "xbzrle_page", "vm_stop_per_vcpu", "vhost_stop_per_queue", "block_drain")
 
 
 @dataclass

@@ -53,12 +53,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..dirty.kernels import NORMAL_PAGE_BYTES, PAGE_HEADER, PAGE_SIZE, ZERO_PAGE_BYTES, inline, jit
+from ..scenario.schema import XBZRLE_CACHE_SIZE_ERROR
+from ..dirty.kernels import (NORMAL_PAGE_BYTES, PAGE_HEADER, PAGE_SIZE, SEND_BUDGET, SEND_END_OF_BLOCK,
+                             SEND_NEED_CLEAR, ZERO_PAGE_BYTES, find_next_bit, inline, jit)
 
 DEFAULT_XBZRLE_CACHE_SIZE = 64 << 20  # DEFAULT_MIGRATE_XBZRLE_CACHE_SIZE (options.c)
 CACHED_PAGE_LIFETIME = 2  # page_cache.c: an entry is not replaced within two syncs
 XBZRLE_RECORD_BYTES = 1 + 2  # ENCODING_FLAG_XBZRLE byte + be16 encoded length (save_xbzrle_page)
-CACHE_SIZE_ERROR = "Option xbzrle_cache_size expects a power of two no less than the target page size"
 
 # Per-page codes of xbzrle_send_pages
 CACHE_MISS_NORMAL = 0  # not cached: sent as a normal page (inserted unless refused or in the last stage)
@@ -116,21 +117,49 @@ def cache_insert(tags, ages, page, age):
     ages[slot] = age
 
 
+@inline
+def xbzrle_page(p, is_zero, written, changed, offset, last_stage, age, tags, ages, totals):
+    """One page of ``ram_save_target_page`` once XBZRLE has started: (code, wire bytes but a new block's idstr).
+
+    A zero page is a zero-page record and ``xbzrle_cache_zero_page`` offers the
+    cache a zero page (even in the last stage). Otherwise ``save_xbzrle_page``:
+    on a miss (``cache_is_cached``) count it and, unless in the last stage, try
+    ``cache_insert``; a normal page. On a hit refresh the entry's age, count the
+    page in ``pages`` and encode the change (``changed`` bytes at ``offset`` if
+    ``written``): nothing changed -> skipped; overflow -> counted, ``bytes`` += a
+    page, a normal page; else an XBZRLE record (header + flag + be16 length +
+    encoding), all but its 8-byte offset counted in ``bytes``.
+    """
+    slot = p & (tags.shape[0] - 1)
+    if is_zero:
+        cache_insert(tags, ages, p, age)
+        totals[ZERO_PAGES] += 1
+        return ZERO_PAGE, ZERO_PAGE_BYTES
+    if tags[slot] != p:
+        totals[XBZRLE_CACHE_MISS] += 1
+        if not last_stage:
+            cache_insert(tags, ages, p, age)
+        totals[NORMAL_PAGES] += 1
+        return CACHE_MISS_NORMAL, NORMAL_PAGE_BYTES
+    ages[slot] = age  # cache_is_cached refreshes a hit (the content copy needs no model)
+    totals[XBZRLE_PAGES] += 1
+    n = encoded_len(changed if written else 0, offset)
+    if n == 0:
+        totals[SKIPPED_PAGES] += 1
+        return SKIPPED_UNCHANGED, 0
+    if n < 0:
+        totals[XBZRLE_OVERFLOW] += 1
+        totals[XBZRLE_BYTES] += PAGE_SIZE
+        totals[NORMAL_PAGES] += 1
+        return OVERFLOW_NORMAL, NORMAL_PAGE_BYTES
+    totals[XBZRLE_BYTES] += XBZRLE_RECORD_BYTES + n
+    return XBZRLE_SENT, PAGE_HEADER + XBZRLE_RECORD_BYTES + n
+
+
 @jit
 def xbzrle_send_pages(pages, zero, written, changed, offsets, last_stage, age, tags, ages, first_extra,
                       wire, codes, totals):
-    """Send ``pages`` (ram_addr page numbers, in QEMU's send order) once XBZRLE has started.
-
-    Per page, as ``ram_save_target_page``: a zero page (``zero``, i.e. zero-page
-    detection found it) is a zero-page record and ``xbzrle_cache_zero_page``
-    offers the cache a zero page (even in the last stage). Otherwise
-    ``save_xbzrle_page``: on a miss (``cache_is_cached``) count it and, unless
-    in the last stage, try ``cache_insert``; send it as a normal page. On a hit
-    refresh the entry's age, count the page in ``pages`` and encode the change
-    (``changed`` bytes at ``offsets`` when ``written``, else none): nothing
-    changed -> skipped, nothing sent; overflow -> counted, ``bytes`` += a page,
-    sent as a normal page; else an XBZRLE record of header + flag + be16 length
-    + encoding, all but the 8-byte header counted in ``bytes``.
+    """Send ``pages`` (ram_addr page numbers, in QEMU's send order) once XBZRLE has started (``xbzrle_page``).
 
     ``age`` is ``dirty_sync_count``; ``tags``/``ages`` are the cache (a power of
     two of slots, tag -1 = empty). ``first_extra`` bytes (1 + the block's idstr
@@ -140,41 +169,16 @@ def xbzrle_send_pages(pages, zero, written, changed, offsets, last_stage, age, t
     returns the extra bytes still owed (``first_extra`` if every page was skipped).
     """
     extra = first_extra
-    mask = tags.shape[0] - 1
     for k in range(pages.shape[0]):
-        p = pages[k]
-        slot = p & mask
-        if zero[k]:
-            cache_insert(tags, ages, p, age)
-            codes[k] = ZERO_PAGE
-            wire[k] = ZERO_PAGE_BYTES + extra
-            totals[ZERO_PAGES] += 1
-        elif tags[slot] != p:
-            totals[XBZRLE_CACHE_MISS] += 1
-            if not last_stage:
-                cache_insert(tags, ages, p, age)
-            codes[k] = CACHE_MISS_NORMAL
-            wire[k] = NORMAL_PAGE_BYTES + extra
-            totals[NORMAL_PAGES] += 1
-        else:
-            ages[slot] = age  # cache_is_cached refreshes a hit (the content copy needs no model)
-            totals[XBZRLE_PAGES] += 1
-            n = encoded_len(changed[k] if written[k] else 0, offsets[k])
-            if n == 0:
-                codes[k] = SKIPPED_UNCHANGED
-                wire[k] = 0
-                totals[SKIPPED_PAGES] += 1
-                continue
-            if n < 0:
-                totals[XBZRLE_OVERFLOW] += 1
-                totals[XBZRLE_BYTES] += PAGE_SIZE
-                codes[k] = OVERFLOW_NORMAL
-                wire[k] = NORMAL_PAGE_BYTES + extra
-                totals[NORMAL_PAGES] += 1
-            else:
-                codes[k] = XBZRLE_SENT
-                wire[k] = PAGE_HEADER + extra + XBZRLE_RECORD_BYTES + n
-                totals[XBZRLE_BYTES] += wire[k] - PAGE_HEADER
+        code, nbytes = xbzrle_page(pages[k], zero[k], written[k], changed[k], offsets[k], last_stage, age, tags,
+                                   ages, totals)
+        codes[k] = code
+        if code == SKIPPED_UNCHANGED:
+            wire[k] = 0
+            continue
+        wire[k] = nbytes + extra
+        if code == XBZRLE_SENT:
+            totals[XBZRLE_BYTES] += extra  # bytes_xbzrle counts the whole header but its 8-byte offset
         extra = 0
         totals[WIRE_BYTES] += wire[k]
     return extra
@@ -183,7 +187,7 @@ def xbzrle_send_pages(pages, zero, written, changed, offsets, last_stage, age, t
 def check_cache_size(cache_size: int) -> None:
     """``migrate_params_check``: xbzrle-cache-size is a power of two, at least one target page."""
     if cache_size < PAGE_SIZE or cache_size & (cache_size - 1):
-        raise ValueError(f"{CACHE_SIZE_ERROR} (got {cache_size})")
+        raise ValueError(f"{XBZRLE_CACHE_SIZE_ERROR} (got {cache_size})")
 
 
 class SendResult(NamedTuple):
@@ -300,3 +304,85 @@ def _flags(name: str, values, n: int) -> np.ndarray:
     if a.shape[0] != n:
         raise ValueError(f"{name} has {a.shape[0]} entries, pages has {n}")
     return np.ascontiguousarray(a, dtype=np.bool_)
+
+
+# rows of the CPU cost vector of ``send_pages_xbzrle`` (ns; ``xbzrle_costs`` builds it)
+XC_PAGE, XC_ZERO, XC_DATA, XC_SEND, XC_ENCODE, XC_ROWS = range(6)
+# out[] of ``send_pages_xbzrle``: send_pages' six, then XBZRLE records, skipped pages and the thread's CPU
+OUT_XBZRLE, OUT_SKIPPED, OUT_CPU, OUT_LEN = 6, 7, 8, 9
+
+
+@jit
+def send_pages_xbzrle(bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear,
+                      zero_detect, first_extra, page_base, changed, last_stage, age, tags, ages, totals, xc, t_cap,
+                      out):
+    """``send_pages`` once XBZRLE has started: each dirty page through ``xbzrle_page``, in address order.
+
+    The same stops as ``send_pages`` (budget, slice bytes, ``t_cap`` ns of the
+    thread's CPU, a chunk to clear) and the same oracle updates; a page written
+    since it was last sent (its ``stale`` bit) changed ``changed`` bytes, one that
+    was not is skipped on a hit. Page by page: the cache decides each page's size.
+    ``page_base`` is the block's first ram_addr page (the cache key). CPU per page
+    (``xc``): the search, the zero check, the cache (lookup and copy, or encoding
+    the old copy against the new page) and the socket write of what goes out.
+    out[:OUT_LEN] = next page, normal, zero, bytes, re-sent, unchanged, XBZRLE
+    records, skipped pages, CPU ns. Returns a SEND_* code.
+    """
+    nbytes = normal = zero = resent = unchanged = records = skipped = tm = 0
+    extra = first_extra
+    status = SEND_END_OF_BLOCK
+    while True:
+        p = find_next_bit(bmap, page, end)
+        page = p
+        if p >= end:
+            break
+        if nbytes > budget or nbytes >= cap or tm >= t_cap:
+            status = SEND_BUDGET
+            break
+        if lazy_clear and clear_bmap[p >> shift]:
+            status = SEND_NEED_CLEAR
+            break
+        w = p >> 6
+        b = np.uint64(1) << np.uint64(p & 63)
+        bmap[w] &= ~b
+        is_zero = zero_detect and not (nonzero[w] & b)
+        code, size = xbzrle_page(page_base + p, is_zero, (stale[w] & b) != 0, changed, 0, last_stage, age, tags,
+                                 ages, totals)
+        tm += xc[XC_PAGE]
+        if code == ZERO_PAGE:
+            zero += 1
+            tm += xc[XC_ZERO]
+        else:
+            tm += xc[XC_DATA] + xc[XC_ENCODE] + xc[XC_SEND] * size // NORMAL_PAGE_BYTES
+            if code == XBZRLE_SENT:
+                records += 1
+            elif code == SKIPPED_UNCHANGED:
+                skipped += 1
+            else:
+                normal += 1
+        if code != SKIPPED_UNCHANGED:
+            if code == XBZRLE_SENT:
+                totals[XBZRLE_BYTES] += extra
+            nbytes += size + extra
+            totals[WIRE_BYTES] += size + extra
+            extra = 0
+        if received[w] & b:
+            resent += 1
+            if not (stale[w] & b):
+                unchanged += 1
+        received[w] |= b
+        stale[w] &= ~b
+        page = p + 1
+    out[0], out[1], out[2], out[3], out[4], out[5] = page, normal, zero, nbytes, resent, unchanged
+    out[OUT_XBZRLE], out[OUT_SKIPPED], out[OUT_CPU] = records, skipped, tm
+    return status
+
+
+def xbzrle_costs(scenario) -> np.ndarray:
+    """The migration thread's CPU per page with XBZRLE (rows ``XC_*``): no zero check with detection ``none``."""
+    c, scan = scenario.costs, scenario.migration.zero_page_detection != "none"
+    xc = np.zeros(XC_ROWS, dtype=np.int64)
+    xc[[XC_PAGE, XC_SEND, XC_ENCODE]] = c.migration_page, c.page_send, c.xbzrle_page
+    if scan:
+        xc[[XC_ZERO, XC_DATA]] = c.zero_check_zero_page, c.zero_check_data_page
+    return xc

@@ -87,6 +87,7 @@ class _Fold:
     multifd_bytes: int = 0
     last_sync_ns: int | None = None  # the previous round's end, for busy fractions
     switchover: Counter = field(default_factory=Counter)  # downtime parts: stop steps, final sync, device state
+    xbzrle_cache: dict | None = None  # query-migrate's xbzrle-cache after the last sync (with xbzrle only)
 
     def _add(self, **counts: int) -> None:
         for key, n in counts.items():
@@ -131,7 +132,7 @@ class _Fold:
         else:
             self.normal += e.normal
             self.zero += e.zero
-            self.dirty_pages -= e.normal + e.zero
+            self.dirty_pages -= e.pages
             self._add(**{"resent": e.resent, "write-not-dirty": e.unchanged, "thread-send-ns": e.cpu_ns,
                          "multifd-send-ns": e.channel_ns})
             self.multifd_bytes += e.multifd_bytes
@@ -177,6 +178,11 @@ class _Fold:
 
     def _stopped(self, e: ev.VcpusStopped) -> None:
         self.stop_ns = e.t_ns
+
+    def _xbzrle_cache(self, e: ev.XbzrleCache) -> None:
+        self.xbzrle_cache = {"cache-size": e.cache_size, "bytes": e.bytes, "pages": e.pages, "cache-miss": e.cache_miss,
+                             "cache-miss-rate": e.cache_miss_rate, "encoding-rate": e.encoding_rate,
+                             "overflow": e.overflow}
 
     def _switchover_step(self, e: ev.SwitchoverStep) -> None:
         self.switchover[e.step] += e.cost_ns
@@ -269,7 +275,7 @@ class _Fold:
 _HANDLERS = {  # event type -> what it changes in the fold (one dict lookup per event, not an isinstance chain)
     ev.RunStarted: _Fold._run_started, ev.RamBlockAdded: _Fold._block_added, ev.RamBlockRemoved: _Fold._block_removed,
     ev.MigrationStatus: _Fold._status, ev.Transfer: _Fold._transfer, ev.RateWindow: _Fold._window,
-    ev.VcpuStats: _Fold._vcpu_stats, ev.SwitchoverStep: _Fold._switchover_step, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
+    ev.VcpuStats: _Fold._vcpu_stats, ev.SwitchoverStep: _Fold._switchover_step, ev.XbzrleCache: _Fold._xbzrle_cache, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
     ev.KvmGetDirtyLog: _Fold._kvm_get, ev.DirtyRingReap: _Fold._ring_reap, ev.VhostLogSync: _Fold._vhost_sync,
     ev.ListenerCall: _Fold._listener_call, ev.BitmapSync: _Fold._sync, ev.VcpusStopped: _Fold._stopped,
     ev.OracleCheck: _Fold._oracle, ev.RunFinished: _Fold._finished, ev.CpuThrottle: _Fold._cpu_throttle,
@@ -418,6 +424,8 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
     elif not completed:
         out["expected-downtime"] = f.expected_downtime
     out["ram"] = ram
+    if f.xbzrle_cache is not None:
+        out["xbzrle-cache"] = f.xbzrle_cache
     out.update(_convergence_info(f))
     if f.error:
         out["error-desc"] = f.error

@@ -148,7 +148,7 @@ def chrome_trace(events: list[ev.Event]) -> dict:
             tr.counter(e.t_ns, "transferred", "bytes", transferred)
             if e.kind == "pages":
                 send.append(e)
-                dirty -= e.normal + e.zero
+                dirty -= e.pages
                 tr.counter(e.t_ns, "remaining", "bytes", dirty * page)
             else:
                 name = {"setup": "stream header", "eos": "RAM_SAVE_FLAG_EOS", "device-state": "device state"}[e.kind]

@@ -38,11 +38,12 @@ QEMU_SPELLINGS = {
     "max_cpu_throttle": "max-cpu-throttle", "vcpu_dirty_limit": "vcpu-dirty-limit",
     "x_vcpu_dirty_limit_period": "x-vcpu-dirty-limit-period", "set": "migrate-set-parameters",
     "migrate_cancel": "migrate-cancel", "multifd_channels": "multifd-channels",
-    "multifd_compression": "multifd-compression",
+    "multifd_compression": "multifd-compression", "xbzrle_cache_size": "xbzrle-cache-size",
 }
 
 # QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
 QEMU_BARE_UNITS = {"downtime-limit": "ms", "max-bandwidth": "B/s", "avail-switchover-bandwidth": "B/s",
+                   "xbzrle-cache-size": "B",
                    "x-vcpu-dirty-limit-period": "ms"}
 
 
@@ -114,6 +115,8 @@ class UniformWorkload(_Model):
     offset: Size = Field(0, description="guest-physical start of the working set")
     data_only: bool = Field(False, description="write only pages that held data at boot (free memory stays zero); "
                                                "offset and working_set in whole 2MiB")
+    bytes_per_write: Size = Field(4096, ge=1, le=4096, description="bytes one write changes in its page (one run "
+                                  "from the page's start): what XBZRLE encodes; 4KiB, a whole page, by default")
     identical_rewrites: Fraction01 = Field(
         0.0, description="share of writes that store the bytes the page already holds, 0..1: dirty logging sees "
                          "them, a content hash (calc-dirty-rate page-sampling) does not, and the destination's "
@@ -441,6 +444,10 @@ class Costs(_Model):
     zlib_page: Duration = Field(
         60_000, description="multifd zlib compressing one data page, level 1, one stream flushed per packet "
                             "(`dirtysim calibrate` on the CI machine: text 55 us, random bytes 110-140 us)")
+    xbzrle_page: Duration = Field(
+        1_000, description="XBZRLE, per page it touches: the cache lookup and the copy into the cache, or "
+                           "xbzrle_encode_buffer comparing the cached copy with the page [assumption: two 4 KiB reads "
+                           "and a write; `dirtysim calibrate` measures a 4 KiB copy from DRAM at 0.6-0.9 us]")
     zstd_page: Duration = Field(
         8_000, description="multifd zstd compressing one data page, level 1 (zstandard 0.25 on the CI machine: "
                            "7.7 us for half text, half random pages)")
@@ -483,7 +490,7 @@ class Network(_Model):
 # qapi/migration.json MigrationCapability values besides those modelled (postcopy and xbzrle
 # are planned; the others do not change how RAM migrates or are deprecated).
 UNBUILT_CAPABILITIES = frozenset({
-    "xbzrle", "rdma-pin-all", "zero-blocks", "events", "postcopy-ram", "x-colo", "release-ram", "return-path",
+    "rdma-pin-all", "zero-blocks", "events", "postcopy-ram", "x-colo", "release-ram", "return-path",
     "pause-before-switchover", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate",
     "x-ignore-shared", "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt",
     "switchover-ack", "mapped-ram"})
@@ -501,6 +508,8 @@ class Capabilities(_Model):
                                                  "needs the dirty ring, excludes auto-converge")
     multifd: bool = Field(False, description="multifd: RAM pages go out on multifd-channels sender threads "
                                              "(migration/multifd.c)")
+    xbzrle: bool = Field(False, description="xbzrle: after the first lap, a page found in the XBZRLE cache goes "
+                                           "out as its delta (migration/xbzrle.c); not with multifd")
 
     @model_validator(mode="before")
     @classmethod
@@ -510,7 +519,7 @@ class Capabilities(_Model):
             for key, value in data.items():
                 if key in UNBUILT_CAPABILITIES:
                     raise fail(("migration", "capabilities", key), "a QEMU capability dirtysim does not model yet",
-                               str(value), "auto-converge, dirty-limit, multifd")
+                               str(value), "auto-converge, dirty-limit, multifd, xbzrle")
         return data
 
 
@@ -572,6 +581,9 @@ def _throttle_range(params: MigrationParameters, loc: tuple) -> None:
                    "cpu-throttle-initial to 99 (migrate_params_check)", str(high), f"{low} .. 99")
 
 
+XBZRLE_CACHE_SIZE_ERROR = "Option xbzrle_cache_size expects a power of two no less than the target page size"
+
+
 class Migration(MigrationParameters):
     """Migration capabilities and parameters (``migration/options.c``), and when to start and give up."""
 
@@ -582,9 +594,20 @@ class Migration(MigrationParameters):
     )
     multifd_channels: int = Field(2, ge=1, le=255, description="multifd-channels (2): sender threads and "
                                   "connections (migrate_params_check: 1 .. 255)")
+    xbzrle_cache_size: Size = Field(64 << 20, description="xbzrle-cache-size (64 MiB): a power of two, at least "
+                                    "one page (migrate_params_check)")
     multifd_compression: Literal["none", "zlib", "zstd"] = Field(
         "none", description="multifd-compression; the compressed size of a data page is 4 KiB / "
                             "machine.memory.<method>_ratio (qpl, uadk, qatzip are not modelled)")
+    @field_validator("xbzrle_cache_size")
+    @classmethod
+    def _cache_size(cls, value: int):
+        """``migrate_params_check``: a power of two of at least one target page (nothing rounds it)."""
+        if value < PAGE_SIZE or value & (value - 1):
+            raise PydanticCustomError("xbzrle_cache_size", f"{XBZRLE_CACHE_SIZE_ERROR} (migrate_params_check)",
+                                      {"got": units.format_size(value), "allowed": "4KiB, 8KiB, ..., e.g. 64MiB"})
+        return value
+
     timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
     max_syncs: Optional[int] = Field(None, ge=1, description="dirtysim (guestperf's max_iters): cancel with "
                                      "stop-reason 'max-syncs' once dirty-sync-count exceeds this")
@@ -908,6 +931,9 @@ class Scenario(_Model):
         """``migrate_caps_check`` and ``migrate_params_check``'s cross-parameter rules, with QEMU's messages."""
         mig = self.migration
         _throttle_range(mig, ("migration",))
+        if mig.capabilities.xbzrle and mig.capabilities.multifd:
+            raise fail(("migration", "capabilities", "xbzrle"), "Multifd is not compatible with xbzrle "
+                       "(migrate_caps_check)", "true, with multifd: true", "one of the two")
         if mig.capabilities.dirty_limit:
             loc = ("migration", "capabilities", "dirty_limit")
             if mig.capabilities.auto_converge:
