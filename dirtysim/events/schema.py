@@ -224,7 +224,7 @@ class RateWindow(Event, tag="rate-window"):
     expected_downtime: int  # ms
 
 
-class Transfer(Event, tag="transfer"):
+class Transfer(Event, tag="transfer", omit_defaults=True):
     """Bytes written to the migration stream (a send slice, an EOS marker, device state)."""
 
     kind: str  # setup | pages | eos | device-state
