@@ -289,6 +289,16 @@ def find_next_bit(bmap, page, end):
         x = bmap[w]
 
 
+@inline
+def deliver_page(stale, received, w, b):
+    """The destination receives page bit ``b`` of word ``w`` as it is now: (re-sent, re-sent though unchanged)."""
+    resent = 1 if received[w] & b else 0
+    unchanged = 1 if resent and not (stale[w] & b) else 0
+    received[w] |= b
+    stale[w] &= ~b
+    return resent, unchanged
+
+
 @jit
 def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, cap, shift, lazy_clear, zero_detect,
                first_extra, normal_bytes, zero_bytes, cv, t_cap, out):
@@ -374,12 +384,9 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
             tm += m_normal
             tc += c_normal
         extra = 0
-        if received[w] & b:
-            resent += 1
-            if not (stale[w] & b):
-                unchanged += 1
-        received[w] |= b
-        stale[w] &= ~b
+        r, u = deliver_page(stale, received, w, b)
+        resent += r
+        unchanged += u
         page = p + 1
     out[0] = page
     out[1] = normal

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..scenario.schema import XBZRLE_CACHE_SIZE_ERROR
 from ..dirty.kernels import (NORMAL_PAGE_BYTES, PAGE_HEADER, PAGE_SIZE, SEND_BUDGET, SEND_END_OF_BLOCK,
-                             SEND_NEED_CLEAR, ZERO_PAGE_BYTES, find_next_bit, inline, jit)
+                             SEND_NEED_CLEAR, ZERO_PAGE_BYTES, deliver_page, find_next_bit, inline, jit)
 
 DEFAULT_XBZRLE_CACHE_SIZE = 64 << 20  # DEFAULT_MIGRATE_XBZRLE_CACHE_SIZE (options.c)
 CACHED_PAGE_LIFETIME = 2  # page_cache.c: an entry is not replaced within two syncs
@@ -366,12 +366,9 @@ def send_pages_xbzrle(bmap, clear_bmap, nonzero, stale, received, page, end, bud
             nbytes += size + extra
             totals[WIRE_BYTES] += size + extra
             extra = 0
-        if received[w] & b:
-            resent += 1
-            if not (stale[w] & b):
-                unchanged += 1
-        received[w] |= b
-        stale[w] &= ~b
+        r, u = deliver_page(stale, received, w, b)
+        resent += r
+        unchanged += u
         page = p + 1
     out[0], out[1], out[2], out[3], out[4], out[5] = page, normal, zero, nbytes, resent, unchanged
     out[OUT_XBZRLE], out[OUT_SKIPPED], out[OUT_CPU] = records, skipped, tm
