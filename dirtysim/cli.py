@@ -365,7 +365,7 @@ def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[st
     Writes OUTPUT/<variant>/ per variant, OUTPUT/comparison.csv, and compare's
     OUTPUT/compare.csv and compare.png across the variants.
     """
-    from .sweep import load_variants, markdown, run_variants
+    from .sweep import failures, load_variants, markdown, run_variants
 
     from .report.compare import COMPARE_FILES
     from .report.files import OutputError
@@ -384,6 +384,10 @@ def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[st
     click.echo(markdown(rows))
     overlay = "".join(f", {n}" for n in COMPARE_FILES if (out / n).exists())
     click.echo(f"\noutputs: {out}/<variant>/ and {out}/comparison.csv{overlay}")
+    failed = failures(rows)
+    if failed:
+        _fail(f"{len(failed)} of {len(rows)} variants did not run as their scenario intends (an error, or pages "
+              f"lost under correct semantics): {', '.join(failed)}", EXIT_SIM_ERROR)
 
 
 @main.command()

@@ -22,13 +22,22 @@ MIB = 1 << 20
 COMPARE_FIELDS = [
     "variant", "status", "total-time", "downtime", "dirty-sync-count", "transferred-mib", "resent-pages",
     "write-not-dirty-pages", "vcpu-faults", "vcpu-lost-ms", "ring-full-exits", "vhost-logged-pages",
-    "thread-ioctl-ms", "migration-thread-busy", "multifd-busy", "lost-pages", "first-lost-ms",
+    "thread-ioctl-ms", "migration-thread-busy", "multifd-busy", "lost-pages", "first-lost-ms", "wrong-semantics",
 ]
 
 
-def load_variants(path: str | Path) -> dict[str, list[str]]:
+class Variants(dict):
+    """name -> overrides, and where each variant is written (``FILE:LINE``) for the errors that name it."""
+
+    def __init__(self, items: dict[str, list[str]], where: dict[str, str]):
+        super().__init__(items)
+        self.where = where
+
+
+def load_variants(path: str | Path) -> Variants:
     """``variants: {name: {key.path: value, ...}}`` -> {name: ["key.path=value", ...]}."""
-    data = read_yaml(path)[0] or {}  # bounded, UTF-8 only, as scenario files
+    data, lines = read_yaml(path)  # bounded, UTF-8 only, as scenario files
+    data = data or {}
     variants = data.get("variants") if isinstance(data, dict) else None
     if not isinstance(variants, dict) or not variants:
         raise ScenarioError([f"{path}:1: variants: expected a mapping of variant names to overrides"])
@@ -42,10 +51,12 @@ def load_variants(path: str | Path) -> dict[str, list[str]]:
             raise ScenarioError([f"{path}: variants.{name}: expected a mapping of key.path: value (got {over!r})"])
         out[str(name)] = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                           for k, v in over.items()]
-    return out
+    where = {str(name): f"{path}:{lines.get(('variants', name), 1)}" for name in variants}
+    return Variants(out, where)
 
 
-def comparison_row(name: str, summary: dict) -> dict:
+def comparison_row(name: str, summary: dict, wrong: list[str] = ()) -> dict:
+    """One variant's line; ``wrong``: the deliberately wrong semantics it asks for (its losses are expected)."""
     d, ram = summary["dirtysim"], summary["ram"]
     return {
         "variant": name,
@@ -65,7 +76,14 @@ def comparison_row(name: str, summary: dict) -> dict:
         "multifd-busy": d["multifd-busy"],
         "lost-pages": d["lost-pages"],
         "first-lost-ms": d["first-lost-ms"],
+        "wrong-semantics": ", ".join(wrong),
     }
+
+
+def failures(rows: list[dict]) -> list[str]:
+    """Variants that did not run as their scenario intends: an error, or pages lost under correct semantics."""
+    return [r["variant"] for r in rows
+            if r["status"] == "failed" or (r["lost-pages"] and not r["wrong-semantics"])]
 
 
 def run_variants(scenario_file: str | Path, variants: dict[str, list[str]], outdir: Path | None = None,
@@ -76,14 +94,14 @@ def run_variants(scenario_file: str | Path, variants: dict[str, list[str]], outd
     compare.csv and compare.png across the variants (the figure if any variant
     draws plots). Each variant's own figure is titled "<scenario> / <variant>".
     """
-    scenarios = {name: load_scenario(scenario_file, [*common, *over]) for name, over in variants.items()}
+    scenarios = {name: _load_variant(scenario_file, variants, name, common) for name in variants}
     rows = []
     overlay = compare.Comparison(plots=outdir is not None and any(s.outputs.plots for s in scenarios.values()))
     for name, scenario in scenarios.items():
         result = run(scenario, progress=False)
         out = child(outdir or Path("out") / f"{scenario.name}-sweep", name, "variant")
         summary = write_run(result, out, title=f"{scenario.name} / {name}")
-        rows.append(comparison_row(name, summary))
+        rows.append(comparison_row(name, summary, scenario.dirty_tracking.wrong_semantics()))
         overlay.add(name, result.events, summary)
         if result.stop_reason == "interrupted":  # Ctrl-C stops the sweep, not only this variant
             raise KeyboardInterrupt
@@ -96,6 +114,16 @@ def run_variants(scenario_file: str | Path, variants: dict[str, list[str]], outd
             else:
                 (outdir / file_name).unlink(missing_ok=True)
     return rows
+
+
+def _load_variant(scenario_file: str | Path, variants: dict[str, list[str]], name: str, common: Iterable[str]):
+    """The variant's scenario; a bad value is reported with the variant and where it is written."""
+    try:
+        return load_scenario(scenario_file, [*common, *variants[name]])
+    except ScenarioError as exc:
+        where = getattr(variants, "where", {}).get(name)
+        prefix = f"{where}: variants.{name}: " if where else f"variants.{name}: "
+        raise ScenarioError([prefix + line for line in exc.lines]) from None
 
 
 def markdown(rows: list[dict]) -> str:

@@ -217,3 +217,43 @@ def test_interrupt_stops_a_sweep(tmp_path, earlier, monkeypatch):
                  "cancelled)\n")
     assert json.loads((tmp_path / "sw" / "first" / "summary.json").read_text())["status"] == "cancelled"
     assert not (tmp_path / "sw" / "second").exists()
+
+
+def test_a_sweep_with_a_failed_variant_finishes_and_exits_1(tmp_path, earlier, monkeypatch):
+    """A variant that raises is recorded as failed, the next one still runs, and the sweep says which failed."""
+    real = PrecopyMigration.bitmap_sync
+
+    def bitmap_sync(self, *args, **kw):
+        if self.sc.seed == 2 and self.dirty_sync_count == 1:
+            raise RuntimeError("injected")
+        return (yield from real(self, *args, **kw))
+
+    monkeypatch.setattr(PrecopyMigration, "bitmap_sync", bitmap_sync)
+    variants = tmp_path / "v.yaml"
+    variants.write_text(yaml.safe_dump({"variants": {"breaks": {"seed": 2}, "runs": {"seed": 3}}}))
+    res = CliRunner().invoke(main, ["sweep", str(earlier[0]), str(variants), "-o", str(tmp_path / "sw")])
+    assert res.exit_code == 1
+    assert res.stderr == ("1 of 2 variants did not run as their scenario intends (an error, or pages lost under "
+                          "correct semantics): breaks\n")
+    assert json.loads((tmp_path / "sw" / "breaks" / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "sw" / "runs" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_with_a_bad_value_names_the_variant_and_its_line(tmp_path, earlier):
+    variants = tmp_path / "v.yaml"
+    variants.write_text("variants:\n  fine: {seed: 2}\n  bad:\n    migration.downtime_limit: -5s\n")
+    res = CliRunner().invoke(main, ["sweep", str(earlier[0]), str(variants), "-o", str(tmp_path / "sw")])
+    assert (res.exit_code, res.stdout) == (2, "")
+    assert res.stderr.startswith(f"{variants}:3: variants.bad: --set migration.downtime_limit: a duration must not "
+                                 "be negative")
+    assert not (tmp_path / "sw").exists()  # nothing ran
+
+
+def test_deliberately_wrong_losses_do_not_fail_a_sweep():
+    from dirtysim.sweep import failures
+
+    rows = [{"variant": "a", "status": "completed", "lost-pages": 0, "wrong-semantics": ""},
+            {"variant": "b", "status": "completed", "lost-pages": 7, "wrong-semantics": "send_order send-before-clear"},
+            {"variant": "c", "status": "completed", "lost-pages": 1, "wrong-semantics": ""},
+            {"variant": "d", "status": "failed", "lost-pages": 0, "wrong-semantics": ""}]
+    assert failures(rows) == ["c", "d"]
