@@ -153,9 +153,9 @@ def test_oracle_reporting_more_lost_than_stale(tmp_path, log):
 
 def test_future_schema_version(tmp_path, log):
     header = _obj(log[0])
-    header.update(schema_version=4, dirtysim_version="9.0", digest="new-field")
+    header.update(schema_version=5, dirtysim_version="9.0", digest="new-field")
     _rejected(tmp_path, [_line(header)] + log[1:], 1,
-              "log schema version 4 (written by dirtysim 9.0) is not one this dirtysim reads (allowed: 1, 2, 3)")
+              "log schema version 5 (written by dirtysim 9.0) is not one this dirtysim reads (allowed: 1, 2, 3, 4)")
 
 
 def test_log_without_header(tmp_path, log):
