@@ -99,9 +99,9 @@ def place(present, written, w0, mask, out):
     """Place the pages of ``mask`` (words from ``w0``) on the destination: ``postcopy_place_page`` per page.
 
     out[:] = pages placed, pages that were present already (QEMU's UFFDIO_COPY
-    fails with -EEXIST: never with correct semantics), and of those the pages
-    the destination's guest had written (their write would be overwritten by
-    the source's older copy). ``present`` gains the mask.
+    fails with -EEXIST and the destination keeps its copy: never with correct
+    semantics), and of those the pages the destination's guest had written
+    (on a copy it should not have had). ``present`` gains the mask.
     """
     placed = 0
     double = 0

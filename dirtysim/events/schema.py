@@ -271,8 +271,8 @@ class OracleCheck(Event, tag="oracle-check", omit_defaults=True):
     stale_pages: int
     lost_pages: int
     unassigned_writes: int = 0  # guest writes so far that hit no RAM in the oracle's map (MMIO, ROM, nothing)
-    double_placed: int = 0  # postcopy: pages placed onto a page the destination had (UFFDIO_COPY: -EEXIST)
-    clobbered: int = 0  # postcopy: of those, pages the destination's guest had written (its write is lost)
+    double_placed: int = 0  # postcopy: pages sent onto a page the destination held (UFFDIO_COPY: -EEXIST)
+    clobbered: int = 0  # postcopy: of those, pages the destination's guest had written
 
 
 class PostcopyStart(Event, tag="postcopy-start"):

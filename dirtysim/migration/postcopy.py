@@ -35,6 +35,7 @@ import numpy as np
 from ..dirty import kernels
 from ..dirty import destkernels as D
 from ..events import schema as ev
+from .invariant import BrokenInvariant
 
 MAX_DISCARDS_PER_COMMAND = 12  # postcopy-ram.c
 CMD_HEADER = 5  # qemu_savevm_command_send: QEMU_VM_COMMAND byte, be16 command, be16 length
@@ -326,6 +327,8 @@ class Postcopy:
         yield from mig._transfer("postcopy-end", POSTCOPY_END_BYTES)
         shut = max(self.last_arrival, self.env.now) + self.latency
         yield from mig._wait(shut - self.env.now)
+        if self.waiters:
+            raise BrokenInvariant(f"postcopy completed with vCPUs still blocked on pages {sorted(self.waiters)}")
         self.check_oracle("postcopy-complete")
         mig._status("completed")
         mig.stop_reason = "completed"
@@ -337,12 +340,11 @@ class Postcopy:
         self.mig.stop_reason = reason
 
     def check_oracle(self, at: str) -> None:
-        """Every page placed once; a page neither held nor still to be placed is lost, as is a destination
-        write that a placement overwrote."""
+        """Every page placed once. Lost: a page the destination neither holds nor will still receive, and a
+        page sent onto one it held (``UFFDIO_COPY`` fails with -EEXIST: the destination keeps a copy older
+        than the source's, or its guest's write on such a copy)."""
         n = self.present.shape[0]
-        lost = int(kernels.count_set(~self.present & ~self.unplaced, 0, n)) + self.clobbered
-        if self.waiters and at == "postcopy-complete":
-            lost += sum(len(w) for w in self.waiters.values())  # a vCPU still blocked: its page never came
+        lost = int(kernels.count_set(~self.present & ~self.unplaced, 0, n)) + self.double
         self.rec.emit(ev.OracleCheck, at=at, stale_pages=int(kernels.count_set(self.m.ram_list.stale, 0, n)),
                       lost_pages=lost, unassigned_writes=self.m.guest.unassigned_writes + int(self.io[D.IO_UNASSIGNED]),
                       double_placed=self.double, clobbered=self.clobbered)
