@@ -339,3 +339,17 @@ def test_a_timeout_in_postcopy_cannot_cancel():
     assert (s["status"], s["dirtysim"]["stop-reason"]) == ("postcopy-active", "timeout")
     assert s["ram"]["remaining"] > 0 and s["dirtysim"]["lost-pages"] == 0
     assert "downtime" in s  # shown as soon as the migration is in postcopy (populate_time_info)
+
+
+def test_latency_table_is_written_with_the_run_and_removed_with_it(pure, tmp_path):
+    """postcopy-latency.csv (and its png) join a postcopy run's outputs, whole; a later run without postcopy
+    in the same directory takes them away (they are the run's files, not left over)."""
+    from dirtysim.report.files import write_run
+
+    write_run(pure, tmp_path, plots=True)
+    rows = (tmp_path / "postcopy-latency.csv").read_text().splitlines()
+    assert rows[0] == "bucket,from-us,to-us,faults" and len(rows) == 1 + 24
+    assert rows[1 + 7] == f"7,128,256,{K}"
+    assert (tmp_path / "postcopy-latency.png").read_bytes().startswith(b"\x89PNG")
+    write_run(simulate(), tmp_path, plots=False)
+    assert not (tmp_path / "postcopy-latency.csv").exists() and not (tmp_path / "postcopy-latency.png").exists()

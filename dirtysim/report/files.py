@@ -181,7 +181,8 @@ def projections(events: list, run_info: dict, plots: bool, title: str | None = N
 
         files["convergence.png"] = figure_png(convergence_figure(events, f, title))
         if latency is not None:
-            files["postcopy-latency.png"] = figure_png(postcopy_latency_figure(latency, title or ""))
+            name = title if title is not None else getattr(events[0], "name", "")
+            files["postcopy-latency.png"] = figure_png(postcopy_latency_figure(latency, name))
     files["summary.json"] = json_bytes(summary)
     return summary, files
 
