@@ -353,3 +353,40 @@ def test_latency_table_is_written_with_the_run_and_removed_with_it(pure, tmp_pat
     assert (tmp_path / "postcopy-latency.png").read_bytes().startswith(b"\x89PNG")
     write_run(simulate(), tmp_path, plots=False)
     assert not (tmp_path / "postcopy-latency.csv").exists() and not (tmp_path / "postcopy-latency.png").exists()
+
+
+def test_without_preempt_the_push_continues_after_the_requested_page():
+    """P18: get_queued_page moves the scan to the requested page, so the background sends the pages after it
+    next: a sequential writer faults on its first page only (or on a page already on its way), where with
+    preempt (the scan does not move) every page faults."""
+    run = simulate(**merge(PURE, {"network": {"send_buffer": "0B"},
+                                  "migration": {"capabilities": {"postcopy-preempt": False}}}))
+    served = [e.served for e in fault_events(run.events)]
+    assert served[0] == "urgent" and len(served) < K // 2
+    assert all(x == "in-flight" for x in served[1:])
+
+
+@pytest.fixture(scope="module")
+def idle():
+    """PURE with a guest that never writes: nothing is requested."""
+    over = merge(PURE, {})
+    over["machine"]["vcpus"][0]["workload"]["rate"] = "0B/s"
+    return simulate(**over)
+
+
+def completed_ns(run) -> int:
+    return next(e.t_ns for e in of(run.events, ev.MigrationStatus) if e.status == "completed")
+
+
+def test_completion_waits_for_the_last_page_and_the_shut(idle):
+    """P26: with nothing requested, the last background slice lands one latency and a placement after it went
+    out, and the source completes once the destination's SHUT is back, one more latency later."""
+    last = [e for e in of(idle.events, ev.Transfer) if e.kind == "pages"][-1]
+    assert not fault_events(idle.events)
+    assert completed_ns(idle) == last.t_ns + L + C_P + L
+
+
+def test_requested_pages_share_the_link_with_the_push(pure, idle):
+    """A requested page's wire time is taken from the background push (one link): K preempt pages move the
+    end of the push by nothing but rounding (and the 7 idstr bytes), not K x 3.3 us earlier."""
+    assert abs(completed_ns(pure) - completed_ns(idle)) < 100
