@@ -31,7 +31,7 @@ def run_timeline(env, scenario, machine, migration, recorder):
         elif kind == "migrate_cancel":
             result = "done" if migration.request_cancel() else "ignored: no migration is active (or it is " \
                                                                 "already stopping)"
-            if migration.pc is not None and migration.pc.active:  # qmp_migrate_cancel
+            if migration.pc is not None and migration.pc.stopped_ns is not None:  # qmp_migrate_cancel
                 result = "refused: Postcopy migration in progress, cannot cancel."
             recorder.emit(ev.TimelineAction, action=kind, target="migration", result=result)
         elif kind == "migrate_start_postcopy":

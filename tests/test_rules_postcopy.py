@@ -390,3 +390,11 @@ def test_requested_pages_share_the_link_with_the_push(pure, idle):
     """A requested page's wire time is taken from the background push (one link): K preempt pages move the
     end of the push by nothing but rounding (and the 7 idstr bytes), not K x 3.3 us earlier."""
     assert abs(completed_ns(pure) - completed_ns(idle)) < 100
+
+
+def test_max_syncs_does_not_cancel_a_switch_in_progress(hot):
+    """guestperf's max_iters equal to post_copy_iters: the discard sync exceeds it, but the switch has begun and
+    the cancel is refused (qmp_migrate_cancel: "Postcopy migration in progress, cannot cancel.")."""
+    run = simulate(**merge(hot.scenario.to_file(), {"migration": {"max_syncs": 2}}))
+    assert not [e for e in of(run.events, ev.MigrationStatus) if e.status == "cancelling"]
+    assert tables.summary(run.events)["status"] == "completed"

@@ -69,6 +69,7 @@ class Postcopy:
         self.lookahead = self.latency + min(self.fault_ns, self.place_ns)  # > 0: scenario/postcopy.py
         self.trigger: str | None = None  # start_postcopy: set by migrate-start-postcopy or after N syncs
         self.active = False  # migration_in_postcopy
+        self.stopped_ns: int | None = None  # postcopy_start stopped the VM
         self.work: list = []  # (time, seq, PLACE | REQUEST, data): what the destination and the source do next
         self._seq = itertools.count()
         self.waiters: dict[int, list[list]] = {}  # RAM page -> [vcpu, fault ns, request ns, served, wait bytes]
@@ -113,6 +114,7 @@ class Postcopy:
                       threshold_size=mig.counters.threshold_size, dirty_sync_count=mig.dirty_sync_count)
         self.rec.emit(ev.VcpusStopped)
         self.m.stop_vm()  # migration_stop_vm: downtime starts
+        self.stopped_ns = self.env.now
         mig._status("device")  # migration_switchover_start
         mig.counters.rate_limit_max = 0  # RATE_LIMIT_DISABLED, then max-postcopy-bandwidth (0: unlimited)
         yield from mig.bitmap_sync("postcopy-discard", pending)

@@ -190,9 +190,10 @@ class PrecopyMigration:
         """``qmp_migrate_cancel`` -> ``migration_cancel``: status cancelling; the thread stops at its next wait.
 
         Refused (False) when no migration is active, or once the VM is stopped for
-        the switchover (dirtysim does not model a cancel that restarts the VM).
+        the switchover or postcopy (dirtysim does not model a cancel that restarts the VM).
         """
-        if not self.is_running() or self.rs.last_stage or self.cancel_reason is not None:
+        if not self.is_running() or self.rs.last_stage or self.cancel_reason is not None or (
+                self.pc is not None and self.pc.stopped_ns is not None):
             return False
         self.cancel_reason = reason
         self._status("cancelling")
