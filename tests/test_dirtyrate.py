@@ -414,7 +414,7 @@ def test_the_pass_model_predicts_by_hand_arithmetic():
 
     sc = scenario(machine={"memory": {"size": "1GiB", "zero_fraction": 0.0},
                            "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]},
-                  migration={"max_bandwidth": "128MiB/s", "downtime_limit": "300ms"})
+                  migration={"max_bandwidth": "128MiB/s", "downtime_limit": "300ms"})  # 2.7 us of CPU < 30 us
     p = predict(sc, from_rate(16))
     t0 = 262144 * 4104 / (128 * MIB)
     passes = [t0]
@@ -424,6 +424,22 @@ def test_the_pass_model_predicts_by_hand_arithmetic():
     assert p.converged and p.passes == len(passes)
     assert p.total_time_ms == pytest.approx((sum(passes) + last) * 1000) and p.downtime_ms == pytest.approx(last * 1000)
     assert not predict(sc, from_rate(200)).converged  # dirtying faster than sending never fits
+
+
+def test_the_pass_model_takes_the_cpu_ceiling():
+    """Unlimited on 100 Gbit/s: a data page takes the thread's 100 + 70 + 2500 ns, a zero page 100 + 300 ns."""
+    from dirtysim.dirtyrate.predict import page_seconds, predict
+
+    sc = scenario(machine={"memory": {"size": "1GiB", "zero_fraction": 0.5},
+                           "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s"}}]},
+                  network={"bandwidth": "100Gbit/s"}, migration={"max_bandwidth": "0B/s"})
+    assert page_seconds(sc) == pytest.approx((2670e-9, 400e-9))
+    p = predict(sc, lambda t: 0)  # nothing dirtied: pass 0 only
+    assert p.total_time_ms == pytest.approx(131072 * (2670 + 400) / 1e6)
+    multifd = sc.model_copy(update={"migration": sc.migration.model_copy(update={
+        "capabilities": sc.migration.capabilities.model_copy(update={"multifd": True}), "multifd_channels": 4})})
+    normal_s, zero_s = page_seconds(multifd)  # the senders: (70 + 2500 + 5000/128) / 4 per data page; the thread 100
+    assert (normal_s, zero_s) == pytest.approx(((2570 + 5000 / 128) / 4 * 1e-9, 100e-9), rel=1e-3)
 
 
 def test_a_measurement_waiting_forever_is_stopped_at_its_deadline(monkeypatch):

@@ -212,7 +212,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("qemu_spelling_range", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 1000}\n",
      '{file}:6: dirty_tracking.dirty-ring-size: out of range (got 1000; allowed: 1024 .. 65536)'),
     ("qemu_spelling_typo", V + "migration: {downtime-limt: 500}\n",
-     '{file}:6: migration.downtime-limt: unknown key; did you mean downtime-limit? (got 500; allowed: max_bandwidth, downtime_limit, avail_switchover_bandwidth, throttle_trigger_threshold, cpu_throttle_initial, cpu_throttle_increment, cpu_throttle_tailslow, max_cpu_throttle, vcpu_dirty_limit, x_vcpu_dirty_limit_period, start_at, capabilities, zero_page_detection, multifd_channels, multifd_compression, timeout, x_postcopy_after_syncs, max_syncs)'),
+     '{file}:6: migration.downtime-limt: unknown key; did you mean downtime-limit? (got 500; allowed: max_bandwidth, downtime_limit, avail_switchover_bandwidth, throttle_trigger_threshold, cpu_throttle_initial, cpu_throttle_increment, cpu_throttle_tailslow, max_cpu_throttle, vcpu_dirty_limit, x_vcpu_dirty_limit_period, start_at, capabilities, zero_page_detection, multifd_channels, xbzrle_cache_size, multifd_compression, timeout, x_postcopy_after_syncs, max_syncs)'),
     ("downtime_over_qemu_max", V + "migration: {downtime_limit: 2001s}\n",
      "{file}:6: migration.downtime_limit: above QEMU's maximum (migrate_params_check) (got 2001s; allowed: 0 .. 2000s)"),
     # more that a new user writes
@@ -232,6 +232,33 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      "unplug, bar, pam, ioeventfd, calc_dirty_rate, set, migrate_cancel, migrate_start_postcopy)"),
     ("ring_size_not_power_of_two", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 3072}\n",
      "{file}:6: dirty_tracking.dirty-ring-size: not a power of two (got 3072; allowed: 1024, 2048, ..., 65536)"),
+    # the sending side
+    ("multifd_channels_in_words", V + "migration: {capabilities: {multifd: true}, multifd-channels: two}\n",
+     '{file}:6: migration.multifd-channels: not an integer (got "two"; allowed: 1 .. 255)'),
+    ("multifd_channels_over_qemu_max", V + "migration: {capabilities: {multifd: true}, multifd-channels: 256}\n",
+     "{file}:6: migration.multifd-channels: out of range (got 256; allowed: 1 .. 255)"),
+    ("multifd_compression_not_modelled", V + "migration: {capabilities: {multifd: true}, multifd-compression: qpl}\n",
+     "{file}:6: migration.multifd-compression: not an allowed value (got \"qpl\"; allowed: 'none', 'zlib' or 'zstd')"),
+    ("xbzrle_cache_not_power_of_two", V + "migration: {capabilities: {xbzrle: true}, xbzrle-cache-size: 3MiB}\n",
+     "{file}:6: migration.xbzrle-cache-size: Option xbzrle_cache_size expects a power of two no less than the target "
+     "page size (migrate_params_check) (got 3MiB; allowed: 4KiB, 8KiB, ..., e.g. 64MiB)"),
+    ("xbzrle_cache_bare_bytes", V + "migration: {xbzrle-cache-size: 1000}\n",
+     "{file}:6: migration.xbzrle-cache-size: Option xbzrle_cache_size expects a power of two no less than the target "
+     "page size (migrate_params_check) (got 1000B; allowed: 4KiB, 8KiB, ..., e.g. 64MiB)"),
+    ("xbzrle_with_multifd", V + "migration: {capabilities: {xbzrle: true, multifd: true}}\n",
+     "{file}:6: migration.capabilities.xbzrle: Multifd is not compatible with xbzrle (migrate_caps_check) (got true, "
+     "with multifd: true; allowed: one of the two)"),
+    ("bytes_per_write_zero", V.replace("rate: 10MiB/s", "rate: 10MiB/s, bytes_per_write: 0B"),
+     '{file}:5: machine.vcpus.0.workload.bytes_per_write: out of range (got "0B"; allowed: 1B .. 4KiB)'),
+    ("bytes_per_write_over_a_page", V.replace("rate: 10MiB/s", "rate: 10MiB/s, bytes_per_write: 8KiB"),
+     '{file}:5: machine.vcpus.0.workload.bytes_per_write: out of range (got "8KiB"; allowed: 1B .. 4KiB)'),
+    ("compression_ratio_below_one", V.replace("size: 1GiB", "size: 1GiB, zlib_ratio: 0.5"),
+     "{file}:2: machine.memory.zlib_ratio: out of range (got 0.5; allowed: 1.0 .. 4096.0)"),
+    ("negative_device_state", V + "  devices: [{kind: virtio-net, state: -4KiB}]\n",
+     '{file}:6: machine.devices.0.state: a size must not be negative (got "-4KiB"; allowed: a number with a unit, '
+     "e.g. 8GiB; units: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB, or QEMU's K, M, G, T, P, E (powers of 1024))"),
+    ("sending_cost_over_a_second", V + "costs: {page_send: 2s}\n",
+     "{file}:6: costs.page_send: more than any single operation costs (got 2s; allowed: 0 .. 1s)"),
 ]
 OVERRIDE_CASES = [  # (--set arguments on a valid file, the whole report)
     (["migration.max_bandwidth=["],

@@ -95,6 +95,7 @@ def _completed_log() -> list[ev.Event]:
         _vcpu(1_050 * MS, 1, writes=8, faults=0, fault_ns=0),
         _window(1_060 * MS, mbps=400.0, pps=30_000.0, downtime=17),
         (ev.VcpusStopped, STOP_T, {}),
+        (ev.SwitchoverStep, STOP_T, dict(step="vm-stop", cost_ns=40_000)),
         _sync(STOP_T + 100_000, 3, "final", dirty=624 - 500 + 30, new=30, pending=500_000, threshold=3_000_000,
               rate=55, closed=True, cost=1_500),
         _pages(1_200 * MS, normal=100, zero=4, nbytes=420_000, running=False, resent=1),
@@ -221,6 +222,10 @@ def test_completed_summary_from_first_principles():
         "guest-slowdown": {"run-fraction": None, "write-rate-mib-s": None, "before-write-rate-mib-s": None},
         # 149.64 ms of page work from 'active' to the end (END_T - ACTIVE_T)
         "migration-thread-busy": round(149_640_000 / (END_T - ACTIVE_T), 4), "multifd-busy": 0.0,
+        # the 134.1 ms downtime: the vm-stop step, the final sync's cost, the device state's wire time, the rest RAM
+        "downtime-breakdown-ms": {"vm-stop": 0.04, "vhost-stop": 0.0, "block-drain": 0.0,
+                                  "final-sync": round(1_500 / MS, 3), "ram": round((134_100_000 - 40_000 - 1_500 - 1) / MS, 3),
+                                  "device-state": 0.0},
     }
     assert list(d["listener-calls"]) == ["kvm-memory.log_sync", "vhost.log_start"]  # sorted
 

@@ -57,6 +57,8 @@ def test_costs_at_zero_leave_every_shipped_scenario_unchanged(name, path, overri
         # fields added with the sending side are zero without its costs and without multifd
         assert actual["ram"]["multifd-bytes"] == 0
         assert actual["dirtysim"]["migration-thread-busy"] == actual["dirtysim"]["multifd-busy"] == 0.0
+        breakdown = actual["dirtysim"]["downtime-breakdown-ms"] or {}
+        assert not any(breakdown.get(k) for k in ("vm-stop", "vhost-stop", "block-drain"))
     for part in ("ram", "dirtysim"):
         for key in set(actual[part]) - set(expected[part]):
             actual[part].pop(key)

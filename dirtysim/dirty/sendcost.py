@@ -75,9 +75,12 @@ def channel_ns(cv, normal, zero, packets):
 
 
 @jit
+def stage_ns(link, nbytes, cpu, chan, channels):
+    """The slowest of the wire, the migration thread's ``cpu`` and the senders' ``chan`` spread over the channels."""
+    return max(nbytes * 1_000_000_000 // link, cpu, -(-chan // channels))
+
+
+@jit
 def slice_ns(cv, link, nbytes, normal, zero, packets):
     """How long a slice takes: the slowest of the wire, the migration thread and the senders (pipelined)."""
-    wire = nbytes * 1_000_000_000 // link
-    cpu = main_ns(cv, normal, zero)
-    chan = -(-channel_ns(cv, normal, zero, packets) // cv[CV_CHANNELS])
-    return max(wire, cpu, chan)
+    return stage_ns(link, nbytes, main_ns(cv, normal, zero), channel_ns(cv, normal, zero, packets), cv[CV_CHANNELS])

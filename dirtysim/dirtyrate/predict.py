@@ -6,8 +6,9 @@ the previous one was sent, ``W(T_{i-1})``; the migration stops when a pass's
 pages fit in the downtime limit at the send rate (QEMU's ``threshold_size``),
 and that last pass is the downtime. Only ``W(t)`` depends on the estimate: a
 rate gives a straight line (capped at RAM), ``x-wss-curve``'s fit gives
-``N (1 - exp(-r t / N))``. The send rate is min(link, max-bandwidth), zero
-pages cost 9 bytes, data pages 4104.
+``N (1 - exp(-r t / N))``. A page takes what a send slice gives it
+(``migration/sending.py``): the slowest of its bytes at min(link,
+max-bandwidth), the migration thread's CPU and the multifd senders'.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..dirty import sendcost
 from ..migration.rate import XFER_LIMIT_RATIO
+from ..migration.sending import send_costs
 from ..scenario.schema import PAGE_SIZE, Scenario
 from .sampled_wp import curve_at
 
 MIB = 1 << 20
-NORMAL_PAGE_BYTES, ZERO_PAGE_BYTES = PAGE_SIZE + 8, 9
 MAX_PASSES = 100
+BATCH = 1 << 20  # pages per kind the per-page times are taken over (integer ns per slice)
 
 
 @dataclass(frozen=True)
@@ -39,17 +42,33 @@ def send_bytes_per_s(scenario: Scenario) -> float:
     return float(min(link, cap) if cap >= XFER_LIMIT_RATIO else link)
 
 
+def page_seconds(scenario: Scenario) -> tuple[float, float]:
+    """Seconds a data page and a zero page take in a long run of their kind (``sendcost.slice_ns``)."""
+    sc = send_costs(scenario)
+    bw = int(send_bytes_per_s(scenario))
+    packets = BATCH // sendcost.MULTIFD_PAGES if sc.multifd else 0
+    normal = sendcost.slice_ns(sc.cv, bw, BATCH * sc.normal_bytes + packets * sc.packet_bytes, BATCH, 0, packets)
+    zero_packets = packets if sc.zero_bytes == 0 else 0  # in packets unless legacy detection sends them itself
+    zero = sendcost.slice_ns(sc.cv, bw, BATCH * sc.zero_bytes + zero_packets * sc.packet_bytes, 0, BATCH,
+                             zero_packets)
+    return normal / BATCH / 1e9, zero / BATCH / 1e9
+
+
 def predict(scenario: Scenario, dirtied) -> Prediction:
-    """The passes for ``dirtied(t)`` = distinct pages written within ``t`` seconds (capped at RAM)."""
+    """The passes for ``dirtied(t)`` = distinct pages written within ``t`` seconds (capped at RAM).
+
+    The threshold is QEMU's: what the measured bandwidth moves in downtime-limit,
+    i.e. downtime-limit / (seconds per data page) pages.
+    """
     mem = scenario.machine.memory
     pages = mem.size // PAGE_SIZE
-    bw = send_bytes_per_s(scenario)
-    first = (pages * mem.zero_fraction * ZERO_PAGE_BYTES + pages * (1 - mem.zero_fraction) * NORMAL_PAGE_BYTES) / bw
-    threshold_pages = bw * scenario.migration.downtime_limit / 1e9 / NORMAL_PAGE_BYTES
+    normal_s, zero_s = page_seconds(scenario)
+    first = pages * mem.zero_fraction * zero_s + pages * (1 - mem.zero_fraction) * normal_s
+    threshold_pages = scenario.migration.downtime_limit / 1e9 / normal_s
     t, dt = first, first
     for n in range(1, MAX_PASSES + 1):
         pending = min(dirtied(dt), pages)
-        dt = pending * NORMAL_PAGE_BYTES / bw
+        dt = pending * normal_s
         if pending <= threshold_pages:
             return Prediction((t + dt) * 1000, n, dt * 1000, True)
         t += dt

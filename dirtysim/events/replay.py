@@ -38,7 +38,7 @@ from . import schema as ev
 from .log import LogHeader, scenario_hash
 
 MAX_LINE_BYTES = 1 << 20
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, ev.SCHEMA_VERSION)  # older versions lack only fields with defaults
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, ev.SCHEMA_VERSION)  # older versions lack only fields with defaults
 _decoder = msgspec.json.Decoder(ev.AnyEvent)
 _header_tag = LogHeader.__struct_config__.tag
 
@@ -201,7 +201,7 @@ class _Checker:
             if self.migrating:
                 self.dirty = None  # its dirty pages are dropped; how many is not in the log
         elif isinstance(e, ev.Transfer) and e.kind == "pages" and self.dirty is not None:
-            self.dirty -= e.normal + e.zero
+            self.dirty -= e.pages
             if self.dirty < 0:
                 self.fail(number, f"remaining goes negative ({self.dirty} pages) after this transfer: "
                                   "more pages sent than were dirty")

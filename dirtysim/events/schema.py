@@ -13,8 +13,8 @@ from typing import Annotated, Optional, Union
 import msgspec
 
 CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
-SCHEMA_VERSION = 4  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
-# 4: postcopy
+SCHEMA_VERSION = 5  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
+# 4: switchover steps, XBZRLE; 5: postcopy
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -224,7 +224,7 @@ class RateWindow(Event, tag="rate-window"):
     expected_downtime: int  # ms
 
 
-class Transfer(Event, tag="transfer"):
+class Transfer(Event, tag="transfer", omit_defaults=True):
     """Bytes written to the migration stream (a send slice, an EOS marker, device state)."""
 
     kind: str  # setup | pages | eos | device-state
@@ -240,6 +240,13 @@ class Transfer(Event, tag="transfer"):
     channel_ns: int = 0  # the multifd sender threads' CPU time, summed over the channels
     packets: int = 0  # multifd packets sent (data and SYNC)
     multifd_bytes: int = 0  # of ``bytes``, those on the multifd channels (query-migrate ram.multifd-bytes)
+    xbzrle: int = 0  # pages sent as XBZRLE records (not in normal)
+    skipped: int = 0  # XBZRLE cache hits not written since their last send: nothing went out
+
+    @property
+    def pages(self) -> int:
+        """Dirty pages these bytes consumed (``migration_dirty_pages`` went down by as many)."""
+        return self.normal + self.zero + self.xbzrle + self.skipped
 
 
 class ScanWrap(Event, tag="scan-wrap"):
@@ -262,6 +269,26 @@ class VcpuStats(Event, tag="vcpu-stats"):
 
 class VcpusStopped(Event, tag="vcpus-stopped"):
     """``migration_stop_vm``: downtime starts."""
+
+
+class XbzrleCache(Event, tag="xbzrle-cache"):
+    """query-migrate's ``xbzrle-cache`` after a sync (``populate_ram_info``; rates from ``migration_update_rates``)."""
+
+    cache_size: int
+    bytes: int
+    pages: int
+    cache_miss: int
+    cache_miss_rate: float
+    encoding_rate: float
+    overflow: int
+
+
+class SwitchoverStep(Event, tag="switchover-step", omit_defaults=True):
+    """What stopping the VM costs before the final sync (``vm_stop_force_state``): time of the migration thread."""
+
+    step: str  # vm-stop (pause_all_vcpus) | vhost-stop (vhost_dev_stop) | block-drain (bdrv_drain_all)
+    cost_ns: int
+    device: Optional[str] = None  # machine.devices index and kind, for vhost-stop and block-drain
 
 
 class OracleCheck(Event, tag="oracle-check", omit_defaults=True):
@@ -359,6 +386,7 @@ AnyEvent = Union[
     RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, MigrateSetParameters, CpuThrottle, DirtyLimit, GuestSample, LazyClear,
-    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, OracleCheck, DirtyRateStarted,
-    DirtyRateMeasured, RunFinished, PostcopyStart, PostcopyDiscard, PostcopyRunning, PostcopyFault,
+    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, XbzrleCache, OracleCheck,
+    DirtyRateStarted, DirtyRateMeasured, RunFinished, PostcopyStart, PostcopyDiscard, PostcopyRunning,
+    PostcopyFault,
 ]

@@ -32,7 +32,7 @@ import itertools
 
 import numpy as np
 
-from ..dirty import kernels
+from ..dirty import kernels, sendcost
 from ..dirty import destkernels as D
 from ..events import schema as ev
 from .invariant import BrokenInvariant
@@ -115,6 +115,7 @@ class Postcopy:
         self.rec.emit(ev.VcpusStopped)
         self.m.stop_vm()  # migration_stop_vm: downtime starts
         self.stopped_ns = self.env.now
+        yield from mig.stop_costs()  # vm_stop_force_state
         mig._status("device")  # migration_switchover_start
         mig.counters.rate_limit_max = 0  # RATE_LIMIT_DISABLED, then max-postcopy-bandwidth (0: unlimited)
         yield from mig.bitmap_sync("postcopy-discard", pending)
@@ -133,7 +134,7 @@ class Postcopy:
         self._switch_oracle()
         if not skip:
             yield from self._discard()
-        package = PACKAGE_OVERHEAD + self.m.device_state
+        package = PACKAGE_OVERHEAD + self.sc.machine.switchover_state()
         yield from mig._transfer("postcopy-package", package)  # qemu_savevm_send_packaged + flush
         self.active = True
         mig._status("postcopy-active")  # downtime ends (departure D1: no POSTCOPY_DEVICE state)
@@ -240,7 +241,8 @@ class Postcopy:
                            sc.zero_bytes, sc.cv, UNLIMITED, mig._out)
         _, n, z, nbytes, resent, unchanged = (int(x) for x in mig._out)
         rs.migration_dirty_pages -= 1
-        mig.emit_pages(block.idstr, n, z, nbytes, resent, unchanged, 0)
+        mig.emit_pages(block.idstr, n, z, nbytes, resent, unchanged, 0, 0, 0, int(sendcost.main_ns(sc.cv, n, z)),
+                       int(sendcost.channel_ns(sc.cv, n, z, 0)))
         self.todo[r >> 6] &= ~(np.uint64(1) << np.uint64(r & 63))
         queued = 0
         if self.preempt:

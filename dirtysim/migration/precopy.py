@@ -14,7 +14,7 @@ from ..dirty import kernels, sendcost
 from ..dirty.ramlist import RAMBlock, RAMList
 from ..events import schema as ev
 from ..memory.address_space import GLOBAL_DIRTY_MIGRATION
-from ..scenario.schema import PAGE_SIZE, Scenario
+from ..scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario
 from .cpu_throttle import (CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS, DIRTY_RATE_HIGH_PERIODS, CpuThrottle, next_throttle,
                            period_is_high)
 from .dirtylimit import DIRTYLIMIT_CALC_TIME_MS
@@ -22,6 +22,7 @@ from .invariant import BrokenInvariant, dirty_count_mismatch
 from .postcopy import Postcopy
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
 from .sending import send_costs
+from .xbzrle import OUT_CPU, OUT_LEN, OUT_SKIPPED, OUT_XBZRLE, XbzrleCache, send_pages_xbzrle, xbzrle_costs
 from .slices import FusedSlices
 
 MAX_WAIT = 50  # ms, ram_save_iterate
@@ -92,7 +93,16 @@ class PrecopyMigration:
         machine.block_listeners.append(self.ram_block_changed)
         self._out = np.zeros(6, dtype=np.int64)
         self._deferred: tuple[RAMBlock, int] | None = None  # send-before-clear: chunk awaiting its clear
-        self._pending: dict[str, list[int]] = {}  # per block: normal, zero, bytes, resent, unchanged, packets
+        # per block in flight: normal, zero, bytes, resent, unchanged, packets, xbzrle, skipped, cpu ns, senders' ns
+        self._pending: dict[str, list[int]] = {}
+        self.xbzrle = XbzrleCache(mig.xbzrle_cache_size, machine.ram_list.dirty_memory.shape[0] * 64) \
+            if mig.capabilities.xbzrle else None
+        self.xbzrle_started = False  # RAMState.xbzrle_started: set at the scan's first wrap (find_dirty_block)
+        self._xc = xbzrle_costs(scenario)
+        # what a write changes in its page: with several vCPU groups the largest (an XBZRLE delta never shrinks)
+        self._changed_bytes = max(g.workload.bytes_per_write for g in scenario.machine.vcpus)
+        self._xout = np.zeros(OUT_LEN, dtype=np.int64)
+        self._xbzrle_pages_prev = 0  # target pages when the last period closed (migration_update_rates)
         self.slices = FusedSlices(self)
         self.pc = Postcopy(self) if mig.capabilities.postcopy_ram else None
 
@@ -325,11 +335,15 @@ class PrecopyMigration:
             bytes_dirty_period = rs.num_dirty_pages_period * PAGE_SIZE
             self.trigger_throttle(bytes_xfer_period, bytes_dirty_period)
             self.dirty_pages_rate = rs.num_dirty_pages_period * 1000 // (end - rs.time_last_bitmap_sync)
+            if self.xbzrle is not None:  # migration_update_rates: the period's cache-miss and encoding rates
+                self.xbzrle.update_rates(self.pages_sent - self._xbzrle_pages_prev)
+                self._xbzrle_pages_prev = self.pages_sent
             rs.time_last_bitmap_sync = end
             rs.num_dirty_pages_period = 0
             rs.bytes_xfer_prev = self.transferred
         for v, stats in enumerate(self.m.guest.take_stats()):
             self.rec.emit(ev.VcpuStats, vcpu=v, **stats)
+        self._emit_xbzrle()
         self.rec.emit(ev.BitmapSync, dirty_sync_count=self.dirty_sync_count, reason=reason,
                       pending_before=pending_before, threshold_size=self.counters.threshold_size,
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
@@ -339,6 +353,11 @@ class PrecopyMigration:
         max_syncs = self.sc.migration.max_syncs
         if max_syncs is not None and not rs.last_stage and self.dirty_sync_count > max_syncs:
             self.request_cancel("max-syncs")  # guestperf: "No completion after N iterations", migrate_cancel
+
+    def _emit_xbzrle(self) -> None:
+        """query-migrate's ``xbzrle-cache`` now (after each sync and at the end), with XBZRLE on."""
+        if self.xbzrle is not None:
+            self.rec.emit(ev.XbzrleCache, **{k.replace("-", "_"): v for k, v in self.xbzrle.query().items()})
 
     def trigger_throttle(self, bytes_xfer_period: int, bytes_dirty_period: int) -> None:
         """``migration_trigger_throttle``: on the 2nd high period since the last action, throttle or limit.
@@ -416,33 +435,27 @@ class PrecopyMigration:
         """
         self._reset_if_blocks_changed()  # a block list change lands between slices (QEMU: between iterations)
         rs, blocks, sc = self.rs, self.m.ram_list.blocks, self.send
-        cap, t_cap = self.slice_cap(), self.sc.engine.send_quantum
-        lazy = not rs.last_stage
+        cap, t_cap, channels = self.slice_cap(), self.sc.engine.send_quantum, int(sc.cv[sendcost.CV_CHANNELS])
         nbytes, normal, zero, packets = carried
+        cpu, chan = int(sendcost.main_ns(sc.cv, normal, zero)), int(sendcost.channel_ns(sc.cv, normal, zero, packets))
+        sent = 0
         sent_since_wrap = 1  # the pass in progress may have sent before this slice
-        t_left = t_cap - self.slice_ns(0, normal, zero, packets)
+        t_left = t_cap - max(cpu, chan // channels)
         while rs.migration_dirty_pages and nbytes < cap and nbytes <= budget and t_left > 0:
             block = blocks[rs.block_index]
             # the block's idstr rides on the first page header of a new block; multifd packets name their block
             extra = 0 if block is rs.last_sent_block or sc.multifd else 1 + len(block.idstr)
-            rl, w = self.m.ram_list, block.words
-            status = kernels.send_pages(block.bmap, block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w],
-                                        rs.page, block.pages, budget - nbytes, cap - nbytes, self.shift, lazy,
-                                        self.zero_detect, extra, sc.normal_bytes, sc.zero_bytes, sc.cv, t_left,
-                                        self._out)
-            page, n, z, b, resent, unchanged = (int(x) for x in self._out)
-            pk = 0
-            if n + z:
-                if block is not rs.last_sent_block:  # multifd_queue_page: a new block sends the packet in progress
-                    pk += int(sendcost.send_partial(sc.cv, sc.state))
-                pk += int(sendcost.queue_pages(sc.cv, sc.state, n, z))
-                b += pk * sc.packet_bytes
+            status, page, counts = self._send_block(block, extra, budget - nbytes, cap - nbytes, t_left)
+            n, z, b, _, _, pk, xb, skipped, c_ns, ch_ns = counts
+            if n + z + xb + skipped:
                 rs.last_sent_block = block
-                self._account_block(block, n, z, b, resent, unchanged, pk)
-            rs.migration_dirty_pages -= n + z
-            sent_since_wrap += n + z
-            normal, zero, nbytes, packets, rs.page = normal + n, zero + z, nbytes + b, packets + pk, page
-            t_left = t_cap - self.slice_ns(0, normal, zero, packets)
+                self._account_block(block, *counts)
+            rs.migration_dirty_pages -= n + z + xb + skipped
+            sent_since_wrap += n + z + xb + skipped
+            sent += n + z + xb + skipped
+            nbytes, packets, rs.page = nbytes + b, packets + pk, page
+            cpu, chan = cpu + c_ns, chan + ch_ns
+            t_left = t_cap - max(cpu, chan // channels)
             if status == kernels.SEND_NEED_CLEAR:
                 self.clear_chunk(block, page >> self.shift)
             elif status == kernels.SEND_END_OF_BLOCK:
@@ -454,20 +467,53 @@ class PrecopyMigration:
                     sent_since_wrap = 0
                     rs.block_index = 0
                     self.rec.emit(ev.ScanWrap)
-                    nbytes, packets = self._multifd_sync(rs.last_sent_block or block, nbytes, packets)
-        yield from self._wait(self.slice_ns(nbytes, normal, zero, packets) + self.m.meter.drain())
+                    self.xbzrle_started = self.xbzrle is not None  # find_dirty_block: XBZRLE after the first lap
+                    b, pk = self._multifd_sync(rs.last_sent_block or block)
+                    nbytes, packets, chan = nbytes + b, packets + pk, chan + int(sendcost.channel_ns(sc.cv, 0, 0, pk))
+        wait = int(sendcost.stage_ns(self.link_bytes_per_s, nbytes, cpu, chan, channels))
+        yield from self._wait(wait + self.m.meter.drain())
         self._record_pages()
-        return normal + zero
+        return sent
 
-    def _multifd_sync(self, block: RAMBlock, nbytes: int, packets: int) -> tuple[int, int]:
+    def _send_block(self, block: RAMBlock, extra: int, budget: int, cap: int, t_left: int):
+        """Pages of one block from the scan position: (status, next page, the counts ``_account_block`` takes).
+
+        ``send_pages``, or once XBZRLE has started ``send_pages_xbzrle``; multifd
+        packets filled by the pages are counted and their headers added.
+        """
+        rs, sc, rl, w = self.rs, self.send, self.m.ram_list, block.words
+        lazy = not rs.last_stage
+        if self.xbzrle_started:
+            x, out = self.xbzrle, self._xout
+            status = send_pages_xbzrle(block.bmap, block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w],
+                                       rs.page, block.pages, budget, cap, self.shift, lazy, self.zero_detect, extra,
+                                       block.first_page, self._changed_bytes, rs.last_stage, self.dirty_sync_count,
+                                       x.tags, x.ages, x.totals, self._xc, t_left, out)
+            page, n, z, b, resent, unchanged, xb, skipped, cpu = (int(v) for v in out)
+            return status, page, [n, z, b, resent, unchanged, 0, xb, skipped, cpu, 0]
+        status = kernels.send_pages(block.bmap, block.clear_bmap, rl.nonzero[w], rl.stale[w], rl.received[w],
+                                    rs.page, block.pages, budget, cap, self.shift, lazy, self.zero_detect, extra,
+                                    sc.normal_bytes, sc.zero_bytes, sc.cv, t_left, self._out)
+        page, n, z, b, resent, unchanged = (int(v) for v in self._out)
+        pk = 0
+        if n + z:
+            if block is not rs.last_sent_block:  # multifd_queue_page: a new block sends the packet in progress
+                pk += int(sendcost.send_partial(sc.cv, sc.state))
+            pk += int(sendcost.queue_pages(sc.cv, sc.state, n, z))
+            b += pk * sc.packet_bytes
+        cpu, chan = int(sendcost.main_ns(sc.cv, n, z)), int(sendcost.channel_ns(sc.cv, n, z, pk))
+        return status, page, [n, z, b, resent, unchanged, pk, 0, 0, cpu, chan]
+
+    def _multifd_sync(self, block: RAMBlock) -> tuple[int, int]:
         """``multifd_ram_flush_and_sync`` (per-round mode, the default): the partial packet and a SYNC packet per
-        channel go out, and ``RAM_SAVE_FLAG_MULTIFD_FLUSH`` on the main stream; nothing without multifd."""
-        pk = int(sendcost.flush_and_sync(self.send.cv, self.send.state))
+        channel go out, and ``RAM_SAVE_FLAG_MULTIFD_FLUSH`` on the main stream; (bytes, packets), 0 without multifd."""
+        sc = self.send
+        pk = int(sendcost.flush_and_sync(sc.cv, sc.state))
         if not pk:
-            return nbytes, packets
-        b = pk * self.send.packet_bytes + sendcost.RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES
-        self._account_block(block, 0, 0, b, 0, 0, pk)
-        return nbytes + b, packets + pk
+            return 0, 0
+        b = pk * sc.packet_bytes + sendcost.RAM_SAVE_FLAG_MULTIFD_FLUSH_BYTES
+        self._account_block(block, 0, 0, b, 0, 0, pk, 0, 0, 0, int(sendcost.channel_ns(sc.cv, 0, 0, pk)))
+        return b, pk
 
     def flush_deferred_clear(self) -> None:
         """send-before-clear: issue the clear of the chunk whose pages have all been sent by now."""
@@ -488,21 +534,20 @@ class PrecopyMigration:
             self.emit_pages(idstr, *counts)
         self._pending = {}
 
-    def emit_pages(self, idstr: str, n: int, z: int, b: int, resent: int, unchanged: int, packets: int,
-                   cpu: tuple[int, int] | None = None) -> None:
+    def emit_pages(self, idstr: str, n: int, z: int, b: int, resent: int, unchanged: int, packets: int, xbzrle: int,
+                   skipped: int, cpu_ns: int, channel_ns: int) -> None:
         """Pages of one block are out: transferred, and who spent how long on them (``ram_transferred_add``).
 
-        ``cpu``: (migration thread, senders) ns when the caller has them (the fused loop records them per slice).
+        ``ram_get_total_transferred_pages`` counts XBZRLE's pages too, skipped ones included.
         """
         sc = self.send
-        cpu_ns, channel_ns = cpu if cpu is not None else (int(sendcost.main_ns(sc.cv, n, z)),
-                                                           int(sendcost.channel_ns(sc.cv, n, z, packets)))
         self.transferred += b
-        self.pages_sent += n + z
+        self.pages_sent += n + z + xbzrle + skipped
         self.rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=b,
                       wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running,
                       resent=resent, unchanged=unchanged, cpu_ns=cpu_ns, channel_ns=channel_ns, packets=packets,
-                      multifd_bytes=packets * sc.packet_bytes + (n * sc.normal_bytes if sc.multifd else 0))
+                      multifd_bytes=packets * sc.packet_bytes + (n * sc.normal_bytes if sc.multifd else 0),
+                      xbzrle=xbzrle, skipped=skipped)
 
     def clear_chunk(self, block: RAMBlock, chunk: int) -> None:
         """``migration_clear_memory_region_dirty_bitmap``: consume the chunk's bit, then log_clear.
@@ -537,20 +582,46 @@ class PrecopyMigration:
         """``migration_completion_precopy``: stop vCPUs, final sync, send the rest unlimited, device state."""
         self.rec.emit(ev.VcpusStopped)
         self.m.stop_vm()  # migration_stop_vm: downtime starts
+        self.rs.last_stage = True  # ram_save_complete's flag, set here: no cancel once the VM is stopped
+        yield from self.stop_costs()
         self._status("device")  # migration_switchover_start: ACTIVE -> DEVICE ("migration: Always set DEVICE state")
-        self.rs.last_stage = True  # ram_save_complete
         yield from self.bitmap_sync("final", self.rs.migration_dirty_pages * PAGE_SIZE)
         while self.rs.migration_dirty_pages:  # send_slice raises rather than return 0 with pages left
             yield from self.send_slice(UNLIMITED)  # migration_switchover_start: no rate limit
         if self.send.multifd:  # ram_save_complete: multifd_ram_flush_and_sync before the EOS
-            nbytes, packets = self._multifd_sync(self.rs.last_sent_block or self.m.ram_list.blocks[0], 0, 0)
+            nbytes, packets = self._multifd_sync(self.rs.last_sent_block or self.m.ram_list.blocks[0])
             yield from self._wait(self.slice_ns(nbytes, 0, 0, packets))
             self._record_pages()
         yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
-        yield from self._transfer("device-state", self.m.device_state)  # flushed: QEMU's downtime ends here
+        self._emit_xbzrle()
+        # qemu_savevm_state_complete_precopy_non_iterable: every device's section, then the flush ends the downtime
+        yield from self._transfer("device-state", self.sc.machine.switchover_state())
         self.check_oracle("switchover")
         self._status("completed")
         self.stop_reason = "completed"
+
+    def stop_costs(self):
+        """What ``vm_stop_force_state`` costs the migration thread before the final sync, step by step.
+
+        ``do_vm_stop``: ``pause_all_vcpus`` kicks every vCPU out of KVM_RUN and
+        waits for it; the VM state change notifies each virtio device, whose
+        ``vhost_dev_stop`` asks the backend for every virtqueue's base
+        (GET_VRING_BASE, after its in-flight requests); ``bdrv_drain_all`` waits for
+        each block device's requests. The guest and the backends stopped writing
+        at ``stop_vm`` already: these are times, not writes.
+        """
+        c = self.sc.costs
+        steps = [("vm-stop", None, c.vm_stop_per_vcpu * self.m.guest.nvcpus)]
+        for i, d in enumerate(self.sc.machine.devices):
+            name = f"{i}:{d.kind}"
+            if d.kind in VHOST_KINDS:  # a net queue pair is two virtqueues (rx, tx); a blk queue is one
+                vqs = d.queues * (2 if d.kind != "vhost-user-blk" else 1)
+                steps.append(("vhost-stop", name, c.vhost_stop_per_queue * vqs))
+            if d.kind in ("vhost-user-blk", "virtio-blk"):
+                steps.append(("block-drain", name, c.block_drain))
+        for step, device, cost in steps:
+            self.rec.emit(ev.SwitchoverStep, step=step, device=device, cost_ns=cost)
+            yield from self._wait(cost)
 
     def cancel(self, reason: str) -> None:
         """The migration is cancelled: at ``migration.timeout`` (as guestperf does at max_time), after

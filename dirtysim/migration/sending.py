@@ -27,9 +27,10 @@ from ..dirty.sendcost import (CV_CHAN_NORMAL, CV_CHAN_PACKET, CV_CHAN_ZERO, CV_C
                               CV_MAIN_ZERO, CV_MULTIFD, CV_PACKET_BYTES, CV_ROWS, CV_ZERO_IN_PACKETS, MULTIFD_PACKET_HEADER)
 from ..scenario.schema import Scenario
 
-# the scenario ``costs`` of this model: all zero, a slice costs its wire time only (as before the model existed)
+# the scenario ``costs`` of the sending side and the switchover (``precopy.stop_costs``): all zero, a slice costs
+# its wire time only and stopping the VM nothing (as before they existed)
 SENDING_COSTS = ("migration_page", "zero_check_zero_page", "zero_check_data_page", "page_send", "multifd_packet",
-                 "zlib_page", "zstd_page")
+                 "zlib_page", "zstd_page", "xbzrle_page", "vm_stop_per_vcpu", "vhost_stop_per_queue", "block_drain")
 
 
 @dataclass

@@ -28,7 +28,8 @@ class FusedSlices:
 
     def eligible(self) -> bool:
         """Only what the kernel models: one block, no ring, no backend, no cost waiting to be charged, no rate
-        schedule (its phase boundaries are applied from Python), no trace being replayed.
+        schedule (its phase boundaries are applied from Python), no trace being replayed, no XBZRLE (its cache
+        decides each page's size, page by page).
 
         The guest runs between slices (it was started with the machine and is not stopped yet); without
         a dirty ring no vCPU is left half-way through a quantum.
@@ -36,7 +37,7 @@ class FusedSlices:
         m, rs = self.mig.m, self.mig.rs
         g = m.guest
         return (len(m.ram_list.blocks) == 1 and rs.block_index == 0 and not m.backends and not g.writer.ring
-                and g.running and m.meter.idle() and not g.phased and not m.traces)
+                and g.running and m.meter.idle() and not g.phased and not m.traces and self.mig.xbzrle is None)
 
     def run(self, t0_ms: int):
         """Slices until QEMU's loop ends (returns True) or Python must take the next step (returns False)."""
@@ -69,11 +70,11 @@ class FusedSlices:
             return False
         if status == K.IT_STUCK:
             raise dirty_count_mismatch(rs.migration_dirty_pages)
-        start, _, n, z, nbytes, resent, unchanged, wraps, packets, _, _ = self.rec[nrec].tolist()
+        start, _, n, z, nbytes, resent, unchanged, wraps, packets, cpu_ns, channel_ns = self.rec[nrec].tolist()
         for _ in range(wraps):
             rec.emit(ev.ScanWrap)
         if n + z or packets:
-            mig._account_block(block, n, z, nbytes, resent, unchanged, packets)
+            mig._account_block(block, n, z, nbytes, resent, unchanged, packets, 0, 0, cpu_ns, channel_ns)
         if status == K.IT_PARTIAL:  # a lazy clear is due: send_slice meets the chunk, clears it, sends its page
             yield from mig.send_slice(mig.counters.budget_left(mig.transferred), (nbytes, n, z, packets))
         else:  # IT_PENDING: pages sent (the wait is not empty); it meets another process, or the vCPUs need
@@ -91,6 +92,6 @@ class FusedSlices:
                 rec.emit(ev.ScanWrap)
             if n + z or packets:
                 rec.time_override = end
-                mig.emit_pages(idstr, n, z, nbytes, resent, unchanged, packets, (cpu_ns, channel_ns))
+                mig.emit_pages(idstr, n, z, nbytes, resent, unchanged, packets, 0, 0, cpu_ns, channel_ns)
         finally:
             rec.time_override = None

@@ -42,7 +42,7 @@ def _remaining(events: list, f: tables._Fold) -> tuple[list[float], list[float]]
             dirty = e.migration_dirty_pages
             keep.update((len(t) - 1, len(t)))
         elif type(e) is ev.Transfer and e.kind == "pages":
-            dirty -= e.normal + e.zero
+            dirty -= e.pages
         else:
             continue
         t.append((e.t_ns - t0) / 1e9)

@@ -87,6 +87,8 @@ class _Fold:
     multifd_channels: int = 0  # 0 without multifd
     multifd_bytes: int = 0
     last_sync_ns: int | None = None  # the previous round's end, for busy fractions
+    switchover: Counter = field(default_factory=Counter)  # downtime parts: stop steps, final sync, device state
+    xbzrle_cache: dict | None = None  # query-migrate's xbzrle-cache after the last sync (with xbzrle only)
     # postcopy
     nvcpus: int = 0
     postcopy_blocktime: bool = False  # the destination's capability: query-migrate shows the blocktime fields
@@ -142,11 +144,15 @@ class _Fold:
         postcopy, else downtime-bytes; postcopy's commands (discard, package, ping, end) only to transferred."""
         self.transferred += e.bytes
         if e.kind in POSTCOPY_COMMANDS:
+            if e.kind == "postcopy-package":  # the device state, packaged; the discard counts as RAM
+                self.switchover["device-state"] += e.wire_ns
             return
-        if e.kind != "device-state":
+        if e.kind == "device-state":
+            self.switchover["device-state"] += e.wire_ns
+        else:
             self.normal += e.normal
             self.zero += e.zero
-            self.dirty_pages -= e.normal + e.zero
+            self.dirty_pages -= e.pages
             self._add(**{"resent": e.resent, "write-not-dirty": e.unchanged, "thread-send-ns": e.cpu_ns,
                          "multifd-send-ns": e.channel_ns})
             self.multifd_bytes += e.multifd_bytes
@@ -194,6 +200,14 @@ class _Fold:
 
     def _stopped(self, e: ev.VcpusStopped) -> None:
         self.stop_ns = e.t_ns
+
+    def _xbzrle_cache(self, e: ev.XbzrleCache) -> None:
+        self.xbzrle_cache = {"cache-size": e.cache_size, "bytes": e.bytes, "pages": e.pages, "cache-miss": e.cache_miss,
+                             "cache-miss-rate": e.cache_miss_rate, "encoding-rate": e.encoding_rate,
+                             "overflow": e.overflow}
+
+    def _switchover_step(self, e: ev.SwitchoverStep) -> None:
+        self.switchover[e.step] += e.cost_ns
 
     def _oracle(self, e: ev.OracleCheck) -> None:
         self.lost_pages, self.stale_pages = e.lost_pages, e.stale_pages
@@ -248,6 +262,8 @@ class _Fold:
         self.stop_reason, self.error = e.stop_reason, e.error
 
     def _sync(self, e: ev.BitmapSync) -> None:
+        if e.reason in ("final", "postcopy-discard"):  # the sync with the VM stopped
+            self.switchover["final-sync"] += e.cost_ns
         self.syncs = e.dirty_sync_count
         self.dirty_pages = e.migration_dirty_pages
         self.dirty_pages_rate = e.dirty_pages_rate
@@ -288,7 +304,7 @@ class _Fold:
 _HANDLERS = {  # event type -> what it changes in the fold (one dict lookup per event, not an isinstance chain)
     ev.RunStarted: _Fold._run_started, ev.RamBlockAdded: _Fold._block_added, ev.RamBlockRemoved: _Fold._block_removed,
     ev.MigrationStatus: _Fold._status, ev.Transfer: _Fold._transfer, ev.RateWindow: _Fold._window,
-    ev.VcpuStats: _Fold._vcpu_stats, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
+    ev.VcpuStats: _Fold._vcpu_stats, ev.SwitchoverStep: _Fold._switchover_step, ev.XbzrleCache: _Fold._xbzrle_cache, ev.LazyClear: _Fold._lazy_clear, ev.KvmClearDirtyLog: _Fold._kvm_clear,
     ev.KvmGetDirtyLog: _Fold._kvm_get, ev.DirtyRingReap: _Fold._ring_reap, ev.VhostLogSync: _Fold._vhost_sync,
     ev.ListenerCall: _Fold._listener_call, ev.BitmapSync: _Fold._sync, ev.VcpusStopped: _Fold._stopped,
     ev.OracleCheck: _Fold._oracle, ev.RunFinished: _Fold._finished, ev.CpuThrottle: _Fold._cpu_throttle,
@@ -442,6 +458,8 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
     out["ram"] = ram
     if f.postcopy_ns is not None:  # populate_ram_info: postcopy-requests (ram_save_queue_pages, each REQ_PAGES)
         ram["postcopy-requests"] = sum(1 for x in f.faults if x[4] <= end)
+    if f.xbzrle_cache is not None:
+        out["xbzrle-cache"] = f.xbzrle_cache
     out.update(_convergence_info(f))
     if f.error:
         out["error-desc"] = f.error
@@ -479,6 +497,7 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "guest-slowdown": guest_slowdown(f),
         # the sending side over the whole migration (setup to the end): migration thread and multifd senders
         **f.busy(f.totals, end - (f.setup_end_ns if f.setup_end_ns is not None else end)),
+        "downtime-breakdown-ms": downtime_breakdown(f, downtime_end) if "downtime" in out else None,
     }
     if f.postcopy_ns is not None:
         out["dirtysim"].update(_postcopy_info(f, end))
@@ -492,6 +511,19 @@ def _postcopy_info(f: _Fold, end: int) -> dict:
             "postcopy-faults-served": dict(sorted(served.items())),
             "postcopy-wait-ms": round(sum(x[3] - x[2] for x in f.faults) / NS_PER_MS, 3),
             "double-placed-pages": f.double_placed, "clobbered-pages": f.clobbered}
+
+
+SWITCHOVER_PARTS = ("vm-stop", "vhost-stop", "block-drain", "final-sync", "ram", "device-state")
+
+
+def downtime_breakdown(f: _Fold, end_ns: int) -> dict:
+    """Where the downtime went (ms): stopping the VM, the final sync, the remaining RAM, the device state.
+
+    ``ram`` is the rest: the pages sent after the final sync, the EOS and any multifd sync.
+    """
+    parts = {k: f.switchover[k] for k in SWITCHOVER_PARTS if k != "ram"}
+    parts["ram"] = end_ns - f.stop_ns - sum(parts.values())
+    return {k: round(parts[k] / NS_PER_MS, 3) for k in SWITCHOVER_PARTS}
 
 
 def _convergence_info(f: _Fold) -> dict:

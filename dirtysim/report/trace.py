@@ -155,7 +155,7 @@ def chrome_trace(events: list[ev.Event]) -> dict:
             tr.counter(e.t_ns, "transferred", "bytes", transferred)
             if e.kind == "pages":
                 send.append(e)
-                dirty -= e.normal + e.zero
+                dirty -= e.pages
                 tr.counter(e.t_ns, "remaining", "bytes", dirty * page)
             else:
                 name = TRANSFER_NAMES[e.kind]

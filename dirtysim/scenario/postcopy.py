@@ -31,6 +31,9 @@ def postcopy_refusal(sc: "Scenario") -> Optional[tuple[tuple, str, str, str]]:
     if caps.multifd:
         return (loc + ("postcopy-ram",), "Postcopy is not yet compatible with multifd (migrate_caps_check, "
                 "QEMU <= 9.2; multifd with postcopy is not modelled)", "true, with multifd: true", "one of the two")
+    if caps.xbzrle:
+        return (loc + ("postcopy-ram",), f"xbzrle is {NOT_YET} (QEMU uses XBZRLE only before the switch: "
+                "ram_save_page)", "true, with xbzrle: true", "one of the two")
     for i, group in enumerate(sc.machine.vcpus):
         if group.phases:
             return (("machine", "vcpus", i, "phases"), f"rate phases are {NOT_YET} (the destination vCPUs write at "

@@ -38,13 +38,14 @@ QEMU_SPELLINGS = {
     "max_cpu_throttle": "max-cpu-throttle", "vcpu_dirty_limit": "vcpu-dirty-limit",
     "x_vcpu_dirty_limit_period": "x-vcpu-dirty-limit-period", "set": "migrate-set-parameters",
     "migrate_cancel": "migrate-cancel", "multifd_channels": "multifd-channels",
-    "multifd_compression": "multifd-compression",
+    "multifd_compression": "multifd-compression", "xbzrle_cache_size": "xbzrle-cache-size",
     "postcopy_ram": "postcopy-ram", "postcopy_preempt": "postcopy-preempt", "postcopy_blocktime": "postcopy-blocktime",
     "x_postcopy_after_syncs": "x-postcopy-after-syncs", "migrate_start_postcopy": "migrate-start-postcopy",
 }
 
 # QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
 QEMU_BARE_UNITS = {"downtime-limit": "ms", "max-bandwidth": "B/s", "avail-switchover-bandwidth": "B/s",
+                   "xbzrle-cache-size": "B",
                    "x-vcpu-dirty-limit-period": "ms"}
 
 
@@ -116,6 +117,8 @@ class UniformWorkload(_Model):
     offset: Size = Field(0, description="guest-physical start of the working set")
     data_only: bool = Field(False, description="write only pages that held data at boot (free memory stays zero); "
                                                "offset and working_set in whole 2MiB")
+    bytes_per_write: Size = Field(4096, ge=1, le=4096, description="bytes one write changes in its page (one run "
+                                  "from the page's start): what XBZRLE encodes; 4KiB, a whole page, by default")
     identical_rewrites: Fraction01 = Field(
         0.0, description="share of writes that store the bytes the page already holds, 0..1: dirty logging sees "
                          "them, a content hash (calc-dirty-rate page-sampling) does not, and the destination's "
@@ -217,6 +220,8 @@ class MemoryConfig(_Model):
 
 class _PciDevice(_Model):
     bar: Size = Field(16 << 10, description="size of the device's MMIO BAR (mapped by a timeline 'bar' action)")
+    state: Size = Field(4 << 10, le=16 << 30, description="the device's vmstate section, sent in the downtime "
+                        "[assumption: virtio config, features and queue indices, a few KiB]")
 
     @field_validator("bar")
     @classmethod
@@ -241,6 +246,9 @@ class VfioPci(_PciDevice):
 
     kind: Literal["vfio-pci"]
     bar: Size = Field(16 << 20, description="size of the device's MMIO BAR")
+    state: Size = Field(1 << 20, le=16 << 30, description="the device's migration data in the downtime "
+                        "(VFIO_DEVICE_STATE_STOP_COPY) [assumption: a NIC VF's state; vfio precopy of it is not "
+                        "modelled]")
 
 
 class _VhostUserDevice(_PciDevice):
@@ -305,8 +313,13 @@ class Machine(_Model):
     device_memory: Size = Field(0, description="memory-hotplug area (maxmem - size) for pc-dimm hotplug")
     device_state: Size = Field(
         256 << 10, le=64 << 30,
-        description="non-iterable device state sent during downtime, at most 64GiB [modelling assumption]"
+        description="the rest of the non-iterable device state sent during downtime (CPUs, chipset, timers; each "
+                    "device in machine.devices adds its own state), at most 64GiB [modelling assumption]"
     )
+
+    def switchover_state(self) -> int:
+        """Bytes of device state ``qemu_savevm_state_complete_precopy_non_iterable`` writes in the downtime."""
+        return self.device_state + sum(d.state for d in self.devices)
 
 
 class DirtyTracking(_Model):
@@ -433,9 +446,22 @@ class Costs(_Model):
     zlib_page: Duration = Field(
         60_000, description="multifd zlib compressing one data page, level 1, one stream flushed per packet "
                             "(`dirtysim calibrate` on the CI machine: text 55 us, random bytes 110-140 us)")
+    xbzrle_page: Duration = Field(
+        1_000, description="XBZRLE, per page it touches: the cache lookup and the copy into the cache, or "
+                           "xbzrle_encode_buffer comparing the cached copy with the page [assumption: two 4 KiB reads "
+                           "and a write; `dirtysim calibrate` measures a 4 KiB copy from DRAM at 0.6-0.9 us]")
     zstd_page: Duration = Field(
         8_000, description="multifd zstd compressing one data page, level 1 (zstandard 0.25 on the CI machine: "
                            "7.7 us for half text, half random pages)")
+    vm_stop_per_vcpu: Duration = Field(
+        10_000, description="vm_stop_force_state -> pause_all_vcpus: kick one vCPU out of KVM_RUN and wait for it "
+                            "[assumption: a signal and a condition-variable wake-up, 5-20 us]")
+    vhost_stop_per_queue: Duration = Field(
+        50_000, description="vhost_dev_stop: GET_VRING_BASE for one virtqueue, a round trip to the backend that "
+                            "first completes the queue's in-flight requests [assumption]")
+    block_drain: Duration = Field(
+        500_000, description="bdrv_drain_all for one block device: its in-flight requests complete [assumption: "
+                             "one request's service time on NVMe-class storage]")
     postcopy_fault: Duration = Field(
         15_000, description="postcopy, destination: the fault thread reads the userfault and sends REQ_PAGES "
                             "(postcopy_ram_fault_thread -> migrate_send_rp_req_pages) [assumption: with 100us latency "
@@ -476,14 +502,14 @@ class Network(_Model):
                     "on 10 GbE, ~15 MB of queue]")
 
 
-# qapi/migration.json MigrationCapability values besides those modelled (xbzrle is planned;
-# the others do not change how RAM migrates or are deprecated).
+# qapi/migration.json MigrationCapability values besides those modelled (they do not change how
+# RAM migrates, or are deprecated).
 UNBUILT_CAPABILITIES = frozenset({
-    "xbzrle", "rdma-pin-all", "zero-blocks", "events", "x-colo", "release-ram", "return-path",
+    "rdma-pin-all", "zero-blocks", "events", "x-colo", "release-ram", "return-path",
     "pause-before-switchover", "dirty-bitmaps", "late-block-activate",
     "x-ignore-shared", "validate-uuid", "background-snapshot", "zero-copy-send",
     "switchover-ack", "mapped-ram"})
-MODELLED_CAPABILITIES = "auto-converge, dirty-limit, multifd, postcopy-ram, postcopy-preempt, postcopy-blocktime"
+MODELLED_CAPABILITIES = "auto-converge, dirty-limit, multifd, xbzrle, postcopy-ram, postcopy-preempt, postcopy-blocktime"
 
 
 class Capabilities(_Model):
@@ -498,6 +524,8 @@ class Capabilities(_Model):
                                                  "needs the dirty ring, excludes auto-converge")
     multifd: bool = Field(False, description="multifd: RAM pages go out on multifd-channels sender threads "
                                              "(migration/multifd.c)")
+    xbzrle: bool = Field(False, description="xbzrle: after the first lap, a page found in the XBZRLE cache goes "
+                                           "out as its delta (migration/xbzrle.c); not with multifd")
     postcopy_ram: bool = Field(False, description="postcopy-ram: after migrate-start-postcopy the guest runs on the "
                                                   "destination and pulls missing pages (migration/postcopy-ram.c)")
     postcopy_preempt: bool = Field(False, description="postcopy-preempt: requested pages go on their own channel, "
@@ -575,6 +603,9 @@ def _throttle_range(params: MigrationParameters, loc: tuple) -> None:
                    "cpu-throttle-initial to 99 (migrate_params_check)", str(high), f"{low} .. 99")
 
 
+XBZRLE_CACHE_SIZE_ERROR = "Option xbzrle_cache_size expects a power of two no less than the target page size"
+
+
 class Migration(MigrationParameters):
     """Migration capabilities and parameters (``migration/options.c``), and when to start and give up."""
 
@@ -585,9 +616,20 @@ class Migration(MigrationParameters):
     )
     multifd_channels: int = Field(2, ge=1, le=255, description="multifd-channels (2): sender threads and "
                                   "connections (migrate_params_check: 1 .. 255)")
+    xbzrle_cache_size: Size = Field(64 << 20, description="xbzrle-cache-size (64 MiB): a power of two, at least "
+                                    "one page (migrate_params_check)")
     multifd_compression: Literal["none", "zlib", "zstd"] = Field(
         "none", description="multifd-compression; the compressed size of a data page is 4 KiB / "
                             "machine.memory.<method>_ratio (qpl, uadk, qatzip are not modelled)")
+    @field_validator("xbzrle_cache_size")
+    @classmethod
+    def _cache_size(cls, value: int):
+        """``migrate_params_check``: a power of two of at least one target page (nothing rounds it)."""
+        if value < PAGE_SIZE or value & (value - 1):
+            raise PydanticCustomError("xbzrle_cache_size", f"{XBZRLE_CACHE_SIZE_ERROR} (migrate_params_check)",
+                                      {"got": units.format_size(value), "allowed": "4KiB, 8KiB, ..., e.g. 64MiB"})
+        return value
+
     timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
     x_postcopy_after_syncs: Optional[int] = Field(
         None, ge=1, description="dirtysim (guestperf's post_copy_iters): migrate-start-postcopy once dirty-sync-count "
@@ -923,6 +965,9 @@ class Scenario(_Model):
         """``migrate_caps_check`` and ``migrate_params_check``'s cross-parameter rules, with QEMU's messages."""
         mig = self.migration
         _throttle_range(mig, ("migration",))
+        if mig.capabilities.xbzrle and mig.capabilities.multifd:
+            raise fail(("migration", "capabilities", "xbzrle"), "Multifd is not compatible with xbzrle "
+                       "(migrate_caps_check)", "true, with multifd: true", "one of the two")
         if mig.capabilities.dirty_limit:
             loc = ("migration", "capabilities", "dirty_limit")
             if mig.capabilities.auto_converge:
