@@ -288,6 +288,11 @@ def _print_summary(s: dict, out: Path) -> None:
         f"simulation        seed {d['seed']}, fingerprint {d['fingerprint']}, {d['wall-time-s']} s wall "
         f"(+{d['compile-time-s']} s kernel load), {d['sim-speed']} sim-s per wall-s",
     ]
+    if "postcopy-faults" in d:
+        blocktime = s.get("destination", {}).get("postcopy-blocktime", "-")
+        lines.insert(4, f"postcopy          {d['postcopy-ms']} ms, {ram['postcopy-requests']} requests, "
+                        f"{d['postcopy-faults']} faults, blocktime {blocktime} ms, guest downtime "
+                        f"{d['guest-downtime-ms']} ms")
     if s.get("error-desc"):
         lines.insert(1, f"error             {s['error-desc']}")
     click.echo("\n".join(lines))

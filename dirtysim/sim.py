@@ -20,7 +20,7 @@ import numpy as np
 import simpy
 
 from . import __version__
-from .dirty import kernels, sendcost
+from .dirty import destkernels, kernels, sendcost
 from .events import schema as ev
 from .events.log import Recorder, fingerprint
 from .machine import Machine
@@ -117,6 +117,11 @@ def _warm_up() -> float:
                            0, 0, w, u8, w.copy(), w.copy(), w.copy(), 128, 18, True, out6, 4104, 9, cv, i64.copy(),
                            1 << 40, *guest)
     sendcost.send_partial(cv, i64.copy())
+    dv = np.zeros((destkernels.DV_ROWS, 1), dtype=np.int64)
+    destkernels.run_vcpus_dest(0, vi, guest[3], i64.copy(), np.zeros((1, 2)), gmap, w, w.copy(), dv,
+                               np.zeros((3, 1), dtype=np.int64), np.zeros(2, dtype=np.int64))
+    destkernels.place(w.copy(), w, 0, w, np.zeros(3, dtype=np.int64))
+    destkernels.count_runs(w, 0, 2)
     return time.perf_counter() - t0
 
 

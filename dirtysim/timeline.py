@@ -31,9 +31,20 @@ def run_timeline(env, scenario, machine, migration, recorder):
         elif kind == "migrate_cancel":
             result = "done" if migration.request_cancel() else "ignored: no migration is active (or it is " \
                                                                 "already stopping)"
+            if migration.pc is not None and migration.pc.stopped_ns is not None:  # qmp_migrate_cancel
+                result = "refused: Postcopy migration in progress, cannot cancel."
             recorder.emit(ev.TimelineAction, action=kind, target="migration", result=result)
+        elif kind == "migrate_start_postcopy":
+            recorder.emit(ev.TimelineAction, action=kind, target="migration", result=_start_postcopy(migration))
         else:
             apply_action(entry, scenario, machine, migration.is_running(), recorder)
+
+
+def _start_postcopy(migration) -> str:
+    """``qmp_migrate_start_postcopy``: QEMU's errors, else the request (acted on at the next iteration)."""
+    if migration.pc is None:
+        return "refused: Enable postcopy with migrate_set_capability before the start of migration"
+    return migration.pc.request("migrate-start-postcopy")
 
 
 def _calc_dirty_rate(env, act, scenario, thread: DirtyRateThread) -> str:

@@ -316,8 +316,8 @@ def test_parameters_set_before_migrate_apply_from_its_start():
 
 
 def test_a_capability_not_modelled_is_named_as_such():
-    with pytest.raises(ScenarioError, match="capabilities.postcopy-ram: a QEMU capability dirtysim does not model yet"):
-        load_scenario(NO_CONVERGENCE, ["migration.capabilities={postcopy-ram: true}"])
+    with pytest.raises(ScenarioError, match="capabilities.release-ram: a QEMU capability dirtysim does not model yet"):
+        load_scenario(NO_CONVERGENCE, ["migration.capabilities={release-ram: true}"])
 
 
 @pytest.mark.parametrize("name", ["auto-converge", "dirty-limit"])

@@ -212,7 +212,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("qemu_spelling_range", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 1000}\n",
      '{file}:6: dirty_tracking.dirty-ring-size: out of range (got 1000; allowed: 1024 .. 65536)'),
     ("qemu_spelling_typo", V + "migration: {downtime-limt: 500}\n",
-     '{file}:6: migration.downtime-limt: unknown key; did you mean downtime-limit? (got 500; allowed: max_bandwidth, downtime_limit, avail_switchover_bandwidth, throttle_trigger_threshold, cpu_throttle_initial, cpu_throttle_increment, cpu_throttle_tailslow, max_cpu_throttle, vcpu_dirty_limit, x_vcpu_dirty_limit_period, start_at, capabilities, zero_page_detection, multifd_channels, xbzrle_cache_size, multifd_compression, timeout, max_syncs)'),
+     '{file}:6: migration.downtime-limt: unknown key; did you mean downtime-limit? (got 500; allowed: max_bandwidth, downtime_limit, avail_switchover_bandwidth, throttle_trigger_threshold, cpu_throttle_initial, cpu_throttle_increment, cpu_throttle_tailslow, max_cpu_throttle, vcpu_dirty_limit, x_vcpu_dirty_limit_period, start_at, capabilities, zero_page_detection, multifd_channels, xbzrle_cache_size, multifd_compression, timeout, x_postcopy_after_syncs, max_syncs)'),
     ("downtime_over_qemu_max", V + "migration: {downtime_limit: 2001s}\n",
      "{file}:6: migration.downtime_limit: above QEMU's maximum (migrate_params_check) (got 2001s; allowed: 0 .. 2000s)"),
     # more that a new user writes
@@ -229,7 +229,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("quoted_boolean", V + "outputs: {plots: 'yes'}\n", '{file}:6: outputs.plots: not a boolean (got "yes")'),
     ("two_timeline_actions", V + "timeline: [{at: 1s, pam: {enabled: true}, unplug: {id: d0}}]\n",
      "{file}:6: timeline.0: a timeline entry needs exactly one action (got unplug, pam; allowed: one of hotplug, "
-     "unplug, bar, pam, ioeventfd, calc_dirty_rate, set, migrate_cancel)"),
+     "unplug, bar, pam, ioeventfd, calc_dirty_rate, set, migrate_cancel, migrate_start_postcopy)"),
     ("ring_size_not_power_of_two", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 3072}\n",
      "{file}:6: dirty_tracking.dirty-ring-size: not a power of two (got 3072; allowed: 1024, 2048, ..., 65536)"),
     # the sending side

@@ -64,6 +64,7 @@ timeline:
   - {at: 60ms, calc-dirty-rate: {calc-time: 50, calc-time-unit: millisecond, sample-pages: 256, mode: page-sampling}}
   - {at: 70ms, migrate-set-parameters: {downtime-limit: 250, cpu-throttle-increment: 5, x-vcpu-dirty-limit-period: 500}}
   - {at: 80ms, migrate-cancel: {}}
+  - {at: 90ms, migrate-start-postcopy: {}}
 what_if: {hotplug_during_migration: false}
 """
 # Where each model sits in RICH (a --set path), to try every field's default and limits in place.
@@ -79,6 +80,7 @@ WHERE = {
     "BarMap": "timeline.0.bar", "Ioeventfd": "timeline.1.ioeventfd", "Pam": "timeline.2.pam",
     "Hotplug": "timeline.3.hotplug", "Unplug": "timeline.4.unplug", "CalcDirtyRate": "timeline.5.calc_dirty_rate",
     "WhatIf": "what_if", "SetParameters": "timeline.6.set", "MigrateCancel": "timeline.7.migrate_cancel",
+    "MigrateStartPostcopy": "timeline.8.migrate_start_postcopy",
     "Capabilities": "migration.capabilities",
 }
 # Defaults valid in general but not with the rest of RICH: no devices or no device memory orphan RICH's timeline; an entry with no bar has no action.

@@ -40,7 +40,7 @@ TYPO = "unknown key; did you mean downtime_limit?"
 MIGRATION_KEYS = ("max_bandwidth, downtime_limit, avail_switchover_bandwidth, throttle_trigger_threshold, "
                   "cpu_throttle_initial, cpu_throttle_increment, cpu_throttle_tailslow, max_cpu_throttle, "
                   "vcpu_dirty_limit, x_vcpu_dirty_limit_period, start_at, capabilities, zero_page_detection, "
-                  "multifd_channels, xbzrle_cache_size, multifd_compression, timeout, max_syncs")
+                  "multifd_channels, xbzrle_cache_size, multifd_compression, timeout, x_postcopy_after_syncs, max_syncs")
 
 CASES = [
     # PROPOSED. Today: "input should be a valid integer, unable to parse string as an integer (got "two")"

@@ -21,6 +21,9 @@ CASES = {
     "ring 1024 + vhost, completed": {"dirty_tracking": {"mode": "ring", "ring_size": 1024},
                                      "machine": {"devices": [VHOST_NET]}},
     "timeout": {"migration": {"max_bandwidth": "32MiB/s", "timeout": "2s"}},
+    "postcopy": {"machine": {"memory": {"size": "256MiB"}},
+                 "migration": {"max_bandwidth": "64MiB/s", "x-postcopy-after-syncs": 2,
+                               "capabilities": {"postcopy-ram": True}}},
 }
 
 
@@ -114,7 +117,8 @@ def test_migration_thread_and_counters_agree_with_the_summary(traced):
     status = [e["name"] for e in tracks[(1, next(t for t, n in names.items() if n == "migration status"))]
               if e["ph"] == "X"]
     assert status[:2] == ["setup", "active"]
-    assert (status[-1] == "device (vCPUs stopped)") == (s["status"] == "completed")
+    last = "postcopy-active" if "postcopy-faults" in s["dirtysim"] else "device (vCPUs stopped)"
+    assert (status[-1] == last) == (s["status"] == "completed")
 
 
 def test_ring_and_vhost_tracks(traced):
@@ -150,3 +154,13 @@ def test_a_bad_log_is_refused(tmp_path):
     res = CliRunner().invoke(main, ["trace", str(tmp_path / "events.jsonl")])
     assert (res.exit_code, res.stderr) == (2, f"{tmp_path / 'events.jsonl'}:1: empty file: no dirtysim-log header\n")
     assert not (tmp_path / "trace.json").exists()
+
+
+@pytest.mark.parametrize("traced", ["postcopy"], indirect=True)
+def test_postcopy_userfaults_on_the_vcpu_tracks(traced):
+    """After the switch each vCPU's track shows its userfaults (fault to placement) between destination runs."""
+    events, s, trace = traced
+    faults = [e for e in trace["traceEvents"] if e["name"] == "userfault"]
+    assert len(faults) == s["dirtysim"]["postcopy-faults"] > 0
+    assert sum(e["dur"] for e in faults) == pytest.approx(s["dirtysim"]["postcopy-wait-ms"] * 1000, abs=1)
+    assert any(e["name"] == "running (destination)" for e in trace["traceEvents"])

@@ -283,3 +283,55 @@ def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
             lg[w * 64 : (w + 1) * 64] = False
     log[:], dst[:] = words(lg), words(d)
     return n
+
+
+def run_vcpus_dest(h, vi, vf, runs, ubuf, gmap, present, written, dv, faults, io):
+    """``destkernels.run_vcpus_dest`` for hot/cold and sequential workloads, one write at a time on page arrays.
+
+    RAM is identity-mapped here (``gmap`` one run from guest page 0); data-only runs are not used.
+    """
+    from .destkernels import (DEST_DONE, DEST_REFILL, DV_BLOCKED, DV_CARRY, DV_NEXT, DV_PEND, DV_WRITES,
+                              IO_NFAULTS, IO_UNASSIGNED, NEVER)
+    from .kernels import (KIND_SEQUENTIAL, VF_HOT_SHARE, VI_CURSOR, VI_FIRST, VI_HOT_FIRST, VI_HOT_PAGES, VI_KIND,
+                          VI_PAGES, VI_RATE, VI_START, VI_STOP, VI_ULEN, VI_UPOS)
+
+    have, wrote = bits(present), bits(written)
+    for v in range(vi.shape[1]):
+        while not dv[DV_BLOCKED, v] and dv[DV_NEXT, v] < h:
+            t = int(dv[DV_NEXT, v])
+            if t < vi[VI_START, v]:
+                dv[DV_NEXT, v] = vi[VI_START, v]
+                continue
+            if t >= vi[VI_STOP, v] or vi[VI_RATE, v] == 0:
+                dv[DV_NEXT, v] = NEVER
+                break
+            g = int(dv[DV_PEND, v])
+            if g < 0:
+                if vi[VI_UPOS, v] >= vi[VI_ULEN, v]:
+                    written[:] = words(wrote)
+                    return DEST_REFILL
+                u = ubuf[v, vi[VI_UPOS, v]]
+                vi[VI_UPOS, v] += 1
+                if vi[VI_KIND, v] == KIND_SEQUENTIAL:
+                    g = int(vi[VI_FIRST, v] + vi[VI_CURSOR, v] % vi[VI_PAGES, v])
+                    vi[VI_CURSOR, v] += 1
+                else:
+                    out = np.zeros(1, dtype=np.int64)
+                    map_writes(np.array([u]), [1], vi[VI_FIRST, v:v + 1], vi[VI_PAGES, v:v + 1],
+                               vi[VI_HOT_FIRST, v:v + 1], vi[VI_HOT_PAGES, v:v + 1], vf[VF_HOT_SHARE, v:v + 1], out)
+                    g = int(out[0])
+            if g >= gmap[1, 0]:
+                io[IO_UNASSIGNED] += 1
+            elif not have[g]:
+                faults[:, io[IO_NFAULTS]] = (v, g, t)
+                io[IO_NFAULTS] += 1
+                dv[DV_PEND, v], dv[DV_BLOCKED, v] = g, 1
+                break
+            else:
+                wrote[g] = True
+            dv[DV_PEND, v] = -1
+            dv[DV_WRITES, v] += 1
+            step, dv[DV_CARRY, v] = divmod(int(dv[DV_CARRY, v]) + 4096 * 10**9, int(vi[VI_RATE, v]))
+            dv[DV_NEXT, v] = t + step
+    written[:] = words(wrote)
+    return DEST_DONE

@@ -13,8 +13,8 @@ from typing import Annotated, Optional, Union
 import msgspec
 
 CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
-SCHEMA_VERSION = 4  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
-# 4: switchover steps, XBZRLE
+SCHEMA_VERSION = 5  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
+# 4: switchover steps, XBZRLE; 5: postcopy
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -137,7 +137,7 @@ class VhostLogZero(Event, tag="vhost-log-zero"):
 
 
 class MigrationStatus(Event, tag="migration-status"):
-    status: str  # setup | active | device | completed | cancelling | cancelled | failed
+    status: str  # setup | active | device | postcopy-active | completed | cancelling | cancelled | failed
 
 
 class MigrateSetParameters(Event, tag="migrate-set-parameters"):
@@ -298,6 +298,45 @@ class OracleCheck(Event, tag="oracle-check", omit_defaults=True):
     stale_pages: int
     lost_pages: int
     unassigned_writes: int = 0  # guest writes so far that hit no RAM in the oracle's map (MMIO, ROM, nothing)
+    double_placed: int = 0  # postcopy: pages sent onto a page the destination held (UFFDIO_COPY: -EEXIST)
+    clobbered: int = 0  # postcopy: of those, pages the destination's guest had written
+
+
+class PostcopyStart(Event, tag="postcopy-start"):
+    """``migration_iteration_run`` -> ``postcopy_start``: the switch begins (the VM stops next)."""
+
+    trigger: str  # migrate-start-postcopy | after-syncs
+    must_precopy: int  # bytes (ram_state_pending_estimate's split: 0 with postcopy-ram)
+    can_postcopy: int
+    threshold_size: int
+    dirty_sync_count: int
+
+
+class PostcopyDiscard(Event, tag="postcopy-discard"):
+    """``ram_postcopy_send_discard_bitmap`` for one RAMBlock: runs of dirty pages the destination drops."""
+
+    block: str
+    pages: int
+    ranges: int
+    commands: int  # CMD_POSTCOPY_RAM_DISCARD, at most 12 ranges each
+    bytes: int
+
+
+class PostcopyRunning(Event, tag="postcopy-running"):
+    """``loadvm_postcopy_handle_run_bh`` -> ``vm_start``: the guest runs on the destination."""
+
+    package_bytes: int
+
+
+class PostcopyFault(Event, tag="postcopy-fault"):
+    """A destination vCPU's userfault on a missing page, emitted when the page is placed and the vCPU wakes."""
+
+    vcpu: int
+    page: int  # RAM page (ram_addr / 4 KiB)
+    fault_ns: int
+    request_ns: int  # ram_save_queue_pages ran at the source (postcopy-requests counts it)
+    served: str  # urgent: this request sent the page | in-flight: already on its way | preempt: own channel
+    wait_bytes: int = 0  # bytes queued in the socket ahead of an urgent page
 
 
 class DirtyRateStarted(Event, tag="dirty-rate-started"):
@@ -347,6 +386,7 @@ AnyEvent = Union[
     RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, MigrateSetParameters, CpuThrottle, DirtyLimit, GuestSample, LazyClear,
-    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, XbzrleCache, OracleCheck, DirtyRateStarted,
-    DirtyRateMeasured, RunFinished,
+    BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, XbzrleCache, OracleCheck,
+    DirtyRateStarted, DirtyRateMeasured, RunFinished, PostcopyStart, PostcopyDiscard, PostcopyRunning,
+    PostcopyFault,
 ]

@@ -19,6 +19,7 @@ from .cpu_throttle import (CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS, DIRTY_RATE_HIGH
                            period_is_high)
 from .dirtylimit import DIRTYLIMIT_CALC_TIME_MS
 from .invariant import BrokenInvariant, dirty_count_mismatch
+from .postcopy import Postcopy
 from .rate import BUFFER_DELAY, RateCounters, rate_limit_max
 from .sending import send_costs
 from .xbzrle import OUT_CPU, OUT_LEN, OUT_SKIPPED, OUT_XBZRLE, XbzrleCache, send_pages_xbzrle, xbzrle_costs
@@ -103,6 +104,7 @@ class PrecopyMigration:
         self._xout = np.zeros(OUT_LEN, dtype=np.int64)
         self._xbzrle_pages_prev = 0  # target pages when the last period closed (migration_update_rates)
         self.slices = FusedSlices(self)
+        self.pc = Postcopy(self) if mig.capabilities.postcopy_ram else None
 
     # -- clock ---------------------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -198,9 +200,10 @@ class PrecopyMigration:
         """``qmp_migrate_cancel`` -> ``migration_cancel``: status cancelling; the thread stops at its next wait.
 
         Refused (False) when no migration is active, or once the VM is stopped for
-        the switchover (dirtysim does not model a cancel that restarts the VM).
+        the switchover or postcopy (dirtysim does not model a cancel that restarts the VM).
         """
-        if not self.is_running() or self.rs.last_stage or self.cancel_reason is not None:
+        if not self.is_running() or self.rs.last_stage or self.cancel_reason is not None or (
+                self.pc is not None and self.pc.stopped_ns is not None):
             return False
         self.cancel_reason = reason
         self._status("cancelling")
@@ -275,7 +278,13 @@ class PrecopyMigration:
         yield from self._transfer("setup", header)
 
     def iteration_run(self):
-        """``migration_iteration_run``: exact sync only when the estimate drops below the threshold."""
+        """``migration_iteration_run``: exact sync only when the estimate drops below the threshold.
+
+        Completion is tested before the postcopy switch, as in QEMU: a migration
+        that converges completes in precopy even when postcopy was asked for.
+        """
+        if self.pc is not None and self.pc.active:
+            return (yield from self.pc.iteration_run())
         pending = self.rs.migration_dirty_pages * PAGE_SIZE  # ram_state_pending_estimate
         if pending < self.counters.threshold_size:
             yield from self.bitmap_sync("exact", pending)  # ram_state_pending_exact
@@ -283,6 +292,9 @@ class PrecopyMigration:
         if pending <= self.counters.threshold_size:
             yield from self.completion()
             return True
+        if self.pc is not None and self.pc.switch_due():  # must_precopy (0) <= threshold_size && start_postcopy
+            yield from self.pc.start(pending)
+            return False  # MIG_ITERATE_SKIP
         yield from self.ram_save_iterate()
         return False
 
@@ -619,6 +631,8 @@ class PrecopyMigration:
         stops; the guest runs on at the source, which loses nothing. The oracle is
         asked what the migration would still have sent (``check_oracle``).
         """
+        if self.pc is not None and self.pc.active:
+            return self.pc.stop(reason)
         self._pending = {}  # migration_cancel shuts the stream down: a write in flight never completes
         self.check_oracle(reason)
         if self.rs is not None and self.m.memory.global_dirty_tracking & GLOBAL_DIRTY_MIGRATION:

@@ -39,10 +39,12 @@ from ..events.log import encode_log, fingerprint
 from ..scenario.load import resolved_to_file
 from ..dirtyrate.report import measurements as dirtyrate_measurements
 from . import tables
+from .postcopy import LATENCY_FIELDS, postcopy_latency_rows
 
 LOCK_NAME = ".dirtysim.lock"
 TMP_PREFIX = ".tmp-"
-RUN_FILES = ("events.jsonl", "rounds.csv", "vcpus.csv", "guest.csv", "convergence.png", "summary.json")
+RUN_FILES = ("events.jsonl", "rounds.csv", "vcpus.csv", "guest.csv", "convergence.png", "postcopy-latency.csv",
+             "postcopy-latency.png", "summary.json")
 PROJECTION_FILES = RUN_FILES[1:]  # what replay writes: never the log it reads
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -171,10 +173,16 @@ def projections(events: list, run_info: dict, plots: bool, title: str | None = N
         summary["calc-dirty-rate"] = measured
     files = {"rounds.csv": tables.csv_bytes(f.rounds), "vcpus.csv": tables.csv_bytes(f.vcpu_rows, tables.VCPU_FIELDS),
              "guest.csv": tables.csv_bytes(tables.guest_rows(events, f), tables.GUEST_FIELDS)}
+    latency = postcopy_latency_rows(f)
+    if latency is not None:  # a run that switched to postcopy
+        files["postcopy-latency.csv"] = tables.csv_bytes(latency, LATENCY_FIELDS)
     if plots:
-        from .plots import convergence_figure, figure_png
+        from .plots import convergence_figure, figure_png, postcopy_latency_figure
 
         files["convergence.png"] = figure_png(convergence_figure(events, f, title))
+        if latency is not None:
+            name = title if title is not None else getattr(events[0], "name", "")
+            files["postcopy-latency.png"] = figure_png(postcopy_latency_figure(latency, name))
     files["summary.json"] = json_bytes(summary)
     return summary, files
 

@@ -331,3 +331,20 @@ def dirtyrate_figure(rows: list[dict]) -> Figure:
         ax.set_ylabel("MiB/s")
     axes[0].legend(fontsize=7, loc="lower left")
     return fig
+
+
+def postcopy_latency_figure(rows: list[dict], title: str = "") -> Figure:
+    """postcopy-latency.csv as bars: how many page faults waited [2^N, 2^(N+1)) us (postcopy-latency-dist)."""
+    fig = Figure(figsize=(8, 3.5))
+    fig.subplots_adjust(left=0.09, right=0.98, top=0.88, bottom=0.2)
+    ax = fig.subplots()
+    ax.bar([r["bucket"] for r in rows], [r["faults"] for r in rows], color="tab:blue")
+    ax.set_xticks([r["bucket"] for r in rows], [_us_label(r["from-us"]) for r in rows], rotation=60, fontsize=7)
+    ax.set_xlabel("fault wait, from (bucket [2^N, 2^(N+1)) us)")
+    ax.set_ylabel("faults")
+    ax.set_title(f"{title}: postcopy page-fault latency".lstrip(": "))
+    return fig
+
+
+def _us_label(us: int) -> str:
+    return f"{us // 1000000}s" if us >= 1000000 else f"{us // 1000}ms" if us >= 1000 else f"{us}us"

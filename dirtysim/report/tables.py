@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..events import schema as ev
+from .postcopy import destination_info
 
 NS_PER_MS = 10**6
 MIB = 1 << 20
@@ -88,6 +89,15 @@ class _Fold:
     last_sync_ns: int | None = None  # the previous round's end, for busy fractions
     switchover: Counter = field(default_factory=Counter)  # downtime parts: stop steps, final sync, device state
     xbzrle_cache: dict | None = None  # query-migrate's xbzrle-cache after the last sync (with xbzrle only)
+    # postcopy
+    nvcpus: int = 0
+    postcopy_blocktime: bool = False  # the destination's capability: query-migrate shows the blocktime fields
+    postcopy_ns: int | None = None  # downtime end: the status became postcopy-active
+    postcopy_running_ns: int | None = None  # the guest resumed on the destination
+    postcopy_bytes: int = 0
+    faults: list = field(default_factory=list)  # (vcpu, page, fault ns, resolved ns, request ns, served)
+    double_placed: int = 0
+    clobbered: int = 0
 
     def _add(self, **counts: int) -> None:
         for key, n in counts.items():
@@ -107,6 +117,8 @@ class _Fold:
         self.auto_converge, self.dirty_limit = caps.get("auto_converge", False), caps.get("dirty_limit", False)
         if caps.get("multifd", False):
             self.multifd_channels = e.scenario["migration"]["multifd_channels"]
+        self.postcopy_blocktime = caps.get("postcopy_blocktime", False)
+        self.nvcpus = sum(g["count"] for g in e.scenario.get("machine", {}).get("vcpus", []))
 
     def _block_added(self, e: ev.RamBlockAdded) -> None:
         self.blocks[e.idstr] = e.size
@@ -122,11 +134,19 @@ class _Fold:
             self.migrate_ns = e.t_ns
         elif e.status == "active":
             self.setup_end_ns = e.t_ns
+        elif e.status == "postcopy-active":
+            self.postcopy_ns = e.t_ns
         elif e.status in ("completed", "cancelled", "failed"):
             self.end_ns = e.t_ns
 
     def _transfer(self, e: ev.Transfer) -> None:
+        """``ram_transferred_add``: RAM's bytes go to precopy-bytes while the VM runs, postcopy-bytes once in
+        postcopy, else downtime-bytes; postcopy's commands (discard, package, ping, end) only to transferred."""
         self.transferred += e.bytes
+        if e.kind in POSTCOPY_COMMANDS:
+            if e.kind == "postcopy-package":  # the device state, packaged; the discard counts as RAM
+                self.switchover["device-state"] += e.wire_ns
+            return
         if e.kind == "device-state":
             self.switchover["device-state"] += e.wire_ns
         else:
@@ -138,6 +158,8 @@ class _Fold:
             self.multifd_bytes += e.multifd_bytes
             if e.running:
                 self.precopy_bytes += e.bytes
+            elif self.postcopy_ns is not None:
+                self.postcopy_bytes += e.bytes
             else:
                 self.downtime_bytes += e.bytes
 
@@ -189,6 +211,7 @@ class _Fold:
 
     def _oracle(self, e: ev.OracleCheck) -> None:
         self.lost_pages, self.stale_pages = e.lost_pages, e.stale_pages
+        self.double_placed, self.clobbered = e.double_placed, e.clobbered
         self.unassigned_writes = max(self.unassigned_writes, e.unassigned_writes)
         if e.lost_pages and self.first_lost_ns is None:
             self.first_lost_ns, self.first_lost_at = e.t_ns, e.at
@@ -229,11 +252,17 @@ class _Fold:
         """
         return round((t_ns - (self.migrate_ns or 0)) / NS_PER_MS, 3)
 
+    def _postcopy_running(self, e: ev.PostcopyRunning) -> None:
+        self.postcopy_running_ns = e.t_ns
+
+    def _postcopy_fault(self, e: ev.PostcopyFault) -> None:
+        self.faults.append((e.vcpu, e.page, e.fault_ns, e.t_ns, e.request_ns, e.served))
+
     def _finished(self, e: ev.RunFinished) -> None:
         self.stop_reason, self.error = e.stop_reason, e.error
 
     def _sync(self, e: ev.BitmapSync) -> None:
-        if e.reason == "final":
+        if e.reason in ("final", "postcopy-discard"):  # the sync with the VM stopped
             self.switchover["final-sync"] += e.cost_ns
         self.syncs = e.dirty_sync_count
         self.dirty_pages = e.migration_dirty_pages
@@ -280,8 +309,10 @@ _HANDLERS = {  # event type -> what it changes in the fold (one dict lookup per 
     ev.ListenerCall: _Fold._listener_call, ev.BitmapSync: _Fold._sync, ev.VcpusStopped: _Fold._stopped,
     ev.OracleCheck: _Fold._oracle, ev.RunFinished: _Fold._finished, ev.CpuThrottle: _Fold._cpu_throttle,
     ev.DirtyLimit: _Fold._dirty_limit, ev.MigrateSetParameters: _Fold._set_parameters,
-    ev.GuestSample: _Fold._guest_sample,
+    ev.GuestSample: _Fold._guest_sample, ev.PostcopyRunning: _Fold._postcopy_running,
+    ev.PostcopyFault: _Fold._postcopy_fault,
 }
+POSTCOPY_COMMANDS = ("postcopy-discard", "postcopy-package", "postcopy-ping", "postcopy-end")
 
 
 def fold(events: list[ev.Event]) -> _Fold:
@@ -409,7 +440,7 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "pages-per-second": round(f.pages_per_second, 3),
         "precopy-bytes": f.precopy_bytes,
         "downtime-bytes": f.downtime_bytes,
-        "postcopy-bytes": 0,
+        "postcopy-bytes": f.postcopy_bytes,
         "multifd-bytes": f.multifd_bytes,
         "page-size": f.page_size,
     }
@@ -419,16 +450,21 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
     out = {"status": status, "total-time": total_ms}
     if setup_ms is not None:
         out["setup-time"] = setup_ms
-    if completed and f.stop_ns is not None:
-        out["downtime"] = ms(end) - ms(f.stop_ns)
+    downtime_end = f.postcopy_ns if f.postcopy_ns is not None else end  # postcopy: migration_downtime_end
+    if (completed or f.postcopy_ns is not None) and f.stop_ns is not None:
+        out["downtime"] = ms(downtime_end) - ms(f.stop_ns)
     elif not completed:
         out["expected-downtime"] = f.expected_downtime
     out["ram"] = ram
+    if f.postcopy_ns is not None:  # populate_ram_info: postcopy-requests (ram_save_queue_pages, each REQ_PAGES)
+        ram["postcopy-requests"] = sum(1 for x in f.faults if x[4] <= end)
     if f.xbzrle_cache is not None:
         out["xbzrle-cache"] = f.xbzrle_cache
     out.update(_convergence_info(f))
     if f.error:
         out["error-desc"] = f.error
+    if f.postcopy_ns is not None and f.postcopy_blocktime:  # fill_destination_postcopy_migration_info
+        out["destination"] = destination_info([x[:4] for x in f.faults], f.nvcpus)
     t = f.totals
     out["dirtysim"] = {
         "stop-reason": f.stop_reason,
@@ -438,9 +474,9 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "first-lost-ms": (f.first_lost_ns - start) // NS_PER_MS if f.first_lost_ns is not None else None,
         "first-lost-at": f.first_lost_at,
         "seed": f.seed,
-        "downtime-ns": (end - f.stop_ns) if completed and f.stop_ns is not None else None,
-        "guest-downtime-ms": round((end - f.stop_ns + f.latency_ns) / NS_PER_MS, 3)
-        if completed and f.stop_ns is not None else None,
+        "downtime-ns": (downtime_end - f.stop_ns) if "downtime" in out else None,
+        "guest-downtime-ms": round((downtime_end - f.stop_ns + f.latency_ns) / NS_PER_MS, 3)
+        if "downtime" in out else None,
         "resent-pages": t["resent"],
         "write-not-dirty-pages": t["write-not-dirty"],
         "vcpu-faults": t["vcpu-faults"],
@@ -461,9 +497,20 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "guest-slowdown": guest_slowdown(f),
         # the sending side over the whole migration (setup to the end): migration thread and multifd senders
         **f.busy(f.totals, end - (f.setup_end_ns if f.setup_end_ns is not None else end)),
-        "downtime-breakdown-ms": downtime_breakdown(f, end) if completed and f.stop_ns is not None else None,
+        "downtime-breakdown-ms": downtime_breakdown(f, downtime_end) if "downtime" in out else None,
     }
+    if f.postcopy_ns is not None:
+        out["dirtysim"].update(_postcopy_info(f, end))
     return out
+
+
+def _postcopy_info(f: _Fold, end: int) -> dict:
+    """dirtysim's postcopy figures: how long it lasted, the faults by how they were served, the oracle's counts."""
+    served = Counter(x[5] for x in f.faults)
+    return {"postcopy-ms": round((end - f.postcopy_ns) / NS_PER_MS, 3), "postcopy-faults": len(f.faults),
+            "postcopy-faults-served": dict(sorted(served.items())),
+            "postcopy-wait-ms": round(sum(x[3] - x[2] for x in f.faults) / NS_PER_MS, 3),
+            "double-placed-pages": f.double_placed, "clobbered-pages": f.clobbered}
 
 
 SWITCHOVER_PARTS = ("vm-stop", "vhost-stop", "block-drain", "final-sync", "ram", "device-state")

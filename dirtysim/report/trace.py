@@ -21,8 +21,10 @@ process (``pid`` 1) per run; tracks (``tid``):
 - ``kvm-reaper`` (4, dirty ring only): the 1 s reaper's ``kvm_dirty_ring_reap``.
 - ``vCPU i`` (10 + i): ``running``, ``KVM_EXIT_DIRTY_RING_FULL`` (exit + reap of
   the full ring), ``memslot update (inhibited)`` and ``stopped`` slices, which
-  tile the vCPU's time; an instant ``vcpu-stats`` at every sync with that
-  interval's writes, write-protect faults and their time.
+  tile the vCPU's time; after a postcopy switch, ``running (destination)`` from
+  the guest's resume and ``userfault`` slices (fault to placement); an instant
+  ``vcpu-stats`` at every sync with that interval's writes, write-protect
+  faults and their time.
 - ``vhost DEVICE`` (100 + j): instants for each harvest of the device's log by
   QEMU's ``vhost_log_sync`` (pages moved) and, with read-then-zero, the delayed
   zero store (pages erased).
@@ -53,7 +55,10 @@ MIB = 1 << 20
 PID = 1
 STATUS, THREAD, MEMORY_MAP, REAPER, VCPU0, VHOST0 = 1, 2, 3, 4, 10, 100
 ENDED = ("completed", "cancelled", "failed")
-STATUS_NAMES = {"device": "device (vCPUs stopped)"}  # migration_switchover_start, right after migration_stop_vm
+STATUS_NAMES = {"device": "device (vCPUs stopped)"}
+TRANSFER_NAMES = {"setup": "stream header", "eos": "RAM_SAVE_FLAG_EOS", "device-state": "device state",
+                  "postcopy-discard": "CMD_POSTCOPY_RAM_DISCARD", "postcopy-package": "CMD_PACKAGED (device state)",
+                  "postcopy-ping": "ping", "postcopy-end": "section end + QEMU_VM_EOF"}  # migration_switchover_start, right after migration_stop_vm
 
 
 def _us(t_ns: int) -> float:
@@ -93,6 +98,8 @@ def chrome_trace(events: list[ev.Event]) -> dict:
     vhost: dict[str, int] = {}
     status: tuple[int, str] | None = None
     stopped_ns = None
+    resumed_ns = None  # postcopy: the guest runs on the destination from here
+    userfaults: dict[int, list] = defaultdict(list)  # vCPU -> postcopy fault slices
     dirty, transferred = 0, 0
     sync_costs: dict[str, int] = defaultdict(int)  # ioctl and harvest time since the last sync
     send: list[ev.Transfer] = []
@@ -151,7 +158,7 @@ def chrome_trace(events: list[ev.Event]) -> dict:
                 dirty -= e.pages
                 tr.counter(e.t_ns, "remaining", "bytes", dirty * page)
             else:
-                name = {"setup": "stream header", "eos": "RAM_SAVE_FLAG_EOS", "device-state": "device state"}[e.kind]
+                name = TRANSFER_NAMES[e.kind]
                 tr.slice(THREAD, e.t_ns - e.wire_ns, e.t_ns, name, {"bytes": e.bytes})
         elif isinstance(e, ev.LazyClear):
             clear.extend([e.t_ns, {"block": e.block, "chunk": e.chunk, "start": e.start, "size": e.size}, 0])
@@ -204,13 +211,22 @@ def chrome_trace(events: list[ev.Event]) -> dict:
         elif isinstance(e, ev.OracleCheck):
             tr.instant(STATUS, e.t_ns, f"oracle check ({e.at})", {"stale_pages": e.stale_pages,
                                                                   "lost_pages": e.lost_pages})
+        elif isinstance(e, ev.PostcopyStart):
+            tr.instant(STATUS, e.t_ns, f"postcopy_start ({e.trigger})", {"can_postcopy": e.can_postcopy})
+        elif isinstance(e, ev.PostcopyRunning):
+            resumed_ns = e.t_ns
+            tr.instant(STATUS, e.t_ns, "guest resumed on the destination", {"package_bytes": e.package_bytes})
+        elif isinstance(e, ev.PostcopyFault):
+            userfaults[e.vcpu].append([e.fault_ns, e.t_ns, "userfault", {"page": e.page, "served": e.served,
+                                                                         "request_ns": e.request_ns}])
         elif isinstance(e, ev.RunFinished):
             tr.instant(STATUS, e.t_ns, f"run finished ({e.stop_reason})", {"error": e.error} if e.error else {})
     flush_clear()
     flush_send()
     set_status(end_ns, None)
     for vcpu, stalls in sorted(vcpus.items()):
-        _vcpu_track(tr, VCPU0 + vcpu, sorted(stalls, key=lambda s: s[0]), stopped_ns, end_ns)
+        _vcpu_track(tr, VCPU0 + vcpu, sorted(stalls, key=lambda s: s[0]), stopped_ns, end_ns, resumed_ns,
+                    userfaults[vcpu])
         tr.names[VCPU0 + vcpu] = f"vCPU {vcpu}"
     for device, tid in vhost.items():
         tr.names[tid] = f"vhost {device}"
@@ -236,18 +252,27 @@ def _all_vcpus(events: list[ev.Event], vcpus: dict) -> list[list]:
     return [vcpus[i] for i in range(count)]
 
 
-def _vcpu_track(tr: _Tracks, tid: int, stalls: list, stopped_ns: int | None, end_ns: int) -> None:
-    """Stall slices, ``running`` in the gaps until the vCPUs stop, then ``stopped``."""
+def _vcpu_track(tr: _Tracks, tid: int, stalls: list, stopped_ns: int | None, end_ns: int,
+                resumed_ns: int | None = None, userfaults: tuple = ()) -> None:
+    """Stall slices, ``running`` in the gaps until the vCPUs stop, then ``stopped``; after a postcopy switch,
+    ``running (destination)`` from the resume with the vCPU's userfaults."""
     stop = stopped_ns if stopped_ns is not None else end_ns
-    cursor = 0
+    _tile(tr, tid, 0, stop, stalls, "running")
+    resume = resumed_ns if resumed_ns is not None else end_ns
+    tr.slice(tid, stop, resume, "stopped")
+    _tile(tr, tid, resume, end_ns, userfaults, "running (destination)")
+
+
+def _tile(tr: _Tracks, tid: int, begin: int, stop: int, stalls: list, running: str) -> None:
+    """[begin, stop) as the stall slices (sorted) with ``running`` in the gaps."""
+    cursor = begin
     for start, end, name, args in stalls:
         if start >= stop:
             break
-        tr.slice(tid, cursor, start, "running")
+        tr.slice(tid, cursor, start, running)
         tr.slice(tid, start, min(end, stop), name, args)
         cursor = max(cursor, min(end, stop))
-    tr.slice(tid, cursor, stop, "running")
-    tr.slice(tid, stop, end_ns, "stopped")
+    tr.slice(tid, cursor, stop, running)
 
 
 def _metadata(tr: _Tracks, started: ev.RunStarted) -> list[dict]:

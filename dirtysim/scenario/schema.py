@@ -39,6 +39,8 @@ QEMU_SPELLINGS = {
     "x_vcpu_dirty_limit_period": "x-vcpu-dirty-limit-period", "set": "migrate-set-parameters",
     "migrate_cancel": "migrate-cancel", "multifd_channels": "multifd-channels",
     "multifd_compression": "multifd-compression", "xbzrle_cache_size": "xbzrle-cache-size",
+    "postcopy_ram": "postcopy-ram", "postcopy_preempt": "postcopy-preempt", "postcopy_blocktime": "postcopy-blocktime",
+    "x_postcopy_after_syncs": "x-postcopy-after-syncs", "migrate_start_postcopy": "migrate-start-postcopy",
 }
 
 # QMP takes these as bare integers in these units; under QEMU's spelling a scenario may too.
@@ -460,6 +462,13 @@ class Costs(_Model):
     block_drain: Duration = Field(
         500_000, description="bdrv_drain_all for one block device: its in-flight requests complete [assumption: "
                              "one request's service time on NVMe-class storage]")
+    postcopy_fault: Duration = Field(
+        15_000, description="postcopy, destination: the fault thread reads the userfault and sends REQ_PAGES "
+                            "(postcopy_ram_fault_thread -> migrate_send_rp_req_pages) [assumption: with 100us latency "
+                            "and postcopy_place, a preempt request takes ~233us, P. Xu's 229-233us]")
+    postcopy_place: Duration = Field(
+        15_000, description="postcopy, destination: UFFDIO_COPY of a received page and the wake of its waiters "
+                            "(postcopy_place_page) [assumption, as postcopy_fault]")
     page_hash: Duration = Field(
         500, description="calc-dirty-rate hashing one sampled 4 KiB page (compute_page_hash, xxHash64 rounds): "
                          "a page read from DRAM at ~10 GB/s [assumption; xxHash's own benchmark gives ~19 GB/s "
@@ -484,16 +493,23 @@ class Costs(_Model):
 class Network(_Model):
     bandwidth: Rate = Field(1_250_000_000, ge=1, description="link bandwidth (default 10Gbit/s); the wire time divides by it")
     latency: Duration = Field(100_000, le=10 * 10**9,
-                              description="one-way latency, paid once at the end of switchover (at most 10s)")
+                              description="one-way latency, paid once at the end of switchover (at most 10s); "
+                                          "postcopy pays it on every page request and page")
+    send_buffer: Size = Field(
+        15_000_000, le=1 << 30,
+        description="postcopy without preempt: bytes of background pages queued in the socket ahead of a requested "
+                    "page while the push is unthrottled [assumption: P. Xu measured 12.1 ms vanilla vs 0.23 ms preempt "
+                    "on 10 GbE, ~15 MB of queue]")
 
 
-# qapi/migration.json MigrationCapability values besides those modelled (postcopy and xbzrle
-# are planned; the others do not change how RAM migrates or are deprecated).
+# qapi/migration.json MigrationCapability values besides those modelled (they do not change how
+# RAM migrates, or are deprecated).
 UNBUILT_CAPABILITIES = frozenset({
-    "rdma-pin-all", "zero-blocks", "events", "postcopy-ram", "x-colo", "release-ram", "return-path",
-    "pause-before-switchover", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate",
-    "x-ignore-shared", "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt",
+    "rdma-pin-all", "zero-blocks", "events", "x-colo", "release-ram", "return-path",
+    "pause-before-switchover", "dirty-bitmaps", "late-block-activate",
+    "x-ignore-shared", "validate-uuid", "background-snapshot", "zero-copy-send",
     "switchover-ack", "mapped-ram"})
+MODELLED_CAPABILITIES = "auto-converge, dirty-limit, multifd, xbzrle, postcopy-ram, postcopy-preempt, postcopy-blocktime"
 
 
 class Capabilities(_Model):
@@ -510,6 +526,12 @@ class Capabilities(_Model):
                                              "(migration/multifd.c)")
     xbzrle: bool = Field(False, description="xbzrle: after the first lap, a page found in the XBZRLE cache goes "
                                            "out as its delta (migration/xbzrle.c); not with multifd")
+    postcopy_ram: bool = Field(False, description="postcopy-ram: after migrate-start-postcopy the guest runs on the "
+                                                  "destination and pulls missing pages (migration/postcopy-ram.c)")
+    postcopy_preempt: bool = Field(False, description="postcopy-preempt: requested pages go on their own channel, "
+                                                      "not behind the queued background pages")
+    postcopy_blocktime: bool = Field(False, description="postcopy-blocktime: the destination reports how long vCPUs "
+                                                        "were blocked on page faults")
 
     @model_validator(mode="before")
     @classmethod
@@ -519,7 +541,7 @@ class Capabilities(_Model):
             for key, value in data.items():
                 if key in UNBUILT_CAPABILITIES:
                     raise fail(("migration", "capabilities", key), "a QEMU capability dirtysim does not model yet",
-                               str(value), "auto-converge, dirty-limit, multifd, xbzrle")
+                               str(value), MODELLED_CAPABILITIES)
         return data
 
 
@@ -609,6 +631,9 @@ class Migration(MigrationParameters):
         return value
 
     timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
+    x_postcopy_after_syncs: Optional[int] = Field(
+        None, ge=1, description="dirtysim (guestperf's post_copy_iters): migrate-start-postcopy once dirty-sync-count "
+                                "reaches this; needs postcopy-ram")
     max_syncs: Optional[int] = Field(None, ge=1, description="dirtysim (guestperf's max_iters): cancel with "
                                      "stop-reason 'max-syncs' once dirty-sync-count exceeds this")
 
@@ -710,7 +735,12 @@ class MigrateCancel(_Model):
     """QMP ``migrate-cancel``: the migration stops (status cancelled), the guest runs on at the source."""
 
 
-TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate", "set", "migrate_cancel")
+class MigrateStartPostcopy(_Model):
+    """QMP ``migrate-start-postcopy``: switch to postcopy at the migration thread's next iteration."""
+
+
+TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate", "set", "migrate_cancel",
+                    "migrate_start_postcopy")
 
 
 class TimelineEntry(_Model):
@@ -723,6 +753,7 @@ class TimelineEntry(_Model):
     calc_dirty_rate: Optional[CalcDirtyRate] = None
     set: Optional[SetParameters] = None
     migrate_cancel: Optional[MigrateCancel] = None
+    migrate_start_postcopy: Optional[MigrateStartPostcopy] = None
 
     @model_validator(mode="after")
     def _one_action(self):
@@ -744,6 +775,9 @@ class WhatIf(_Model):
     hotplug_during_migration: bool = Field(
         False, description="QEMU refuses device_add/device_del while migrating (qdev_device_add_from_qdict)"
     )
+    postcopy_skip_discard: bool = Field(
+        False, description="WRONG on purpose: the switch sends no discard, so the destination keeps stale copies of "
+                           "re-dirtied pages (the oracle must see the loss)")
 
 
 class Scenario(_Model):
@@ -943,6 +977,15 @@ class Scenario(_Model):
                 raise fail(loc, "dirty-limit requires KVM with accelerator property 'dirty-ring-size' set "
                            "(migrate_caps_check)", f"accel {self.machine.accel}, dirty_tracking.mode "
                            f"{self.dirty_tracking.mode}", "accel: kvm with dirty_tracking.mode: ring")
+        self._postcopy_fits()
+
+    def _postcopy_fits(self) -> None:
+        """``migrate_caps_check``'s postcopy rules with QEMU's messages, and what dirtysim does not model yet."""
+        from .postcopy import postcopy_refusal
+
+        refusal = postcopy_refusal(self)
+        if refusal is not None:
+            raise fail(*refusal)
 
     def _parameters_fit(self) -> None:
         """``migrate_params_test_apply`` + ``migrate_params_check``: each migrate-set-parameters, applied in time
