@@ -33,8 +33,8 @@ PAGE_HEADER = 8  # save_page_header: be64 offset|flags
 ZERO_PAGE_BYTES = PAGE_HEADER + 1  # save_zero_page: header + one byte
 NORMAL_PAGE_BYTES = PAGE_HEADER + PAGE_SIZE  # save_normal_page
 
-# send_pages() stop reasons
-SEND_END_OF_BLOCK, SEND_BUDGET, SEND_NEED_CLEAR = 0, 1, 2
+# send_pages() stop reasons (SEND_PAGE: not a stop, the page goes out)
+SEND_END_OF_BLOCK, SEND_BUDGET, SEND_NEED_CLEAR, SEND_PAGE = 0, 1, 2, 3
 # rows of the oracle's write window (``RAMList.window``): pages written, pages whose content changed
 WIN_WRITTEN, WIN_MODIFIED = 0, 1
 
@@ -290,6 +290,20 @@ def find_next_bit(bmap, page, end):
 
 
 @inline
+def next_to_send(bmap, clear_bmap, page, end, shift, lazy_clear, stop):
+    """The next dirty page from ``page`` and whether to send it (SEND_PAGE) or why not: the block ends, the
+    slice is full (``stop``), or its chunk must be cleared first (``migration_clear_memory_region_dirty_bitmap``)."""
+    p = find_next_bit(bmap, page, end)
+    if p >= end:
+        return p, SEND_END_OF_BLOCK
+    if stop:
+        return p, SEND_BUDGET
+    if lazy_clear and clear_bmap[p >> shift]:
+        return p, SEND_NEED_CLEAR
+    return p, SEND_PAGE
+
+
+@inline
 def deliver_page(stale, received, w, b):
     """The destination receives page bit ``b`` of word ``w`` as it is now: (re-sent, re-sent though unchanged)."""
     resent = 1 if received[w] & b else 0
@@ -329,7 +343,6 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
     resent = 0
     unchanged = 0
     extra = first_extra
-    status = SEND_END_OF_BLOCK
     nch = cv[CV_CHANNELS]
     m_zero, m_normal = cv[CV_MAIN_PAGE] + cv[CV_MAIN_ZERO], cv[CV_MAIN_PAGE] + cv[CV_MAIN_NORMAL]
     c_zero, c_normal = cv[CV_CHAN_ZERO], cv[CV_CHAN_NORMAL]
@@ -337,16 +350,11 @@ def send_pages(bmap, clear_bmap, nonzero, stale, received, page, end, budget, ca
     tm = 0  # migration thread CPU so far
     tc = 0  # senders' CPU so far, summed over the channels
     while True:
-        p = find_next_bit(bmap, page, end)
-        page = p
-        if p >= end:
+        stop = nbytes > budget or nbytes >= cap or tm >= t_cap or tc // nch >= t_cap
+        page, status = next_to_send(bmap, clear_bmap, page, end, shift, lazy_clear, stop)
+        if status != SEND_PAGE:
             break
-        if nbytes > budget or nbytes >= cap or tm >= t_cap or tc // nch >= t_cap:
-            status = SEND_BUDGET
-            break
-        if lazy_clear and clear_bmap[p >> shift]:
-            status = SEND_NEED_CLEAR
-            break
+        p = page
         w = p >> 6
         x = bmap[w] & (~np.uint64(0) << np.uint64(p & 63))  # the dirty pages from p to the end of its word
         if end - (w << 6) < 64:

@@ -54,8 +54,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..scenario.schema import XBZRLE_CACHE_SIZE_ERROR
-from ..dirty.kernels import (NORMAL_PAGE_BYTES, PAGE_HEADER, PAGE_SIZE, SEND_BUDGET, SEND_END_OF_BLOCK,
-                             SEND_NEED_CLEAR, ZERO_PAGE_BYTES, deliver_page, find_next_bit, inline, jit)
+from ..dirty.kernels import (NORMAL_PAGE_BYTES, PAGE_HEADER, PAGE_SIZE, SEND_PAGE, ZERO_PAGE_BYTES, deliver_page,
+                             inline, jit, next_to_send)
 
 DEFAULT_XBZRLE_CACHE_SIZE = 64 << 20  # DEFAULT_MIGRATE_XBZRLE_CACHE_SIZE (options.c)
 CACHED_PAGE_LIFETIME = 2  # page_cache.c: an entry is not replaced within two syncs
@@ -330,18 +330,12 @@ def send_pages_xbzrle(bmap, clear_bmap, nonzero, stale, received, page, end, bud
     """
     nbytes = normal = zero = resent = unchanged = records = skipped = tm = 0
     extra = first_extra
-    status = SEND_END_OF_BLOCK
     while True:
-        p = find_next_bit(bmap, page, end)
-        page = p
-        if p >= end:
+        page, status = next_to_send(bmap, clear_bmap, page, end, shift, lazy_clear,
+                                    nbytes > budget or nbytes >= cap or tm >= t_cap)
+        if status != SEND_PAGE:
             break
-        if nbytes > budget or nbytes >= cap or tm >= t_cap:
-            status = SEND_BUDGET
-            break
-        if lazy_clear and clear_bmap[p >> shift]:
-            status = SEND_NEED_CLEAR
-            break
+        p = page
         w = p >> 6
         b = np.uint64(1) << np.uint64(p & 63)
         bmap[w] &= ~b
