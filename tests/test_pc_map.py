@@ -208,3 +208,46 @@ def test_what_the_boards_refuse(tmp_path, machine, timeline, message):
     path.write_text(yaml.safe_dump(merge(BASE, {"machine": machine, "timeline": timeline})))
     with pytest.raises(ScenarioError, match=message):
         load_scenario(path)
+
+
+def test_a_bar_goes_into_the_pci_hole():
+    """``pci_update_mappings``: the BAR in ``pci`` at priority 1; it shows where RAM leaves the hole."""
+    m = _board("pc", devices=[{"kind": "vfio-pci", "bar": "16MiB"}])
+    entry = TimelineEntry.model_validate({"at": "0s", "bar": {"device": 0, "addr": 0xFD000000}})
+    apply_action(entry, m.scenario, m, False, m.recorder)
+    assert (0xFD000000, 16 * MIB, "i/o", "vfio-pci0-bar", 0) in _table(m)
+    assert 0xFD000000 not in m.devices[0]["vfio"].mappings
+
+
+@pytest.mark.parametrize("addr, ok", [(0xFD000000, True), (0xB0000000, False), (0xFF000000, False)])
+def test_bar_addresses_on_a_board(addr, ok):
+    """RAM below 4 GiB ends at 3 GiB (pc, 6 GiB): a BAR may not cover it, nor pc.bios at the top of 4 GiB."""
+    over = {"machine": {"type": "pc", "memory": {"size": "6GiB"}, "devices": [{"kind": "vfio-pci", "bar": "16MiB"}]},
+            "timeline": [{"at": "1s", "bar": {"device": 0, "addr": addr}}]}
+    if ok:
+        scenario(**over)
+    else:
+        with pytest.raises(ValueError, match="a BAR must lie outside RAM"):
+            scenario(**over)
+
+
+def test_listeners_trace_of_a_pam_segment(tmp_path):
+    """``dirtysim listeners --trace``: the board's sections at creation, then one segment's split."""
+    import yaml
+    from click.testing import CliRunner
+
+    from builders import BASE, merge
+    from dirtysim.cli import main
+
+    path = tmp_path / "pc.yaml"
+    path.write_text(yaml.safe_dump(merge(BASE, {"machine": {"type": "q35", "devices": [{"kind": "vfio-pci"}]},
+                                                "timeline": [{"at": "1s", "pam": {"segment": 12,
+                                                                                  "mode": "read-only"}}]})))
+    res = CliRunner().invoke(main, ["listeners", str(path), "--trace"])
+    assert res.exit_code == 0, res.output
+    created, toggled = res.output.split("# at 1s: pam {'segment': 12, 'mode': 'read-only'}")
+    assert "vfio           region_add       vga-lowmem @0xa0000+0x20000" in created
+    vfio = [line.split()[1:] for line in toggled.splitlines() if line.split()[:1] == ["vfio"]
+            and "region_" in line]
+    assert vfio == [["region_del", "pc.bios", "@0xe0000+0x20000"], ["region_add", "pc.bios", "@0xe0000+0xc000"],
+                    ["region_add", "pc.ram", "@0xec000+0x4000"], ["region_add", "pc.bios", "@0xf0000+0x10000"]]

@@ -15,7 +15,9 @@ MACHINE_TYPES = ("none", "pc", "q35")
 DEFAULT_RAM_ID = "pc.ram"  # MachineClass::default_ram_id of pc and q35 (pc_machine_class_init)
 ABOVE_4G_MEM_START = 4 * GIB  # x86ms->above_4g_mem_start (hw/i386/x86.c)
 PC_ROM_MIN_VGA, PC_ROM_SIZE = 0xC0000, 0x20000  # include/hw/i386/pc.h: PC_ROM_MAX 0xe0000 - PC_ROM_MIN_VGA
-BIOS_SIZE = 256 * KIB  # SeaBIOS bios.bin as QEMU ships it (info mtree: pc.bios at 0xfffc0000)
+# x86_bios_rom_init sizes pc.bios by the firmware file: 256 KiB for the SeaBIOS build QEMU ships and uses on
+# pc and q35 [not confirmed in the source: it is the file's size, not a constant]
+BIOS_SIZE = 256 * KIB
 ISA_BIOS_MAX = 128 * KIB  # x86_bios_rom_init: the last 128 KiB of the BIOS below 1 MiB
 SMRAM_C_BASE, SMRAM_C_SIZE = 0xA0000, 0x20000  # SMRAM_C_BASE / MCH_HOST_BRIDGE_SMRAM_C_BASE, and their size
 PAM_BIOS_BASE, PAM_BIOS_SIZE = 0xF0000, 0x10000  # include/hw/pci-host/pam.h
