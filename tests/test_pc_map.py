@@ -12,12 +12,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import simpy
+import yaml
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from builders import of, scenario, simulate
+from builders import BASE, merge, of, scenario, simulate
 from dirtysim.board.layout import ram_split
+from dirtysim.cli import main
 from dirtysim.events import schema as ev
 from dirtysim.events.log import Recorder
 from dirtysim.machine import Machine
+from dirtysim.memory.address_space import GLOBAL_DIRTY_MIGRATION
 from dirtysim.scenario.load import ScenarioError, load_scenario
 from dirtysim.scenario.schema import TimelineEntry
 from dirtysim.timeline import apply_action
@@ -190,6 +196,20 @@ def test_migration_on_a_board_loses_nothing(kind, accel, mode):
     assert [e.result for e in of(result.events, ev.TimelineAction)] == ["done"] * 6
 
 
+def test_a_segment_slot_going_keeps_its_neighbours_write_protection():
+    """Dirty ring: segment 1 (0xc0000) read-write stays one slot while segment 3 (0xc8000, in the same 64-page
+    word) goes from read-only RAM (a slot) to the ROM (no slot). Deleting segment 3's slot must leave segment
+    1's pages write-protected, or the guest's next write there makes no ring entry and the page is lost."""
+    m = _machine(machine={"type": "pc", "max_ram_below_4g": "512MiB"}, dirty_tracking={"mode": "ring"})
+    m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
+    for segment, mode in ((1, "read-write"), (3, "read-only"), (3, "disabled")):
+        _pam(m, segment, mode)
+    page = 0xC0000 // 4096
+    m.kvm.apply_writes(np.array([page], dtype=np.int64), np.array([1, 1], dtype=np.int64),
+                       np.zeros(2, dtype=np.int64))
+    assert m.kvm.unreaped_pages()[page // 64] == np.uint64(1) << np.uint64(page % 64)
+
+
 @pytest.mark.parametrize("machine, timeline, message", [
     ({"type": "pc"}, [{"at": "1s", "pam": {"enabled": True}}], "machine.type pc has 13 PAM segments"),
     ({}, [{"at": "1s", "pam": {"segment": 1, "mode": "read-only"}}], "machine.type none has one shadow ROM"),
@@ -200,10 +220,6 @@ def test_migration_on_a_board_loses_nothing(kind, accel, mode):
     ({"type": "pc", "max_ram_below_4g": "5GiB"}, [], "max_ram_below_4g"),
 ])
 def test_what_the_boards_refuse(tmp_path, machine, timeline, message):
-    import yaml
-
-    from builders import BASE, merge
-
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(merge(BASE, {"machine": machine, "timeline": timeline})))
     with pytest.raises(ScenarioError, match=message):
@@ -233,12 +249,6 @@ def test_bar_addresses_on_a_board(addr, ok):
 
 def test_listeners_trace_of_a_pam_segment(tmp_path):
     """``dirtysim listeners --trace``: the board's sections at creation, then one segment's split."""
-    import yaml
-    from click.testing import CliRunner
-
-    from builders import BASE, merge
-    from dirtysim.cli import main
-
     path = tmp_path / "pc.yaml"
     path.write_text(yaml.safe_dump(merge(BASE, {"machine": {"type": "q35", "devices": [{"kind": "vfio-pci"}]},
                                                 "timeline": [{"at": "1s", "pam": {"segment": 12,
@@ -251,3 +261,33 @@ def test_listeners_trace_of_a_pam_segment(tmp_path):
             and "region_" in line]
     assert vfio == [["region_del", "pc.bios", "@0xe0000+0x20000"], ["region_add", "pc.bios", "@0xe0000+0xc000"],
                     ["region_add", "pc.ram", "@0xec000+0x4000"], ["region_add", "pc.bios", "@0xf0000+0x10000"]]
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.sampled_from(MODES)), min_size=1, max_size=12))
+@settings(max_examples=25, deadline=None)
+def test_any_pam_sequence_keeps_map_slots_and_oracle_in_step(steps):
+    """After any sequence of pam_update calls: the map is the rule's, KVM's memslots and vfio's mappings are its
+    RAM ranges, and the oracle's own map of writable RAM is its writable RAM ranges."""
+    m = _board("q35", devices=[{"kind": "vfio-pci"}])
+    modes: dict[int, int] = {}
+    for segment, mode in steps:
+        _pam(m, segment, mode)
+        modes[segment] = MODES.index(mode)
+    assert _table(m) == _expected_with_pam("q35", modes)
+    view = m.as_memory.current_map
+    ram = {(fr.addr, fr.size) for fr in view if fr.mr.is_ram}
+    assert {(s.gpa, s.size) for s in m.kvm.slots} == ram == set(m.devices[0]["vfio"].mappings.items())
+    writable = [(fr.addr // 4096, fr.size // 4096) for fr in view if fr.mr.is_ram and not fr.readonly]
+    runs = [tuple(r) for r in m.guest_map.table.T[:, :2].tolist()]
+    assert _joined(writable) == runs
+
+
+def _joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent (first page, pages) ranges as one: the oracle keeps runs, not sections."""
+    out: list[list[int]] = []
+    for first, pages in ranges:
+        if out and out[-1][0] + out[-1][1] == first:
+            out[-1][1] += pages
+        else:
+            out.append([first, pages])
+    return [tuple(r) for r in out]
