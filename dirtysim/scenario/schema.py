@@ -208,7 +208,7 @@ class VcpuGroup(_Model):
 
 
 class MemoryConfig(_Model):
-    size: Size = Field(description="guest RAM (one RAMBlock 'pc.ram' mapped at guest-physical 0)")
+    size: Size = Field(description="guest RAM: one RAMBlock ('pc.ram'), at guest-physical 0 with machine.type none")
     zero_fraction: Fraction01 = Field(0.0, description="share of RAM that is zero at migration start (sent as 'duplicate')")
     zlib_ratio: float = Field(2.0, ge=1.0, le=4096.0, description="how much multifd zlib shrinks a data page "
                               "(4 KiB / ratio on the wire) [assumption about guest data: `dirtysim calibrate` gives "
@@ -319,9 +319,9 @@ class Machine(_Model):
         "none", description="the board: none (RAM alone at guest-physical 0), or QEMU's pc (i440fx) or q35 map: RAM "
                             "split around the PCI hole, BIOS, option ROM, VGA window, 13 PAM segments (board.pc)")
     memory_backend: Optional[str] = Field(
-        None, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", description="id of the RAM's memory-backend-ram (-object memory-backend-ram,id=ID -machine "
-                          "memory-backend=ID; id_wellformed): the RAMBlock is then /objects/ID; default: QEMU's implicit "
-                          "pc.ram")
+        None, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$",
+        description="id of the RAM's memory-backend-ram (-object memory-backend-ram,id=ID -machine memory-backend=ID; "
+                    "id_wellformed): the RAMBlock is then /objects/ID; default: QEMU's implicit pc.ram")
     max_ram_below_4g: Size = Field(
         0, le=4 << 30, description="pc/q35 max-ram-below-4g, at most 4GiB (pc_machine_set_max_ram_below_4g); "
                                    "0: QEMU's default (pc 3.5GiB, q35 4GiB)")
