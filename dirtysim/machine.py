@@ -21,6 +21,7 @@ from .accel.tcg import TcgDirtyMemory, TcgListener
 from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog
 from .accel.virtio import DeviceMemoryListener, VirtioListener
+from .board.pc import PcBoard
 from .dirty import kernels
 from .dirty.ramlist import RAMBlock, RAMList
 from .events import schema as ev
@@ -36,7 +37,7 @@ from .migration.dirtylimit import DirtyLimit
 from .oracle.guest_map import GuestMap
 from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
-from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Scenario, TraceWorkload
+from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Pam, Scenario, TraceWorkload
 
 SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
 IO_SPACE_SIZE = 1 << 16  # "io": x86 port I/O
@@ -78,9 +79,9 @@ class Machine:
         self.guest = Guest([make_workload(scenario, g) for g in groups],
                            [np.random.default_rng(seed) for seed in vcpu_seeds], [g.workload.rate for g in groups],
                            writer, self.guest_map, scenario.engine.quantum, costs.write_fault, recorder)
-        data_only = {v: self._data_runs(g) for v, g in enumerate(groups) if g.workload.data_only}
-        if data_only:
-            self.guest.set_data_runs(data_only)
+        runs = {v: self._runs(g) for v, g in enumerate(groups) if g.workload.data_only or self.board is not None}
+        if runs:
+            self.guest.set_data_runs(runs)
         self.traces = [TraceReplayer(*load_trace(g.workload.file), self.guest, v)
                        for v, g in enumerate(groups) if isinstance(g.workload, TraceWorkload)]
         if self.kvm is not None:
@@ -96,8 +97,9 @@ class Machine:
         self.backends: list[VhostUserBackend] = []
         self._devices(scenario)
         self.dimms: dict[str, tuple] = {}
-        # Only scenarios that toggle PAM get pc.rom, so the others keep exactly one RAMBlock.
-        self.pam_rom = self._map_pam_rom() if any(e.pam for e in scenario.timeline) else None
+        # Without a board only scenarios that toggle PAM get pc.rom, so the others keep exactly one RAMBlock.
+        toggles = any(e.pam for e in scenario.timeline)
+        self.pam_rom = self._map_pam_rom() if self.board is None and toggles else None
 
     # -- accelerators ----------------------------------------------------------------------------------
     def _kvm_init(self, dt, costs, nvcpus: int) -> None:
@@ -129,22 +131,56 @@ class Machine:
                 self.tcg_listeners.append(listener)
 
     # -- RAM and devices -------------------------------------------------------------------------------
-    def _data_runs(self, group) -> np.ndarray:
-        """First guest page of each 2 MiB run of a group's working set that held data at boot (RAM is at GPA 0)."""
+    def _runs(self, group) -> np.ndarray:
+        """First guest page of each 2 MiB run of a group's working set (data-only: of those that held data at boot).
+
+        Workloads address RAM by offset in the backend; the board's aliases
+        (``ram-below-4g``, ``ram-above-4g``) put each run at its guest-physical
+        address, which is the offset itself without a board.
+        """
         offset, size = self.scenario.working_set(group)
-        nonzero = self.ram_list.nonzero[self.ram.words]
         first, end = offset // PAGE_SIZE // ZERO_GRANULE_PAGES, (offset + size) // PAGE_SIZE // ZERO_GRANULE_PAGES
-        per = ZERO_GRANULE_PAGES // 64  # words per run: a run is all data or all zero
-        data = nonzero[first * per:end * per:per] != 0
-        return (first + np.flatnonzero(data)) * ZERO_GRANULE_PAGES
+        runs = np.arange(first, end, dtype=np.int64)
+        if group.workload.data_only:
+            nonzero = self.ram_list.nonzero[self.ram.words]
+            per = ZERO_GRANULE_PAGES // 64  # words per run: a run is all data or all zero
+            runs = first + np.flatnonzero(nonzero[first * per:end * per:per] != 0)
+        pages = runs * ZERO_GRANULE_PAGES
+        gpa = np.empty_like(pages)
+        for base, length, start in self.scenario.machine.ram_ranges():
+            inside = (pages >= start // PAGE_SIZE) & (pages < (start + length) // PAGE_SIZE)
+            gpa[inside] = pages[inside] + (base - start) // PAGE_SIZE
+        return gpa
 
     def _map_ram(self, scenario: Scenario, rng: np.random.Generator) -> RAMBlock:
-        mem = scenario.machine.memory
-        pages = mem.size // PAGE_SIZE
-        block = self._ram_block_add("pc.ram", mem.size, _initial_contents(pages, mem.zero_fraction, rng))
-        block.mr = memory_region_init_ram("pc.ram", mem.size, block)
-        self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
+        """The RAM backend (created before the machine, as ``-object memory-backend-ram``), then the board.
+
+        Without a board (``machine.type: none``) the backend is mapped alone at
+        guest-physical 0; pc and q35 alias it around their holes (``board.pc``).
+        """
+        m = scenario.machine
+        pages = m.memory.size // PAGE_SIZE
+        block = self._ram_block_add(m.ram_idstr, m.memory.size,
+                                    _initial_contents(pages, m.memory.zero_fraction, rng))
+        block.mr = memory_region_init_ram(m.ram_idstr, m.memory.size, block)
+        self.board: Optional[PcBoard] = None
+        if m.type == "none":
+            self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
+        else:
+            self.board = PcBoard(self.memory, self.system_memory, m.type, block.mr, m.max_ram_below_4g, self._rom)
         return block
+
+    def _rom(self, idstr: str, size: int) -> MemoryRegion:
+        """A ROM and its RAMBlock holding data (firmware), migrated like RAM.
+
+        dirtysim's RAMBlocks are whole 64-page words, so a smaller ROM's block
+        (pc.rom: 128 KiB) is padded to 256 KiB [deviation: QEMU's is 128 KiB;
+        migration sends the 32 padding pages once].
+        """
+        words = -(-size // PAGE_SIZE // 64)
+        block = self._ram_block_add(idstr, words * 64 * PAGE_SIZE, ~np.zeros(words, dtype=np.uint64))
+        block.mr = memory_region_init_rom(idstr, size, block)
+        return block.mr
 
     def _devices(self, scenario: Scenario) -> None:
         """vhost listeners (device init), device-memory, virtio listeners, then vfio: QEMU's registration order."""
@@ -218,24 +254,32 @@ class Machine:
         return offset
 
     def map_bar(self, index: int, addr: int) -> None:
-        """The guest programs a BAR: map it, or move it (``memory_region_set_address``)."""
+        """The guest programs a BAR: map it, or move it (``memory_region_set_address``).
+
+        On a board the BAR goes into ``pci`` (``pci_update_mappings``: priority 1 in the bus's address space).
+        """
         bar = self.devices[index]["bar"]
         if bar.container is None:
-            self.memory.memory_region_add_subregion(self.system_memory, addr, bar, priority=1)
+            container = self.system_memory if self.board is None else self.board.pci
+            self.memory.memory_region_add_subregion(container, addr, bar, priority=1)
         else:
             self.memory.memory_region_set_address(bar, addr)
 
     def _map_pam_rom(self) -> MemoryRegion:
-        """``pc.rom``, created with the board (like QEMU's), mapped disabled over 0xC0000-0xFFFFF."""
-        block = self._ram_block_add("pc.rom", PAM_SIZE, ~np.zeros(PAM_SIZE // PAGE_SIZE // 64, dtype=np.uint64))
-        block.mr = memory_region_init_rom("pc.rom", PAM_SIZE, block)
-        block.mr.enabled = False
-        self.memory.memory_region_add_subregion(self.system_memory, PAM_BASE, block.mr, priority=1)
-        return block.mr
+        """``machine.type: none``: one ``pc.rom`` over 0xC0000-0xFFFFF, mapped disabled (a PAM in one piece)."""
+        rom = self._rom("pc.rom", PAM_SIZE)
+        rom.enabled = False
+        self.memory.memory_region_add_subregion(self.system_memory, PAM_BASE, rom, priority=1)
+        return rom
 
-    def set_pam(self, enabled: bool) -> None:
-        """A read-only shadow of the BIOS over low RAM (i440fx PAM): the RAM range splits around it."""
-        self.memory.memory_region_set_enabled(self.pam_rom, enabled)
+    def set_pam(self, act: Pam) -> str:
+        """A timeline ``pam`` action; returns its target. pc/q35: ``pam_update`` of one segment;
+        none: the one shadow ROM over low RAM, on or off, and the RAM range splits around it."""
+        if act.segment is not None:
+            self.board.pam_update(act.segment, act.mode)
+            return f"pam_regions[{act.segment}]"
+        self.memory.memory_region_set_enabled(self.pam_rom, act.enabled)
+        return "pc.rom"
 
     def set_ioeventfds(self, index: int, enabled: bool) -> str:
         """``virtio_bus_set_host_notifier``: one ioeventfd per queue in the BAR's notify area (KVM only)."""

@@ -76,6 +76,5 @@ def _apply(kind: str, act, scenario, machine, migrating: bool) -> tuple[str, str
         machine.map_bar(act.device, act.addr)
         return machine.devices[act.device]["name"], "done"
     if kind == "pam":
-        machine.set_pam(act.enabled)
-        return "pc.rom", "done"
+        return machine.set_pam(act), "done"
     return machine.devices[act.device]["name"], machine.set_ioeventfds(act.device, act.enabled)

@@ -83,9 +83,10 @@ WHERE = {
     "MigrateStartPostcopy": "timeline.8.migrate_start_postcopy",
     "Capabilities": "migration.capabilities",
 }
-# Defaults valid in general but not with the rest of RICH: no devices or no device memory orphan RICH's timeline; an entry with no bar has no action.
+# Defaults valid in general but not with the rest of RICH: no devices or no device memory orphan RICH's timeline; an entry with no bar has no action;
+# a pam action without enabled has no form; a pc/q35 board moves RICH's BAR address into RAM.
 NOT_HERE = {("Machine", "devices"), ("Machine", "device_memory"),
-            ("TimelineEntry", "bar")}
+            ("TimelineEntry", "bar"), ("Pam", "enabled")}
 # rate: null is valid only with a visible_rate, which RICH's workloads do not give
 NOT_HERE |= {(m, "rate") for m in ("UniformWorkload", "HotsetWorkload", "ZipfWorkload", "SequentialWorkload",
                                    "DatabaseWorkload", "TraceWorkload")}  # a trace's rate loads as 0

@@ -104,14 +104,36 @@ def test_dirty_ring_soft_limit():
     assert Rig(mode="ring").kvm.soft_limit == 1024 - 576
 
 
-@pytest.mark.parametrize("gpa,size,ram_addr", [(64 * 4096 // 2, 256 << 10, 0), (0, 128 << 10, 0),
-                                               (0, 256 << 10, 4096)])
-def test_memslots_must_be_256k_aligned(gpa, size, ram_addr):
+@pytest.mark.parametrize("gpa,size,ram_addr", [(2048, 4096, 0), (0, 6144, 0), (0, 4096, 512), (0, 0, 0)])
+def test_memslots_are_whole_pages(gpa, size, ram_addr):
     kvm = Rig(regions=()).kvm
-    with pytest.raises(ValueError, match="not aligned to 256 KiB"):
+    with pytest.raises(ValueError, match="not whole pages"):
         kvm.set_user_memory_region(gpa, size, ram_addr)
-    slot = kvm.set_user_memory_region(1 << 30, 256 << 10, 0)  # aligned: accepted, writable by default
-    assert (slot.gpa, slot.size, slot.readonly) == (1 << 30, 256 << 10, False)
+    slot = kvm.set_user_memory_region(0xA0000, 16 << 10, 0)  # the pc board's sizes: accepted, writable by default
+    assert (slot.gpa, slot.size, slot.readonly) == (0xA0000, 16 << 10, False)
+
+
+@pytest.mark.parametrize("mode", ["bitmap", "ring"])
+def test_a_slot_sharing_a_word_leaves_its_neighbours_bits(mode):
+    """pc's 640 KiB of low RAM and a 16 KiB PAM segment share a 64-page word: deleting the segment's slot or
+    turning its logging off must keep the other slot's dirty bits (bitmap) and write protection (ring)."""
+    rl = RAMList()
+    rl.ram_block_add("pc.ram", 1 * MIB)
+    ring = mode == "ring"
+    kvm = KvmDirtyLog(rl, DirtyTracking(mode=mode, manual_protect=not ring, initially_set=False, ring_size=1024), 2)
+    low = kvm.set_user_memory_region(0, 0xA0000, 0)
+    pam = kvm.set_user_memory_region(0xA0000, 0x4000, 0xA0000)
+    for slot in (low, pam):
+        kvm.set_logging(slot, True)
+    bits = kvm.protected if ring else kvm.dirty
+    before = _pages(bits)
+    if not ring:
+        kvm.apply_writes(np.array([159, 160], dtype=np.int64), np.array([2, 2], dtype=np.int64),
+                         np.zeros(2, dtype=np.int64))
+        before = [159, 160]
+    kvm.set_logging(pam, False)
+    kvm.delete_slot(pam)
+    assert _pages(bits) == [p for p in before if p < 160]  # page 159 (word 2, as pages 160-163) kept
 
 
 def test_each_mode_keeps_only_its_bitmap():

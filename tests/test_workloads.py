@@ -215,7 +215,7 @@ def test_data_only_vcpus_get_their_runs_and_clipped_regions():
                                   "log": "100MiB", "log_offset": "16MiB", "log_share": 0.3, "offset": "128MiB",
                                   "working_set": "128MiB", "data_only": True}}])
     g, vi, vf = m.guest, m.guest.vi, m.guest.vf
-    runs0, runs1 = m._data_runs(m.scenario.machine.vcpus[0]), m._data_runs(m.scenario.machine.vcpus[1])
+    runs0, runs1 = m._runs(m.scenario.machine.vcpus[0]), m._runs(m.scenario.machine.vcpus[1])
     assert g.runs.tolist() == [0, *runs0.tolist(), *runs1.tolist()]
     assert vi[K.VI_RUNS_OFF].tolist() == [1, 1 + len(runs0)] and vi[K.VI_RUNS_N].tolist() == [len(runs0), len(runs1)]
     pages = [len(runs0) * 512, len(runs1) * 512]

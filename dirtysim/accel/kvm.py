@@ -5,7 +5,12 @@ dirty bitmap per memslot (L0a); in ring mode a per-vCPU ring of dirtied pages
 (L0b) and a write-protection bitmap. QEMU (``accel/kvm/kvm-all.c``):
 ``KVMSlot.dirty_bmap`` (L1), the bits fetched by the last GET (the CLEAR mask) or
 collected from the rings. All bitmaps are ram_addr-indexed word arrays; a
-memslot is a contiguous ram range.
+memslot is a contiguous ram range of whole pages. A slot need not fill its first
+and last words (the pc machine's 640 KiB of low RAM, a 16 KiB PAM segment, the
+isa-bios window in the middle of pc.bios): whatever sets or clears a slot's bits
+goes through ``fill_slot`` and touches only its own pages, while harvests (GET,
+CLEAR by the fetched mask, the push to L2) may cover the neighbours' bits in
+shared words, which only reports pages that are dirty.
 """
 
 from __future__ import annotations
@@ -46,9 +51,36 @@ class KVMSlot:
     logging: bool = False  # KVM_MEM_LOG_DIRTY_PAGES
 
     @property
+    def first_page(self) -> int:
+        return self.ram_addr // PAGE_SIZE
+
+    @property
     def words(self) -> slice:
-        first = self.ram_addr // PAGE_SIZE // WORD_PAGES
-        return slice(first, first + -(-self.size // PAGE_SIZE // WORD_PAGES))
+        """Every word holding a bit of the slot (the first and last may be shared with other slots)."""
+        end = self.first_page + self.size // PAGE_SIZE
+        return slice(self.first_page // WORD_PAGES, -(-end // WORD_PAGES))
+
+
+def fill_slot(bitmap: np.ndarray, slot: KVMSlot, value: bool) -> None:
+    """Set (or clear) exactly the slot's bits of a ram_addr-indexed bitmap, leaving shared words' other bits alone.
+
+    A word can hold pages of two slots (two PAM segments); clearing a whole word
+    would drop the other slot's dirty bits or write protection, a lost page.
+    An empty bitmap is one the mode does not keep (``KvmDirtyLog.ensure_capacity``).
+    """
+    if not bitmap.shape[0]:
+        return
+    w = slot.words
+    first, end = slot.first_page, slot.first_page + slot.size // PAGE_SIZE
+    fill = ~np.uint64(0) if value else np.uint64(0)
+    head, tail = first % WORD_PAGES, end % WORD_PAGES
+    masks = {w.start: ~np.uint64(0) << np.uint64(head)}
+    if tail:
+        last = w.stop - 1
+        masks[last] = masks.get(last, ~np.uint64(0)) & (~np.uint64(0) >> np.uint64(WORD_PAGES - tail))
+    bitmap[w.start + (head > 0):w.stop - (tail > 0)] = fill
+    for word, mask in masks.items():
+        bitmap[word] = bitmap[word] & ~mask | fill & mask
 
 
 class KvmDirtyLog:
@@ -80,8 +112,8 @@ class KvmDirtyLog:
             self.dirty = grown(self.dirty, words)
 
     def set_user_memory_region(self, gpa: int, size: int, ram_addr: int, readonly: bool = False) -> KVMSlot:
-        if gpa % (WORD_PAGES * PAGE_SIZE) or ram_addr % (WORD_PAGES * PAGE_SIZE) or size % (WORD_PAGES * PAGE_SIZE):
-            raise ValueError(f"memslot at GPA {gpa:#x} (+{size:#x}) is not aligned to 256 KiB; dirtysim needs that")
+        if gpa % PAGE_SIZE or ram_addr % PAGE_SIZE or size % PAGE_SIZE or not size:
+            raise ValueError(f"memslot at GPA {gpa:#x} (+{size:#x}) is not whole pages (KVM_SET_USER_MEMORY_REGION)")
         slot = KVMSlot(self._next_id, gpa, size, ram_addr, readonly)
         self._next_id += 1
         self.slots.append(slot)
@@ -90,8 +122,8 @@ class KvmDirtyLog:
         return slot
 
     def delete_slot(self, slot: KVMSlot) -> None:
-        self.dirty[slot.words] = 0
-        self.protected[slot.words] = 0
+        fill_slot(self.dirty, slot, False)
+        fill_slot(self.protected, slot, False)
         self.slots.remove(slot)
         self._refresh_table()
 
@@ -103,11 +135,10 @@ class KvmDirtyLog:
         slot is write-protected. Off: nothing is logged or protected.
         """
         slot.logging = on
-        w = slot.words
         if self.ring:
-            self.protected[w] = ~np.uint64(0) if on else 0
+            fill_slot(self.protected, slot, on)
         else:
-            self.dirty[w] = ~np.uint64(0) if (on and self.manual_protect and self.initially_set) else 0
+            fill_slot(self.dirty, slot, on and self.manual_protect and self.initially_set)
         self._refresh_table()
 
     def _refresh_table(self) -> None:
@@ -230,7 +261,7 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
         self._add, self._del = [], []
         self.dirty_bmap = grown(self.dirty_bmap, self.kvm.ram_list.dirty_memory.shape[0])
         for section in added:
-            self.dirty_bmap[self._by_section[_key(section)].words] = 0
+            fill_slot(self.dirty_bmap, self._by_section[_key(section)], False)
 
     def _sync_slot_before_delete(self, slot: KVMSlot) -> None:
         """``kvm_set_phys_mem`` delete path: collect the slot's remaining dirty bits first (best effort)."""
@@ -244,13 +275,13 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
         if old == 0:
             for slot in self.kvm.slots_in(section):
                 self.kvm.set_logging(slot, True)
-                self.dirty_bmap[slot.words] = 0
+                fill_slot(self.dirty_bmap, slot, False)
 
     def log_stop(self, section: MemoryRegionSection, old: int, new: int) -> None:
         if new == 0:
             for slot in self.kvm.slots_in(section):
                 self.kvm.set_logging(slot, False)
-                self.dirty_bmap[slot.words] = 0
+                fill_slot(self.dirty_bmap, slot, False)
 
     def log_sync(self, section: MemoryRegionSection) -> None:
         """``kvm_log_sync`` -> ``kvm_physical_sync_dirty_bitmap``: GET each slot, OR into global dirty memory.
@@ -291,12 +322,14 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
         for slot in self.kvm.slots_in(section):
             first = (max(lo, slot.gpa) - slot.gpa) // PAGE_SIZE
             last = -(-(min(hi, slot.gpa + slot.size) - slot.gpa) // PAGE_SIZE)
-            # QEMU aligns the start down and masks the padding out; dirtysim's chunks and slots are
-            # 64-page aligned, so there is never padding before the start.
+            # QEMU aligns the start down and masks the padding out; dirtysim's clear chunks are 64-page
+            # aligned and a slot smaller than a word lies inside one chunk, so the start is the slot's or
+            # aligned. A slot that shares its first or last word clears the neighbour's fetched bits
+            # too: they were reported with the GET that fetched them.
             assert first % (1 << KVM_CLEAR_LOG_SHIFT) == 0, "log_clear start not aligned to 64 pages"
             last = min(slot.size // PAGE_SIZE, -(-last // 64) * 64)
-            w0 = slot.words.start + first // WORD_PAGES
-            w1 = slot.words.start + last // WORD_PAGES
+            w0 = (slot.first_page + first) // WORD_PAGES
+            w1 = -(-(slot.first_page + last) // WORD_PAGES)
             reprotected = int(self.clear_kernel(self.kvm.dirty, self.dirty_bmap, w0, w1))
             cost = reprotected * self.costs.clear_dirty_log_per_page
             self.meter.add(cost)
@@ -322,7 +355,7 @@ class KvmRingMemoryListener(KvmMemoryListener):
         w = slot.words
         if self.memory.global_dirty_tracking:
             kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
-        self.dirty_bmap[w] = 0
+        fill_slot(self.dirty_bmap, slot, False)
 
     def __init__(self, kvm: KvmDirtyLog, memory, tracking: DirtyTracking, costs, meter: CostMeter):
         super().__init__(kvm, memory, tracking, costs, meter)
@@ -347,7 +380,7 @@ class KvmRingMemoryListener(KvmMemoryListener):
                 w = slot.words
                 if self.memory.global_dirty_tracking:
                     kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
-                self.dirty_bmap[w] = 0  # kvm_slot_reset_dirty_pages
+                fill_slot(self.dirty_bmap, slot, False)  # kvm_slot_reset_dirty_pages
 
     def pending_dirty(self) -> list[np.ndarray]:
         """Collected bits not yet pushed to L2, and pages in entries nobody has collected."""

@@ -59,7 +59,7 @@ class Guest(LazyActor):
                           (K.VI_HOT_PAGES, "hot_pages"), (K.VI_KIND, "kind"), (K.VI_LOG_FIRST, "log_first"),
                           (K.VI_LOG_PAGES, "log_pages"), (K.VI_START, "start_ns"), (K.VI_STOP, "stop_ns")):
             vi[row] = [getattr(w, attr) for w in workloads]
-        self.runs = np.zeros(1, dtype=np.int64)  # data-only vCPUs' data runs (``set_data_runs``)
+        self.runs = np.zeros(1, dtype=np.int64)  # vCPUs' 2 MiB runs (``set_data_runs``)
         self.vf = vf = np.zeros((K.VF_ROWS, len(workloads)))
         for row, attr in ((K.VF_HOT_SHARE, "hot_share"), (K.VF_SAME_SHARE, "identical_rewrites"),
                           (K.VF_ZIPF_S, "zipf_s"), (K.VF_LOG_SHARE, "log_share")):
@@ -97,7 +97,8 @@ class Guest(LazyActor):
         return (*self.write_args(), w.ring, *rings)
 
     def set_data_runs(self, runs_per_vcpu: dict[int, np.ndarray]) -> None:
-        """Data-only vCPUs: their working set becomes the listed 2 MiB runs of data (first guest page of each)."""
+        """Working sets laid over 2 MiB runs (first guest page of each): a data-only vCPU's runs of data, or
+        on a pc/q35 board the runs of its working set where the board's RAM aliases put them."""
         self.runs = np.concatenate([np.zeros(1, dtype=np.int64), *runs_per_vcpu.values()])
         off = 1
         for v, runs in runs_per_vcpu.items():

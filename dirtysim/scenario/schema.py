@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import (AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
-                      WithJsonSchema, create_model, field_validator, model_validator)
+                      WithJsonSchema, create_model, field_validator, model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
+from ..board import layout
 from . import limits, units
 
 PAGE_SIZE = 4096  # TARGET_PAGE_SIZE on x86
@@ -209,7 +210,7 @@ class VcpuGroup(_Model):
 
 
 class MemoryConfig(_Model):
-    size: Size = Field(description="guest RAM (one RAMBlock 'pc.ram' mapped at guest-physical 0)")
+    size: Size = Field(description="guest RAM: one RAMBlock ('pc.ram'), at guest-physical 0 with machine.type none")
     zero_fraction: Fraction01 = Field(0.0, description="share of RAM that is zero at migration start (sent as 'duplicate')")
     zlib_ratio: float = Field(2.0, ge=1.0, le=4096.0, description="how much multifd zlib shrinks a data page "
                               "(4 KiB / ratio on the wire) [assumption about guest data: `dirtysim calibrate` gives "
@@ -316,10 +317,39 @@ class Machine(_Model):
         description="the rest of the non-iterable device state sent during downtime (CPUs, chipset, timers; each "
                     "device in machine.devices adds its own state), at most 64GiB [modelling assumption]"
     )
+    type: Literal["none", "pc", "q35"] = Field(
+        "none", description="the board: none (RAM alone at guest-physical 0), or QEMU's pc (i440fx) or q35 map: RAM "
+                            "split around the PCI hole, BIOS, option ROM, VGA window, 13 PAM segments (board.pc)")
+    memory_backend: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$",
+        description="id of the RAM's memory-backend-ram (-object memory-backend-ram,id=ID -machine memory-backend=ID; "
+                    "id_wellformed): the RAMBlock is then /objects/ID; default: QEMU's implicit pc.ram")
+    max_ram_below_4g: Size = Field(
+        0, le=4 << 30, description="pc/q35 max-ram-below-4g, at most 4GiB (pc_machine_set_max_ram_below_4g); "
+                                   "0: QEMU's default (pc 3.5GiB, q35 4GiB)")
 
     def switchover_state(self) -> int:
         """Bytes of device state ``qemu_savevm_state_complete_precopy_non_iterable`` writes in the downtime."""
         return self.device_state + sum(d.state for d in self.devices)
+
+    @property
+    def ram_idstr(self) -> str:
+        """The RAM's RAMBlock: ``host_memory_backend_get_name``, the canonical path of a user's backend
+        (x-use-canonical-path-for-ramblock-id is on), or the implicit backend's ``default_ram_id``."""
+        return layout.DEFAULT_RAM_ID if self.memory_backend is None else f"/objects/{self.memory_backend}"
+
+    def ram_ranges(self) -> list[tuple[int, int, int]]:
+        """(guest-physical address, size, offset in the RAM backend) of each part of RAM the board shows."""
+        return layout.ram_ranges(self.type, self.memory.size, self.max_ram_below_4g)
+
+    @model_serializer(mode="wrap")
+    def _board_keys_when_set(self, handler):
+        """The board keys appear only when not their default: a scenario without them dumps as it always did."""
+        out = handler(self)
+        for key in ("type", "memory_backend", "max_ram_below_4g"):
+            if getattr(self, key) == Machine.model_fields[key].default:
+                out.pop(key, None)
+        return out
 
 
 class DirtyTracking(_Model):
@@ -682,9 +712,30 @@ class BarMap(_Model):
 
 
 class Pam(_Model):
-    """Toggle the read-only shadow overlay over low RAM at 0xC0000-0xFFFFF (like i440fx PAM)."""
+    """PAM. ``machine.type: none``: ``enabled`` toggles one read-only shadow ROM over low RAM at 0xC0000-0xFFFFF.
+    pc/q35: ``segment`` and ``mode``, the host bridge's ``pam_update`` of one segment (``board.layout.pam_segment``)."""
 
-    enabled: bool
+    enabled: Optional[bool] = Field(None, description="machine.type none: the shadow ROM on or off")
+    segment: Optional[int] = Field(None, ge=0, lt=layout.PAM_REGIONS_COUNT, strict=True,
+                                   description="pc/q35: pam_regions index; 0 is 0xF0000 (64KiB), 1..12 are "
+                                               "0xC0000 + 16KiB * (i - 1)")
+    mode: Optional[Literal[layout.PAM_MODES]] = Field(
+        None, description="pc/q35: the PAM attribute, DRAM disabled (the ROMs show through), read-only, write-only, "
+                          "read-write")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.enabled is None) == (self.segment is None) or (self.segment is None) != (self.mode is None):
+            given = [k for k in ("enabled", "segment", "mode") if getattr(self, k) is not None]
+            raise PydanticCustomError("pam", "a pam action is enabled (machine.type none), or segment and mode "
+                                      "(pc, q35)", {"got": ", ".join(given) or "none",
+                                                    "allowed": "enabled, or segment and mode"})
+        return self
+
+    @model_serializer(mode="wrap")
+    def _given_keys(self, handler):
+        """Only the keys of the form used, so a ``none`` machine's action dumps as it always did."""
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class Ioeventfd(_Model):
@@ -822,6 +873,7 @@ class Scenario(_Model):
     def _fits(self):
         """Cross-field rules, in file order: RAM, vCPUs, devices, tracking, timeline, then the run's cost."""
         self._ram_fits()
+        self._board_fits()
         self._vcpus_fit()
         self._devices_fit()
         self._tcg_rules()
@@ -840,6 +892,43 @@ class Scenario(_Model):
             raise fail(("machine", "device_memory"), "the device-memory area must be a multiple of 256KiB and, "
                        "with RAM, within dirtysim's ceiling", units.format_size(dm),
                        f"a multiple of 256KiB, at most {units.format_size(limits.MAX_RAM - ram)}")
+
+    def _board_fits(self) -> None:
+        """pc/q35 (``board.pc``): the split falls on a 2 MiB run (workloads reach RAM in 2 MiB runs through the
+        aliases), no vhost device yet, and PAM actions name a segment; ``none`` keeps its one shadow ROM."""
+        m, run = self.machine, 512 * PAGE_SIZE
+        pams = [(i, e.pam) for i, e in enumerate(self.timeline) if e.pam is not None]
+        if m.type == "none":
+            if m.max_ram_below_4g:
+                raise fail(("machine", "max_ram_below_4g"), "only the pc and q35 boards split RAM",
+                           units.format_size(m.max_ram_below_4g), "0, or machine.type pc or q35")
+            for i, pam in pams:
+                if pam.segment is not None:
+                    raise fail(("timeline", i, "pam"), "machine.type none has one shadow ROM, no PAM segments",
+                               f"segment {pam.segment}", "enabled: true or false (or machine.type pc or q35)")
+            return
+        for key in ("memory", "max_ram_below_4g"):
+            value = m.memory.size if key == "memory" else m.max_ram_below_4g
+            if value % run:
+                raise fail(("machine", key) + (("size",) if key == "memory" else ()),
+                           f"machine.type {m.type}: dirtysim maps RAM to the board in 2MiB runs",
+                           units.format_size(value), "a multiple of 2MiB")
+        for i, dev in enumerate(m.devices):
+            if dev.kind in VHOST_KINDS:
+                raise fail(("machine", "devices", i, "kind"), f"vhost devices on machine.type {m.type} are not "
+                           "modelled yet (the vhost log is harvested in 64-page words; the board's RAM sections "
+                           "are as small as 16KiB)", dev.kind, "virtio-net, virtio-blk, vfio-pci, or machine.type none")
+        for i, group in enumerate(m.vcpus):
+            offset, size = self.working_set(group)
+            if offset % run or size % run:
+                raise fail(("machine", "vcpus", i, "workload", "offset"), f"machine.type {m.type}: a working set "
+                           "reaches RAM through the board in 2MiB runs", f"{units.format_size(offset)} + "
+                           f"{units.format_size(size)}", "offset and working_set multiples of 2MiB")
+        for i, pam in pams:
+            if pam.enabled is not None:
+                raise fail(("timeline", i, "pam"), f"machine.type {m.type} has 13 PAM segments (pam_update)",
+                           f"enabled: {str(pam.enabled).lower()}", f"segment: 0 .. {layout.PAM_REGIONS_COUNT - 1} "
+                           f"and mode: {', '.join(layout.PAM_MODES)}")
 
     def _vcpus_fit(self) -> None:
         ram, total = self.machine.memory.size, 0
@@ -1088,13 +1177,16 @@ class Scenario(_Model):
         return self.model_dump(mode="json", context={"units": True})
 
     def device_memory_base(self) -> int:
-        """pc: the DIMM area starts above 4 GiB and above RAM, 1 GiB aligned."""
-        gib = 1 << 30
-        return -(-max(self.machine.memory.size, 4 * gib) // gib) * gib
+        """The DIMM area starts above 4 GiB and above RAM, 1 GiB aligned (``layout.device_memory_base``)."""
+        m = self.machine
+        return layout.device_memory_base(m.type, m.memory.size, m.max_ram_below_4g)
 
     def _bar_fits(self, act: "BarMap", loc: tuple) -> None:
         dev = self.machine.devices[act.device]
-        taken = [(0, self.machine.memory.size), (self.device_memory_base(), self.machine.device_memory)]
+        taken = [(gpa, size) for gpa, size, _ in self.machine.ram_ranges()]
+        taken.append((self.device_memory_base(), self.machine.device_memory))
+        if self.machine.type != "none":  # below 1 MiB and pc.bios are the board's
+            taken += [(0, layout.MIB), ((1 << 32) - layout.BIOS_SIZE, layout.BIOS_SIZE)]
         if act.addr % dev.bar:
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR address must be aligned to the "
                        "BAR size (PCI BARs are naturally aligned)", f"{act.addr:#x}",
