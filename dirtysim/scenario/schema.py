@@ -651,6 +651,13 @@ class Migration(MigrationParameters):
     multifd_compression: Literal["none", "zlib", "zstd"] = Field(
         "none", description="multifd-compression; the compressed size of a data page is 4 KiB / "
                             "machine.memory.<method>_ratio (qpl, uadk, qatzip are not modelled)")
+    timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
+    x_postcopy_after_syncs: Optional[int] = Field(
+        None, ge=1, description="dirtysim (guestperf's post_copy_iters): migrate-start-postcopy once dirty-sync-count "
+                                "reaches this; needs postcopy-ram")
+    max_syncs: Optional[int] = Field(None, ge=1, description="dirtysim (guestperf's max_iters): cancel with "
+                                     "stop-reason 'max-syncs' once dirty-sync-count exceeds this")
+
     @field_validator("xbzrle_cache_size")
     @classmethod
     def _cache_size(cls, value: int):
@@ -659,13 +666,6 @@ class Migration(MigrationParameters):
             raise PydanticCustomError("xbzrle_cache_size", f"{XBZRLE_CACHE_SIZE_ERROR} (migrate_params_check)",
                                       {"got": units.format_size(value), "allowed": "4KiB, 8KiB, ..., e.g. 64MiB"})
         return value
-
-    timeout: Duration = Field(600 * 10**9, description="dirtysim: cancel with stop-reason 'timeout' after this long")
-    x_postcopy_after_syncs: Optional[int] = Field(
-        None, ge=1, description="dirtysim (guestperf's post_copy_iters): migrate-start-postcopy once dirty-sync-count "
-                                "reaches this; needs postcopy-ram")
-    max_syncs: Optional[int] = Field(None, ge=1, description="dirtysim (guestperf's max_iters): cancel with "
-                                     "stop-reason 'max-syncs' once dirty-sync-count exceeds this")
 
 
 class Engine(_Model):
