@@ -139,12 +139,10 @@ def finished(outdir: Path) -> dict[str, dict]:
     return rows
 
 
-def execute(plan: Plan, outdir: Path, pool, keep: bool = False, progress: bool = False,
-            on_row: Callable[[dict], None] | None = None) -> tuple[list[dict], int]:
+def execute(plan: Plan, outdir: Path, pool, keep: bool = False, progress: bool = False) -> tuple[list[dict], int]:
     """Run every run of ``plan`` not finished in ``outdir``; returns (the plan's rows in order, runs done now).
 
-    ``on_row``: called with each new row after it is on disk. Ctrl-C (``KeyboardInterrupt``) writes the
-    results so far, then propagates.
+    Ctrl-C (``KeyboardInterrupt``) writes the results so far, then propagates.
     """
     done = finished(outdir)
     todo = [r for r in plan.runs if r.key not in done]
@@ -161,29 +159,27 @@ def execute(plan: Plan, outdir: Path, pool, keep: bool = False, progress: bool =
         if bar is not None:
             bar.set_postfix_str(f"{failed} failed", refresh=False)
             bar.update(1)
-        if on_row is not None:
-            on_row(row)
 
+    retry: list[Run] = []
     try:
-        for attempt in (1, 2):
-            retry = []
-            futures = {pool.submit(run_job, Job(r, str(outdir / RUNS_DIR / r.key) if keep else None)): r
-                       for r in todo}
-            for future in pool.as_completed(futures):
-                run = futures[future]
-                try:
-                    row = future.result()
-                except Exception as exc:  # noqa: BLE001 - a lost worker is a row, never the end of the sweep
-                    if pool.lost(exc) and attempt == 1:
-                        retry.append(run)
-                        continue
-                    row = lost_row(run, exc)
-                if row["stop-reason"] == "interrupted":  # Ctrl-C reached the worker too: not a finished run
-                    raise KeyboardInterrupt
-                record(row)
-            todo = retry
-            if not todo:
-                break
+        # first all at once; then the runs of a broken pool one by one, so that a run that kills its worker
+        # again takes no other run with it
+        for batch in [todo, None]:
+            for runs in [batch] if batch is not None else [[r] for r in retry]:
+                futures = {pool.submit(run_job, Job(r, str(outdir / RUNS_DIR / r.key) if keep else None)): r
+                           for r in runs}
+                for future in pool.as_completed(futures):
+                    run = futures[future]
+                    try:
+                        row = future.result()
+                    except Exception as exc:  # noqa: BLE001 - a lost worker is a row, never the end of the sweep
+                        if pool.lost(exc) and batch is not None:
+                            retry.append(run)
+                            continue
+                        row = lost_row(run, exc)
+                    if row["stop-reason"] == "interrupted":  # Ctrl-C reached the worker too: not a finished run
+                        raise KeyboardInterrupt
+                    record(row)
     finally:
         if bar is not None:
             bar.close()
