@@ -360,7 +360,7 @@ def schema() -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("variants_file", metavar="[VARIANTS]", required=False, type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--output", "outdir", type=click.Path(), help="output directory")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override for every run")
@@ -369,9 +369,11 @@ def schema() -> None:
 @click.option("--dask-local", type=click.IntRange(1, 4096), metavar="N",
               help="start a dask LocalCluster of N worker processes and run on it")
 @click.option("--keep-runs", is_flag=True, help="also write each run's files (rounds, events, ...) to OUTPUT/runs/<key>/")
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="heatmaps.png over two swept dimensions, lines.png over one")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a TTY)")
 def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: tuple[str, ...], jobs: int | None,
-          scheduler: str | None, dask_local: int | None, keep_runs: bool, progress: bool | None) -> None:
+          scheduler: str | None, dask_local: int | None, keep_runs: bool, plots: bool, progress: bool | None) -> None:
     """Run the sweep FILE (a SWEEP.yaml: base scenario, axes, seeds, variants; see README "Sweeps").
 
     Writes OUTPUT/results.parquet (one row per run; dirtysim.load_sweep reads it),
@@ -404,20 +406,34 @@ def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: t
             _fail(f"--scheduler {scheduler}: cannot connect: {exc}", EXIT_BAD_INPUT)
         try:
             rows, new = execute(plan, out, pool, keep=keep_runs, progress=show)
+            figures = _sweep_figures(out) if plots else []
         except KeyboardInterrupt:
             _fail(f"interrupted: the finished runs are in {out}/{RESULTS}; run the same command again to run the rest",
                   EXIT_INTERRUPTED)
+        except OSError as exc:
+            _fail(f"{out}: cannot write: {exc}", EXIT_SIM_ERROR)
         finally:
             pool.close()
     failed = [r for r in rows if r["failed"]]
     click.echo(f"{len(rows)} runs ({new} run now, {len(rows) - new} already done) on {pool.workers} workers: "
                f"{sum(r['converged'] is True for r in rows)} converged, {len(failed)} failed")
-    click.echo(f"outputs: {out}/{RESULTS}")
+    click.echo(f"outputs: {out}/{RESULTS}" + "".join(f", {out}/{name}" for name in figures))
     if failed:
         shown = "; ".join(f"{r['key']} ({r['error'] or str(r['lost-pages']) + ' lost pages'})" for r in failed[:5])
         shown += "; ..." if len(failed) > 5 else ""
         _fail(f"{len(failed)} of {len(rows)} runs did not run as their scenario intends (an error, or pages lost "
               f"under correct semantics): {shown}", EXIT_SIM_ERROR)
+
+
+def _sweep_figures(out: Path) -> list[str]:
+    """The sweep's figures; without pandas (the ``[pandas]`` extra) a note instead of them."""
+    from .sweeprun import write_sweep_figures
+
+    try:
+        return write_sweep_figures(out)
+    except ImportError as exc:
+        click.echo(f"no figures: {exc}", err=True)
+        return []
 
 
 def _sweep_variants(file: str, variants_file: str, outdir: str | None, overrides: tuple[str, ...]) -> None:

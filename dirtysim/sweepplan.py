@@ -76,12 +76,14 @@ class Run:
 
 @dataclass
 class Plan:
-    """Every run of a sweep file, in the file's order; ``axes``: each swept key with its values in order."""
+    """Every run of a sweep file, in the file's order; ``axes``: each swept key with its values in order;
+    ``dims``: the keys that vary on their own (every key of a grid, the first of a zip), what the plots span."""
 
     path: Path
     runs: list[Run]
     axes: dict[str, list]
     variants: list[str]
+    dims: list[str]
 
 
 def run_key(scenario: Scenario) -> str:
@@ -107,7 +109,10 @@ def load_plan(path: str | Path, overrides: Iterable[str] = ()) -> Plan:
     base, base_lines, base_path = _base(path, data, lines)
     common = [Override(k, v, f"{at('set', k)}: set.{k}") for k, v in _mapping(data, "set", at).items()]
     common += [_cli_override(text) for text in overrides]
-    axes = [_axis(i, axis, at) for i, axis in enumerate(_list(data, "axes", at))]
+    given = _list(data, "axes", at)
+    axes = [_axis(i, axis, at) for i, axis in enumerate(given)]
+    dims = [key for axis in given for kind, body in axis.items() if kind != "random"
+            for key in (list(body) if kind == "grid" else list(body)[:1])]
     variants = _variants(path, data, at)
     seeds = _seeds(data.get("seeds"), at)
     count = math.prod([len(a) for a in axes] + [len(variants), len(seeds)])
@@ -138,7 +143,7 @@ def load_plan(path: str | Path, overrides: Iterable[str] = ()) -> Plan:
                 swept.setdefault(o.key, [])
                 if o.value not in swept[o.key]:
                     swept[o.key].append(o.value)
-    return Plan(path, runs, swept, [v for v, _ in variants if v is not None])
+    return Plan(path, runs, swept, [v for v, _ in variants if v is not None], dims)
 
 
 def _cli_override(text: str) -> Override:

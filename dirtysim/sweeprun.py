@@ -184,7 +184,7 @@ def execute(plan: Plan, outdir: Path, pool, keep: bool = False, progress: bool =
         if bar is not None:
             bar.close()
         rows = [done[r.key] for r in plan.runs if r.key in done]
-        write_atomic(outdir / RESULTS, sweepdata.parquet_bytes(rows, plan.axes, plan.variants))
+        write_atomic(outdir / RESULTS, sweepdata.parquet_bytes(rows, plan.axes, plan.variants, plan.dims))
     return rows, new
 
 
@@ -197,3 +197,18 @@ def _bar(total: int, already: int, failed: int, show: bool):
                bar_format="{l_bar}{bar}| {n}/{total} runs [{elapsed}<{remaining}, {rate_fmt}] {postfix}")
     bar.set_postfix_str(f"{failed} failed")
     return bar
+
+
+def write_sweep_figures(outdir: Path) -> list[str]:
+    """Draw ``report.sweepplots.sweep_figures`` of ``OUT/results.parquet`` into OUT (an earlier sweep's other
+    figure goes); returns the names written."""
+    from .report.plots import figure_png
+    from .report.sweepplots import FIGURES, sweep_figures
+
+    figures = sweep_figures(sweepdata.load(outdir))
+    for name in FIGURES:
+        if name in figures:
+            write_atomic(outdir / name, figure_png(figures[name]))
+        else:
+            (outdir / name).unlink(missing_ok=True)
+    return list(figures)

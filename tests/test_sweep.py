@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -208,3 +209,29 @@ def test_dask_local_cluster_gives_the_local_rows(tmp_path):
     local, dask = (dirtysim.load_sweep(tmp_path / d).drop(columns=timing) for d in ("local", "dask"))
     assert local.equals(dask)
     assert local["fingerprint"].nunique() == 4
+
+
+def test_heatmaps_aggregate_the_seeds_and_draw_the_boundary(tmp_path):
+    """Cells are the seeds' mean in the file's axis order; the boundary crosses each bandwidth row where the
+    write rate equals it (log-interpolated between the columns)."""
+    from matplotlib.figure import Figure
+
+    from dirtysim.report.sweepplots import plot_heatmap
+
+    path, out = _sweep(tmp_path, GRID.replace("[16MiB/s, 256MiB/s]", "[64MiB/s, 16MiB/s, 256MiB/s]")
+                       .replace("seeds", "  - grid: {network.bandwidth: [100Mbit/s, 1Gbit/s]}\nseeds")), tmp_path / "o"
+    res = _invoke(str(path), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert res.stdout.endswith(f"outputs: {out}/results.parquet, {out}/heatmaps.png\n")
+    frame = dirtysim.load_sweep(out)
+    assert frame.attrs["dims"] == [RATE, "network.bandwidth"]
+    ax = Figure().subplots()
+    grid = plot_heatmap(frame, RATE, "network.bandwidth", "total-time-ms", ax)
+    for (i, bw), (j, rate) in [((i, b), (j, r)) for i, b in enumerate(["100Mbit/s", "1Gbit/s"])
+                               for j, r in enumerate(["64MiB/s", "16MiB/s", "256MiB/s"])]:
+        cell = frame[(frame[RATE] == rate) & (frame["network.bandwidth"] == bw)]["total-time-ms"]
+        assert len(cell) == 2 and grid[i, j] == cell.mean()
+    (line,) = [l for l in ax.lines if l.get_label() == "write rate = bandwidth"]
+    # 1Gbit/s = 119.2 MiB/s lies between the columns 64MiB/s (0) and 256MiB/s (2): log-interpolated
+    expected = np.log(125e6 / (64 << 20)) / np.log(4) * 2
+    assert line.get_xydata().ravel().tolist() == pytest.approx([expected, 1.0])  # 100Mbit/s: left of every column

@@ -5,7 +5,7 @@ every sweep; then one column per swept key (its values as the sweep file writes
 them: bool, int64, float64 or, when mixed or with units, string). The Parquet
 metadata ``dirtysim.axes`` holds each swept key with its values in the file's order
 (``"10Gbit/s"`` sorts after ``"1Gbit/s"`` only by that order) and ``dirtysim.variants``
-the variant names. README "Sweeps" documents the same table; a test holds them equal.
+the variant names, ``dirtysim.dims`` the keys the plots span (``sweepplan.Plan.dims``). README "Sweeps" documents the same table; a test holds them equal.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _cell(value: Any, kind: str) -> Any:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def parquet_bytes(rows: list[dict], axes: dict[str, list], variants: list[str]) -> bytes:
+def parquet_bytes(rows: list[dict], axes: dict[str, list], variants: list[str], dims: list[str]) -> bytes:
     """The rows as one Parquet file: ``COLUMNS``, then the swept keys (see the module docstring)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -92,7 +92,7 @@ def parquet_bytes(rows: list[dict], axes: dict[str, list], variants: list[str]) 
     fields = [pa.field(name, types[kind]) for name, kind, _ in COLUMNS]
     fields += [pa.field(key, types[kind]) for key, kind in params.items()]
     meta = {"dirtysim.schema-version": str(SCHEMA_VERSION), "dirtysim.axes": json.dumps(axes),
-            "dirtysim.variants": json.dumps(variants)}
+            "dirtysim.variants": json.dumps(variants), "dirtysim.dims": json.dumps(dims)}
     schema = pa.schema(fields, metadata=meta)
     columns = {name: [r.get(name) for r in rows] for name in NAMES}
     columns.update({key: [_cell(r["params"].get(key), kind) for r in rows] for key, kind in params.items()})
@@ -103,7 +103,8 @@ def parquet_bytes(rows: list[dict], axes: dict[str, list], variants: list[str]) 
 
 
 def load(directory: str | Path):
-    """``DIR/results.parquet`` as a DataFrame; ``.attrs["axes"]`` and ``.attrs["variants"]`` from its metadata."""
+    """``DIR/results.parquet`` as a DataFrame; ``.attrs["axes"]``, ``["variants"]`` and ``["dims"]`` from its
+    metadata."""
     try:
         import pandas as pd  # noqa: F401 - pyarrow's to_pandas needs it
     except ImportError:
@@ -115,4 +116,5 @@ def load(directory: str | Path):
     frame = table.to_pandas()
     frame.attrs["axes"] = json.loads(meta.get(b"dirtysim.axes", b"{}"))
     frame.attrs["variants"] = json.loads(meta.get(b"dirtysim.variants", b"[]"))
+    frame.attrs["dims"] = json.loads(meta.get(b"dirtysim.dims", b"[]"))
     return frame
