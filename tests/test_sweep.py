@@ -235,3 +235,28 @@ def test_heatmaps_aggregate_the_seeds_and_draw_the_boundary(tmp_path):
     # 1Gbit/s = 119.2 MiB/s lies between the columns 64MiB/s (0) and 256MiB/s (2): log-interpolated
     expected = np.log(125e6 / (64 << 20)) / np.log(4) * 2
     assert line.get_xydata().ravel().tolist() == pytest.approx([expected, 1.0])  # 100Mbit/s: left of every column
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_are_valid(path):
+    plan = load_plan(path)
+    assert plan.runs and plan.dims
+
+
+def test_lines_show_each_variant_with_its_seeds_spread(tmp_path):
+    from matplotlib.figure import Figure
+
+    from dirtysim.report.sweepplots import plot_line
+
+    path, out = _sweep(tmp_path, GRID + "variants: {a: {}, b: {network.bandwidth: 100Mbit/s}}\n"), tmp_path / "o"
+    res = _invoke(str(path), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert res.stdout.endswith(f"outputs: {out}/results.parquet, {out}/lines.png\n")
+    frame = dirtysim.load_sweep(out)
+    ax = Figure().subplots()
+    b = frame[frame["variant"] == "b"]
+    plot_line(b, RATE, "transferred", ax)
+    (band,) = ax.collections
+    assert ax.lines[0].get_ydata().tolist() == [b[b[RATE] == r]["transferred"].mean() for r in ("16MiB/s", "256MiB/s")]
+    lows = band.get_paths()[0].vertices[:, 1]
+    assert min(lows) == b["transferred"].min() and max(lows) == b["transferred"].max()

@@ -46,7 +46,8 @@ def plot_heatmap(frame, x: str, y: str, column: str, ax: Axes, title: str = "", 
     if grid.size <= MAX_ANNOTATED:
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="white")
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+                        color="black" if image.norm(v) > 0.6 else "white")
     _boundary(frame, x, y, ax)
     return grid
 
