@@ -386,6 +386,12 @@ def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: t
     after another and writes OUTPUT/<variant>/, comparison.csv and compare's files.
     """
     if variants_file is not None:
+        given = [name for name, value in [("--jobs", jobs), ("--scheduler", scheduler), ("--dask-local", dask_local),
+                                          ("--keep-runs", keep_runs), ("--no-plots", not plots),
+                                          ("--progress", progress is not None)] if value]
+        if given:
+            _fail(f"{', '.join(given)}: only with a SWEEP.yaml (the SCENARIO VARIANTS form runs its variants in "
+                  f"order, here)", EXIT_BAD_INPUT)
         _sweep_variants(file, variants_file, outdir, overrides)
         return
     from .sweepplan import load_plan
@@ -402,7 +408,7 @@ def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: t
     with _claim(out):
         try:
             pool = DaskPool(scheduler, dask_local) if scheduler or dask_local else LocalPool(jobs)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # no scheduler there (a timeout), or not an address
             _fail(f"--scheduler {scheduler}: cannot connect: {exc}", EXIT_BAD_INPUT)
         try:
             rows, new = execute(plan, out, pool, keep=keep_runs, progress=show)

@@ -235,8 +235,8 @@ def _axis(i: int, axis: Any, at) -> list[list[Override]]:
 
 
 def _random(i: int, body: Any, at) -> list[list[Override]]:
-    """``samples`` points drawn from ``seed``: uniform / log-uniform over [lo, hi] (rounded in ``unit`` if given),
-    or a choice among values."""
+    """``samples`` draws from ``seed``: uniform / log-uniform over [lo, hi] (rounded in ``unit`` if given), or a
+    choice among values; the distinct points, in the order first drawn."""
     name = f"axes.{i}.random"
     where = at("axes", i, "random")
     keys = body.get("keys") if isinstance(body, dict) else None
@@ -251,7 +251,10 @@ def _random(i: int, body: Any, at) -> list[list[Override]]:
         line = at("axes", i, "random", "keys", key)
         columns.append([Override(key, v, f"{line}: {name}.keys.{key} (sample {j})")
                         for j, v in enumerate(_draw(rng, samples, spec, f"{line}: {name}.keys.{key}"))])
-    return [list(p) for p in zip(*columns)]
+    points: dict[tuple, list[Override]] = {}
+    for point in zip(*columns):  # a point drawn twice (a choice, a value rounded in its unit) runs once
+        points.setdefault(tuple(_yaml_value(o.value) for o in point), list(point))
+    return list(points.values())
 
 
 def _draw(rng: np.random.Generator, n: int, spec: Any, where: str) -> list:

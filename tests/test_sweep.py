@@ -3,6 +3,7 @@ failures as rows, and the Dask path giving the local path's rows. Tiny guests (6
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import re
@@ -201,7 +202,7 @@ def test_a_worker_that_dies_is_a_row_and_takes_no_other_run_with_it(tmp_path, mo
 def test_dask_local_cluster_gives_the_local_rows(tmp_path):
     pytest.importorskip("distributed")
     path = _sweep(tmp_path, GRID)
-    for pool, out in ([["-j", "2"], "local"], [["--dask-local", "2"], "dask"]):
+    for pool, out in ([["-j", "2", "--keep-runs"], "local"], [["--dask-local", "2"], "dask"]):
         res = _invoke(str(path), "-o", str(tmp_path / out), *pool)
         assert res.exit_code == 0, res.output
         assert res.stdout.startswith("4 runs (4 run now, 0 already done) on 2 workers")
@@ -209,6 +210,17 @@ def test_dask_local_cluster_gives_the_local_rows(tmp_path):
     local, dask = (dirtysim.load_sweep(tmp_path / d).drop(columns=timing) for d in ("local", "dask"))
     assert local.equals(dask)
     assert local["fingerprint"].nunique() == 4
+    for key, fingerprint in zip(local["key"], local["fingerprint"]):  # --keep-runs: each run's own files
+        summary = json.loads((tmp_path / "local" / "runs" / key / "summary.json").read_text())
+        assert summary["dirtysim"]["fingerprint"] == fingerprint
+    assert not (tmp_path / "dask" / "runs").exists()
+
+
+def test_options_of_the_sweep_file_form_are_refused_with_variants(tmp_path):
+    path = _sweep(tmp_path, "variants: {a: {}}\n")
+    res = _invoke(str(tmp_path / "tiny.yaml"), str(path), "-j", "2", "-o", str(tmp_path / "out"))
+    assert (res.exit_code, res.stderr) == (2, "--jobs: only with a SWEEP.yaml (the SCENARIO VARIANTS form runs its "
+                                              "variants in order, here)\n")
 
 
 def test_heatmaps_aggregate_the_seeds_and_draw_the_boundary(tmp_path):
@@ -260,3 +272,16 @@ def test_lines_show_each_variant_with_its_seeds_spread(tmp_path):
     assert ax.lines[0].get_ydata().tolist() == [b[b[RATE] == r]["transferred"].mean() for r in ("16MiB/s", "256MiB/s")]
     lows = band.get_paths()[0].vertices[:, 1]
     assert min(lows) == b["transferred"].min() and max(lows) == b["transferred"].max()
+
+
+def test_random_axes_draw_from_their_seed_within_bounds_and_units(tmp_path):
+    axis = "  - random: {{samples: 50, seed: {seed}, keys: {{migration.downtime-limit: {{log-uniform: [100, 1000], " \
+           "unit: ms}}, machine.memory.zero_fraction: {{choice: [0.1, 0.5]}}}}}}\n"
+    plans = [load_plan(_sweep(tmp_path, f"base: tiny.yaml\naxes:\n{axis.format(seed=seed)}")) for seed in (1, 1, 2)]
+    limits = [r.scenario.migration.downtime_limit for r in plans[0].runs]
+    assert all(100 * 10**6 <= t <= 1000 * 10**6 and t % 10**6 == 0 for t in limits)
+    assert {r.params["machine.memory.zero_fraction"] for r in plans[0].runs} == {0.1, 0.5}
+    assert [r.key for r in plans[0].runs] == [r.key for r in plans[1].runs] != [r.key for r in plans[2].runs]
+    bad = _sweep(tmp_path, "base: tiny.yaml\naxes:\n  - random: {samples: 3, seed: 1, keys: {seed: {normal: [0, 1]}}}\n")
+    with pytest.raises(ScenarioError, match=r"sweep.yaml:3: axes.0.random.keys.seed: expected \{uniform: \[lo, hi\]\}"):
+        load_plan(bad)
