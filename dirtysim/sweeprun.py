@@ -59,7 +59,7 @@ def run_job(job: Job) -> dict:
 def base_row(run: Run) -> dict:
     """The columns known before the run (the rest null until it ends)."""
     s = run.scenario
-    rates = [g.count * g.workload.rate for g in s.machine.vcpus if g.workload.kind != "trace"]
+    rates = [g.count * g.workload.rate for g in s.machine.vcpus if g.workload.kind != "trace" and not g.phases]
     limit = s.migration.max_bandwidth
     bandwidth = min(s.network.bandwidth, limit) if limit >= 10 else s.network.bandwidth
     row = dict.fromkeys(sweepdata.NAMES)

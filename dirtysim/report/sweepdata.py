@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-MIB = 1 << 20
 
 # name, Parquet type, meaning (README's table of the sweep schema)
 COLUMNS: list[tuple[str, str, str]] = [
@@ -35,7 +34,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("resent-pages", "int64", "pages sent more than once"),
     ("lost-pages", "int64", "pages whose last write the destination never got"),
     ("wrong-semantics", "string", "the deliberately wrong semantics asked for (their losses are expected)"),
-    ("write-rate", "int64", "the guest's write rate, bytes/s: every vCPU's workload rate (null for a trace)"),
+    ("write-rate", "int64", "the guest's write rate, bytes/s: every vCPU's workload rate (null with a trace or phases)"),
     ("bandwidth", "int64", "bytes/s migration may use: the link, or max-bandwidth when lower"),
     ("wall-time-s", "double", "wall-clock seconds of the simulation"),
     ("sim-speed", "double", "simulated seconds per wall-clock second"),
