@@ -10,3 +10,10 @@ def load(directory):
     from .report.frames import load as _load
 
     return _load(directory)
+
+
+def load_sweep(directory):
+    """A sweep's ``results.parquet`` as a pandas DataFrame (needs the ``[pandas]`` extra): see ``report.sweepdata``."""
+    from .report.sweepdata import load as _load
+
+    return _load(directory)

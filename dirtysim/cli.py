@@ -361,15 +361,89 @@ def schema() -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("variants_file", metavar="VARIANTS", type=click.Path(dir_okay=False, exists=True))
+@click.argument("variants_file", metavar="[VARIANTS]", required=False, type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--output", "outdir", type=click.Path(), help="output directory")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override for every variant")
-def sweep(file: str, variants_file: str, outdir: str | None, overrides: tuple[str, ...]) -> None:
-    """Run FILE once per variant of VARIANTS (name -> overrides) and print a comparison table.
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override for every run")
+@click.option("-j", "--jobs", type=click.IntRange(1, 4096), help="local processes (default: one per core)")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", help="run on this existing dask.distributed cluster")
+@click.option("--dask-local", type=click.IntRange(1, 4096), metavar="N",
+              help="start a dask LocalCluster of N worker processes and run on it")
+@click.option("--keep-runs", is_flag=True, help="also write each run's files (rounds, events, ...) to OUTPUT/runs/<key>/")
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="heatmaps.png over two swept dimensions, lines.png over one")
+@click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a TTY)")
+def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: tuple[str, ...], jobs: int | None,
+          scheduler: str | None, dask_local: int | None, keep_runs: bool, plots: bool, progress: bool | None) -> None:
+    """Run the sweep FILE (a SWEEP.yaml: base scenario, axes, seeds, variants; see README "Sweeps").
 
-    Writes OUTPUT/<variant>/ per variant, OUTPUT/comparison.csv, and compare's
-    OUTPUT/compare.csv and compare.png across the variants.
+    Writes OUTPUT/results.parquet (one row per run; dirtysim.load_sweep reads it),
+    OUTPUT/rows/<key>.json as each run ends (a second invocation runs only the
+    runs without one), and with --keep-runs each run's files. Exit 0 when every
+    run ran as its scenario intends, 1 when any failed or lost pages under correct
+    semantics (the sweep still finishes), 2 for bad input (nothing ran), 130 on Ctrl-C.
+
+    The former form, FILE a scenario and VARIANTS its named variants, runs them one
+    after another and writes OUTPUT/<variant>/, comparison.csv and compare's files.
     """
+    if variants_file is not None:
+        given = [name for name, value in [("--jobs", jobs), ("--scheduler", scheduler), ("--dask-local", dask_local),
+                                          ("--keep-runs", keep_runs), ("--no-plots", not plots),
+                                          ("--progress", progress is not None)] if value]
+        if given:
+            _fail(f"{', '.join(given)}: only with a SWEEP.yaml (the SCENARIO VARIANTS form runs its variants in "
+                  f"order, here)", EXIT_BAD_INPUT)
+        _sweep_variants(file, variants_file, outdir, overrides)
+        return
+    from .sweepplan import load_plan
+    from .sweeprun import DaskPool, LocalPool, RESULTS, execute
+
+    if scheduler and dask_local:
+        _fail("--scheduler and --dask-local: give one (an existing cluster, or one to start here)", EXIT_BAD_INPUT)
+    try:
+        plan = load_plan(file, overrides)
+    except ScenarioError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    out = Path(outdir or f"out/{Path(file).stem}")
+    show = sys.stderr.isatty() if progress is None else progress
+    with _claim(out):
+        try:
+            pool = DaskPool(scheduler, dask_local) if scheduler or dask_local else LocalPool(jobs)
+        except (OSError, ValueError) as exc:  # no scheduler there (a timeout), or not an address
+            _fail(f"--scheduler {scheduler}: cannot connect: {exc}", EXIT_BAD_INPUT)
+        try:
+            rows, new = execute(plan, out, pool, keep=keep_runs, progress=show)
+            figures = _sweep_figures(out) if plots else []
+        except KeyboardInterrupt:
+            _fail(f"interrupted: the finished runs are in {out}/{RESULTS}; run the same command again to run the rest",
+                  EXIT_INTERRUPTED)
+        except OSError as exc:
+            _fail(f"{out}: cannot write: {exc}", EXIT_SIM_ERROR)
+        finally:
+            pool.close()
+    failed = [r for r in rows if r["failed"]]
+    click.echo(f"{len(rows)} runs ({new} run now, {len(rows) - new} already done) on {pool.workers} workers: "
+               f"{sum(r['converged'] is True for r in rows)} converged, {len(failed)} failed")
+    click.echo(f"outputs: {out}/{RESULTS}" + "".join(f", {out}/{name}" for name in figures))
+    if failed:
+        shown = "; ".join(f"{r['key']} ({r['error'] or str(r['lost-pages']) + ' lost pages'})" for r in failed[:5])
+        shown += "; ..." if len(failed) > 5 else ""
+        _fail(f"{len(failed)} of {len(rows)} runs did not run as their scenario intends (an error, or pages lost "
+              f"under correct semantics): {shown}", EXIT_SIM_ERROR)
+
+
+def _sweep_figures(out: Path) -> list[str]:
+    """The sweep's figures; without pandas (the ``[pandas]`` extra) a note instead of them."""
+    from .sweeprun import write_sweep_figures
+
+    try:
+        return write_sweep_figures(out)
+    except ImportError as exc:
+        click.echo(f"no figures: {exc}", err=True)
+        return []
+
+
+def _sweep_variants(file: str, variants_file: str, outdir: str | None, overrides: tuple[str, ...]) -> None:
+    """``dirtysim sweep SCENARIO VARIANTS``: the variants in order, with a comparison table."""
     from .sweep import failures, load_variants, markdown, run_variants
 
     from .report.compare import COMPARE_FILES

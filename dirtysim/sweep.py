@@ -2,7 +2,8 @@
 
 Like guestperf's comparisons: the same guest and workload, one knob changed per
 variant, one row per variant with the figures a QEMU engineer compares. Runs are
-local and sequential; grid expansion and Dask distribution are not built yet.
+local and sequential (``dirtysim sweep SCENARIO VARIANTS``); a SWEEP.yaml with
+axes, seeds and parallel or Dask runs is ``sweepplan`` and ``sweeprun``.
 """
 
 from __future__ import annotations

@@ -320,6 +320,15 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | N
     path = Path(path)
     _check_seed(seed)
     data, lines = _read(path)
+    return resolve_scenario(data, lines, path, overrides, seed)
+
+
+def resolve_scenario(data: dict, lines: dict[tuple, int], path: str | Path, overrides: Iterable[str] = (),
+                     seed: int | None = None) -> Scenario:
+    """``load_scenario`` on scenario data already read (``data`` is changed): a sweep reads its base once for
+    every point, and an inline base reports its errors at ``path`` (the sweep file) with ``lines`` of it."""
+    path = Path(path)
+    _check_seed(seed)
     blamed = [_apply_override(data, o) for o in overrides]
     if seed is not None:
         data["seed"] = seed
