@@ -231,6 +231,7 @@ class Transfer(Event, tag="transfer", omit_defaults=True):
     bytes: int
     wire_ns: int
     running: bool  # vCPUs running (precopy-bytes) or stopped (downtime-bytes)
+    ram_bytes: int = 0  # of ``bytes``, those QEMU passes to ram_transferred_add (precopy/downtime/postcopy-bytes)
     block: Optional[str] = None
     normal: int = 0
     zero: int = 0

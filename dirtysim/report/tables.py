@@ -140,14 +140,16 @@ class _Fold:
             self.end_ns = e.t_ns
 
     def _transfer(self, e: ev.Transfer) -> None:
-        """``ram_transferred_add``: RAM's bytes go to precopy-bytes while the VM runs, postcopy-bytes once in
-        postcopy, else downtime-bytes; postcopy's commands (discard, package, ping, end) only to transferred."""
+        """``ram_transferred_add``: the bytes RAM's code passes to it (``ram_bytes``) go to precopy-bytes while
+        the VM runs, postcopy-bytes once in postcopy, else downtime-bytes; everything else written (the stream
+        and section framing, ram_save_setup's block list, the device state, the vmdesc, multifd packets,
+        postcopy's commands) only to transferred."""
         self.transferred += e.bytes
         if e.kind in POSTCOPY_COMMANDS:
             if e.kind == "postcopy-package":  # the device state, packaged; the discard counts as RAM
                 self.switchover["device-state"] += e.wire_ns
             return
-        if e.kind == "device-state":
+        if e.kind in ("device-state", "vmdesc"):
             self.switchover["device-state"] += e.wire_ns
         else:
             self.normal += e.normal
@@ -157,11 +159,11 @@ class _Fold:
                          "multifd-send-ns": e.channel_ns})
             self.multifd_bytes += e.multifd_bytes
             if e.running:
-                self.precopy_bytes += e.bytes
+                self.precopy_bytes += e.ram_bytes
             elif self.postcopy_ns is not None:
-                self.postcopy_bytes += e.bytes
+                self.postcopy_bytes += e.ram_bytes
             else:
-                self.downtime_bytes += e.bytes
+                self.downtime_bytes += e.ram_bytes
 
     def _window(self, e: ev.RateWindow) -> None:
         self.mbps, self.pages_per_second = e.mbps, e.pages_per_second

@@ -317,6 +317,12 @@ class Machine(_Model):
         description="the rest of the non-iterable device state sent during downtime (CPUs, chipset, timers; each "
                     "device in machine.devices adds its own state), at most 64GiB [modelling assumption]"
     )
+    vmdesc: Size = Field(
+        16 << 10, le=64 << 20,
+        description="bytes of the vmdesc, the JSON description of every device's state that the source appends "
+                    "after QEMU_VM_EOF (qemu_savevm_state_complete_precopy_non_iterable, should_send_vmdesc); it "
+                    "counts in transferred, not in downtime-bytes [assumption: 16KiB, its size grows with the "
+                    "devices; analyze-migration.py --dump desc prints it]")
     type: Literal["none", "pc", "q35"] = Field(
         "none", description="the board: none (RAM alone at guest-physical 0), or QEMU's pc (i440fx) or q35 map: RAM "
                             "split around the PCI hole, BIOS, option ROM, VGA window, 13 PAM segments (board.pc)")
@@ -346,7 +352,7 @@ class Machine(_Model):
     def _board_keys_when_set(self, handler):
         """The board keys appear only when not their default: a scenario without them dumps as it always did."""
         out = handler(self)
-        for key in ("type", "memory_backend", "max_ram_below_4g"):
+        for key in ("type", "memory_backend", "max_ram_below_4g", "vmdesc"):
             if getattr(self, key) == Machine.model_fields[key].default:
                 out.pop(key, None)
         return out

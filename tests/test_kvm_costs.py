@@ -1,0 +1,66 @@
+"""Costs KVM and QEMU pay for dirty tracking, and the bytes QEMU counts (issue 12, items 4 and 5).
+
+Each test reproduces one rule's number from the events of a small run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from builders import NO_COSTS, merge, of, simulate
+from dirtysim.events import schema as ev
+from dirtysim.migration import precopy as P
+from dirtysim.report.tables import summary
+
+pytestmark = pytest.mark.rules
+
+SMALL = {"machine": {"memory": {"size": "256MiB"}}, "costs": NO_COSTS}
+
+
+# --------------------------------------------------------------------------- item 5: byte accounting
+
+
+def _bytes(events, **pick) -> int:
+    return sum(e.bytes for e in of(events, ev.Transfer) if all(getattr(e, k) == v for k, v in pick.items()))
+
+
+def test_precopy_and_downtime_bytes_are_only_ram_transferred_add():
+    """``ram_transferred_add``: the pages (``save_normal_page``, ``save_zero_page``) and ``ram_save_iterate``'s
+    EOS; not ``ram_save_setup``'s block list, not ``ram_save_complete``'s EOS, not the section framing,
+    the device state or the vmdesc (savevm.c), which are in ``transferred`` only."""
+    res = simulate(**SMALL)
+    events, s = res.events, summary(res.events)
+    ram = s["ram"]
+    assert s["status"] == "completed"
+    iterates = len([e for e in of(events, ev.Transfer) if e.kind == "section-part"])
+    assert iterates >= 1
+    pages = _bytes(events, kind="pages")
+    assert ram["precopy-bytes"] + ram["downtime-bytes"] == pages + iterates * P.RAM_SAVE_FLAG_EOS_BYTES
+    machine = res.scenario.machine
+    framing = (P.QEMU_VM_FILE_HEADER_BYTES + P.section_start_bytes("ram") + P.SECTION_FOOTER_BYTES  # setup
+               + iterates * (P.SECTION_PART_BYTES + P.SECTION_FOOTER_BYTES)  # each ram_save_iterate
+               + P.SECTION_PART_BYTES + P.SECTION_FOOTER_BYTES + P.RAM_SAVE_FLAG_EOS_BYTES  # ram_save_complete
+               + machine.switchover_state() + P.QEMU_VM_EOF_BYTES + P.VMDESC_HEADER_BYTES + machine.vmdesc)
+    setup_list = _bytes(events, kind="setup") - (P.QEMU_VM_FILE_HEADER_BYTES + P.section_start_bytes("ram")
+                                                 + P.SECTION_FOOTER_BYTES)
+    assert setup_list == 8 + sum(1 + len(b) + 8 for b in ["pc.ram"]) + P.RAM_SAVE_FLAG_EOS_BYTES
+    assert ram["transferred"] - ram["precopy-bytes"] - ram["downtime-bytes"] == framing + setup_list
+
+
+def test_vmdesc_is_transferred_in_the_downtime_but_not_downtime_bytes():
+    base = summary(simulate(**SMALL).events)
+    more = summary(simulate(**merge(SMALL, {"machine": {"vmdesc": "1MiB"}})).events)
+    assert more["ram"]["downtime-bytes"] == base["ram"]["downtime-bytes"]
+    assert more["ram"]["transferred"] - base["ram"]["transferred"] == (1 << 20) - (16 << 10)
+
+
+def test_multifd_packets_are_multifd_bytes_not_precopy_bytes():
+    """``multifd_send_thread`` adds a packet to ``mig_stats.multifd_bytes`` only: with multifd and zero pages
+    in the packets (zero-page-detection multifd), precopy- and downtime-bytes hold ``ram_save_iterate``'s EOS
+    markers alone."""
+    res = simulate(**merge(SMALL, {"migration": {"capabilities": {"multifd": True}}}))
+    events, ram = res.events, summary(res.events)["ram"]
+    iterates = len([e for e in of(events, ev.Transfer) if e.kind == "section-part"])
+    assert ram["multifd-bytes"] > 200 << 20
+    assert ram["precopy-bytes"] + ram["downtime-bytes"] == iterates * P.RAM_SAVE_FLAG_EOS_BYTES
+
