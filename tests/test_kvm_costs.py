@@ -64,3 +64,39 @@ def test_multifd_packets_are_multifd_bytes_not_precopy_bytes():
     assert ram["multifd-bytes"] > 200 << 20
     assert ram["precopy-bytes"] + ram["downtime-bytes"] == iterates * P.RAM_SAVE_FLAG_EOS_BYTES
 
+
+# --------------------------------------------------------------------------- item 4: enabling dirty logging
+
+MODES = {  # dirty_tracking -> does kvm_mmu_slot_apply_flags protect the whole slot when logging turns on
+    "legacy": ({"manual_protect": False}, True),
+    "manual": ({"manual_protect": True, "initially_set": False}, True),
+    "ring": ({"mode": "ring"}, True),
+    "manual+initially-set": ({"manual_protect": True, "initially_set": True}, False),
+}
+
+
+def _setup(size: str, tracking: dict):
+    costs = {**NO_COSTS, "log_start_per_gib": "20us", "log_start_wp_per_gib": "4ms"}
+    res = simulate(machine={"memory": {"size": size}}, dirty_tracking=tracking, costs=costs,
+                   migration={"timeout": "300ms"})
+    return res.events, summary(res.events)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_enabling_logging_costs_the_migration_thread_its_slots_at_setup(mode):
+    """``ram_init_bitmaps`` -> ``memory_global_dirty_log_start`` -> ``kvm_log_start``: the kernel protects the
+    whole slot (``kvm_mmu_slot_apply_flags``) in every mode but manual protect with INITIALLY_SET; setup-time
+    (``migration_thread``: SETUP -> ACTIVE) holds it, and grows with the guest where the slot is protected."""
+    tracking, protects = MODES[mode]
+    times = {}
+    for gib in (2, 8):
+        events, s = _setup(f"{gib}GiB", tracking)
+        starts = of(events, ev.KvmLogStart)
+        assert [e.write_protected for e in starts] == [protects]
+        per_gib = 4_000_000 if protects else 20_000
+        assert sum(e.cost_ns for e in starts) == per_gib * gib
+        times[gib] = s["setup-time"]
+    if protects:
+        assert times == {2: 8, 8: 32}  # 4 ms per GiB, in whole ms (the sync and the header cost 0 here)
+    else:
+        assert times == {2: 0, 8: 0}  # 20 us per GiB: near zero

@@ -86,6 +86,15 @@ class KvmClearDirtyLog(Event, tag="kvm-clear-dirty-log"):
     cost_ns: int
 
 
+class KvmLogStart(Event, tag="kvm-log-start"):
+    """KVM_MEM_LOG_DIRTY_PAGES turned on for a memslot (``kvm_log_start`` -> ``kvm_slot_update_flags``)."""
+
+    slot: int
+    pages: int
+    write_protected: bool  # kvm_mmu_slot_apply_flags protected the whole slot now (else: at each first CLEAR)
+    cost_ns: int
+
+
 class KvmMemslotUpdate(Event, tag="kvm-memslot-update"):
     """``kvm_region_commit``: queued memslot deletions and additions applied together."""
 
@@ -384,7 +393,7 @@ class RunFinished(Event, tag="run-finished"):
 
 
 AnyEvent = Union[
-    RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
+    RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmLogStart, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, MigrateSetParameters, CpuThrottle, DirtyLimit, GuestSample, LazyClear,
     BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, XbzrleCache, OracleCheck,

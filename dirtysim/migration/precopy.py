@@ -284,6 +284,7 @@ class PrecopyMigration:
         for block in self.m.ram_list.blocks:
             self._init_bitmaps(block)
         self.m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
+        yield from self._wait(self.m.meter.drain())  # the listeners' log_start: KVM protecting its slots (BQL held)
         yield from self.bitmap_sync("setup", self.rs.migration_dirty_pages * PAGE_SIZE)
         # Stream header: RAM_SAVE_FLAG_MEM_SIZE (8) + per block idstr length, idstr, used_length (1+n+8) + EOS;
         # ram_save_setup writes it with qemu_put_*, no ram_transferred_add: it is in transferred only. Around

@@ -457,6 +457,17 @@ class Costs(_Model):
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
     ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
     vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
+    log_start_per_gib: Duration = Field(
+        20_000, description="turning dirty logging on for a memslot that is not write-protected at start (manual "
+                            "protect with INITIALLY_SET: kvm_prepare_memory_region allocates the bitmap and sets it, "
+                            "kvm_mmu_slot_apply_flags returns early), per GiB: dirty_log_perf_test's 'Enabling dirty "
+                            "logging' takes 1.9-2.1 ms for 96 GiB (anchors C.6)")
+    log_start_wp_per_gib: Duration = Field(
+        4_000_000, description="turning dirty logging on where KVM protects the whole slot at once (legacy bitmap, "
+                               "manual protect without INITIALLY_SET, dirty ring): kvm_mmu_slot_apply_flags write-"
+                               "protects every 4 KiB mapping, or with PML clears their D-bits "
+                               "(kvm_mmu_slot_leaf_clear_dirty), then flushes TLBs; per GiB, 262144 SPTEs [assumption: "
+                               "~15 ns per SPTE for the TDP MMU walk; no public measurement found]")
     memslot_update: Duration = Field(
         20_000, description="one KVM_SET_USER_MEMORY_REGION while vCPUs are held out (atomic update) [assumption]"
     )
