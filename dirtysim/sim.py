@@ -85,6 +85,7 @@ def _warm_up() -> float:
     kernels.clear_by_mask(w, w.copy(), 0, 2)
     kernels.clear_all(w, w.copy(), 0, 2)
     kernels.count_set(w, 0, 2)
+    kernels.count_nonzero_words(w, 0, 2)
     kernels.find_next_bit(w, 0, 128)
     slots = (i64, one * 128, i64, np.ones(1, dtype=np.bool_))
     gmap = np.array([[0], [128], [0]], dtype=np.int64)

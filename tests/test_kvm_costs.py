@@ -100,3 +100,42 @@ def test_enabling_logging_costs_the_migration_thread_its_slots_at_setup(mode):
         assert times == {2: 8, 8: 32}  # 4 ms per GiB, in whole ms (the sync and the header cost 0 here)
     else:
         assert times == {2: 0, 8: 0}  # 20 us per GiB: near zero
+
+
+# --------------------------------------------------------------------------- item 4: the sync, per non-zero word
+
+
+def _sync_run(workload: dict):
+    costs = {**NO_COSTS, "dirty_word_atomic": "10ns"}
+    return simulate(machine={"memory": {"size": "1GiB"}, "vcpus": [{"count": 1, "workload": workload}]},
+                    costs=costs, migration={"timeout": "3s"}).events
+
+
+def test_the_sync_pays_an_atomic_per_non_zero_word_and_client():
+    """``physical_memory_set_dirty_lebitmap`` ORs each non-zero word of the fetched bitmap into DIRTY_MEMORY_VGA
+    and _MIGRATION (2 atomics); ``physical_memory_sync_dirty_bitmap`` exchanges each non-zero word of global dirty
+    memory into bmap (1 atomic). With every other cost at zero, that is the whole of a sync's cost."""
+    events = _sync_run({"kind": "uniform", "rate": "64MiB/s"})
+    gets: list[ev.KvmGetDirtyLog] = []
+    checked = 0
+    for e in events:
+        if isinstance(e, ev.KvmGetDirtyLog):
+            assert e.cost_ns == e.words * 2 * 10
+            gets.append(e)
+        elif isinstance(e, ev.BitmapSync):
+            assert e.cost_ns == sum(g.cost_ns for g in gets) + e.dirty_words * 10
+            checked += bool(e.dirty_words)
+            gets = []
+    assert checked >= 2
+
+
+def test_a_dense_bitmap_costs_more_per_page_than_a_sparse_one_costs_less():
+    """Pages written side by side share words: a sequential writer's sync costs about 1/64 of a random writer's
+    for the same dirty pages."""
+    def per_page(events):
+        syncs = [e for e in of(events, ev.BitmapSync) if e.reason != "setup" and e.new_dirty_pages]
+        return sum(e.cost_ns for e in syncs) / sum(e.new_dirty_pages for e in syncs)
+
+    sparse = per_page(_sync_run({"kind": "uniform", "rate": "64MiB/s"}))
+    dense = per_page(_sync_run({"kind": "sequential", "rate": "64MiB/s"}))
+    assert sparse > 8 * dense

@@ -36,7 +36,9 @@ PML_LOG_NR_ENTRIES = 512  # x86 PML buffer, reserved on top when PML is used
 GIB = 1 << 30
 # the scenario ``costs`` of KVM's dirty tracking added with issue 12; at zero, results are as before them
 # (tests/golden: the summaries without the sending costs zero these too)
-KVM_TRACKING_COSTS = ("log_start_per_gib", "log_start_wp_per_gib")
+KVM_TRACKING_COSTS = ("log_start_per_gib", "log_start_wp_per_gib", "dirty_word_atomic")
+# physical_memory_set_dirty_lebitmap with KVM: each non-zero word into DIRTY_MEMORY_VGA, and _MIGRATION while tracking
+SET_DIRTY_CLIENTS = 2
 
 
 def dirty_ring_soft_limit(ring_size: int, pml: bool) -> int:
@@ -322,13 +324,21 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
                 reprotected = 0
             else:
                 pages = reprotected = int(kernels.xchg_into(self.kvm.dirty, self.dirty_bmap, w.start, w.stop))
-            if self.memory.global_dirty_tracking:
-                kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
+            words = self._set_dirty_lebitmap(w)
             if self.memory.global_dirty_tracking & GLOBAL_DIRTY_DIRTY_RATE:  # physical_memory_set_dirty_lebitmap
                 self.memory.total_dirty_pages += pages
-            cost = self.costs.get_dirty_log_per_gib * slot.size // GIB + reprotected * self.costs.clear_dirty_log_per_page
+            cost = (self.costs.get_dirty_log_per_gib * slot.size // GIB + reprotected * self.costs.clear_dirty_log_per_page
+                    + words * SET_DIRTY_CLIENTS * self.costs.dirty_word_atomic)
             self.meter.add(cost)
-            self.recorder.emit(ev.KvmGetDirtyLog, slot=slot.slot, pages=pages, reprotected=reprotected, cost_ns=cost)
+            self.recorder.emit(ev.KvmGetDirtyLog, slot=slot.slot, pages=pages, reprotected=reprotected, cost_ns=cost,
+                               words=words)
+
+    def _set_dirty_lebitmap(self, w: slice) -> int:
+        """``physical_memory_set_dirty_lebitmap``: the slot's fetched words into global dirty memory (L2) while
+        tracking; returns the non-zero words, each ORed into every dirty client's bitmap (its cost)."""
+        if not self.memory.global_dirty_tracking:
+            return 0
+        return int(kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop))
 
     def log_clear(self, section: MemoryRegionSection) -> None:
         """``kvm_log_clear`` -> ``kvm_log_clear_one_slot``: KVM_CLEAR_DIRTY_LOG with the fetched mask.
@@ -397,12 +407,12 @@ class KvmRingMemoryListener(KvmMemoryListener):
     def log_sync_global(self, last_stage: bool) -> None:
         """``kvm_log_sync_global``: flush every ring, then push each logging slot's bits to L2 and zero them."""
         self.meter.add(self.reap("sync"))
+        words = 0
         for slot in self.kvm.slots:
             if slot.logging:
-                w = slot.words
-                if self.memory.global_dirty_tracking:
-                    kernels.or_into(self.kvm.ram_list.dirty_memory, self.dirty_bmap, w.start, w.stop)
+                words += self._set_dirty_lebitmap(slot.words)  # kvm_slot_sync_dirty_pages
                 fill_slot(self.dirty_bmap, slot, False)  # kvm_slot_reset_dirty_pages
+        self.meter.add(words * SET_DIRTY_CLIENTS * self.costs.dirty_word_atomic)
 
     def pending_dirty(self) -> list[np.ndarray]:
         """Collected bits not yet pushed to L2, and pages in entries nobody has collected."""

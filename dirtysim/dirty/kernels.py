@@ -102,14 +102,29 @@ def sync_xchg(src, dst, w0, w1):
 
 @jit
 def or_into(dst, src, w0, w1):
-    """dst |= src over words [w0, w1) (``physical_memory_set_dirty_lebitmap``).
+    """dst |= src over words [w0, w1) (``physical_memory_set_dirty_lebitmap``); returns the non-zero words of src.
 
-    QEMU skips zero words (to save atomic ops); OR-ing a zero word changes
-    nothing, and writing every word avoids a mispredicted branch per word.
+    QEMU skips zero words (to save atomic ops) and ORs each non-zero one into
+    every dirty client's bitmap: the count is what it pays for. OR-ing a zero
+    word changes nothing, and writing every word avoids a mispredicted branch.
     """
     d, s = dst[w0:w1], src[w0:w1]
+    n = 0
     for w in range(d.shape[0]):
-        d[w] |= s[w]
+        x = s[w]
+        d[w] |= x
+        n += x != 0
+    return n
+
+
+@jit
+def count_nonzero_words(bmap, w0, w1):
+    """Non-zero words in [w0, w1): those ``physical_memory_sync_dirty_bitmap`` exchanges (``qatomic_xchg``)."""
+    b = bmap[w0:w1]
+    n = 0
+    for w in range(b.shape[0]):
+        n += b[w] != 0
+    return n
 
 
 @jit

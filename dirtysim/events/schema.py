@@ -74,6 +74,7 @@ class KvmGetDirtyLog(Event, tag="kvm-get-dirty-log"):
     pages: int
     reprotected: int  # legacy mode re-protects what it returns; manual protect: 0
     cost_ns: int
+    words: int = 0  # non-zero words ORed into the dirty clients (physical_memory_set_dirty_lebitmap)
 
 
 class KvmClearDirtyLog(Event, tag="kvm-clear-dirty-log"):
@@ -219,6 +220,7 @@ class BitmapSync(Event, tag="bitmap-sync"):
     bytes_xfer_period: int = 0  # migration_trigger_throttle, when the sync closed a period
     bytes_dirty_period: int = 0
     dirty_rate_high_cnt: int = 0  # after this sync
+    dirty_words: int = 0  # non-zero words of global dirty memory exchanged into bmap (dirty_word_atomic each)
 
 
 class RateWindow(Event, tag="rate-window"):

@@ -88,6 +88,7 @@ class PrecopyMigration:
         self.shift = scenario.dirty_tracking.clear_bitmap_shift
         self.send_before_clear = scenario.dirty_tracking.send_order == "send-before-clear"
         self.transferred = 0  # migration_transferred_bytes
+        self._sync_words = 0  # non-zero words the last sync exchanged from L2 into bmap
         self.pages_sent = 0  # ram_get_total_transferred_pages
         self.dirty_sync_count = 0
         self.dirty_pages_rate = 0
@@ -342,7 +343,8 @@ class PrecopyMigration:
         self.dirty_bytes_last_sync = rs.migration_dirty_pages * PAGE_SIZE
         mem.memory_global_after_dirty_log_sync()
         gib = self.m.ram_list.ram_bytes_total() / (1 << 30)
-        cost = self.m.meter.drain() + int(self.sc.costs.bitmap_sync_per_gib * gib)
+        cost = (self.m.meter.drain() + int(self.sc.costs.bitmap_sync_per_gib * gib)
+                + self._sync_words * self.sc.costs.dirty_word_atomic)
         yield from self._wait(cost)
         end = self.now_ms()
         period_closed = end > rs.time_last_bitmap_sync + 1000
@@ -366,7 +368,7 @@ class PrecopyMigration:
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
                       period_closed=period_closed, dirty_pages_rate=self.dirty_pages_rate, cost_ns=cost,
                       bytes_xfer_period=bytes_xfer_period, bytes_dirty_period=bytes_dirty_period,
-                      dirty_rate_high_cnt=rs.dirty_rate_high_cnt)
+                      dirty_rate_high_cnt=rs.dirty_rate_high_cnt, dirty_words=self._sync_words)
         max_syncs = self.sc.migration.max_syncs
         if max_syncs is not None and not rs.last_stage and self.dirty_sync_count > max_syncs:
             self.request_cancel("max-syncs")  # guestperf: "No completion after N iterations", migrate_cancel
@@ -401,11 +403,13 @@ class PrecopyMigration:
     def _sync_into_bmap(self, last_stage: bool) -> int:
         """The data path of ``migration_bitmap_sync``: every listener into L2, L2 into bmap; new dirty pages."""
         self.m.memory.memory_global_dirty_log_sync(last_stage)
-        new = 0
+        new = words = 0
         l2 = self.m.ram_list.dirty_memory
         for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
+            words += int(kernels.count_nonzero_words(l2[block.words], 0, block.bmap.shape[0]))
             new += int(kernels.sync_xchg(l2[block.words], block.bmap, 0, block.bmap.shape[0]))
             block.clear_bmap[:] = True  # lazy clear: every chunk must be cleared before its next send
+        self._sync_words = words  # physical_memory_sync_dirty_bitmap: one qatomic_xchg per non-zero word
         return new
 
     # -- sending -------------------------------------------------------------------------------------

@@ -457,6 +457,11 @@ class Costs(_Model):
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
     ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
     vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
+    dirty_word_atomic: Duration = Field(
+        10, description="one atomic read-modify-write of a dirty-bitmap word, paid per non-zero word: "
+                        "physical_memory_set_dirty_lebitmap ORs each into every dirty client's bitmap (DIRTY_MEMORY_VGA, "
+                        "and _MIGRATION while tracking; _CODE with TCG), physical_memory_sync_dirty_bitmap exchanges "
+                        "each into bmap (qatomic_xchg) [assumption: a locked instruction on a streamed cache line]")
     log_start_per_gib: Duration = Field(
         20_000, description="turning dirty logging on for a memslot that is not write-protected at start (manual "
                             "protect with INITIALLY_SET: kvm_prepare_memory_region allocates the bitmap and sets it, "
