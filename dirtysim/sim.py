@@ -108,7 +108,7 @@ def _warm_up() -> float:
     vi = np.zeros((kernels.VI_ROWS, 1), dtype=np.int64)
     vi[kernels.VI_PAGES] = 128
     vi[kernels.VI_STOP] = 1 << 62
-    guest = (10**6, 0, vi, np.zeros((kernels.VF_ROWS, 1)), i64.copy(), np.zeros((1, 2)), i64.copy(),
+    guest = (10**6, 0, False, 0, vi, np.zeros((kernels.VF_ROWS, 1)), i64.copy(), np.zeros((1, 2)), i64.copy(),
              kernels.run_state(), gmap, *slots, w, w.copy(), w.copy(), win)
     for ring in (False, True):
         kernels.run_vcpus(1, *guest, ring, rings, idx, idx.copy(), 2)
@@ -119,7 +119,7 @@ def _warm_up() -> float:
                            1 << 40, *guest)
     sendcost.send_partial(cv, i64.copy())
     dv = np.zeros((destkernels.DV_ROWS, 1), dtype=np.int64)
-    destkernels.run_vcpus_dest(0, vi, guest[3], i64.copy(), np.zeros((1, 2)), gmap, w, w.copy(), dv,
+    destkernels.run_vcpus_dest(0, vi, guest[5], i64.copy(), np.zeros((1, 2)), gmap, w, w.copy(), dv,
                                np.zeros((3, 1), dtype=np.int64), np.zeros(2, dtype=np.int64))
     destkernels.place(w.copy(), w, 0, w, np.zeros(3, dtype=np.int64))
     destkernels.count_runs(w, 0, 2)

@@ -212,6 +212,7 @@ def test_completed_summary_from_first_principles():
         "vcpu-fault-ms": 0.016,  # 16,400 ns
         "ring-full-exits": 3,
         "vcpu-ring-full-ms": 3.75,  # 3,750,300 ns
+        "pml-logged-pages": 0, "pml-full-exits": 0, "vcpu-pml-full-ms": 0.0,  # this log's vCPUs fault (no PML)
         "vcpu-inhibit-ms": 0.5,  # 500,100 ns
         "vhost-logged-pages": 6,
         "thread-ioctl-ms": round((7_000 + 511 + 1_107) / MS, 3),

@@ -36,7 +36,7 @@ PML_LOG_NR_ENTRIES = 512  # x86 PML buffer, reserved on top when PML is used
 GIB = 1 << 30
 # the scenario ``costs`` of KVM's dirty tracking added with issue 12; at zero, results are as before them
 # (tests/golden: the summaries without the sending costs zero these too)
-KVM_TRACKING_COSTS = ("log_start_per_gib", "log_start_wp_per_gib", "dirty_word_atomic")
+KVM_TRACKING_COSTS = ("log_start_per_gib", "log_start_wp_per_gib", "dirty_word_atomic", "pml_full_exit")
 # physical_memory_set_dirty_lebitmap with KVM: each non-zero word into DIRTY_MEMORY_VGA, and _MIGRATION while tracking
 SET_DIRTY_CLIENTS = 2
 

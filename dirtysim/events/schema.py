@@ -277,6 +277,9 @@ class VcpuStats(Event, tag="vcpu-stats"):
     inhibit_ns: int = 0  # time held out of the guest by atomic memslot updates
     throttle_ns: int = 0  # auto-converge's sleeps (cpu_throttle_thread)
     dirtylimit_ns: int = 0  # dirty-limit's sleeps at ring-full exits (dirtylimit_vcpu_execute)
+    pml_logged: int = 0  # with PML: first writes after protection, logged without a fault
+    pml_full_exits: int = 0  # with PML: PML-full VM exits (one per 512 logged pages)
+    pml_full_ns: int = 0
 
 
 class VcpusStopped(Event, tag="vcpus-stopped"):

@@ -173,7 +173,8 @@ class _Fold:
         self._add(**{"vcpu-writes": e.writes, "vcpu-faults": e.faults, "vcpu-fault-ns": e.fault_ns,
                      "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns,
                      "vcpu-inhibit-ns": e.inhibit_ns, "vcpu-throttle-ns": e.throttle_ns,
-                     "vcpu-dirtylimit-ns": e.dirtylimit_ns})
+                     "vcpu-dirtylimit-ns": e.dirtylimit_ns, "pml-logged-pages": e.pml_logged,
+                     "pml-full-exits": e.pml_full_exits, "vcpu-pml-full-ns": e.pml_full_ns})
         self.vcpu_rows.append({  # emitted inside the sync that ends the interval
             "dirty-sync-count": self.syncs + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
             "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
@@ -485,6 +486,9 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "vcpu-fault-ms": round(t["vcpu-fault-ns"] / NS_PER_MS, 3),
         "ring-full-exits": t["ring-full-exits"],
         "vcpu-ring-full-ms": round(t["vcpu-ring-full-ns"] / NS_PER_MS, 3),
+        "pml-logged-pages": t["pml-logged-pages"],
+        "pml-full-exits": t["pml-full-exits"],
+        "vcpu-pml-full-ms": round(t["vcpu-pml-full-ns"] / NS_PER_MS, 3),
         "vcpu-inhibit-ms": round(t["vcpu-inhibit-ns"] / NS_PER_MS, 3),
         "vhost-logged-pages": t["vhost-logged-pages"],
         "thread-ioctl-ms": round((t["thread-get-ns"] + t["thread-clear-ns"] + t["thread-reap-ns"]) / NS_PER_MS, 3),

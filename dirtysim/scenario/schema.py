@@ -376,7 +376,11 @@ class DirtyTracking(_Model):
         4096, ge=1024, le=65536,
         description="dirty-ring-size in entries, a power of two (ring mode; QEMU's 0 means bitmap mode)",
     )
-    pml: bool = Field(True, description="x86 PML: 512 more ring entries reserved (soft-full at N-576, else N-64)")
+    pml: bool = Field(True, description="x86 PML (kvm_intel enable_pml): a first write after protection sets the "
+                                       "D-bit and logs the page with no fault, a PML-full exit per 512 logged pages "
+                                       "(costs.pml_full_exit); without it each is a write-protect fault "
+                                       "(costs.write_fault). Rings reserve 512 more entries (soft-full at N-576, "
+                                       "else N-64)")
     reaper_period: Duration = Field(10**9, ge=limits.MIN_QUANTUM, description="kvm-reaper harvest period (1 s)")
     kvm_clear: Literal["mask", "clear-all"] = Field(
         "mask", description="KVM_CLEAR_DIRTY_LOG by QEMU's fetched mask, or WRONG: clear the whole range"
@@ -457,6 +461,10 @@ class Costs(_Model):
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
     ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
     vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
+    pml_full_exit: Duration = Field(
+        5_000, description="with PML, one PML-full VM exit: handle_pml_full -> vmx_flush_pml_buffer moves the 512 "
+                           "logged GPAs into the dirty bitmap or ring, and the vCPU re-enters [assumption: a VM exit "
+                           "round trip (~1-2 us) plus 512 mark_page_dirty_in_slot]")
     dirty_word_atomic: Duration = Field(
         10, description="one atomic read-modify-write of a dirty-bitmap word, paid per non-zero word: "
                         "physical_memory_set_dirty_lebitmap ORs each into every dirty client's bitmap (DIRTY_MEMORY_VGA, "
