@@ -78,7 +78,8 @@ class Machine:
         writer = self.kvm if self.kvm is not None else self.tcg_memory
         self.guest = Guest([make_workload(scenario, g) for g in groups],
                            [np.random.default_rng(seed) for seed in vcpu_seeds], [g.workload.rate for g in groups],
-                           writer, self.guest_map, scenario.engine.quantum, costs.write_fault, recorder)
+                           writer, self.guest_map, scenario.engine.quantum, costs.write_fault, recorder,
+                           pml_exit_ns=costs.pml_full_exit if self.kvm is not None and dt.pml else None)
         runs = {v: self._runs(g) for v, g in enumerate(groups) if g.workload.data_only or self.board is not None}
         if runs:
             self.guest.set_data_runs(runs)

@@ -85,6 +85,7 @@ def _warm_up() -> float:
     kernels.clear_by_mask(w, w.copy(), 0, 2)
     kernels.clear_all(w, w.copy(), 0, 2)
     kernels.count_set(w, 0, 2)
+    kernels.count_nonzero_words(w, 0, 2)
     kernels.find_next_bit(w, 0, 128)
     slots = (i64, one * 128, i64, np.ones(1, dtype=np.bool_))
     gmap = np.array([[0], [128], [0]], dtype=np.int64)
@@ -107,7 +108,7 @@ def _warm_up() -> float:
     vi = np.zeros((kernels.VI_ROWS, 1), dtype=np.int64)
     vi[kernels.VI_PAGES] = 128
     vi[kernels.VI_STOP] = 1 << 62
-    guest = (10**6, 0, vi, np.zeros((kernels.VF_ROWS, 1)), i64.copy(), np.zeros((1, 2)), i64.copy(),
+    guest = (10**6, 0, False, 0, vi, np.zeros((kernels.VF_ROWS, 1)), i64.copy(), np.zeros((1, 2)), i64.copy(),
              kernels.run_state(), gmap, *slots, w, w.copy(), w.copy(), win)
     for ring in (False, True):
         kernels.run_vcpus(1, *guest, ring, rings, idx, idx.copy(), 2)
@@ -118,7 +119,7 @@ def _warm_up() -> float:
                            1 << 40, *guest)
     sendcost.send_partial(cv, i64.copy())
     dv = np.zeros((destkernels.DV_ROWS, 1), dtype=np.int64)
-    destkernels.run_vcpus_dest(0, vi, guest[3], i64.copy(), np.zeros((1, 2)), gmap, w, w.copy(), dv,
+    destkernels.run_vcpus_dest(0, vi, guest[5], i64.copy(), np.zeros((1, 2)), gmap, w, w.copy(), dv,
                                np.zeros((3, 1), dtype=np.int64), np.zeros(2, dtype=np.int64))
     destkernels.place(w.copy(), w, 0, w, np.zeros(3, dtype=np.int64))
     destkernels.count_runs(w, 0, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from dirtysim.events import schema as ev
+from dirtysim.accel.kvm import KVM_TRACKING_COSTS
 from dirtysim.migration.sending import SENDING_COSTS
 from dirtysim.scenario.schema import Scenario
 from dirtysim.sim import run
@@ -22,7 +23,7 @@ BASE = {
 
 NO_SENDING_COSTS = {name: "0ns" for name in SENDING_COSTS}  # a slice costs its wire time only
 NO_COSTS = {"write_fault": "0ns", "get_dirty_log_per_gib": "0ns", "clear_dirty_log_per_page": "0ns",
-            "bitmap_sync_per_gib": "0ns", **NO_SENDING_COSTS}
+            "bitmap_sync_per_gib": "0ns", **NO_SENDING_COSTS, **{name: "0ns" for name in KVM_TRACKING_COSTS}}
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -77,6 +77,7 @@ def test_dirty_bitmap_is_refused_with_a_ring_and_defaults_apply():
 
 
 RING = {"mode": "ring", "manual_protect": False, "initially_set": False}
+NO_PML = {"pml": False}  # first writes after protection fault (with PML they are logged, no fault)
 
 
 def _measure(workload: dict, size: str = "4GiB", calc_time: int = 1, sample_pages: int | None = None, seed: int = 1,
@@ -209,10 +210,11 @@ def test_dirty_bitmap_sees_identical_rewrites_that_page_sampling_misses():
 
 
 def test_dirty_bitmap_costs_the_guest_a_fault_per_page_page_sampling_costs_nothing():
-    """The CLEAR re-protects all memory: the first write to each page in the window faults (2 us by default)."""
+    """The CLEAR re-protects all memory: the first write to each page in the window faults (2 us by default),
+    without PML."""
     costs = {**NO_COSTS, "write_fault": "2us"}
-    _, bitmap = _measure(UNIFORM, mode="dirty-bitmap", costs=costs)
-    _, sampling = _measure(UNIFORM, costs=costs)
+    _, bitmap = _measure(UNIFORM, mode="dirty-bitmap", costs=costs, tracking=NO_PML)
+    _, sampling = _measure(UNIFORM, costs=costs, tracking=NO_PML)
     assert bitmap.guest_faults == bitmap.written_pages and bitmap.guest_fault_ns == 2000 * bitmap.guest_faults
     assert sampling.guest_faults == 0 and sampling.guest_writes > bitmap.guest_writes  # faults cost run time
 
@@ -239,7 +241,7 @@ def test_dirty_ring_with_no_reap_in_the_window_counts_each_written_page_once():
 def test_dirty_ring_counts_a_page_again_after_each_reap_reprotects_it():
     """Reaping resets the ring and re-protects its pages: a hot page written after a reap is pushed again."""
     _, m = _measure({"kind": "hotset", "rate": "256MiB/s", "hot": "64MiB", "hot_share": 0.9}, mode="dirty-ring",
-                    tracking={**RING, "ring_size": 1024})
+                    tracking={**RING, **NO_PML, "ring_size": 1024})
     assert m.dirty_pages > 1.5 * m.written_pages and m.guest_faults == m.dirty_pages
 
 
@@ -275,13 +277,14 @@ def test_a_migration_with_a_measurement_running_loses_nothing(mode, tracking):
 
 
 def test_the_bitmap_measurement_costs_the_migrating_guest_faults():
-    """Its CLEAR re-protects the pages the dropped sync fetched: more write faults than the migration alone."""
+    """Its CLEAR re-protects the pages the dropped sync fetched: more write faults than the migration alone
+    (without PML; with it, more pages logged)."""
     def faults(result):
         return sum(v.faults for v in of(result.events, ev.VcpuStats))
 
-    alone = _migrate_with([])
-    measured = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2, "mode": "dirty-bitmap"}}])
-    sampled = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2}}])
+    alone = _migrate_with([], NO_PML)
+    measured = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2, "mode": "dirty-bitmap"}}], NO_PML)
+    sampled = _migrate_with([{"at": "1s", "calc_dirty_rate": {"calc_time": 2}}], NO_PML)
     assert faults(measured) > faults(alone)
     assert faults(sampled) == faults(alone)  # hashing pages write-protects nothing
 
@@ -348,8 +351,8 @@ SAMPLED = {"kind": "hotset", "rate": "256MiB/s", "hot": "256MiB", "hot_share": 0
 
 def test_sampled_wp_estimates_the_pages_written_for_a_64th_of_the_faults():
     costs = {**NO_COSTS, "write_fault": "2us"}
-    result, m = _measure(SAMPLED, mode="x-sampled-wp", costs=costs)
-    _, bitmap = _measure(SAMPLED, mode="dirty-bitmap", costs=costs)
+    result, m = _measure(SAMPLED, mode="x-sampled-wp", costs=costs, tracking=NO_PML)
+    _, bitmap = _measure(SAMPLED, mode="dirty-bitmap", costs=costs, tracking=NO_PML)
     assert abs(m.dirty_pages - m.written_pages) <= 4 * (m.written_pages * 64) ** 0.5
     assert abs(m.guest_faults - m.written_pages / 64) <= 4 * (m.written_pages / 64) ** 0.5
     assert bitmap.guest_faults == bitmap.written_pages and bitmap.guest_faults > 40 * m.guest_faults

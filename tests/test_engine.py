@@ -43,7 +43,7 @@ def test_fused_slices_give_the_same_log_as_python_slices(monkeypatch, case):
 def _guest_machine():
     sc = scenario(machine={"memory": {"size": "256MiB"}, "vcpus": [
         {"count": 3, "workload": {"kind": "hotset", "rate": "37MiB/s", "hot": "16MiB", "hot_share": 0.7}}]},
-        costs={"write_fault": "150us"})
+        costs={"write_fault": "150us"}, dirty_tracking={"pml": False})  # write-protect faults, not PML
     env = simpy.Environment()
     m = Machine(env, sc, Recorder(lambda: env.now), np.random.SeedSequence(4))
     m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)

@@ -163,6 +163,15 @@ def test_count_set_matches_reference(data):
 
 @FAST
 @given(st.data())
+def test_count_nonzero_words_matches_reference(data):
+    n = data.draw(nwords)
+    bmap = data.draw(words_of(n))
+    w0, w1 = data.draw(word_range(n))
+    check(K.count_nonzero_words, R.count_nonzero_words, bmap, w0, w1)
+
+
+@FAST
+@given(st.data())
 def test_find_next_bit_matches_reference(data):
     n = data.draw(nwords)
     bmap = data.draw(words_of(n))

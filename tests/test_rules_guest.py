@@ -132,7 +132,7 @@ def test_write_protect_fault_costs_run_time():
     g = _guest(m, rec, [Workload(5, 1)], [10 * PAGES_PER_MS], fault_ns=400_000)
     g.start()
     assert g.take_stats() == [{"writes": 10, "faults": 1, "fault_ns": 400_000, "ring_full_exits": 0,
-                               "ring_full_ns": 0, "inhibit_ns": 0, "throttle_ns": 0, "dirtylimit_ns": 0}]
+                               "ring_full_ns": 0, "inhibit_ns": 0, "throttle_ns": 0, "dirtylimit_ns": 0, "pml_logged": 0, "pml_full_exits": 0, "pml_full_ns": 0}]
     g.advance(MS, True)
     assert (_column(g, "writes"), g.next_t) == ([6], 2 * MS)
     g.advance(2 * MS, True)
@@ -209,9 +209,9 @@ def test_stall_takes_run_time_from_that_vcpu_only():
     g.advance(10 * MS, False)
     assert g.take_stats() == [
         {"writes": 90, "faults": 0, "fault_ns": 0, "ring_full_exits": 0, "ring_full_ns": 0, "inhibit_ns": 0,
-         "throttle_ns": 0, "dirtylimit_ns": 0},
+         "throttle_ns": 0, "dirtylimit_ns": 0, "pml_logged": 0, "pml_full_exits": 0, "pml_full_ns": 0},
         {"writes": 90 - 35, "faults": 0, "fault_ns": 0, "ring_full_exits": 2, "ring_full_ns": 3_500_000,
-         "inhibit_ns": 0, "throttle_ns": 0, "dirtylimit_ns": 0}]
+         "inhibit_ns": 0, "throttle_ns": 0, "dirtylimit_ns": 0, "pml_logged": 0, "pml_full_exits": 0, "pml_full_ns": 0}]
     assert _column(g, "ring_full_exits") == [0, 0], "counters restart after each take"
 
 

@@ -149,15 +149,17 @@ def test_each_mode_keeps_only_its_bitmap():
 def test_manual_protect_get_copies_and_charges_per_gib():
     """``kvm_physical_sync_dirty_bitmap``, manual protect: the bits go to L2, nothing re-protected.
 
-    GET costs 7,000 ns per GiB of memslot: 16 MiB -> 7000 * 16 // 1024 = 109 ns.
+    GET costs 7,000 ns per GiB of memslot: 16 MiB -> 7000 * 16 // 1024 = 109 ns; then
+    ``physical_memory_set_dirty_lebitmap`` ORs each non-zero word (pages 3 and 4 share word 0, 700 is in
+    word 10) into DIRTY_MEMORY_VGA and _MIGRATION: 2 words x 2 atomics x 10 ns = 40 ns.
     """
     r = Rig()
     assert r.write(3, 4, 3, 700) == 3  # write-protected until the first CLEAR: each first write faults
     r.sync()
     assert _pages(r.rl.dirty_memory) == [3, 4, 700]
     get = r.events(ev.KvmGetDirtyLog)[-1]
-    assert (get.slot, get.pages, get.reprotected, get.cost_ns) == (0, 3, 0, 7000 * 16 // 1024)
-    assert r.meter.drain() == 109
+    assert (get.slot, get.pages, get.reprotected, get.cost_ns, get.words) == (0, 3, 0, 7000 * 16 // 1024 + 40, 2)
+    assert r.meter.drain() == 149
     assert _pages(r.kvm.dirty) == [3, 4, 700], "the kernel keeps its bits until the CLEAR"
     assert r.write(3) == 0
 
@@ -168,8 +170,8 @@ def test_legacy_get_reprotects_and_charges_per_page():
     r.write(3, 4, 700)
     r.sync()
     get = r.events(ev.KvmGetDirtyLog)[-1]
-    assert (get.pages, get.reprotected, get.cost_ns) == (3, 3, 109 + 3 * 73)
-    assert r.meter.drain() == 109 + 219
+    assert (get.pages, get.reprotected, get.cost_ns) == (3, 3, 109 + 3 * 73 + 2 * 2 * 10)  # + 2 words, 2 clients
+    assert r.meter.drain() == 109 + 219 + 40
     assert not r.kvm.dirty.any() and _pages(r.rl.dirty_memory) == [3, 4, 700]
     assert r.write(3) == 1
     r.clear("a", 0, 4096)
@@ -343,7 +345,7 @@ def test_ring_sync_global_flushes_to_migration_and_charges_the_caller():
     r = Rig(mode="ring")
     r.write(3, 4000)
     r.sync()
-    assert r.meter.drain() == 2 * 120
+    assert r.meter.drain() == 2 * 120 + 2 * 2 * 10  # 2 entries reaped + reset; 2 words ORed into 2 clients
     assert _pages(r.rl.dirty_memory) == [3, 4000] and not r.listener.dirty_bmap.any()
     assert r.events(ev.DirtyRingReap)[-1].reason == "sync"
 

@@ -24,6 +24,12 @@ ZERO = 8 + 1  # save_zero_page: header + one byte
 IDSTR = 1 + len("pc.ram")  # the block's name goes with its first page after a block change
 HEADER = 8 + (1 + len("pc.ram") + 8) + 8  # ram_save_setup: MEM_SIZE, one block's idstr + used_length, EOS
 EOS = 8
+# savevm.c's framing (in transferred, not in precopy-/downtime-bytes): the file header, the "ram" section's
+# START header and footer around ram_save_setup, a header and footer around each ram_save_iterate and around
+# ram_save_complete, QEMU_VM_EOF after the device state, then the vmdesc
+SETUP = HEADER + 8 + (5 + 1 + len("ram") + 4 + 4) + 5
+SECTION = 5 + 5
+VMDESC = 5 + (16 << 10)  # the schema's default machine.vmdesc
 NS_PER_BYTE = 8  # 1 Gbit/s
 DEVICE_STATE = 256 << 10  # the schema's default machine.device_state
 MS = 10**6
@@ -77,11 +83,11 @@ def test_a_guest_sent_before_the_first_window_completes_at_once(path, zero_fract
     events = result.events
     record = ZERO if zero else NORMAL
     page_bytes = 1024 * record + IDSTR
-    stop = NS_PER_BYTE * (HEADER + page_bytes + EOS)
+    stop = NS_PER_BYTE * (SETUP + page_bytes + EOS + SECTION)
     assert [s.reason for s in syncs(events)] == ["setup", "final"]
     assert not of(events, ev.RateWindow)
     setup = first(events, ev.Transfer)
-    assert (setup.kind, setup.bytes, setup.t_ns, setup.running) == ("setup", HEADER, NS_PER_BYTE * HEADER, True)
+    assert (setup.kind, setup.bytes, setup.t_ns, setup.running) == ("setup", SETUP, NS_PER_BYTE * SETUP, True)
     sent = pages(events)
     assert sum(t.zero for t in sent) == (1024 if zero else 0)
     assert sum(t.normal for t in sent) == (0 if zero else 1024)
@@ -94,10 +100,11 @@ def test_a_guest_sent_before_the_first_window_completes_at_once(path, zero_fract
     assert (final.pending_before, final.threshold_size, final.new_dirty_pages, final.t_ns) == (0, 0, 0, stop)
     check = first(events, ev.OracleCheck)
     assert (check.at, check.stale_pages, check.lost_pages) == ("switchover", 0, 0)
-    assert check.t_ns == stop + NS_PER_BYTE * (EOS + DEVICE_STATE)
+    assert check.t_ns == stop + NS_PER_BYTE * (EOS + SECTION + DEVICE_STATE + 1 + VMDESC)
     assert check.unassigned_writes == 0
     tail = [(t.kind, t.bytes, t.running) for t in of(events, ev.Transfer) if t.t_ns > stop]
-    assert tail == [("eos", EOS, False), ("device-state", DEVICE_STATE, False)]  # the guest is stopped
+    assert tail == [("eos", EOS, False), ("section-end", SECTION, False), ("device-state", DEVICE_STATE + 1, False),
+                    ("vmdesc", VMDESC, False)]  # the guest is stopped
     assert [e.status for e in of(events, ev.MigrationStatus)] == ["setup", "active", "device", "completed"]
     assert result.stop_reason == "completed"
 
@@ -119,11 +126,11 @@ def test_exact_sync_below_and_completion_at_the_threshold(path, downtime_ms, rea
                                       "downtime_limit": f"{int(downtime_ms * 1000)}us"}))
     downtime_ms = int(downtime_ms)
     events = result.events
-    sent = window_pages(1_048_576, HEADER + IDSTR)
+    sent = window_pages(1_048_576, SETUP + IDSTR)
     assert sent == 256
     window = first(events, ev.RateWindow)
     assert (window.t_ns, window.time_spent_ms) == (100 * MS, 100)
-    assert window.transferred == HEADER + IDSTR + sent * NORMAL + EOS
+    assert window.transferred == SETUP + IDSTR + sent * NORMAL + EOS + SECTION
     assert window.threshold_size == 32_768 * downtime_ms == 8 * downtime_ms * PAGE
     assert window.expected_downtime == downtime_ms  # no dirty-page rate yet: still the limit
     assert [s.reason for s in syncs(events)] == reasons
@@ -147,10 +154,10 @@ def test_rate_limit_windows_and_the_timeout(path):
     windows = of(events, ev.RateWindow)
     assert [w.t_ns for w in windows] == [k * 100 * MS for k in range(3, 12)]
     assert all(w.time_spent_ms == 100 for w in windows)
-    first_pages, later_pages = window_pages(104_857, HEADER + IDSTR), window_pages(104_857, 0)
+    first_pages, later_pages = window_pages(104_857, SETUP + IDSTR), window_pages(104_857, 0)
     assert (first_pages, later_pages) == (26, 26)
-    assert windows[0].transferred == HEADER + IDSTR + first_pages * NORMAL + EOS
-    assert all(w.transferred == later_pages * NORMAL + EOS for w in windows[1:])
+    assert windows[0].transferred == SETUP + IDSTR + first_pages * NORMAL + EOS + SECTION
+    assert all(w.transferred == later_pages * NORMAL + EOS + SECTION for w in windows[1:])
     w = windows[1]
     assert w.bandwidth == pytest.approx(w.transferred / 100)
     assert w.threshold_size == int(w.transferred / 100 * 300)
@@ -176,7 +183,7 @@ def test_an_iteration_ends_after_more_than_50_ms(path):
     eos = [e for e in events if isinstance(e, ev.Transfer) and e.kind == "eos"]
     before = [t for t in pages(events) if t.seq < eos[0].seq]
     assert before[-1].t_ns // MS > 50 >= before[-2].t_ns // MS
-    assert eos[0].t_ns == before[-1].t_ns + EOS * 80
+    assert eos[0].t_ns == before[-1].t_ns + (EOS + SECTION) * 80  # the EOS and the section's framing, one write
     assert all(t.normal == 4 for t in before)
     t0 = eos[0].t_ns // MS  # the second iteration begins right after the first one's EOS
     second = [t for t in pages(events) if eos[0].seq < t.seq < eos[1].seq]
@@ -397,18 +404,19 @@ def test_wire_times_are_whole_ns_rounded_down(path):
     result = simulate(tiny(network={"bandwidth": "7Gbit/s"}, engine={"send_quantum": "10us"}))  # 3-page slices
     transfers = of(result.events, ev.Transfer)
     assert all(t.wire_ns == t.bytes * 10**9 // link for t in transfers)
-    assert transfers[0].t_ns == HEADER * 10**9 // link == 35
+    assert transfers[0].t_ns == SETUP * 10**9 // link == 69
     sent = pages(result.events)
     assert sent[0].t_ns == transfers[0].t_ns + sent[0].wire_ns
     assert all(b.t_ns == a.t_ns + b.wire_ns for a, b in zip(sent, sent[1:]))
 
 
 def test_a_one_ns_wait_is_waited(path):
-    """64 Gbit/s = 8 bytes per ns: the 8-byte EOS takes 1 ns of link, the 31-byte header 3 ns."""
+    """64 Gbit/s = 8 bytes per ns: the 8-byte EOS and its 10 bytes of section framing take 2 ns of link, the
+    61-byte setup (header and framing) 7 ns."""
     transfers = of(simulate(tiny(network={"bandwidth": "64Gbit/s"})).events, ev.Transfer)
-    assert (transfers[0].kind, transfers[0].t_ns) == ("setup", 3)
+    assert (transfers[0].kind, transfers[0].t_ns) == ("setup", 7)
     eos = next(i for i, t in enumerate(transfers) if t.kind == "eos")
-    assert transfers[eos].t_ns == transfers[eos - 1].t_ns + 1
+    assert transfers[eos].t_ns == transfers[eos - 1].t_ns + 1 + 1
 
 
 def test_the_cost_of_a_clear_delays_the_slice_after_it(path):
@@ -439,12 +447,12 @@ def test_the_fused_loop_runs_where_it_is_exact(monkeypatch, over, fused):
 
 
 def test_a_budget_met_exactly_allows_one_more_page(path):
-    """``migration_rate_exceeded`` is strictly more than the budget: 1,017,830 bytes per window are the
-    header, idstr and 248 pages (8 slices of 31) exactly, so a 249th page still goes."""
-    budget = HEADER + IDSTR + 248 * NORMAL
+    """``migration_rate_exceeded`` is strictly more than the budget: 1,017,860 bytes per window are the
+    setup (header and framing), idstr and 248 pages (8 slices of 31) exactly, so a 249th page still goes."""
+    budget = SETUP + IDSTR + 248 * NORMAL
     result = simulate(tiny(migration={"max_bandwidth": f"{budget * 10}B/s"}))
     window = first(result.events, ev.RateWindow)
-    assert window.transferred == budget + NORMAL + EOS
+    assert window.transferred == budget + NORMAL + EOS + SECTION
 
 
 @pytest.mark.parametrize("quantum_ns, slice_pages", [

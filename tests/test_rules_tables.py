@@ -48,7 +48,7 @@ def _sync(t, count, reason, dirty, new=0, pending=0, threshold=0, rate=0, closed
 def _pages(t, normal, zero, nbytes, running=True, resent=0, unchanged=0, cpu_ns=0, channel_ns=0):
     return (ev.Transfer, t, dict(kind="pages", bytes=nbytes, wire_ns=1, running=running, block="pc.ram",
                                  normal=normal, zero=zero, resent=resent, unchanged=unchanged, cpu_ns=cpu_ns,
-                                 channel_ns=channel_ns))
+                                 channel_ns=channel_ns, ram_bytes=nbytes))  # save_normal/zero_page: ram_transferred_add
 
 
 def _vcpu(t, vcpu, writes, faults, fault_ns, exits=0, ring_ns=0, inhibit_ns=0):
@@ -190,7 +190,7 @@ def test_completed_summary_from_first_principles():
         "dirty-sync-count": 3,
         "mbps": round(transferred * 8 / (total_ms - setup_ms) / 1000, 3),  # migration_completion_end
         "pages-per-second": 30_000.0,
-        "precopy-bytes": 100 + 4_200_000 + 1_700_000,
+        "precopy-bytes": 4_200_000 + 1_700_000,  # ram_save_setup's header is not ram_transferred_add's
         "downtime-bytes": 420_000 + 200_000,
         "postcopy-bytes": 0,
         "multifd-bytes": 0,
@@ -212,6 +212,7 @@ def test_completed_summary_from_first_principles():
         "vcpu-fault-ms": 0.016,  # 16,400 ns
         "ring-full-exits": 3,
         "vcpu-ring-full-ms": 3.75,  # 3,750,300 ns
+        "pml-logged-pages": 0, "pml-full-exits": 0, "vcpu-pml-full-ms": 0.0,  # this log's vCPUs fault (no PML)
         "vcpu-inhibit-ms": 0.5,  # 500,100 ns
         "vhost-logged-pages": 6,
         "thread-ioctl-ms": round((7_000 + 511 + 1_107) / MS, 3),

@@ -49,9 +49,12 @@ def test_the_downtime_is_the_sum_of_its_parts():
     parts = s["dirtysim"]["downtime-breakdown-ms"]
     assert (parts["vm-stop"], parts["vhost-stop"], parts["block-drain"]) == (0.03, 0.25, 1.0)
     # device state: the machine's 256 KiB, 4 KiB for each virtio device, 2 MiB for the vfio device
+    # (and QEMU_VM_EOF); then the vmdesc, in the same flush
     state = next(e for e in of(res.events, ev.Transfer) if e.kind == "device-state")
-    assert state.bytes == (256 << 10) + 3 * (4 << 10) + (2 << 20)
-    assert parts["device-state"] == round(state.bytes * 8 / 1e6, 3)  # 8 ns per byte at 1 Gbit/s
+    vmdesc = next(e for e in of(res.events, ev.Transfer) if e.kind == "vmdesc")
+    assert state.bytes == (256 << 10) + 3 * (4 << 10) + (2 << 20) + 1
+    assert vmdesc.bytes == 5 + (16 << 10)
+    assert parts["device-state"] == round((state.bytes + vmdesc.bytes) * 8 / 1e6, 3)  # 8 ns per byte at 1 Gbit/s
     assert sum(parts.values()) == pytest.approx(s["dirtysim"]["downtime-ns"] / 1e6, abs=0.002)
 
 

@@ -34,9 +34,10 @@ def test_a_one_byte_per_second_link_sends_nothing_before_the_deadline():
 
 
 def test_a_wait_that_ends_exactly_at_the_deadline_completes():
-    """The setup header (31 bytes) at 1 B/s ends at start + 31 s: with a 31 s timeout it is sent, then cancelled."""
+    """The setup (61 bytes: ram_save_setup's 31-byte header, the file header and the "ram" section's START header
+    and footer) at 1 B/s ends at start + 61 s: with a 61 s timeout it is sent, then cancelled."""
     result = simulate(machine=GUEST, costs=NO_COSTS, network={"bandwidth": "1B/s"},
-                      migration={"start_at": "100ms", "timeout": "31s"})
+                      migration={"start_at": "100ms", "timeout": "61s"})
     (header,) = of(result.events, ev.Transfer)
-    assert (header.kind, header.bytes, header.t_ns) == ("setup", 31, 31_100_000_000)
-    assert result.stop_reason == "timeout" and of(result.events, ev.MigrationStatus)[-1].t_ns == 31_100_000_000
+    assert (header.kind, header.bytes, header.t_ns) == ("setup", 61, 61_100_000_000)
+    assert result.stop_reason == "timeout" and of(result.events, ev.MigrationStatus)[-1].t_ns == 61_100_000_000

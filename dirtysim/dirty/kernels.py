@@ -102,14 +102,29 @@ def sync_xchg(src, dst, w0, w1):
 
 @jit
 def or_into(dst, src, w0, w1):
-    """dst |= src over words [w0, w1) (``physical_memory_set_dirty_lebitmap``).
+    """dst |= src over words [w0, w1) (``physical_memory_set_dirty_lebitmap``); returns the non-zero words of src.
 
-    QEMU skips zero words (to save atomic ops); OR-ing a zero word changes
-    nothing, and writing every word avoids a mispredicted branch per word.
+    QEMU skips zero words (to save atomic ops) and ORs each non-zero one into
+    every dirty client's bitmap: the count is what it pays for. OR-ing a zero
+    word changes nothing, and writing every word avoids a mispredicted branch.
     """
     d, s = dst[w0:w1], src[w0:w1]
+    n = 0
     for w in range(d.shape[0]):
-        d[w] |= s[w]
+        x = s[w]
+        d[w] |= x
+        n += x != 0
+    return n
+
+
+@jit
+def count_nonzero_words(bmap, w0, w1):
+    """Non-zero words in [w0, w1): those ``physical_memory_sync_dirty_bitmap`` exchanges (``qatomic_xchg``)."""
+    b = bmap[w0:w1]
+    n = 0
+    for w in range(b.shape[0]):
+        n += b[w] != 0
+    return n
 
 
 @jit
@@ -625,13 +640,14 @@ def harvest_log(log, dst, w0, w1, dst_w0, exchange, seen):
 
 # run_vcpus() results
 RUN_DONE, RUN_RING_FULL, RUN_REFILL = 0, 1, 2
+PML_ENTRIES = 512  # vmx PML_LOG_NR_ENTRIES: GPAs the buffer holds before a PML-full VM exit
 NS_PER_S = 1_000_000_000
 # Rows of run_vcpus' per-vCPU int64 table ``vi`` (one column per vCPU)
 (VI_RATE, VI_CARRY, VI_DEBT, VI_MAXN, VI_UPOS, VI_ULEN, VI_FIRST, VI_PAGES, VI_HOT_FIRST, VI_HOT_PAGES, VI_WRITES,
  VI_FAULTS, VI_FAULT_NS, VI_RING_FULL_EXITS, VI_RING_FULL_NS, VI_INHIBIT_NS, VI_QN, VI_QF, VI_SEG_END, VI_KIND,
  VI_CURSOR, VI_LOG_FIRST, VI_LOG_PAGES, VI_START, VI_STOP, VI_RUNS_OFF, VI_RUNS_N, VI_THROTTLE_NS,
- VI_DIRTYLIMIT_NS) = range(29)
-VI_ROWS = 29  # VI_THROTTLE_NS, VI_DIRTYLIMIT_NS: counters Python keeps (sleeps it adds to VI_DEBT)
+ VI_DIRTYLIMIT_NS, VI_PML_LOGGED, VI_PML_FILL, VI_PML_EXITS, VI_PML_NS) = range(33)
+VI_ROWS = 33  # VI_THROTTLE_NS, VI_DIRTYLIMIT_NS: counters Python keeps (sleeps it adds to VI_DEBT)
 DATA_RUN_PAGES = 512  # data_only: the workload's pages are the data runs (2 MiB) of its working set, in order
 # Rows of its float64 table ``vf``: hot-set share, identical-rewrite share, zipf exponent, log share
 VF_HOT_SHARE, VF_SAME_SHARE, VF_ZIPF_S, VF_LOG_SHARE = range(4)
@@ -690,8 +706,8 @@ def other_page(u, v, vi, vf):
 
 
 @jit
-def run_vcpus(nq, quantum, fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
-              slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
+def run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages,
+              slot_ram, slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
     """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
 
     Per quantum, as the guest runs it: each vCPU first serves the run time it
@@ -708,7 +724,11 @@ def run_vcpus(nq, quantum, fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slo
     vCPU through the memslots (``apply_writes`` into ``target``, the KVM bitmap
     or TCG's dirty memory; ``apply_writes_ring`` with the dirty ring, where
     ``target`` is the write-protection map). Each fault costs the vCPU
-    ``fault_cost`` of later run time.
+    ``fault_cost`` of later run time. With ``pml`` (x86 Page Modification
+    Logging) the same first writes after protection take no fault: the
+    CPU sets the D-bit and logs the GPA into the vCPU's 512-entry buffer;
+    each full buffer is a PML-full VM exit (``handle_pml_full``) costing
+    ``pml_cost``, the buffer carried across quanta (``VI_PML_FILL``).
 
     ``vi`` holds the per-vCPU state and counters (rows ``VI_*``). Returns
     RUN_DONE; RUN_RING_FULL (``state[ST_VCPU]`` exited with
@@ -775,9 +795,18 @@ def run_vcpus(nq, quantum, fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slo
                                                  target, nonzero, stale, win, qf)
         for v in range(nv):
             vi[VI_WRITES, v] += qn[v]
-            vi[VI_FAULTS, v] += qf[v]
-            vi[VI_FAULT_NS, v] += qf[v] * fault_cost
-            debt[v] += qf[v] * fault_cost
+            if pml:
+                fill = vi[VI_PML_FILL, v] + qf[v]
+                exits = fill // PML_ENTRIES
+                vi[VI_PML_FILL, v] = fill - exits * PML_ENTRIES
+                vi[VI_PML_LOGGED, v] += qf[v]
+                vi[VI_PML_EXITS, v] += exits
+                vi[VI_PML_NS, v] += exits * pml_cost
+                debt[v] += exits * pml_cost
+            else:
+                vi[VI_FAULTS, v] += qf[v]
+                vi[VI_FAULT_NS, v] += qf[v] * fault_cost
+                debt[v] += qf[v] * fault_cost
         done += 1
         state[ST_NOW] += quantum
     state[ST_DONE] = done
@@ -823,8 +852,8 @@ MAX_WAIT_MS = 50  # ram_save_iterate
 @jit
 def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
                    breceived, end, shift, zero_detect, sout, normal_bytes, zero_bytes, cv, mstate, t_cap, quantum,
-                   fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram, slot_logging,
-                   target, nonzero, stale, win):
+                   fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
+                   slot_logging, target, nonzero, stale, win):
     """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
 
     Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
@@ -912,9 +941,9 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
                 break
             if nq:
                 state[ST_NOW] = g_next
-                run_vcpus(nq, quantum, fault_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages,
-                          slot_ram, slot_logging, target, nonzero, stale, win, False, vi[:1, :1], vi[0, :1], vi[0, :1],
-                          0)
+                run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa,
+                          slot_pages, slot_ram, slot_logging, target, nonzero, stale, win, False, vi[:1, :1],
+                          vi[0, :1], vi[0, :1], 0)
                 g_next += nq * quantum
         r[REC_END] = t_end
         nrec += 1

@@ -38,6 +38,12 @@ def or_into(dst, src, w0, w1):
     sl = slice(w0 * 64, w1 * 64)
     d[sl] |= s[sl]
     dst[:] = words(d)
+    return count_nonzero_words(src, w0, w1)
+
+
+def count_nonzero_words(bmap, w0, w1):
+    """Words in [w0, w1) with at least one page set."""
+    return sum(1 for w in range(w0, w1) if bits(bmap)[w * 64:(w + 1) * 64].any())
 
 
 def xchg_into(src, dst, w0, w1):

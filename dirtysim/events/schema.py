@@ -74,6 +74,7 @@ class KvmGetDirtyLog(Event, tag="kvm-get-dirty-log"):
     pages: int
     reprotected: int  # legacy mode re-protects what it returns; manual protect: 0
     cost_ns: int
+    words: int = 0  # non-zero words ORed into the dirty clients (physical_memory_set_dirty_lebitmap)
 
 
 class KvmClearDirtyLog(Event, tag="kvm-clear-dirty-log"):
@@ -83,6 +84,15 @@ class KvmClearDirtyLog(Event, tag="kvm-clear-dirty-log"):
     first_page: int
     num_pages: int
     reprotected: int
+    cost_ns: int
+
+
+class KvmLogStart(Event, tag="kvm-log-start"):
+    """KVM_MEM_LOG_DIRTY_PAGES turned on for a memslot (``kvm_log_start`` -> ``kvm_slot_update_flags``)."""
+
+    slot: int
+    pages: int
+    write_protected: bool  # kvm_mmu_slot_apply_flags protected the whole slot now (else: at each first CLEAR)
     cost_ns: int
 
 
@@ -210,6 +220,7 @@ class BitmapSync(Event, tag="bitmap-sync"):
     bytes_xfer_period: int = 0  # migration_trigger_throttle, when the sync closed a period
     bytes_dirty_period: int = 0
     dirty_rate_high_cnt: int = 0  # after this sync
+    dirty_words: int = 0  # non-zero words of global dirty memory exchanged into bmap (dirty_word_atomic each)
 
 
 class RateWindow(Event, tag="rate-window"):
@@ -231,6 +242,7 @@ class Transfer(Event, tag="transfer", omit_defaults=True):
     bytes: int
     wire_ns: int
     running: bool  # vCPUs running (precopy-bytes) or stopped (downtime-bytes)
+    ram_bytes: int = 0  # of ``bytes``, those QEMU passes to ram_transferred_add (precopy/downtime/postcopy-bytes)
     block: Optional[str] = None
     normal: int = 0
     zero: int = 0
@@ -265,6 +277,9 @@ class VcpuStats(Event, tag="vcpu-stats"):
     inhibit_ns: int = 0  # time held out of the guest by atomic memslot updates
     throttle_ns: int = 0  # auto-converge's sleeps (cpu_throttle_thread)
     dirtylimit_ns: int = 0  # dirty-limit's sleeps at ring-full exits (dirtylimit_vcpu_execute)
+    pml_logged: int = 0  # with PML: first writes after protection, logged without a fault
+    pml_full_exits: int = 0  # with PML: PML-full VM exits (one per 512 logged pages)
+    pml_full_ns: int = 0
 
 
 class VcpusStopped(Event, tag="vcpus-stopped"):
@@ -383,7 +398,7 @@ class RunFinished(Event, tag="run-finished"):
 
 
 AnyEvent = Union[
-    RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmMemslotUpdate, VfioDma,
+    RunStarted, RamBlockAdded, RamBlockRemoved, ListenerRegistered, ListenerCall, KvmGetDirtyLog, KvmClearDirtyLog, KvmLogStart, KvmMemslotUpdate, VfioDma,
     TimelineAction, DirtyRingReap, VhostLogSync,
     VhostLogZero, MigrationStatus, MigrateSetParameters, CpuThrottle, DirtyLimit, GuestSample, LazyClear,
     BitmapSync, RateWindow, Transfer, ScanWrap, VcpuStats, VcpusStopped, SwitchoverStep, XbzrleCache, OracleCheck,

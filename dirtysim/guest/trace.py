@@ -94,4 +94,4 @@ class TraceReplayer(LazyActor):
                                         *w.ram_list.oracle_args(), self.faults)
         g.state[K.ST_UNASSIGNED] += unassigned
         g.stats["writes"][self.vcpu] += i1 - i0
-        g.stats["faults"][self.vcpu] += int(self.faults[self.vcpu])
+        g.first_writes(self.vcpu, int(self.faults[self.vcpu]))

@@ -31,20 +31,23 @@ NS_PER_S = 10**9
 MIN_BLOCK = 8192  # variates drawn per vCPU at a time, at least
 STAT_ROWS = {"writes": K.VI_WRITES, "faults": K.VI_FAULTS, "fault_ns": K.VI_FAULT_NS,
              "ring_full_exits": K.VI_RING_FULL_EXITS, "ring_full_ns": K.VI_RING_FULL_NS, "inhibit_ns": K.VI_INHIBIT_NS,
-             "throttle_ns": K.VI_THROTTLE_NS, "dirtylimit_ns": K.VI_DIRTYLIMIT_NS}
-OWED = ("fault_ns", "ring_full_ns", "inhibit_ns", "throttle_ns", "dirtylimit_ns")  # time added to VI_DEBT
+             "throttle_ns": K.VI_THROTTLE_NS, "dirtylimit_ns": K.VI_DIRTYLIMIT_NS, "pml_logged": K.VI_PML_LOGGED,
+             "pml_full_exits": K.VI_PML_EXITS, "pml_full_ns": K.VI_PML_NS}
+OWED = ("fault_ns", "ring_full_ns", "inhibit_ns", "throttle_ns", "dirtylimit_ns", "pml_full_ns")  # added to VI_DEBT
 
 
 class Guest(LazyActor):
     """All vCPUs of the VM, their workloads, RNG streams and per-sync counters (one int64 table, ``vi``)."""
 
     def __init__(self, workloads: list[Workload], rngs: list[np.random.Generator], rates: list[int], writer,
-                 guest_map, quantum_ns: int, fault_ns: int, recorder):
+                 guest_map, quantum_ns: int, fault_ns: int, recorder, pml_exit_ns: int | None = None):
         """``writer`` tracks writes (``KvmDirtyLog`` or ``TcgDirtyMemory``: memslots and the target bitmap);
         ``guest_map`` (``oracle.GuestMap``) tells the page oracle which RAM page a write changes."""
         if writer.ring and writer.rings.shape[0] != len(workloads):  # the kernels do not bounds-check
             raise ValueError(f"{len(workloads)} vCPUs but {writer.rings.shape[0]} dirty rings")
         self.quantum_ns, self.fault_ns, self.writer, self.recorder = quantum_ns, fault_ns, writer, recorder
+        # KVM with PML (``enable_pml``): first writes after protection log into the PML buffer, no fault
+        self.pml, self.pml_exit_ns = pml_exit_ns is not None, pml_exit_ns or 0
         self.guest_map = guest_map
         self.rngs = rngs
         self.vi = vi = np.zeros((K.VI_ROWS, len(workloads)), dtype=np.int64)
@@ -87,7 +90,8 @@ class Guest(LazyActor):
     def write_args(self) -> tuple:
         """``kernels.run_vcpus``' arguments after ``nq`` up to ``stale``: the guest's arrays, where writes go."""
         w = self.writer
-        return (self.quantum_ns, self.fault_ns, self.vi, self.vf, self.runs, self.ubuf, self.buf, self.state,
+        return (self.quantum_ns, self.fault_ns, self.pml, self.pml_exit_ns, self.vi, self.vf, self.runs, self.ubuf,
+                self.buf, self.state,
                 self.guest_map.table, *w.write_args(), *w.ram_list.oracle_args())
 
     def kernel_args(self) -> tuple:
@@ -203,6 +207,17 @@ class Guest(LazyActor):
         """``accel_ioctl_inhibit_begin``: every vCPU held out of KVM_RUN while KVM applies an atomic memslot update."""
         self.stats["inhibit_ns"] += ns
         self.debt += ns
+
+    def first_writes(self, vcpu: int, n: int) -> None:
+        """A trace's first writes after protection (not charged, as its faults never were): faults, or with PML
+        logged pages and a PML-full exit per 512 (``run_vcpus``' rule)."""
+        if not self.pml:
+            self.stats["faults"][vcpu] += n
+            return
+        fill = int(self.vi[K.VI_PML_FILL, vcpu]) + n
+        self.vi[K.VI_PML_FILL, vcpu] = fill % K.PML_ENTRIES
+        self.stats["pml_logged"][vcpu] += n
+        self.stats["pml_full_exits"][vcpu] += fill // K.PML_ENTRIES
 
     def take_stats(self) -> list[dict]:
         """Per-vCPU counters since the previous call (one VcpuStats event each per sync)."""

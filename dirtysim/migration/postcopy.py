@@ -190,7 +190,7 @@ class Postcopy:
             if self.jump is not None:  # get_queued_page: the scan goes on from the requested page
                 rs.block_index, rs.page = self.jump
                 self.jump = None
-        yield from mig._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
+        yield from mig.end_section("part", ram_eos=True)  # ram_save_iterate's EOS: ram_transferred_add(8)
 
     def _global_page(self) -> int:
         rs, blocks = self.mig.rs, self.m.ram_list.blocks
@@ -242,7 +242,7 @@ class Postcopy:
         _, n, z, nbytes, resent, unchanged = (int(x) for x in mig._out)
         rs.migration_dirty_pages -= 1
         mig.emit_pages(block.idstr, n, z, nbytes, resent, unchanged, 0, 0, 0, int(sendcost.main_ns(sc.cv, n, z)),
-                       int(sendcost.channel_ns(sc.cv, n, z, 0)))
+                       int(sendcost.channel_ns(sc.cv, n, z, 0)), ram_bytes=nbytes)  # save_normal/zero_page
         self.todo[r >> 6] &= ~(np.uint64(1) << np.uint64(r & 63))
         queued = 0
         if self.preempt:

@@ -27,6 +27,18 @@ from .slices import FusedSlices
 
 MAX_WAIT = 50  # ms, ram_save_iterate
 RAM_SAVE_FLAG_EOS_BYTES = 8
+# savevm.c: the stream's framing, in ``transferred`` (qemu_file_transferred) but never in ram_transferred_add
+QEMU_VM_FILE_HEADER_BYTES = 8  # qemu_savevm_state_header: QEMU_VM_FILE_MAGIC + QEMU_VM_FILE_VERSION (be32 each)
+SECTION_FOOTER_BYTES = 5  # save_section_footer: QEMU_VM_SECTION_FOOTER + section_id (be32)
+SECTION_PART_BYTES = 5  # save_section_header, QEMU_VM_SECTION_PART or _END: the type byte + section_id (be32)
+QEMU_VM_EOF_BYTES = 1  # qemu_savevm_state_complete_precopy_non_iterable: QEMU_VM_EOF
+VMDESC_HEADER_BYTES = 5  # QEMU_VM_VMDESCRIPTION + the JSON's length (be32)
+
+
+def section_start_bytes(idstr: str) -> int:
+    """``save_section_header`` for QEMU_VM_SECTION_START/_FULL: type, section_id, len(idstr), idstr, instance_id
+    and version_id (be32 each)."""
+    return SECTION_PART_BYTES + 1 + len(idstr) + 4 + 4
 NS_PER_MS = 10**6
 UNLIMITED = 1 << 62
 MAX_STALLED_TURNS = 2  # a turn may only close a window; the next one sends (or sleeps)
@@ -76,6 +88,7 @@ class PrecopyMigration:
         self.shift = scenario.dirty_tracking.clear_bitmap_shift
         self.send_before_clear = scenario.dirty_tracking.send_order == "send-before-clear"
         self.transferred = 0  # migration_transferred_bytes
+        self._sync_words = 0  # non-zero words the last sync exchanged from L2 into bmap
         self.pages_sent = 0  # ram_get_total_transferred_pages
         self.dirty_sync_count = 0
         self.dirty_pages_rate = 0
@@ -272,10 +285,15 @@ class PrecopyMigration:
         for block in self.m.ram_list.blocks:
             self._init_bitmaps(block)
         self.m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
+        yield from self._wait(self.m.meter.drain())  # the listeners' log_start: KVM protecting its slots (BQL held)
         yield from self.bitmap_sync("setup", self.rs.migration_dirty_pages * PAGE_SIZE)
-        # Stream header: RAM_SAVE_FLAG_MEM_SIZE (8) + per block idstr length, idstr, used_length (1+n+8) + EOS.
+        # Stream header: RAM_SAVE_FLAG_MEM_SIZE (8) + per block idstr length, idstr, used_length (1+n+8) + EOS;
+        # ram_save_setup writes it with qemu_put_*, no ram_transferred_add: it is in transferred only. Around
+        # it, qemu_savevm_state_header and the "ram" section's START header and footer (qemu_savevm_state_setup;
+        # the configuration section after the file header is not counted).
         header = 8 + sum(1 + len(b.idstr) + 8 for b in self.m.ram_list.blocks) + RAM_SAVE_FLAG_EOS_BYTES
-        yield from self._transfer("setup", header)
+        framing = QEMU_VM_FILE_HEADER_BYTES + section_start_bytes("ram") + SECTION_FOOTER_BYTES
+        yield from self._transfer("setup", header + framing)
 
     def iteration_run(self):
         """``migration_iteration_run``: exact sync only when the estimate drops below the threshold.
@@ -325,7 +343,8 @@ class PrecopyMigration:
         self.dirty_bytes_last_sync = rs.migration_dirty_pages * PAGE_SIZE
         mem.memory_global_after_dirty_log_sync()
         gib = self.m.ram_list.ram_bytes_total() / (1 << 30)
-        cost = self.m.meter.drain() + int(self.sc.costs.bitmap_sync_per_gib * gib)
+        cost = (self.m.meter.drain() + int(self.sc.costs.bitmap_sync_per_gib * gib)
+                + self._sync_words * self.sc.costs.dirty_word_atomic)
         yield from self._wait(cost)
         end = self.now_ms()
         period_closed = end > rs.time_last_bitmap_sync + 1000
@@ -349,7 +368,7 @@ class PrecopyMigration:
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
                       period_closed=period_closed, dirty_pages_rate=self.dirty_pages_rate, cost_ns=cost,
                       bytes_xfer_period=bytes_xfer_period, bytes_dirty_period=bytes_dirty_period,
-                      dirty_rate_high_cnt=rs.dirty_rate_high_cnt)
+                      dirty_rate_high_cnt=rs.dirty_rate_high_cnt, dirty_words=self._sync_words)
         max_syncs = self.sc.migration.max_syncs
         if max_syncs is not None and not rs.last_stage and self.dirty_sync_count > max_syncs:
             self.request_cancel("max-syncs")  # guestperf: "No completion after N iterations", migrate_cancel
@@ -384,11 +403,13 @@ class PrecopyMigration:
     def _sync_into_bmap(self, last_stage: bool) -> int:
         """The data path of ``migration_bitmap_sync``: every listener into L2, L2 into bmap; new dirty pages."""
         self.m.memory.memory_global_dirty_log_sync(last_stage)
-        new = 0
+        new = words = 0
         l2 = self.m.ram_list.dirty_memory
         for block in self.m.ram_list.blocks:  # ramblock_sync_dirty_bitmap (fast path)
+            words += int(kernels.count_nonzero_words(l2[block.words], 0, block.bmap.shape[0]))
             new += int(kernels.sync_xchg(l2[block.words], block.bmap, 0, block.bmap.shape[0]))
             block.clear_bmap[:] = True  # lazy clear: every chunk must be cleared before its next send
+        self._sync_words = words  # physical_memory_sync_dirty_bitmap: one qatomic_xchg per non-zero word
         return new
 
     # -- sending -------------------------------------------------------------------------------------
@@ -407,7 +428,18 @@ class PrecopyMigration:
             sent = yield from self.send_slice(self.counters.budget_left(self.transferred))
             if sent == 0 or self.now_ms() - t0 > MAX_WAIT:
                 break
-        yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
+        yield from self.end_section("part", ram_eos=True)
+
+    def end_section(self, part: str, ram_eos: bool):
+        """The RAM section's EOS, then its framing (``qemu_savevm_state_iterate`` / ``_complete_precopy_iterable``).
+
+        ``ram_save_iterate`` counts its EOS with ``ram_transferred_add(8)``;
+        ``ram_save_complete`` writes its EOS without it. The section header (QEMU_VM_SECTION_PART or _END, written
+        before the handler runs) and footer are savevm.c's, in ``transferred`` only; they are counted here,
+        after the handler, in one write with the EOS.
+        """
+        eos, frame = RAM_SAVE_FLAG_EOS_BYTES, SECTION_PART_BYTES + SECTION_FOOTER_BYTES
+        yield from self._transfer_parts(("eos", eos, eos if ram_eos else 0), (f"section-{part}", frame, 0))
 
     def _reset_if_blocks_changed(self) -> None:
         """``ram_state_reset`` when the RAMBlock list changed: restart the scan at the first block."""
@@ -535,19 +567,26 @@ class PrecopyMigration:
         self._pending = {}
 
     def emit_pages(self, idstr: str, n: int, z: int, b: int, resent: int, unchanged: int, packets: int, xbzrle: int,
-                   skipped: int, cpu_ns: int, channel_ns: int) -> None:
-        """Pages of one block are out: transferred, and who spent how long on them (``ram_transferred_add``).
+                   skipped: int, cpu_ns: int, channel_ns: int, ram_bytes: int | None = None) -> None:
+        """Pages of one block are out: transferred, and who spent how long on them.
 
         ``ram_get_total_transferred_pages`` counts XBZRLE's pages too, skipped ones included.
+        ``ram_transferred_add`` (precopy-/downtime-/postcopy-bytes) counts what the migration thread writes for
+        a page on the main stream: ``save_normal_page``, ``save_zero_page``, ``save_xbzrle_page``. Multifd's
+        packets go to ``mig_stats.multifd_bytes`` only (``multifd_send_thread``), and the main stream's
+        RAM_SAVE_FLAG_MULTIFD_FLUSH (``multifd_ram_flush_and_sync``) to neither: with multifd only the zero
+        pages that ``legacy`` detection sends on the main stream count. ``ram_bytes``: a caller that knows.
         """
         sc = self.send
+        if ram_bytes is None:
+            ram_bytes = z * sc.zero_bytes if sc.multifd else b
         self.transferred += b
         self.pages_sent += n + z + xbzrle + skipped
         self.rec.emit(ev.Transfer, kind="pages", block=idstr, normal=n, zero=z, bytes=b,
                       wire_ns=b * 10**9 // self.link_bytes_per_s, running=self.m.guest.running,
                       resent=resent, unchanged=unchanged, cpu_ns=cpu_ns, channel_ns=channel_ns, packets=packets,
                       multifd_bytes=packets * sc.packet_bytes + (n * sc.normal_bytes if sc.multifd else 0),
-                      xbzrle=xbzrle, skipped=skipped)
+                      xbzrle=xbzrle, skipped=skipped, ram_bytes=ram_bytes)
 
     def clear_chunk(self, block: RAMBlock, chunk: int) -> None:
         """``migration_clear_memory_region_dirty_bitmap``: consume the chunk's bit, then log_clear.
@@ -571,11 +610,18 @@ class PrecopyMigration:
         self.rec.emit(ev.LazyClear, block=block.idstr, chunk=chunk, start=start, size=size)
         self.m.memory.memory_region_clear_dirty_bitmap(block.mr, start, size)
 
-    def _transfer(self, kind: str, nbytes: int):
-        wire_ns = nbytes * 10**9 // self.link_bytes_per_s
-        yield from self._wait(wire_ns)
-        self.transferred += nbytes
-        self.rec.emit(ev.Transfer, kind=kind, bytes=nbytes, wire_ns=wire_ns, running=self.m.guest.running)
+    def _transfer(self, kind: str, nbytes: int, ram_bytes: int = 0):
+        """``nbytes`` written and flushed; ``ram_bytes`` of them through ``ram_transferred_add``."""
+        yield from self._transfer_parts((kind, nbytes, ram_bytes))
+
+    def _transfer_parts(self, *parts: tuple[str, int, int]):
+        """Writes that go out in one flush: (kind, bytes, of them ram_transferred_add's); one wait, one event each."""
+        wires = [nbytes * 10**9 // self.link_bytes_per_s for _, nbytes, _ in parts]
+        yield from self._wait(sum(wires))
+        for (kind, nbytes, ram_bytes), wire_ns in zip(parts, wires):
+            self.transferred += nbytes
+            self.rec.emit(ev.Transfer, kind=kind, bytes=nbytes, wire_ns=wire_ns, running=self.m.guest.running,
+                          ram_bytes=ram_bytes)
 
     # -- the end -------------------------------------------------------------------------------------
     def completion(self):
@@ -592,10 +638,12 @@ class PrecopyMigration:
             nbytes, packets = self._multifd_sync(self.rs.last_sent_block or self.m.ram_list.blocks[0])
             yield from self._wait(self.slice_ns(nbytes, 0, 0, packets))
             self._record_pages()
-        yield from self._transfer("eos", RAM_SAVE_FLAG_EOS_BYTES)
+        yield from self.end_section("end", ram_eos=False)
         self._emit_xbzrle()
-        # qemu_savevm_state_complete_precopy_non_iterable: every device's section, then the flush ends the downtime
-        yield from self._transfer("device-state", self.sc.machine.switchover_state())
+        # qemu_savevm_state_complete_precopy_non_iterable: every device's section, QEMU_VM_EOF, the vmdesc (the JSON
+        # description of the device state, should_send_vmdesc), then the flush ends the downtime; none of it RAM's
+        yield from self._transfer_parts(("device-state", self.sc.machine.switchover_state() + QEMU_VM_EOF_BYTES, 0),
+                                        ("vmdesc", VMDESC_HEADER_BYTES + self.sc.machine.vmdesc, 0))
         self.check_oracle("switchover")
         self._status("completed")
         self.stop_reason = "completed"

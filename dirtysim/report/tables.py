@@ -140,14 +140,16 @@ class _Fold:
             self.end_ns = e.t_ns
 
     def _transfer(self, e: ev.Transfer) -> None:
-        """``ram_transferred_add``: RAM's bytes go to precopy-bytes while the VM runs, postcopy-bytes once in
-        postcopy, else downtime-bytes; postcopy's commands (discard, package, ping, end) only to transferred."""
+        """``ram_transferred_add``: the bytes RAM's code passes to it (``ram_bytes``) go to precopy-bytes while
+        the VM runs, postcopy-bytes once in postcopy, else downtime-bytes; everything else written (the stream
+        and section framing, ram_save_setup's block list, the device state, the vmdesc, multifd packets,
+        postcopy's commands) only to transferred."""
         self.transferred += e.bytes
         if e.kind in POSTCOPY_COMMANDS:
             if e.kind == "postcopy-package":  # the device state, packaged; the discard counts as RAM
                 self.switchover["device-state"] += e.wire_ns
             return
-        if e.kind == "device-state":
+        if e.kind in ("device-state", "vmdesc"):
             self.switchover["device-state"] += e.wire_ns
         else:
             self.normal += e.normal
@@ -157,11 +159,11 @@ class _Fold:
                          "multifd-send-ns": e.channel_ns})
             self.multifd_bytes += e.multifd_bytes
             if e.running:
-                self.precopy_bytes += e.bytes
+                self.precopy_bytes += e.ram_bytes
             elif self.postcopy_ns is not None:
-                self.postcopy_bytes += e.bytes
+                self.postcopy_bytes += e.ram_bytes
             else:
-                self.downtime_bytes += e.bytes
+                self.downtime_bytes += e.ram_bytes
 
     def _window(self, e: ev.RateWindow) -> None:
         self.mbps, self.pages_per_second = e.mbps, e.pages_per_second
@@ -171,7 +173,8 @@ class _Fold:
         self._add(**{"vcpu-writes": e.writes, "vcpu-faults": e.faults, "vcpu-fault-ns": e.fault_ns,
                      "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns,
                      "vcpu-inhibit-ns": e.inhibit_ns, "vcpu-throttle-ns": e.throttle_ns,
-                     "vcpu-dirtylimit-ns": e.dirtylimit_ns})
+                     "vcpu-dirtylimit-ns": e.dirtylimit_ns, "pml-logged-pages": e.pml_logged,
+                     "pml-full-exits": e.pml_full_exits, "vcpu-pml-full-ns": e.pml_full_ns})
         self.vcpu_rows.append({  # emitted inside the sync that ends the interval
             "dirty-sync-count": self.syncs + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
             "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
@@ -483,6 +486,9 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "vcpu-fault-ms": round(t["vcpu-fault-ns"] / NS_PER_MS, 3),
         "ring-full-exits": t["ring-full-exits"],
         "vcpu-ring-full-ms": round(t["vcpu-ring-full-ns"] / NS_PER_MS, 3),
+        "pml-logged-pages": t["pml-logged-pages"],
+        "pml-full-exits": t["pml-full-exits"],
+        "vcpu-pml-full-ms": round(t["vcpu-pml-full-ns"] / NS_PER_MS, 3),
         "vcpu-inhibit-ms": round(t["vcpu-inhibit-ns"] / NS_PER_MS, 3),
         "vhost-logged-pages": t["vhost-logged-pages"],
         "thread-ioctl-ms": round((t["thread-get-ns"] + t["thread-clear-ns"] + t["thread-reap-ns"]) / NS_PER_MS, 3),

@@ -56,7 +56,9 @@ PID = 1
 STATUS, THREAD, MEMORY_MAP, REAPER, VCPU0, VHOST0 = 1, 2, 3, 4, 10, 100
 ENDED = ("completed", "cancelled", "failed")
 STATUS_NAMES = {"device": "device (vCPUs stopped)"}
-TRANSFER_NAMES = {"setup": "stream header", "eos": "RAM_SAVE_FLAG_EOS", "device-state": "device state",
+TRANSFER_NAMES = {"setup": "stream header", "eos": "RAM_SAVE_FLAG_EOS", "device-state": "device state + QEMU_VM_EOF",
+                  "vmdesc": "vmdesc (JSON)", "section-part": "section header + footer (PART)",
+                  "section-end": "section header + footer (END)",
                   "postcopy-discard": "CMD_POSTCOPY_RAM_DISCARD", "postcopy-package": "CMD_PACKAGED (device state)",
                   "postcopy-ping": "ping", "postcopy-end": "section end + QEMU_VM_EOF"}  # migration_switchover_start, right after migration_stop_vm
 

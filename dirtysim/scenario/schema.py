@@ -317,6 +317,12 @@ class Machine(_Model):
         description="the rest of the non-iterable device state sent during downtime (CPUs, chipset, timers; each "
                     "device in machine.devices adds its own state), at most 64GiB [modelling assumption]"
     )
+    vmdesc: Size = Field(
+        16 << 10, le=64 << 20,
+        description="bytes of the vmdesc, the JSON description of every device's state that the source appends "
+                    "after QEMU_VM_EOF (qemu_savevm_state_complete_precopy_non_iterable, should_send_vmdesc); it "
+                    "counts in transferred, not in downtime-bytes [assumption: 16KiB, its size grows with the "
+                    "devices; analyze-migration.py --dump desc prints it]")
     type: Literal["none", "pc", "q35"] = Field(
         "none", description="the board: none (RAM alone at guest-physical 0), or QEMU's pc (i440fx) or q35 map: RAM "
                             "split around the PCI hole, BIOS, option ROM, VGA window, 13 PAM segments (board.pc)")
@@ -346,7 +352,7 @@ class Machine(_Model):
     def _board_keys_when_set(self, handler):
         """The board keys appear only when not their default: a scenario without them dumps as it always did."""
         out = handler(self)
-        for key in ("type", "memory_backend", "max_ram_below_4g"):
+        for key in ("type", "memory_backend", "max_ram_below_4g", "vmdesc"):
             if getattr(self, key) == Machine.model_fields[key].default:
                 out.pop(key, None)
         return out
@@ -370,7 +376,11 @@ class DirtyTracking(_Model):
         4096, ge=1024, le=65536,
         description="dirty-ring-size in entries, a power of two (ring mode; QEMU's 0 means bitmap mode)",
     )
-    pml: bool = Field(True, description="x86 PML: 512 more ring entries reserved (soft-full at N-576, else N-64)")
+    pml: bool = Field(True, description="x86 PML (kvm_intel enable_pml): a first write after protection sets the "
+                                       "D-bit and logs the page with no fault, a PML-full exit per 512 logged pages "
+                                       "(costs.pml_full_exit); without it each is a write-protect fault "
+                                       "(costs.write_fault). Rings reserve 512 more entries (soft-full at N-576, "
+                                       "else N-64)")
     reaper_period: Duration = Field(10**9, ge=limits.MIN_QUANTUM, description="kvm-reaper harvest period (1 s)")
     kvm_clear: Literal["mask", "clear-all"] = Field(
         "mask", description="KVM_CLEAR_DIRTY_LOG by QEMU's fetched mask, or WRONG: clear the whole range"
@@ -451,6 +461,26 @@ class Costs(_Model):
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
     ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
     vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
+    pml_full_exit: Duration = Field(
+        5_000, description="with PML, one PML-full VM exit: handle_pml_full -> vmx_flush_pml_buffer moves the 512 "
+                           "logged GPAs into the dirty bitmap or ring, and the vCPU re-enters [assumption: a VM exit "
+                           "round trip (~1-2 us) plus 512 mark_page_dirty_in_slot]")
+    dirty_word_atomic: Duration = Field(
+        10, description="one atomic read-modify-write of a dirty-bitmap word, paid per non-zero word: "
+                        "physical_memory_set_dirty_lebitmap ORs each into every dirty client's bitmap (DIRTY_MEMORY_VGA, "
+                        "and _MIGRATION while tracking; _CODE with TCG), physical_memory_sync_dirty_bitmap exchanges "
+                        "each into bmap (qatomic_xchg) [assumption: a locked instruction on a streamed cache line]")
+    log_start_per_gib: Duration = Field(
+        20_000, description="turning dirty logging on for a memslot that is not write-protected at start (manual "
+                            "protect with INITIALLY_SET: kvm_prepare_memory_region allocates the bitmap and sets it, "
+                            "kvm_mmu_slot_apply_flags returns early), per GiB: dirty_log_perf_test's 'Enabling dirty "
+                            "logging' takes 1.9-2.1 ms for 96 GiB (anchors C.6)")
+    log_start_wp_per_gib: Duration = Field(
+        4_000_000, description="turning dirty logging on where KVM protects the whole slot at once (legacy bitmap, "
+                               "manual protect without INITIALLY_SET, dirty ring): kvm_mmu_slot_apply_flags write-"
+                               "protects every 4 KiB mapping, or with PML clears their D-bits "
+                               "(kvm_mmu_slot_leaf_clear_dirty), then flushes TLBs; per GiB, 262144 SPTEs [assumption: "
+                               "~15 ns per SPTE for the TDP MMU walk; no public measurement found]")
     memslot_update: Duration = Field(
         20_000, description="one KVM_SET_USER_MEMORY_REGION while vCPUs are held out (atomic update) [assumption]"
     )

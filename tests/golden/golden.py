@@ -71,11 +71,12 @@ def load() -> dict:
 
 def no_sending_costs(path: Path, overrides: list[str]) -> list[str]:
     """Overrides that zero the sending side's and the switchover's costs, and each device's own state."""
+    from dirtysim.accel.kvm import KVM_TRACKING_COSTS
     from dirtysim.migration.sending import SENDING_COSTS
     from dirtysim.scenario.load import load_scenario
 
     devices = load_scenario(path, overrides).machine.devices
-    return [f"costs.{name}=0ns" for name in SENDING_COSTS] + [f"machine.devices.{i}.state=0B"
+    return [f"costs.{name}=0ns" for name in (*SENDING_COSTS, *KVM_TRACKING_COSTS)] + [f"machine.devices.{i}.state=0B"
                                                                for i in range(len(devices))]
 
 
