@@ -105,7 +105,7 @@ class Machine:
     # -- accelerators ----------------------------------------------------------------------------------
     def _kvm_init(self, dt, costs, nvcpus: int) -> None:
         """``kvm_init``: ``kvm_memory_listener_register`` (kvm-memory) and the ``kvm-io`` listener."""
-        self.kvm = KvmDirtyLog(self.ram_list, dt, nvcpus)
+        self.kvm = KvmDirtyLog(self.ram_list, dt, nvcpus, self.scenario.machine.memory.backing)
         cls = KvmRingMemoryListener if self.kvm.ring else KvmMemoryListener
         self.kvm_listener = cls(self.kvm, self.memory, dt, costs, self.meter)
         self.memory.memory_listener_register(self.kvm_listener, self.as_memory)

@@ -22,7 +22,7 @@ BASE = {
 }
 
 NO_SENDING_COSTS = {name: "0ns" for name in SENDING_COSTS}  # a slice costs its wire time only
-NO_COSTS = {"write_fault": "0ns", "get_dirty_log_per_gib": "0ns", "clear_dirty_log_per_page": "0ns",
+NO_COSTS = {"write_fault": "0ns", "get_dirty_log_per_gib": "0ns", "clear_dirty_log_per_page": "0ns", "clear_dirty_log_huge_per_page": "0ns",
             "bitmap_sync_per_gib": "0ns", **NO_SENDING_COSTS, **{name: "0ns" for name in KVM_TRACKING_COSTS}}
 
 

@@ -175,6 +175,11 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      '{file}:7: dirty_tracking.mode: the dirty ring is a KVM feature (kvm_dirty_ring_init); TCG guests dirty global dirty memory directly (got ring; allowed: bitmap with accel: tcg)'),
     ("tcg_clear_all", TCG + "dirty_tracking: {kvm_clear: clear-all}\n",
      '{file}:7: dirty_tracking.kvm_clear: a KVM_CLEAR_DIRTY_LOG variant, but accel is tcg (got clear-all; allowed: the default with accel: tcg)'),
+    # memory backing (huge pages): the page size's short name, not a size
+    ("backing_upper_case", V.replace("{size: 1GiB}", "{size: 1GiB, backing: 2M}"),
+     "{file}:2: machine.memory.backing: not an allowed value (got \"2M\"; allowed: '4k', '2m' or '1g')"),
+    ("backing_size", V.replace("{size: 1GiB}", "{size: 1GiB, backing: 2MiB}"),
+     "{file}:2: machine.memory.backing: not an allowed value (got \"2MiB\"; allowed: '4k', '2m' or '1g')"),
     # resource limits
     ("guest_over_16TiB", V.replace("1GiB", "32TiB"),
      '{file}:2: machine.memory.size: RAM size must be at least 1MiB and a multiple of 256KiB (got 32TiB; allowed: e.g. 512MiB, 16GiB; at most 16TiB)'),
@@ -270,7 +275,7 @@ OVERRIDE_CASES = [  # (--set arguments on a valid file, the whole report)
     (["migratoin.downtime_limit=1s"],
      '--set migratoin: unknown key; did you mean migration? (got "1s"; allowed: name, seed, machine, dirty_tracking, costs, network, migration, engine, outputs, timeline, what_if)'),
     (["machine.memory.Size=1GiB"],
-     '--set machine.memory.Size: unknown key; did you mean size? (got "1GiB"; allowed: size, zero_fraction, zlib_ratio, zstd_ratio)'),
+     '--set machine.memory.Size: unknown key; did you mean size? (got "1GiB"; allowed: size, zero_fraction, zlib_ratio, zstd_ratio, backing)'),
     (["foo.bar=1"],
      '--set foo: unknown key (got 1; allowed: name, seed, machine, dirty_tracking, costs, network, migration, engine, outputs, timeline, what_if)'),
     (["machine.vcpus.3.count=2"],

@@ -186,3 +186,49 @@ def test_without_pml_each_first_write_after_protection_faults():
     assert sum(s.faults for s in rows) == first_writes > 10_000
     assert sum(s.fault_ns for s in rows) == 2000 * first_writes
     assert sum(s.pml_logged + s.pml_full_exits for s in rows) == 0
+
+
+# --------------------------------------------------------------------------- item 4: CLEAR by mapping level
+
+CLEAR_PRICES = {"clear_dirty_log_per_page": "73ns", "clear_dirty_log_huge_per_page": "2ns"}
+
+
+def _clears_by_pass(events) -> list[list[ev.KvmClearDirtyLog]]:
+    """The KVM_CLEAR_DIRTY_LOGs after each bitmap sync, in order (pass 1 follows the first sync)."""
+    passes: list[list[ev.KvmClearDirtyLog]] = []
+    for e in events:
+        if isinstance(e, ev.BitmapSync):
+            passes.append([])
+        elif isinstance(e, ev.KvmClearDirtyLog) and e.reprotected:
+            assert passes, "a CLEAR before the first sync"
+            passes[-1].append(e)
+    return [p for p in passes if p]
+
+
+@pytest.mark.parametrize("backing", ["4k", "2m", "1g"])
+def test_first_clear_of_a_huge_backed_guest_costs_the_huge_price_later_ones_4k(backing):
+    """``kvm_arch_mmu_enable_log_dirty_pt_masked`` with INITIALLY_SET: the first CLEAR of a page since logging
+    started write-protects its huge mapping (2 ns a page, dirty_log_perf_test iteration 1, anchors C.6); the
+    next write splits it, so every later CLEAR re-protects 4 KiB mappings (73 ns, iteration 2). 4 KiB backing
+    pays 73 ns both times."""
+    over = merge(SMALL, {"machine": {"memory": {"backing": backing}}, "costs": CLEAR_PRICES,
+                         "migration": {"max_bandwidth": "128MiB/s"}})
+    res = simulate(**over)
+    passes = _clears_by_pass(res.events)
+    assert len(passes) >= 2, "needs a second pass with dirtied pages"
+    first, second = passes[0], passes[1]
+    pages = 256 << 20 >> 12
+    assert sum(e.reprotected for e in first) == pages  # INITIALLY_SET: every page reported, every page cleared
+    huge = backing != "4k"
+    assert all(e.cost_ns == e.reprotected * (2 if huge else 73) for e in first)
+    assert all(e.cost_ns == e.reprotected * 73 for p in passes[1:] for e in p)
+    assert sum(e.reprotected for e in second) > 0
+
+
+def test_backing_4k_is_the_default_and_dumps_as_before():
+    from builders import scenario
+    sc = scenario(**SMALL)
+    assert sc.machine.memory.backing == "4k"
+    assert "backing" not in sc.model_dump()["machine"]["memory"]
+    assert "clear_dirty_log_huge_per_page" not in scenario().model_dump()["costs"]
+    assert scenario(machine={"memory": {"backing": "1g"}}).model_dump()["machine"]["memory"]["backing"] == "1g"

@@ -91,11 +91,16 @@ def fill_slot(bitmap: np.ndarray, slot: KVMSlot, value: bool) -> None:
 class KvmDirtyLog:
     """The kernel's view: memslots, dirty bitmaps or rings, and guest writes through them."""
 
-    def __init__(self, ram_list: RAMList, tracking: DirtyTracking, nvcpus: int):
+    def __init__(self, ram_list: RAMList, tracking: DirtyTracking, nvcpus: int, backing: str = "4k"):
         self.ram_list = ram_list
         self.ring = tracking.mode == "ring"
         self.manual_protect = tracking.manual_protect
         self.initially_set = tracking.initially_set
+        # Huge-page backing (machine.memory.backing 2m/1g) with INITIALLY_SET: the pages still mapped huge are
+        # those no CLEAR has re-protected since logging started; ``cleared_once`` marks the others (1 bit per
+        # page, kept only then).
+        self.huge_backing = backing != "4k" and not self.ring and self.manual_protect and self.initially_set
+        self.cleared_once = np.zeros(0, dtype=np.uint64)
         self.slots: list[KVMSlot] = []
         self._next_id = 0
         self.dirty = np.zeros(0, dtype=np.uint64)  # L0a (bitmap mode)
@@ -115,6 +120,8 @@ class KvmDirtyLog:
             self.protected = grown(self.protected, words)
         else:
             self.dirty = grown(self.dirty, words)
+            if self.huge_backing:
+                self.cleared_once = grown(self.cleared_once, words)
 
     def set_user_memory_region(self, gpa: int, size: int, ram_addr: int, readonly: bool = False) -> KVMSlot:
         if gpa % PAGE_SIZE or ram_addr % PAGE_SIZE or size % PAGE_SIZE or not size:
@@ -129,6 +136,7 @@ class KvmDirtyLog:
     def delete_slot(self, slot: KVMSlot) -> None:
         fill_slot(self.dirty, slot, False)
         fill_slot(self.protected, slot, False)
+        fill_slot(self.cleared_once, slot, False)
         self.slots.remove(slot)
         self._refresh_table()
 
@@ -144,6 +152,8 @@ class KvmDirtyLog:
             fill_slot(self.protected, slot, on)
         else:
             fill_slot(self.dirty, slot, on and self.manual_protect and self.initially_set)
+            # logging on: every page mapped huge again (lazy split; logging off lets KVM recover huge mappings)
+            fill_slot(self.cleared_once, slot, False)
         self._refresh_table()
 
     def _refresh_table(self) -> None:
@@ -345,7 +355,13 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
 
         A no-op without manual protect (``kvm_physical_log_clear`` returns early).
         The range is aligned down to 64 pages (``KVM_CLEAR_LOG_SHIFT``) and up to
-        64 pages or the end of the slot.
+        64 pages or the end of the slot. With huge-page backing (``backing: 2m|1g``)
+        the pages re-protected for the first time since logging started are still
+        mapped huge: ``kvm_arch_mmu_enable_log_dirty_pt_masked`` write-protects the
+        huge mapping (``clear_dirty_log_huge_per_page``) and the next write splits it
+        (lazy split, as dirty_log_perf_test measured it, anchors C.6; with
+        ``eager_page_split`` the kernel splits it in this CLEAR, not modelled).
+        Later CLEARs of those pages re-protect 4 KiB mappings.
         """
         if not self.kvm.manual_protect:
             return
@@ -362,8 +378,11 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
             last = min(slot.size // PAGE_SIZE, -(-last // 64) * 64)
             w0 = (slot.first_page + first) // WORD_PAGES
             w1 = -(-(slot.first_page + last) // WORD_PAGES)
+            huge = 0
+            if self.kvm.huge_backing:  # before the clear: it zeroes the mask
+                huge = int(kernels.first_clears(self.kvm.dirty, self.dirty_bmap, self.kvm.cleared_once, w0, w1))
             reprotected = int(self.clear_kernel(self.kvm.dirty, self.dirty_bmap, w0, w1))
-            cost = reprotected * self.costs.clear_dirty_log_per_page
+            cost = (reprotected - huge) * self.costs.clear_dirty_log_per_page + huge * self.costs.clear_dirty_log_huge_per_page
             self.meter.add(cost)
             self.recorder.emit(ev.KvmClearDirtyLog, slot=slot.slot, first_page=first, num_pages=last - first,
                                reprotected=reprotected, cost_ns=cost)

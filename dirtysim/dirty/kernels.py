@@ -482,6 +482,23 @@ def map_writes(u, seg_end, first, pages, hot_first, hot_pages, hot_share, out):
 
 
 @jit
+def first_clears(kvm, mask, once, w0, w1):
+    """Before a ``KVM_CLEAR_DIRTY_LOG`` over words [w0, w1): how many of the pages it will re-protect
+    (mask & bitmap) were never cleared since logging started (``once`` unset); marks them in ``once``.
+
+    With huge-page backing and INITIALLY_SET those are still mapped huge: the
+    clear write-protects the huge mapping (``kvm_arch_mmu_enable_log_dirty_pt_masked``).
+    """
+    k, msk, o = kvm[w0:w1], mask[w0:w1], once[w0:w1]
+    n = np.uint64(0)
+    for w in range(k.shape[0]):
+        x = k[w] & msk[w]
+        n += popcount64(x & ~o[w])
+        o[w] |= x
+    return n
+
+
+@jit
 def clear_all(kvm, mask, w0, w1):
     """WRONG on purpose (``kvm_clear: clear-all``): clear every bit of the range, not QEMU's fetched mask.
 

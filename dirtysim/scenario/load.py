@@ -397,7 +397,8 @@ def scenario_json_schema() -> dict:
         props, model = definition.get("properties", {}), models.get(title)
         if model is not None:
             defaulted = {n for n, f in model.model_fields.items() if not f.is_required()}
-            written = model.model_construct().model_dump(mode="json", context={"units": True}, include=defaulted)
+            written = model.model_construct().model_dump(mode="json", context={"units": True, "defaults": True},
+                                                            include=defaulted)
             for name, value in written.items():
                 props[name]["default"] = value
         for name, qemu in [(n, QEMU_SPELLINGS[n]) for n in list(props) if n in QEMU_SPELLINGS]:
