@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,15 @@ STABLE = [("key", "string"), ("variant", "string"), ("seed", "int64"), ("status"
           ("resent-pages", "int64"), ("lost-pages", "int64"), ("wrong-semantics", "string"), ("write-rate", "int64"),
           ("bandwidth", "int64"), ("wall-time-s", "double"), ("sim-speed", "double"), ("fingerprint", "string"),
           ("error", "string"), ("failed", "bool"), ("version", "string")]
-fork_only = pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
-                               reason="the injected fault reaches the workers by fork")
+
+
+@pytest.fixture
+def forked_workers(monkeypatch):
+    """The local pool's workers are forked, so a fault monkeypatched here reaches them whatever the platform's
+    default start method (Python 3.14 made it forkserver on Linux)."""
+    fork = multiprocessing.get_context("fork")
+    monkeypatch.setattr("dirtysim.sweeprun.ProcessPoolExecutor",
+                        lambda *a, **kw: ProcessPoolExecutor(*a, mp_context=fork, **kw))
 
 
 def _sweep(tmp_path: Path, text: str) -> Path:
@@ -160,8 +168,7 @@ def test_the_parquet_schema_is_stable_and_documented(tmp_path):
     assert (frame["bandwidth"] == frame["variant"].map({"a": 125_000_000, "b": 1_250_000_000})).all()
 
 
-@fork_only
-def test_a_run_that_raises_is_a_row_and_the_sweep_finishes_with_exit_1(tmp_path, monkeypatch):
+def test_a_run_that_raises_is_a_row_and_the_sweep_finishes_with_exit_1(tmp_path, monkeypatch, forked_workers):
     real = PrecopyMigration.bitmap_sync
 
     def bitmap_sync(self, *args, **kw):
@@ -181,8 +188,7 @@ def test_a_run_that_raises_is_a_row_and_the_sweep_finishes_with_exit_1(tmp_path,
     assert frame.drop(index=(2, "16MiB/s"))["error"].isna().all()
 
 
-@fork_only
-def test_a_worker_that_dies_is_a_row_and_takes_no_other_run_with_it(tmp_path, monkeypatch):
+def test_a_worker_that_dies_is_a_row_and_takes_no_other_run_with_it(tmp_path, monkeypatch, forked_workers):
     real = PrecopyMigration.bitmap_sync
 
     def bitmap_sync(self, *args, **kw):

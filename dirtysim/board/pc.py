@@ -80,8 +80,9 @@ class PcBoard:
     def _init_pam(self, ram: MemoryRegion, start: int, size: int) -> list[MemoryRegion]:
         """``init_pam``: alias[0..3] by PAM attribute, all disabled, each mapped at ``start`` with priority 1.
 
-        QEMU names alias[2] (write-only) ``pam-pci`` although it aliases RAM,
-        read-write ("XXX: should distinguish read/write cases"); kept.
+        QEMU names alias[2] (write-only) ``pam-pci`` although it aliases RAM read-write: pam.c does not
+        distinguish reads from writes there (its own comment says so), and neither does dirtysim, so the
+        FlatView shows the same names as QEMU's ``info mtree -f``.
         """
         pam_rom = memory_region_init_alias("pam-rom", ram, start, size)
         pam_rom.readonly = True
