@@ -277,3 +277,16 @@ def test_a_tampered_guest_sample(tmp_path, log, edit, message):
     edit(sample)
     lines[i] = _line(sample)
     _rejected(tmp_path, lines, i + 1, message.format(interval=sample["interval_ns"]))
+
+
+
+@pytest.mark.parametrize("tag,field,value,message", [
+    ("switchover-step", "cost_ns", -5, "Expected `int` >= 0 - at `$.cost_ns`"),
+    ("switchover-step", "step", "nap", "Invalid enum value 'nap' - at `$.step`"),
+    ("transfer", "cpu_ns", -1, "Expected `int` >= 0 - at `$.cpu_ns`")])
+def test_new_event_fields_are_checked(tmp_path, log, tag, field, value, message):
+    """The sending side's and the switchover's fields: a negative time or an unknown step is a corrupted log."""
+    i = _index(log, tag, -1)
+    edited = _obj(log[i])
+    edited[field] = value
+    _rejected(tmp_path, log[:i] + [_line(edited)] + log[i + 1:], i + 1, f"not a valid {tag}: {message}")

@@ -8,7 +8,7 @@ so the log is a pure function of (scenario, seed, dirtysim version).
 
 from __future__ import annotations
 
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import msgspec
 
@@ -248,12 +248,12 @@ class Transfer(Event, tag="transfer", omit_defaults=True):
     zero: int = 0
     resent: int = 0  # pages the destination had received before
     unchanged: int = 0  # re-sent although not written since their last send ("write-not-dirty")
-    cpu_ns: int = 0  # the migration thread's CPU time for these pages (migration/sending.py)
-    channel_ns: int = 0  # the multifd sender threads' CPU time, summed over the channels
-    packets: int = 0  # multifd packets sent (data and SYNC)
-    multifd_bytes: int = 0  # of ``bytes``, those on the multifd channels (query-migrate ram.multifd-bytes)
-    xbzrle: int = 0  # pages sent as XBZRLE records (not in normal)
-    skipped: int = 0  # XBZRLE cache hits not written since their last send: nothing went out
+    cpu_ns: NonNegative = 0  # the migration thread's CPU time for these pages (migration/sending.py)
+    channel_ns: NonNegative = 0  # the multifd sender threads' CPU time, summed over the channels
+    packets: NonNegative = 0  # multifd packets sent (data and SYNC)
+    multifd_bytes: NonNegative = 0  # of ``bytes``, those on the multifd channels (query-migrate ram.multifd-bytes)
+    xbzrle: NonNegative = 0  # pages sent as XBZRLE records (not in normal)
+    skipped: NonNegative = 0  # XBZRLE cache hits not written since their last send: nothing went out
 
     @property
     def pages(self) -> int:
@@ -289,20 +289,20 @@ class VcpusStopped(Event, tag="vcpus-stopped"):
 class XbzrleCache(Event, tag="xbzrle-cache"):
     """query-migrate's ``xbzrle-cache`` after a sync (``populate_ram_info``; rates from ``migration_update_rates``)."""
 
-    cache_size: int
-    bytes: int
-    pages: int
-    cache_miss: int
-    cache_miss_rate: float
-    encoding_rate: float
-    overflow: int
+    cache_size: NonNegative
+    bytes: NonNegative
+    pages: NonNegative
+    cache_miss: NonNegative
+    cache_miss_rate: Annotated[float, msgspec.Meta(ge=0)]
+    encoding_rate: Annotated[float, msgspec.Meta(ge=0)]
+    overflow: NonNegative
 
 
 class SwitchoverStep(Event, tag="switchover-step", omit_defaults=True):
     """What stopping the VM costs before the final sync (``vm_stop_force_state``): time of the migration thread."""
 
-    step: str  # vm-stop (pause_all_vcpus) | vhost-stop (vhost_dev_stop) | block-drain (bdrv_drain_all)
-    cost_ns: int
+    step: Literal["vm-stop", "vhost-stop", "block-drain"]  # pause_all_vcpus | vhost_dev_stop | bdrv_drain_all
+    cost_ns: NonNegative
     device: Optional[str] = None  # machine.devices index and kind, for vhost-stop and block-drain
 
 
