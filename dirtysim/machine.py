@@ -22,6 +22,7 @@ from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog
 from .accel.virtio import DeviceMemoryListener, VirtioListener
 from .board.pc import PcBoard
+from .bql import Bql
 from .dirty import kernels
 from .dirty.ramlist import RAMBlock, RAMList
 from .events import schema as ev
@@ -68,6 +69,7 @@ class Machine:
         self.as_memory = self.memory.address_space_init(self.system_memory, "memory")
         self.as_io = self.memory.address_space_init(memory_region_init_io("io", IO_SPACE_SIZE), "I/O")
         self.trackers: list = []  # listeners that hold dirty bits for a later sync
+        self.bql = Bql()
         self.kvm: Optional[KvmDirtyLog] = None
         if m.accel == "kvm":
             self._kvm_init(dt, costs, nvcpus)
@@ -79,7 +81,8 @@ class Machine:
         self.guest = Guest([make_workload(scenario, g) for g in groups],
                            [np.random.default_rng(seed) for seed in vcpu_seeds], [g.workload.rate for g in groups],
                            writer, self.guest_map, scenario.engine.quantum, costs.write_fault, recorder,
-                           pml_exit_ns=costs.pml_full_exit if self.kvm is not None and dt.pml else None)
+                           pml_exit_ns=costs.pml_full_exit if self.kvm is not None and dt.pml else None,
+                           bql=self.bql, mmio=([g.mmio_exits for g in groups], costs.mmio_exit))
         runs = {v: self._runs(g) for v, g in enumerate(groups) if g.workload.data_only or self.board is not None}
         if runs:
             self.guest.set_data_runs(runs)
@@ -332,20 +335,39 @@ class Machine:
         self.sampler.sample()
 
     def _reaper(self, listener: KvmRingMemoryListener):
-        """``kvm_dirty_ring_reaper_thread``: reap every ring once per period (1 s), unless dirty-limit is in service."""
+        """``kvm_dirty_ring_reaper_thread``: every period (1 s), unless dirty-limit is in service, take the BQL,
+        reap every ring, release it; the next period starts after the reap."""
         while self.guest.running:
             yield from self.sleep(self.reaper_period)
-            if not self.dirtylimit.in_service:
-                listener.reap("reaper")
+            if self.dirtylimit.in_service:
+                continue
+            waited = yield from self.bql_lock()
+            if not self.guest.running:  # the VM stopped while the reaper waited: the final sync reaps
+                return
+            cost = listener.reap("reaper", bql_wait_ns=waited)
+            self.bql.hold(self.env.now, cost)
+            if cost:
+                yield from self.sleep(cost)
+
+    def bql_lock(self):
+        """A SimPy process takes the BQL now (``bql_lock``), waiting out the holds before it; the ns waited."""
+        return (yield from self.bql.lock(lambda: self.env.now, self.sleep))
 
     def _ring_full(self, vcpu: int) -> int:
         """``kvm_cpu_exec`` on KVM_EXIT_DIRTY_RING_FULL: the exit's stall in ns; a dirty-limit sleep is charged apart.
 
+        The vCPU takes the BQL to reap (waiting out a sync or another reap
+        that holds it, charged as ``bql_wait_ns``) and holds it while reaping.
         While dirty-limit is in service only this vCPU's ring is reaped (reaping
         all would spare the others their sleep), then ``dirtylimit_vcpu_execute``.
         """
         limiting = self.dirtylimit.in_service
-        stall = self.kvm_listener.reap("ring-full", vcpu, only=limiting) + self._ring_full_exit
+        t = self.guest.next_t  # the exit's quantum
+        waited = self.bql.wait(t)
+        reap = self.kvm_listener.reap("ring-full", vcpu, only=limiting, bql_wait_ns=waited)
+        self.bql.hold(t, reap)
+        self.guest.bql_wait(vcpu, waited)
+        stall = reap + self._ring_full_exit
         if limiting:
             self.guest.sleep(vcpu, self.dirtylimit.vcpu_execute(vcpu), "dirtylimit_ns")
         return stall

@@ -109,7 +109,7 @@ def _warm_up() -> float:
     vi[kernels.VI_PAGES] = 128
     vi[kernels.VI_STOP] = 1 << 62
     guest = (10**6, 0, False, 0, vi, np.zeros((kernels.VF_ROWS, 1)), i64.copy(), np.zeros((1, 2)), i64.copy(),
-             kernels.run_state(), gmap, *slots, w, w.copy(), w.copy(), win)
+             kernels.run_state(), np.zeros(2, dtype=np.int64), gmap, *slots, w, w.copy(), w.copy(), win)
     for ring in (False, True):
         kernels.run_vcpus(1, *guest, ring, rings, idx, idx.copy(), 2)
     kernels.run_backend(1, 1, 1, i64.copy(), i64.copy(), 1, 0, 1, 0, 1, i64, one * 128, gmap, w, w.copy(), win,

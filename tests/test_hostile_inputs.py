@@ -294,6 +294,10 @@ OVERRIDE_CASES = [  # (--set arguments on a valid file, the whole report)
      "--set migration.downtime_limit: expected key.path=value (got 'migration.downtime_limit'; allowed: e.g. migration.downtime_limit=500ms)"),
     (["name=a/b"],
      "--set name: not usable as a directory name (got 'a/b'; allowed: 1 to 100 bytes, no / or \\ or control characters, not . or ..)"),
+    (["machine.vcpus.0.mmio_exits=20000000"],
+     "--set machine.vcpus.0.mmio_exits: out of range (got 20000000; allowed: 0 .. 10000000)"),
+    (["machine.vcpus.0.mmio_exits=1.5"],
+     "--set machine.vcpus.0.mmio_exits: not an integer (got 1.5; allowed: 0 .. 10000000)"),
     (["migration.downtime-limit=2001000"],
      "--set migration.downtime-limit: above QEMU's maximum (migrate_params_check) (got 2001s; allowed: 0 .. 2000s)"),
 ]

@@ -39,10 +39,10 @@ def _started(seed=7, latency=LATENCY, downtime_limit=250 * MS + 400_000, page_si
                                              "migration": {"downtime_limit": downtime_limit}}))
 
 
-def _sync(t, count, reason, dirty, new=0, pending=0, threshold=0, rate=0, closed=False, cost=0):
+def _sync(t, count, reason, dirty, new=0, pending=0, threshold=0, rate=0, closed=False, cost=0, bql_ns=0):
     return (ev.BitmapSync, t, dict(dirty_sync_count=count, reason=reason, pending_before=pending,
                                    threshold_size=threshold, new_dirty_pages=new, migration_dirty_pages=dirty,
-                                   period_closed=closed, dirty_pages_rate=rate, cost_ns=cost))
+                                   period_closed=closed, dirty_pages_rate=rate, cost_ns=cost, bql_wait_ns=bql_ns))
 
 
 def _pages(t, normal, zero, nbytes, running=True, resent=0, unchanged=0, cpu_ns=0, channel_ns=0):
@@ -51,9 +51,10 @@ def _pages(t, normal, zero, nbytes, running=True, resent=0, unchanged=0, cpu_ns=
                                  channel_ns=channel_ns, ram_bytes=nbytes))  # save_normal/zero_page: ram_transferred_add
 
 
-def _vcpu(t, vcpu, writes, faults, fault_ns, exits=0, ring_ns=0, inhibit_ns=0):
+def _vcpu(t, vcpu, writes, faults, fault_ns, exits=0, ring_ns=0, inhibit_ns=0, mmio=0, bql_ns=0):
     return (ev.VcpuStats, t, dict(vcpu=vcpu, writes=writes, faults=faults, fault_ns=fault_ns, ring_full_exits=exits,
-                                  ring_full_ns=ring_ns, inhibit_ns=inhibit_ns))
+                                  ring_full_ns=ring_ns, inhibit_ns=inhibit_ns, mmio_exits=mmio, mmio_ns=mmio * 5_000,
+                                  bql_wait_ns=bql_ns))
 
 
 def _window(t, mbps, pps, downtime, bandwidth=1.0):
@@ -73,7 +74,7 @@ def _completed_log() -> list[ev.Event]:
         (ev.ListenerCall, 0, dict(listener="kvm-memory", hook="log_sync")),
         (ev.ListenerCall, 0, dict(listener="vhost", hook="log_start")),
         (ev.MigrationStatus, SETUP_T, dict(status="setup")),
-        _sync(SETUP_T + 300_060, 1, "setup", dirty=2304, cost=12_345),  # 9 MiB / 4 KiB
+        _sync(SETUP_T + 300_060, 1, "setup", dirty=2304, cost=12_345, bql_ns=2_500_000),  # 9 MiB / 4 KiB
         (ev.MigrationStatus, ACTIVE_T, dict(status="active")),
         (ev.Transfer, ACTIVE_T, dict(kind="setup", bytes=100, wire_ns=1, running=True)),
         _pages(300 * MS, normal=1000, zero=800, nbytes=4_200_000, resent=3, unchanged=2, cpu_ns=99_640_000),
@@ -92,7 +93,7 @@ def _completed_log() -> list[ev.Event]:
         _pages(500 * MS, normal=400, zero=100, nbytes=1_700_000, resent=5, unchanged=1, cpu_ns=50_000_000,
                channel_ns=7),  # senders' time without multifd counts nowhere (it cannot happen)
         _vcpu(1_050 * MS, 0, writes=9, faults=1, fault_ns=2_000),
-        _vcpu(1_050 * MS, 1, writes=8, faults=0, fault_ns=0),
+        _vcpu(1_050 * MS, 1, writes=8, faults=0, fault_ns=0, mmio=7, bql_ns=1_234_567),
         _window(1_060 * MS, mbps=400.0, pps=30_000.0, downtime=17),
         (ev.VcpusStopped, STOP_T, {}),
         (ev.SwitchoverStep, STOP_T, dict(step="vm-stop", cost_ns=40_000)),
@@ -157,15 +158,16 @@ def test_rounds_from_first_principles():
 def test_vcpu_rows_from_first_principles():
     """Each VcpuStats belongs to the sync that ends its interval (dirty-sync-count + 1), ms with 3 decimals."""
     rows = tables.vcpu_rounds(_completed_log())
+    quiet = {"throttle-ms": 0.0, "dirtylimit-ms": 0.0, "mmio-exits": 0, "bql-wait-ms": 0.0}
     assert rows == [
         {"dirty-sync-count": 2, "vcpu": 0, "writes": 50, "faults": 3, "fault-ms": 0.006, "ring-full-exits": 1,
-         "ring-full-ms": 1.5, "inhibit-ms": 0.25, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},  # 6,400 ns, 1,500,300 ns, 250,100 ns to 3 decimals
+         "ring-full-ms": 1.5, "inhibit-ms": 0.25} | quiet,  # 6,400 ns, 1,500,300 ns, 250,100 ns to 3 decimals
         {"dirty-sync-count": 2, "vcpu": 1, "writes": 70, "faults": 4, "fault-ms": 0.008, "ring-full-exits": 2,
-         "ring-full-ms": 2.25, "inhibit-ms": 0.25, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},
+         "ring-full-ms": 2.25, "inhibit-ms": 0.25} | quiet,
         {"dirty-sync-count": 3, "vcpu": 0, "writes": 9, "faults": 1, "fault-ms": 0.002, "ring-full-exits": 0,
-         "ring-full-ms": 0.0, "inhibit-ms": 0.0, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},
+         "ring-full-ms": 0.0, "inhibit-ms": 0.0} | quiet,
         {"dirty-sync-count": 3, "vcpu": 1, "writes": 8, "faults": 0, "fault-ms": 0.0, "ring-full-exits": 0,
-         "ring-full-ms": 0.0, "inhibit-ms": 0.0, "throttle-ms": 0.0, "dirtylimit-ms": 0.0},
+         "ring-full-ms": 0.0, "inhibit-ms": 0.0} | quiet | {"mmio-exits": 7, "bql-wait-ms": 1.235},
     ]
 
 
@@ -214,6 +216,8 @@ def test_completed_summary_from_first_principles():
         "vcpu-ring-full-ms": 3.75,  # 3,750,300 ns
         "pml-logged-pages": 0, "pml-full-exits": 0, "vcpu-pml-full-ms": 0.0,  # this log's vCPUs fault (no PML)
         "vcpu-inhibit-ms": 0.5,  # 500,100 ns
+        "mmio-exits": 7, "vcpu-mmio-ms": 0.035, "vcpu-bql-wait-ms": 1.235,  # 7 x 5 us; 1,234,567 ns
+        "migration-bql-wait-ms": 2.5, "reaper-bql-wait-ms": 0.0,  # the setup sync waited 2.5 ms; no reaper
         "vhost-logged-pages": 6,
         "thread-ioctl-ms": round((7_000 + 511 + 1_107) / MS, 3),
         "listener-calls": {"kvm-memory.log_sync": 2, "vhost.log_start": 1},

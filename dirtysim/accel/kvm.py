@@ -412,15 +412,17 @@ class KvmRingMemoryListener(KvmMemoryListener):
         super().__init__(kvm, memory, tracking, costs, meter)
         self.reaped = np.zeros(kvm.rings.shape[0], dtype=np.int64)  # cpu->dirty_pages
 
-    def reap(self, reason: str, vcpu: int = -1, only: bool = False) -> int:
-        """``kvm_dirty_ring_reap`` (all vCPUs, or ``vcpu``'s ring ``only``) + ``KVM_RESET_DIRTY_RINGS``; its time."""
+    def reap(self, reason: str, vcpu: int = -1, only: bool = False, bql_wait_ns: int = 0) -> int:
+        """``kvm_dirty_ring_reap`` (all vCPUs, or ``vcpu``'s ring ``only``) + ``KVM_RESET_DIRTY_RINGS``; its time.
+
+        ``bql_wait_ns``: how long the reaping thread waited for the BQL first (recorded with the reap)."""
         self.dirty_bmap = grown(self.dirty_bmap, self.kvm.ram_list.dirty_memory.shape[0])
         k = self.kvm
         rows = slice(vcpu, vcpu + 1) if only else slice(None)  # views: the kernel updates the real arrays
         n = int(kernels.reap_rings(k.rings[rows], k.dirty_index[rows], k.reset_index[rows], self.dirty_bmap,
                                    k.protected, self.reaped[rows]))
         cost = n * (self.costs.ring_reap_per_entry + self.costs.ring_reset_per_entry)
-        self.recorder.emit(ev.DirtyRingReap, reason=reason, vcpu=vcpu, entries=n, cost_ns=cost)
+        self.recorder.emit(ev.DirtyRingReap, reason=reason, vcpu=vcpu, entries=n, cost_ns=cost, bql_wait_ns=bql_wait_ns)
         return cost
 
     def log_sync_global(self, last_stage: bool) -> None:

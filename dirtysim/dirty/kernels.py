@@ -663,8 +663,9 @@ NS_PER_S = 1_000_000_000
 (VI_RATE, VI_CARRY, VI_DEBT, VI_MAXN, VI_UPOS, VI_ULEN, VI_FIRST, VI_PAGES, VI_HOT_FIRST, VI_HOT_PAGES, VI_WRITES,
  VI_FAULTS, VI_FAULT_NS, VI_RING_FULL_EXITS, VI_RING_FULL_NS, VI_INHIBIT_NS, VI_QN, VI_QF, VI_SEG_END, VI_KIND,
  VI_CURSOR, VI_LOG_FIRST, VI_LOG_PAGES, VI_START, VI_STOP, VI_RUNS_OFF, VI_RUNS_N, VI_THROTTLE_NS,
- VI_DIRTYLIMIT_NS, VI_PML_LOGGED, VI_PML_FILL, VI_PML_EXITS, VI_PML_NS) = range(33)
-VI_ROWS = 33  # VI_THROTTLE_NS, VI_DIRTYLIMIT_NS: counters Python keeps (sleeps it adds to VI_DEBT)
+ VI_DIRTYLIMIT_NS, VI_PML_LOGGED, VI_PML_FILL, VI_PML_EXITS, VI_PML_NS, VI_MMIO_RATE, VI_MMIO_CARRY, VI_MMIO_COST,
+ VI_MMIO_EXITS, VI_MMIO_NS, VI_BQL_NS) = range(39)
+VI_ROWS = 39  # VI_THROTTLE_NS, VI_DIRTYLIMIT_NS: counters Python keeps (sleeps it adds to VI_DEBT)
 DATA_RUN_PAGES = 512  # data_only: the workload's pages are the data runs (2 MiB) of its working set, in order
 # Rows of its float64 table ``vf``: hot-set share, identical-rewrite share, zipf exponent, log share
 VF_HOT_SHARE, VF_SAME_SHARE, VF_ZIPF_S, VF_LOG_SHARE = range(4)
@@ -722,9 +723,45 @@ def other_page(u, v, vi, vf):
     return g
 
 
+@inline
+def mmio_bql_wait(bql, t0, run, carry, rate, e):
+    """ns the first of ``e`` MMIO exits that finds the BQL held waits for it (``prepare_mmio_access`` takes it).
+
+    Exit k (1..e) falls at ``t0 + ceil((k * 1e9 - carry) / rate)``, ``t0`` being
+    when the vCPU entered the guest in this quantum for ``run`` ns; ``bql`` is
+    the latest hold [start, end) (``bql.Bql``).
+    """
+    start, end = bql[0], bql[1]
+    if end <= t0 or start > t0 + run:  # every exit falls inside [t0, t0 + run]
+        return 0
+    k = 1 if start <= t0 else ((start - t0 - 1) * rate + carry) // NS_PER_S + 1  # the first exit at or after start
+    if k > e:
+        return 0
+    t = t0 + (k * NS_PER_S - carry + rate - 1) // rate
+    return end - t if t < end else 0
+
+
+@inline
+def mmio_exits(vi, v, t0, run, bql):
+    """A vCPU's KVM_EXIT_MMIO exits in ``run`` ns of guest time from ``t0``: ``VI_MMIO_RATE`` per second (remainder
+    carried), each costing ``VI_MMIO_COST``; the first one that meets a BQL hold waits for its end."""
+    rate, carry = vi[VI_MMIO_RATE, v], vi[VI_MMIO_CARRY, v]
+    x = carry + rate * run
+    e = x // NS_PER_S
+    vi[VI_MMIO_CARRY, v] = x - e * NS_PER_S
+    if e:
+        wait = mmio_bql_wait(bql, t0, run, carry, rate, e)
+        cost = e * vi[VI_MMIO_COST, v]
+        vi[VI_MMIO_EXITS, v] += e
+        vi[VI_MMIO_NS, v] += cost
+        vi[VI_BQL_NS, v] += wait
+        vi[VI_DEBT, v] += cost + wait
+
+
 @jit
-def run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages,
-              slot_ram, slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index, soft_limit):
+def run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, bql, gmap, slot_gpa,
+              slot_pages, slot_ram, slot_logging, target, nonzero, stale, win, ring, rings, dirty_index, reset_index,
+              soft_limit):
     """Advance every vCPU by up to ``nq`` quanta of ``quantum`` ns; all guest work between two decisions.
 
     Per quantum, as the guest runs it: each vCPU first serves the run time it
@@ -745,7 +782,9 @@ def run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, s
     Logging) the same first writes after protection take no fault: the
     CPU sets the D-bit and logs the GPA into the vCPU's 512-entry buffer;
     each full buffer is a PML-full VM exit (``handle_pml_full``) costing
-    ``pml_cost``, the buffer carried across quanta (``VI_PML_FILL``).
+    ``pml_cost``, the buffer carried across quanta (``VI_PML_FILL``). A vCPU
+    with ``VI_MMIO_RATE`` exits to QEMU for MMIO in its guest time
+    (``mmio_exits``); an exit that meets a BQL hold (``bql``) waits for it.
 
     ``vi`` holds the per-vCPU state and counters (rows ``VI_*``). Returns
     RUN_DONE; RUN_RING_FULL (``state[ST_VCPU]`` exited with
@@ -771,6 +810,8 @@ def run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, s
                 run = quantum - debt[v] if debt[v] < quantum else 0
                 debt[v] -= quantum - run
                 active = vi[VI_START, v] <= now and now < vi[VI_STOP, v]
+                if active and run and vi[VI_MMIO_RATE, v]:
+                    mmio_exits(vi, v, now + quantum - run, run, bql)
                 x = carry[v] + (rate[v] * run if active else 0)
                 n = x // page_ns
                 carry[v] = x - n * page_ns
@@ -869,8 +910,8 @@ MAX_WAIT_MS = 50  # ram_save_iterate
 @jit
 def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, clear_bmap, bnonzero, bstale,
                    breceived, end, shift, zero_detect, sout, normal_bytes, zero_bytes, cv, mstate, t_cap, quantum,
-                   fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa, slot_pages, slot_ram,
-                   slot_logging, target, nonzero, stale, win):
+                   fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, bql, gmap, slot_gpa, slot_pages,
+                   slot_ram, slot_logging, target, nonzero, stale, win):
     """``ram_save_iterate``'s loop of send slices over one RAMBlock, with the guest running between them.
 
     Each slice is exactly what ``PrecopyMigration.send_slice`` does: dirty pages
@@ -958,7 +999,7 @@ def iterate_slices(io, rec, horizon, t0_ms, link, cap, rl_start, rl_max, bmap, c
                 break
             if nq:
                 state[ST_NOW] = g_next
-                run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, gmap, slot_gpa,
+                run_vcpus(nq, quantum, fault_cost, pml, pml_cost, vi, vf, runs, ubuf, buf, state, bql, gmap, slot_gpa,
                           slot_pages, slot_ram, slot_logging, target, nonzero, stale, win, False, vi[:1, :1],
                           vi[0, :1], vi[0, :1], 0)
                 g_next += nq * quantum

@@ -10,6 +10,8 @@ its window and what it cost the guest (write-protect faults and their run time).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..dirty import kernels
@@ -64,13 +66,21 @@ class DirtyRateThread:
         if ns > 0:
             yield from self.m.sleep(ns)
 
-    def _last_sync(self):
-        """``global_dirty_log_sync(GLOBAL_DIRTY_DIRTY_RATE, one_shot=true)``: one sync, the flag off; its cost."""
-        self.m.memory.memory_global_dirty_log_sync(False)
-        self.m.memory.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+    def _locked(self, work: Callable[[], None]):
+        """``work`` (memory API calls) under the BQL: wait for it, then hold it while the ioctls take; their cost."""
+        yield from self.m.bql_lock()
+        work()
         cost = self.m.meter.drain()
+        self.m.bql.hold(self.env.now, cost)
         yield from self._busy(cost)
         return cost
+
+    def _last_sync(self):
+        """``global_dirty_log_sync(GLOBAL_DIRTY_DIRTY_RATE, one_shot=true)``: one sync, the flag off; its cost."""
+        def sync():
+            self.m.memory.memory_global_dirty_log_sync(False)
+            self.m.memory.memory_global_dirty_log_stop(GLOBAL_DIRTY_DIRTY_RATE)
+        return (yield from self._locked(sync))
 
     def _wait(self, calc_time_ms: int, initial: int):
         """``dirty_stat_wait``: sleep out calc-time from ``initial``; the measured ms (more if already past)."""
@@ -115,11 +125,13 @@ class DirtyRateThread:
         """
         mem, rl = self.m.memory, self.m.ram_list
         start_ns = self.env.now
-        mem.memory_global_dirty_log_start(GLOBAL_DIRTY_DIRTY_RATE)
-        mem.memory_global_dirty_log_sync(False)
-        for block in rl.blocks:  # dirtyrate_manual_reset_protect
-            mem.memory_region_clear_dirty_bitmap(block.mr, 0, block.used_length)
-        yield from self._busy(self.m.meter.drain())  # the ioctls, with the BQL held
+
+        def protect():
+            mem.memory_global_dirty_log_start(GLOBAL_DIRTY_DIRTY_RATE)
+            mem.memory_global_dirty_log_sync(False)
+            for block in rl.blocks:  # dirtyrate_manual_reset_protect
+                mem.memory_region_clear_dirty_bitmap(block.mr, 0, block.used_length)
+        yield from self._locked(protect)
         start_pages = mem.total_dirty_pages
         initial = self.env.now
         window = _Window(self.m)

@@ -38,7 +38,7 @@ from . import schema as ev
 from .log import LogHeader, scenario_hash
 
 MAX_LINE_BYTES = 1 << 20
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, ev.SCHEMA_VERSION)  # older versions lack only fields with defaults
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, ev.SCHEMA_VERSION)  # older versions lack only fields with defaults
 _decoder = msgspec.json.Decoder(ev.AnyEvent)
 _header_tag = LogHeader.__struct_config__.tag
 

@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Optional, Union
 import msgspec
 
 CANCEL_REASONS = ("timeout", "max-syncs", "cancelled")  # why a migration was cancelled: its stop reason and last check
-SCHEMA_VERSION = 5  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
-# 4: switchover steps, XBZRLE; 5: postcopy
+SCHEMA_VERSION = 6  # 2: convergence controls (throttle, dirty-limit, guest samples, set, cancel); 3: sending costs;
+# 4: switchover steps, XBZRLE; 5: postcopy; 6: the BQL (waits, MMIO exits), vcpu-stats omits zero counters
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -128,6 +128,7 @@ class DirtyRingReap(Event, tag="dirty-ring-reap"):
     vcpu: int  # the vCPU that exited with KVM_EXIT_DIRTY_RING_FULL, else -1
     entries: int
     cost_ns: int
+    bql_wait_ns: NonNegative = 0  # the reaping thread (reaper, or the exiting vCPU) waited this long for the BQL
 
 
 class VhostLogSync(Event, tag="vhost-log-sync"):
@@ -221,6 +222,7 @@ class BitmapSync(Event, tag="bitmap-sync"):
     bytes_dirty_period: int = 0
     dirty_rate_high_cnt: int = 0  # after this sync
     dirty_words: int = 0  # non-zero words of global dirty memory exchanged into bmap (dirty_word_atomic each)
+    bql_wait_ns: NonNegative = 0  # the migration thread waited this long for the BQL before syncing (it holds it cost_ns)
 
 
 class RateWindow(Event, tag="rate-window"):
@@ -265,7 +267,7 @@ class ScanWrap(Event, tag="scan-wrap"):
     """``find_dirty_block`` wrapped to the first block (``complete_round``). Never a sync."""
 
 
-class VcpuStats(Event, tag="vcpu-stats"):
+class VcpuStats(Event, tag="vcpu-stats", omit_defaults=True):
     """Per-vCPU totals since the previous sync (emitted with every sync)."""
 
     vcpu: int
@@ -280,6 +282,9 @@ class VcpuStats(Event, tag="vcpu-stats"):
     pml_logged: int = 0  # with PML: first writes after protection, logged without a fault
     pml_full_exits: int = 0  # with PML: PML-full VM exits (one per 512 logged pages)
     pml_full_ns: int = 0
+    mmio_exits: NonNegative = 0  # exits to QEMU for MMIO / port I/O (machine.vcpus[].mmio_exits)
+    mmio_ns: NonNegative = 0  # their cost without waiting (costs.mmio_exit each)
+    bql_wait_ns: NonNegative = 0  # time waiting for the BQL: MMIO exits and ring-full reaps behind a sync or a reap
 
 
 class VcpusStopped(Event, tag="vcpus-stopped"):

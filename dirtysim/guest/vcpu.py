@@ -3,7 +3,8 @@
 Each vCPU runs in quanta of ``engine.quantum``: it first serves the run time it
 owes (a write to a write-protected page costs ``costs.write_fault``, a
 KVM_EXIT_DIRTY_RING_FULL the exit and the reaping, an atomic memslot update the
-time it holds vCPUs out), then writes pages at its rate. A vCPU that faults a
+time it holds vCPUs out, an MMIO exit its cost and any wait for the BQL), then
+writes pages at its rate. A vCPU that faults a
 lot writes less: the fault cost is what ``dirty_log_perf_test`` measures as
 "dirty memory time".
 
@@ -22,6 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..bql import Bql
 from ..dirty import kernels as K
 from ..scenario.schema import PAGE_SIZE
 from .lazy import LazyActor
@@ -32,17 +34,21 @@ MIN_BLOCK = 8192  # variates drawn per vCPU at a time, at least
 STAT_ROWS = {"writes": K.VI_WRITES, "faults": K.VI_FAULTS, "fault_ns": K.VI_FAULT_NS,
              "ring_full_exits": K.VI_RING_FULL_EXITS, "ring_full_ns": K.VI_RING_FULL_NS, "inhibit_ns": K.VI_INHIBIT_NS,
              "throttle_ns": K.VI_THROTTLE_NS, "dirtylimit_ns": K.VI_DIRTYLIMIT_NS, "pml_logged": K.VI_PML_LOGGED,
-             "pml_full_exits": K.VI_PML_EXITS, "pml_full_ns": K.VI_PML_NS}
-OWED = ("fault_ns", "ring_full_ns", "inhibit_ns", "throttle_ns", "dirtylimit_ns", "pml_full_ns")  # added to VI_DEBT
+             "pml_full_exits": K.VI_PML_EXITS, "pml_full_ns": K.VI_PML_NS, "mmio_exits": K.VI_MMIO_EXITS,
+             "mmio_ns": K.VI_MMIO_NS, "bql_wait_ns": K.VI_BQL_NS}
+OWED = ("fault_ns", "ring_full_ns", "inhibit_ns", "throttle_ns", "dirtylimit_ns", "pml_full_ns", "mmio_ns",
+        "bql_wait_ns")  # added to VI_DEBT
 
 
 class Guest(LazyActor):
     """All vCPUs of the VM, their workloads, RNG streams and per-sync counters (one int64 table, ``vi``)."""
 
     def __init__(self, workloads: list[Workload], rngs: list[np.random.Generator], rates: list[int], writer,
-                 guest_map, quantum_ns: int, fault_ns: int, recorder, pml_exit_ns: int | None = None):
+                 guest_map, quantum_ns: int, fault_ns: int, recorder, pml_exit_ns: int | None = None,
+                 bql: Bql | None = None, mmio: tuple[list[int], int] = ((), 0)):
         """``writer`` tracks writes (``KvmDirtyLog`` or ``TcgDirtyMemory``: memslots and the target bitmap);
-        ``guest_map`` (``oracle.GuestMap``) tells the page oracle which RAM page a write changes."""
+        ``guest_map`` (``oracle.GuestMap``) tells the page oracle which RAM page a write changes; ``mmio`` is
+        (MMIO exits per second of each vCPU, ns per exit), each exit taking the ``bql``."""
         if writer.ring and writer.rings.shape[0] != len(workloads):  # the kernels do not bounds-check
             raise ValueError(f"{len(workloads)} vCPUs but {writer.rings.shape[0]} dirty rings")
         self.quantum_ns, self.fault_ns, self.writer, self.recorder = quantum_ns, fault_ns, writer, recorder
@@ -62,6 +68,10 @@ class Guest(LazyActor):
                           (K.VI_HOT_PAGES, "hot_pages"), (K.VI_KIND, "kind"), (K.VI_LOG_FIRST, "log_first"),
                           (K.VI_LOG_PAGES, "log_pages"), (K.VI_START, "start_ns"), (K.VI_STOP, "stop_ns")):
             vi[row] = [getattr(w, attr) for w in workloads]
+        rates_mmio, cost_mmio = mmio
+        if len(rates_mmio):
+            vi[K.VI_MMIO_RATE], vi[K.VI_MMIO_COST] = rates_mmio, cost_mmio
+        self.bql = bql if bql is not None else Bql()
         self.runs = np.zeros(1, dtype=np.int64)  # vCPUs' 2 MiB runs (``set_data_runs``)
         self.vf = vf = np.zeros((K.VF_ROWS, len(workloads)))
         for row, attr in ((K.VF_HOT_SHARE, "hot_share"), (K.VF_SAME_SHARE, "identical_rewrites"),
@@ -91,7 +101,7 @@ class Guest(LazyActor):
         """``kernels.run_vcpus``' arguments after ``nq`` up to ``stale``: the guest's arrays, where writes go."""
         w = self.writer
         return (self.quantum_ns, self.fault_ns, self.pml, self.pml_exit_ns, self.vi, self.vf, self.runs, self.ubuf,
-                self.buf, self.state,
+                self.buf, self.state, self.bql.span,
                 self.guest_map.table, *w.write_args(), *w.ram_list.oracle_args())
 
     def kernel_args(self) -> tuple:
@@ -177,6 +187,11 @@ class Guest(LazyActor):
         """KVM_EXIT_DIRTY_RING_FULL: the vCPU is out of the guest for ``ns`` (exit + reaping)."""
         self.stats["ring_full_exits"][vcpu] += 1
         self.stats["ring_full_ns"][vcpu] += ns
+        self.debt[vcpu] += ns
+
+    def bql_wait(self, vcpu: int, ns: int) -> None:
+        """The vCPU waits ``ns`` for the BQL outside the guest (before reaping its full dirty ring)."""
+        self.stats["bql_wait_ns"][vcpu] += ns
         self.debt[vcpu] += ns
 
     def sleep(self, vcpus, ns: int, stat: str) -> None:

@@ -118,9 +118,11 @@ class DirtyLimit:
             period = self.period_ms()
             start, t0 = listener.reaped.copy(), self.env.now  # vcpu_calculate_dirtyrate: record, wait, sync
             yield from self.m.sleep(period * NS_PER_MS)
+            yield from self.m.bql_lock()  # global_dirty_log_sync runs under the BQL
             duration = (self.env.now - t0) // NS_PER_MS
-            mem.memory_global_dirty_log_sync(False)  # global_dirty_log_sync: reaps every ring
+            mem.memory_global_dirty_log_sync(False)  # reaps every ring
             cost = self.m.meter.drain()
+            self.m.bql.hold(self.env.now, cost)
             self.rates[:] = vcpu_dirty_rates(listener.reaped - start, duration)
             if not self.in_service:
                 break

@@ -141,6 +141,10 @@ class PrecopyMigration:
         if ns:
             yield from self.m.sleep(ns)
 
+    def _bql_lock(self):
+        """``bql_lock`` by the migration thread (its waits end at the deadline like any other); the ns waited."""
+        return (yield from self.m.bql.lock(lambda: self.env.now, self._wait))
+
     def _new_counters(self) -> RateCounters:
         """``migrate_init`` + ``migration_rate_set``: the window counters under the parameters in force."""
         p = self.params
@@ -284,8 +288,11 @@ class PrecopyMigration:
         self.rs = RAMState(self.m.ram_list)
         for block in self.m.ram_list.blocks:
             self._init_bitmaps(block)
+        yield from self._bql_lock()  # qemu_savevm_state_do_setup runs under the BQL
         self.m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
-        yield from self._wait(self.m.meter.drain())  # the listeners' log_start: KVM protecting its slots (BQL held)
+        cost = self.m.meter.drain()  # the listeners' log_start: KVM protecting its slots
+        self.m.bql.hold(self.env.now, cost)
+        yield from self._wait(cost)
         yield from self.bitmap_sync("setup", self.rs.migration_dirty_pages * PAGE_SIZE)
         # Stream header: RAM_SAVE_FLAG_MEM_SIZE (8) + per block idstr length, idstr, used_length (1+n+8) + EOS;
         # ram_save_setup writes it with qemu_put_*, no ram_transferred_add: it is in transferred only. Around
@@ -331,7 +338,15 @@ class PrecopyMigration:
 
     # -- sync ----------------------------------------------------------------------------------------
     def bitmap_sync(self, reason: str, pending_before: int):
-        """``migration_bitmap_sync``: harvest every listener into L2, then L2 -> bmap counting 0->1."""
+        """``migration_bitmap_sync``: harvest every listener into L2, then L2 -> bmap counting 0->1.
+
+        Under the BQL, as every caller takes it (``ram_state_pending_exact``,
+        ``ram_init_bitmaps``, ``cpu_throttle_dirty_sync_timer_tick``,
+        ``migration_completion_precopy``): the thread first waits for a reap
+        that holds it, then holds it for the whole sync (``cost_ns``), and a
+        vCPU's ring-full reap or MMIO exit meanwhile waits.
+        """
+        waited = yield from self._bql_lock()
         rs, mem = self.rs, self.m.memory
         self.flush_deferred_clear()  # send-before-clear: the pass ends, its last chunk is cleared now
         self.dirty_sync_count += 1
@@ -345,6 +360,7 @@ class PrecopyMigration:
         gib = self.m.ram_list.ram_bytes_total() / (1 << 30)
         cost = (self.m.meter.drain() + int(self.sc.costs.bitmap_sync_per_gib * gib)
                 + self._sync_words * self.sc.costs.dirty_word_atomic)
+        self.m.bql.hold(self.env.now, cost)
         yield from self._wait(cost)
         end = self.now_ms()
         period_closed = end > rs.time_last_bitmap_sync + 1000
@@ -368,7 +384,7 @@ class PrecopyMigration:
                       new_dirty_pages=new, migration_dirty_pages=rs.migration_dirty_pages,
                       period_closed=period_closed, dirty_pages_rate=self.dirty_pages_rate, cost_ns=cost,
                       bytes_xfer_period=bytes_xfer_period, bytes_dirty_period=bytes_dirty_period,
-                      dirty_rate_high_cnt=rs.dirty_rate_high_cnt, dirty_words=self._sync_words)
+                      dirty_rate_high_cnt=rs.dirty_rate_high_cnt, dirty_words=self._sync_words, bql_wait_ns=waited)
         max_syncs = self.sc.migration.max_syncs
         if max_syncs is not None and not rs.last_stage and self.dirty_sync_count > max_syncs:
             self.request_cancel("max-syncs")  # guestperf: "No completion after N iterations", migrate_cancel

@@ -28,12 +28,15 @@ ROUND_FIELDS = [
     "vcpu-dirtylimit-ms", "bytes-dirty-period", "dirty-rate-high-cnt",
     # the sending side (schema 3)
     "thread-send-us", "migration-thread-busy", "multifd-send-ms", "multifd-busy",
+    # the BQL (schema 6)
+    "mmio-exits", "vcpu-mmio-ms", "vcpu-bql-wait-ms", "thread-bql-wait-us", "reaper-bql-wait-ms",
 ]
 # Per-interval counters (reset at every sync) and what they are folded from.
 INTERVAL_FIELDS = ("resent", "write-not-dirty", "vcpu-writes", "vcpu-faults", "vcpu-fault-ns", "ring-full-exits",
                    "vcpu-ring-full-ns", "vcpu-inhibit-ns", "vhost-logged-pages", "ring-reaped", "lazy-clears", "reprotected-pages",
                    "thread-get-ns", "thread-clear-ns", "thread-reap-ns", "vcpu-throttle-ns", "vcpu-dirtylimit-ns",
-                   "thread-send-ns", "multifd-send-ns")
+                   "thread-send-ns", "multifd-send-ns", "mmio-exits", "vcpu-mmio-ns", "vcpu-bql-wait-ns",
+                   "thread-bql-wait-ns", "reaper-bql-wait-ns")
 
 
 @dataclass
@@ -174,12 +177,14 @@ class _Fold:
                      "ring-full-exits": e.ring_full_exits, "vcpu-ring-full-ns": e.ring_full_ns,
                      "vcpu-inhibit-ns": e.inhibit_ns, "vcpu-throttle-ns": e.throttle_ns,
                      "vcpu-dirtylimit-ns": e.dirtylimit_ns, "pml-logged-pages": e.pml_logged,
-                     "pml-full-exits": e.pml_full_exits, "vcpu-pml-full-ns": e.pml_full_ns})
+                     "pml-full-exits": e.pml_full_exits, "vcpu-pml-full-ns": e.pml_full_ns,
+                     "mmio-exits": e.mmio_exits, "vcpu-mmio-ns": e.mmio_ns, "vcpu-bql-wait-ns": e.bql_wait_ns})
         self.vcpu_rows.append({  # emitted inside the sync that ends the interval
             "dirty-sync-count": self.syncs + 1, "vcpu": e.vcpu, "writes": e.writes, "faults": e.faults,
             "fault-ms": round(e.fault_ns / NS_PER_MS, 3), "ring-full-exits": e.ring_full_exits,
             "ring-full-ms": round(e.ring_full_ns / NS_PER_MS, 3), "inhibit-ms": round(e.inhibit_ns / NS_PER_MS, 3),
-            "throttle-ms": round(e.throttle_ns / NS_PER_MS, 3), "dirtylimit-ms": round(e.dirtylimit_ns / NS_PER_MS, 3)})
+            "throttle-ms": round(e.throttle_ns / NS_PER_MS, 3), "dirtylimit-ms": round(e.dirtylimit_ns / NS_PER_MS, 3),
+            "mmio-exits": e.mmio_exits, "bql-wait-ms": round(e.bql_wait_ns / NS_PER_MS, 3)})
 
     def _lazy_clear(self, e: ev.LazyClear) -> None:
         self._add(**{"lazy-clears": 1})
@@ -194,6 +199,8 @@ class _Fold:
         self._add(**{"ring-reaped": e.entries, "reprotected-pages": e.entries})
         if e.reason == "sync":
             self._add(**{"thread-reap-ns": e.cost_ns})
+        elif e.reason == "reaper":
+            self._add(**{"reaper-bql-wait-ns": e.bql_wait_ns})
 
     def _vhost_sync(self, e: ev.VhostLogSync) -> None:
         self._add(**{"vhost-logged-pages": e.pages})
@@ -270,6 +277,7 @@ class _Fold:
         self.syncs = e.dirty_sync_count
         self.dirty_pages = e.migration_dirty_pages
         self.dirty_pages_rate = e.dirty_pages_rate
+        self._add(**{"thread-bql-wait-ns": e.bql_wait_ns})
         acc = self.interval
         row = {
             "time": self.ms_since_migrate(e.t_ns),
@@ -331,7 +339,7 @@ def rounds(events: list[ev.Event]) -> list[dict]:
 
 
 VCPU_FIELDS = ["dirty-sync-count", "vcpu", "writes", "faults", "fault-ms", "ring-full-exits", "ring-full-ms",
-               "inhibit-ms", "throttle-ms", "dirtylimit-ms"]
+               "inhibit-ms", "throttle-ms", "dirtylimit-ms", "mmio-exits", "bql-wait-ms"]
 
 
 def vcpu_rounds(events: list[ev.Event]) -> list[dict]:
@@ -490,6 +498,12 @@ def summary(events: list[ev.Event], f: _Fold | None = None) -> dict:
         "pml-full-exits": t["pml-full-exits"],
         "vcpu-pml-full-ms": round(t["vcpu-pml-full-ns"] / NS_PER_MS, 3),
         "vcpu-inhibit-ms": round(t["vcpu-inhibit-ns"] / NS_PER_MS, 3),
+        # the BQL: vCPUs' MMIO exits and their waits (with ring-full reaps' waits), the threads' waits
+        "mmio-exits": t["mmio-exits"],
+        "vcpu-mmio-ms": round(t["vcpu-mmio-ns"] / NS_PER_MS, 3),
+        "vcpu-bql-wait-ms": round(t["vcpu-bql-wait-ns"] / NS_PER_MS, 3),
+        "migration-bql-wait-ms": round(t["thread-bql-wait-ns"] / NS_PER_MS, 3),
+        "reaper-bql-wait-ms": round(t["reaper-bql-wait-ns"] / NS_PER_MS, 3),
         "vhost-logged-pages": t["vhost-logged-pages"],
         "thread-ioctl-ms": round((t["thread-get-ns"] + t["thread-clear-ns"] + t["thread-reap-ns"]) / NS_PER_MS, 3),
         "listener-calls": {f"{listener}.{hook}": n for (listener, hook), n in sorted(f.hook_calls.items())},

@@ -145,7 +145,9 @@ def chrome_trace(events: list[ev.Event]) -> dict:
             set_status(e.t_ns, "completion (vCPUs stopped)")
         elif isinstance(e, ev.BitmapSync):
             dirty = e.migration_dirty_pages
-            tr.slice(THREAD, e.t_ns - e.cost_ns, e.t_ns, f"migration_bitmap_sync #{e.dirty_sync_count}", {
+            if e.bql_wait_ns:
+                tr.slice(THREAD, e.t_ns - e.cost_ns - e.bql_wait_ns, e.t_ns - e.cost_ns, "bql_lock (held)")
+            tr.slice(THREAD, e.t_ns - e.cost_ns, e.t_ns, f"migration_bitmap_sync #{e.dirty_sync_count} (BQL held)", {
                 "reason": e.reason, "new_dirty_pages": e.new_dirty_pages,
                 "migration_dirty_pages": e.migration_dirty_pages, "pending_before": e.pending_before,
                 "threshold_size": e.threshold_size, "cost_ns": e.cost_ns, **sync_costs})
@@ -182,10 +184,15 @@ def chrome_trace(events: list[ev.Event]) -> dict:
             tr.instant(tid, e.t_ns, "delayed zero store (read-then-zero)", {"erased_pages": e.erased_pages})
         elif isinstance(e, ev.DirtyRingReap):
             args = {"entries": e.entries, "cost_ns": e.cost_ns}
-            if e.reason == "ring-full":
-                vcpus[e.vcpu].append([e.t_ns, e.t_ns + e.cost_ns, "KVM_EXIT_DIRTY_RING_FULL", args])
-            elif e.reason == "reaper":
+            if e.reason == "ring-full":  # the exit at t_ns: wait for the BQL, then reap
+                if e.bql_wait_ns:
+                    vcpus[e.vcpu].append([e.t_ns, e.t_ns + e.bql_wait_ns, "bql_lock (held)", {}])
+                start = e.t_ns + e.bql_wait_ns
+                vcpus[e.vcpu].append([start, start + e.cost_ns, "KVM_EXIT_DIRTY_RING_FULL", args])
+            elif e.reason == "reaper":  # the reap at t_ns, after its wait
                 tr.names[REAPER] = "kvm-reaper"
+                if e.bql_wait_ns:
+                    tr.slice(REAPER, e.t_ns - e.bql_wait_ns, e.t_ns, "bql_lock (held)")
                 tr.slice(REAPER, e.t_ns, e.t_ns + e.cost_ns, "kvm_dirty_ring_reap", args)
             elif e.reason == "slot-delete":
                 tr.slice(MEMORY_MAP, e.t_ns, e.t_ns + e.cost_ns, "kvm_dirty_ring_reap (slot delete)", args)
@@ -201,7 +208,8 @@ def chrome_trace(events: list[ev.Event]) -> dict:
             vcpus.setdefault(e.vcpu, [])  # the vCPU has a track even without stalls
             tr.instant(VCPU0 + e.vcpu, e.t_ns, "vcpu-stats", {
                 "writes": e.writes, "faults": e.faults, "fault_ns": e.fault_ns, "ring_full_exits": e.ring_full_exits,
-                "ring_full_ns": e.ring_full_ns, "inhibit_ns": e.inhibit_ns})
+                "ring_full_ns": e.ring_full_ns, "inhibit_ns": e.inhibit_ns, "mmio_exits": e.mmio_exits,
+                "bql_wait_ns": e.bql_wait_ns})
         elif isinstance(e, ev.RateWindow):
             tr.counter(e.t_ns, "bandwidth", "MiB/s", round(e.bandwidth * 1000 / MIB, 3))
             tr.counter(e.t_ns, "threshold_size", "bytes", e.threshold_size)

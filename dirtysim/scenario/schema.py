@@ -194,6 +194,11 @@ class VcpuGroup(_Model):
     phases: list[Phase] = Field(default_factory=list, max_length=1000,
                                 description="a rate schedule replacing workload.rate: each phase in turn from time "
                                             "0, then the list again (e.g. idle, burst, steady)")
+    mmio_exits: int = Field(0, ge=0, le=10_000_000,
+                            description="each vCPU's exits to QEMU for device MMIO or port I/O per second of guest "
+                                        "time (KVM_EXIT_MMIO, KVM_EXIT_IO), while the group writes: each costs "
+                                        "costs.mmio_exit and takes the BQL (prepare_mmio_access), so it waits while "
+                                        "a bitmap sync or a dirty-ring reap holds it; 0: none")
 
     @property
     def peak_rate(self) -> int:
@@ -476,6 +481,10 @@ class Costs(_Model):
         2_000, description="migration_bitmap_sync L2->L3 exchange per GiB (measured: 1.9 ms per TiB with the numba sync kernel, benchmarks/)"
     )
     ring_full_exit: Duration = Field(10_000, description="KVM_EXIT_DIRTY_RING_FULL round trip to userspace [assumption]")
+    mmio_exit: Duration = Field(
+        5_000, description="one MMIO or port-I/O exit to QEMU: the VM exit, KVM_RUN's return, the device's handler "
+                           "under the BQL, re-entry (machine.vcpus[].mmio_exits) [assumption: a userspace exit round "
+                           "trip of a few us; a BQL wait comes on top]")
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
     ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
     vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
