@@ -484,7 +484,8 @@ class Costs(_Model):
     mmio_exit: Duration = Field(
         5_000, description="one MMIO or port-I/O exit to QEMU: the VM exit, KVM_RUN's return, the device's handler "
                            "under the BQL, re-entry (machine.vcpus[].mmio_exits) [assumption: a userspace exit round "
-                           "trip of a few us; a BQL wait comes on top]")
+                           "trip of a few us, measurable on a host with kvm-unit-tests' x86/vmexit.c 'mmio' test; "
+                           "a BQL wait comes on top]")
     ring_reap_per_entry: Duration = Field(50, description="collecting one ring entry in QEMU [assumption]")
     ring_reset_per_entry: Duration = Field(73, description="KVM_RESET_DIRTY_RINGS re-protect per entry (= CLEAR per page)")
     vhost_log_sync_per_gib: Duration = Field(2_000, description="scanning 1 GiB of vhost log (32 KiB of words)")
