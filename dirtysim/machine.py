@@ -4,7 +4,9 @@ Accelerator init registers its listeners first (KVM: ``kvm-memory`` on memory,
 ``kvm-io`` on I/O; TCG: a ``tcg`` listener on each CPU's ``cpu-memory-N`` and
 ``cpu-smm-N``). Then the board maps RAM, and devices register theirs: ``vhost``
 per vhost device, ``device-memory`` for the DIMM area, ``virtio`` per virtio
-device, ``vfio`` per assigned device. The oracle lives here too.
+device, ``vfio`` per assigned device. On a board the machine-done notifiers
+follow (KVM with SMM: ``kvm-smram`` on KVM-SMRAM; TCG: each CPU's SMM view gets
+/machine/smram), then the system reset. The oracle lives here too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import simpy
 from .accel.cost import CostMeter
 from .accel.kvm import KvmDirtyLog, KvmMemoryListener, KvmRingMemoryListener
 from .accel.kvm_io import KvmIoListener
+from .accel.kvm_smram import register_smram_listener
 from .accel.tcg import TcgDirtyMemory, TcgListener
 from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog
@@ -40,6 +43,7 @@ from .memory.region import (MemoryRegion, memory_region_init, memory_region_init
 from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Pam, Scenario, TraceWorkload
 
 SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
+CPU_AS_ROOT_SIZE = 1 << 64  # tcg_cpu_realizefn: memory_region_init(cpu_as_root, ..., "memory", ~0ull)
 IO_SPACE_SIZE = 1 << 16  # "io": x86 port I/O
 ZERO_GRANULE_PAGES = 512  # zero memory comes in 2 MiB runs (free guest memory is page-block sized)
 PAM_BASE, PAM_SIZE = 0xC0000, 0x40000  # the shadow-ROM window below 1 MiB
@@ -101,6 +105,9 @@ class Machine:
         # Without a board only scenarios that toggle PAM get pc.rom, so the others keep exactly one RAMBlock.
         toggles = any(e.pam for e in scenario.timeline)
         self.pam_rom = self._map_pam_rom() if self.board is None and toggles else None
+        if self.board is not None:
+            self._machine_done(dt, costs, nvcpus)
+            self.board.reset()  # qdev_machine_creation_done: the notifiers, then qemu_system_reset
 
     # -- accelerators ----------------------------------------------------------------------------------
     def _kvm_init(self, dt, costs, nvcpus: int) -> None:
@@ -115,13 +122,15 @@ class Machine:
         self.trackers.append(self.kvm_listener)
 
     def _tcg_init(self, nvcpus: int) -> None:
-        """``cpu_address_space_init``: cpu-memory-N over system memory, cpu-smm-N over SMRAM + memory."""
+        """``tcg_cpu_realizefn``: cpu-memory-N over system memory; cpu-smm-N over its own ``memory`` root holding
+        a ``memory`` alias of system memory (priority 0), where machine-done adds SMRAM (``_machine_done``)."""
         self.tcg_listeners = []
+        self.tcg_smm_roots: list[MemoryRegion] = []
         for cpu in range(nvcpus):
             cpu_as = self.memory.address_space_init(self.system_memory, f"cpu-memory-{cpu}")
-            smm_root = memory_region_init(f"smram-as-root-{cpu}", SYSTEM_MEMORY_SIZE)
-            smm_root.add_subregion(0, memory_region_init_alias(f"mem-smm-{cpu}", self.system_memory, 0,
-                                                               SYSTEM_MEMORY_SIZE))
+            smm_root = memory_region_init("memory", CPU_AS_ROOT_SIZE)
+            smm_root.add_subregion(0, memory_region_init_alias("memory", self.system_memory, 0, CPU_AS_ROOT_SIZE))
+            self.tcg_smm_roots.append(smm_root)
             smm_as = self.memory.address_space_init(smm_root, f"cpu-smm-{cpu}")
             if cpu == 0:
                 self.tcg_memory = TcgDirtyMemory(self.ram_list, self.memory, cpu_as)
@@ -130,6 +139,29 @@ class Machine:
                 listener = TcgListener(cpu, refresh)
                 self.memory.memory_listener_register(listener, asp)
                 self.tcg_listeners.append(listener)
+
+    def _machine_done(self, dt, costs, nvcpus: int) -> None:
+        """The board's machine-done notifiers, last registered first (``notifier_list_add`` inserts at the head).
+
+        TCG (``tcg_cpu_machine_done``, CPU N-1 first): an enabled ``smram``
+        alias of /machine/smram (4 GiB) in each CPU's SMM root at priority 1,
+        whenever the board has SMRAM (the i440fx builds it even with smm off).
+        KVM with SMM (``register_smram_listener``, added first by
+        ``kvm_arch_init``, so run last): the ``kvm-smram`` listener
+        (``accel.kvm_smram``).
+        """
+        smram = self.board.smram
+        if self.kvm is None:
+            for root in reversed(self.tcg_smm_roots) if smram is not None else ():
+                alias = memory_region_init_alias("smram", smram, 0, smram.size)
+                self.memory.memory_region_add_subregion(root, 0, alias, priority=1)
+        elif self.scenario.machine.smm_enabled:
+            self.as_smram, self.smram_listener = register_smram_listener(
+                self.memory, self.system_memory, smram, self.kvm_listener, nvcpus,
+                self.scenario.machine.memory.backing, dt, costs, self.meter)
+            self.smram_listener.on_inhibit = self.guest.stall_inhibit
+            self.smram_listener.on_loss_window = self.audit
+            self.trackers.append(self.smram_listener)
 
     # -- RAM and devices -------------------------------------------------------------------------------
     def _runs(self, group) -> np.ndarray:
@@ -168,7 +200,8 @@ class Machine:
         if m.type == "none":
             self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
         else:
-            self.board = PcBoard(self.memory, self.system_memory, m.type, block.mr, m.max_ram_below_4g, self._rom)
+            self.board = PcBoard(self.memory, self.system_memory, m.type, block.mr, m.max_ram_below_4g, self._rom,
+                                 smm=m.smm_enabled, kvm_irqchip=m.accel == "kvm")
         return block
 
     def _rom(self, idstr: str, size: int) -> MemoryRegion:

@@ -346,6 +346,10 @@ class Machine(_Model):
     max_ram_below_4g: Size = Field(
         0, le=4 << 30, description="pc/q35 max-ram-below-4g, at most 4GiB (pc_machine_set_max_ram_below_4g); "
                                    "0: QEMU's default (pc 3.5GiB, q35 4GiB)")
+    smm: Literal["on", "off", "auto"] = Field(
+        "auto", description="pc/q35 -machine smm= (x86_machine_is_smm_enabled): auto and on enable System "
+                            "Management Mode (TCG has it; KVM is assumed to have KVM_CAP_X86_SMM): SMRAM on q35 "
+                            "and, with KVM, the kvm-smram listener (memslots in KVM address space 1); off: neither")
 
     def switchover_state(self) -> int:
         """Bytes of device state ``qemu_savevm_state_complete_precopy_non_iterable`` writes in the downtime."""
@@ -357,6 +361,11 @@ class Machine(_Model):
         (x-use-canonical-path-for-ramblock-id is on), or the implicit backend's ``default_ram_id``."""
         return layout.DEFAULT_RAM_ID if self.memory_backend is None else f"/objects/{self.memory_backend}"
 
+    @property
+    def smm_enabled(self) -> bool:
+        """``x86_machine_is_smm_enabled``: not off, on a board (KVM_CAP_X86_SMM assumed present)."""
+        return self.type != "none" and self.smm != "off"
+
     def ram_ranges(self) -> list[tuple[int, int, int]]:
         """(guest-physical address, size, offset in the RAM backend) of each part of RAM the board shows."""
         return layout.ram_ranges(self.type, self.memory.size, self.max_ram_below_4g)
@@ -365,7 +374,7 @@ class Machine(_Model):
     def _board_keys_when_set(self, handler):
         """The board keys appear only when not their default: a scenario without them dumps as it always did."""
         out = handler(self)
-        for key in ("type", "memory_backend", "max_ram_below_4g", "vmdesc"):
+        for key in ("type", "memory_backend", "max_ram_below_4g", "vmdesc", "smm"):
             if getattr(self, key) == Machine.model_fields[key].default:
                 out.pop(key, None)
         return out
@@ -960,6 +969,9 @@ class Scenario(_Model):
             if m.max_ram_below_4g:
                 raise fail(("machine", "max_ram_below_4g"), "only the pc and q35 boards split RAM",
                            units.format_size(m.max_ram_below_4g), "0, or machine.type pc or q35")
+            if m.smm != "auto":
+                raise fail(("machine", "smm"), "only the pc and q35 boards have SMM (machine.type none has no "
+                           "SMRAM)", m.smm, "auto, or machine.type pc or q35 with on, off or auto")
             for i, pam in pams:
                 if pam.segment is not None:
                     raise fail(("timeline", i, "pam"), "machine.type none has one shadow ROM, no PAM segments",
