@@ -185,6 +185,14 @@ class Machine:
             gpa[inside] = pages[inside] + (base - start) // PAGE_SIZE
         return gpa
 
+    def _gpa_of(self, offset: int) -> int:
+        """Guest-physical address of a byte of the RAM backend (``ram-below-4g`` / ``ram-above-4g``; itself
+        without a board). The schema keeps device buffers inside one range (``Scenario._board_fits``)."""
+        for base, length, start in self.scenario.machine.ram_ranges():
+            if start <= offset < start + length:
+                return base + offset - start
+        raise ValueError(f"offset {offset:#x} is not in the RAM backend")
+
     def _map_ram(self, scenario: Scenario, rng: np.random.Generator) -> RAMBlock:
         """The RAM backend (created before the machine, as ``-object memory-backend-ram``), then the board.
 
@@ -226,13 +234,14 @@ class Machine:
             self.devices.append(dev)
             if spec.kind in VHOST_KINDS:
                 log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
-                used = np.arange(offset // PAGE_SIZE, offset // PAGE_SIZE + spec.queues, dtype=np.int64)
+                gpa = self._gpa_of(offset)  # the guest driver's buffers: where the board shows that RAM
+                used = np.arange(gpa // PAGE_SIZE, gpa // PAGE_SIZE + spec.queues, dtype=np.int64)
                 listener = VhostListener(name, log, self.ram_list, self.memory, self.env, self.sleep, scenario.costs,
                                          self.meter, dt.vhost_harvest, dt.vhost_harvest_gap, used)
                 listener.on_loss_window = self.audit
                 self.memory.memory_listener_register(listener, self.as_memory)
                 self.trackers.append(listener)
-                self.backends.append(VhostUserBackend(name, spec, offset, listener, self.ram_list, self.guest_map,
+                self.backends.append(VhostUserBackend(name, spec, gpa, listener, self.ram_list, self.guest_map,
                                                       scenario.engine.quantum))
         self.device_memory = None
         if m.device_memory:

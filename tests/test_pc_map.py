@@ -221,7 +221,11 @@ def test_a_segment_slot_going_keeps_its_neighbours_write_protection():
 @pytest.mark.parametrize("machine, timeline, message", [
     ({"type": "pc"}, [{"at": "1s", "pam": {"enabled": True}}], "machine.type pc has 13 PAM segments"),
     ({}, [{"at": "1s", "pam": {"segment": 1, "mode": "read-only"}}], "machine.type none has one shadow ROM"),
-    ({"type": "q35", "devices": [{"kind": "vhost-net", "rx": "1Mbit/s"}]}, [], "vhost devices on machine.type q35"),
+    ({"type": "q35", "devices": [{"kind": "vhost-net", "rx": "1Mbit/s", "buffers": "1MiB", "buffer_offset": "512KiB"}]},
+     [], "a vhost device's buffers lie in one RAM range the board shows"),
+    ({"type": "pc", "memory": {"size": "6GiB"}, "devices": [{"kind": "vhost-net", "rx": "1Mbit/s", "buffers": "2MiB",
+                                                             "buffer_offset": "3071MiB"}]},
+     [], "a vhost device's buffers lie in one RAM range the board shows"),
     ({"type": "pc", "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s", "offset": "1MiB"}}]},
      [], "a working set reaches RAM through the board in 2MiB runs"),
     ({"max_ram_below_4g": "1GiB"}, [], "only the pc and q35 boards split RAM"),

@@ -176,3 +176,48 @@ def test_migration_with_kvm_smram_loses_nothing(kind, mode):
     else:
         reaps = [e for e in of(result.events, ev.DirtyRingReap) if e.reason == "sync"]
         assert len(reaps) == 2 * nsyncs
+
+
+# -- vhost on a board -------------------------------------------------------------------------------------------
+
+def _vhost_machine(kind: str, **dev) -> Machine:
+    return _machine(kind, devices=[{"kind": "vhost-user-net", "rx": "1Gbit/s", **dev}])
+
+
+def test_vhost_buffers_are_where_the_board_shows_them():
+    """Default buffers sit at the top of the 6 GiB backend: on pc that is ram-above-4g, so the backend writes
+    GPAs 4 GiB + (offset - 3 GiB); its memory table holds the board's RAM sections, ROMs and MMIO left out."""
+    m = _vhost_machine("pc", buffers="2MiB")
+    backend, listener = m.backends[0], m.backends[0].listener
+    assert backend.used_first == (4 * GIB + 6 * GIB - 2 * (1 << 20) - 3 * GIB) // 4096
+    assert [(s.offset_within_address_space, s.size) for s in listener.sections] == [
+        (0x0, 0xA0000), (0x100000, 0xC0000000 - 0x100000), (0x100000000, 0xC0000000)]
+
+
+@pytest.mark.parametrize("offset, gpa", [(0x80000, 0x80000), (5 * GIB, 6 * GIB)])
+def test_vhost_log_sync_moves_bits_through_each_section(offset, gpa):
+    """A page written by the backend reaches L2 at its RAM page: in ram-below-4g's last, shared log word
+    (0x80000-0xbffff holds 0x9ffff's section end and the VGA window), and above 4 GiB (shift 4 GiB - 3 GiB)."""
+    m = _vhost_machine("pc", buffers="128KiB", buffer_offset=offset)
+    m.memory.memory_global_dirty_log_start(4)  # GLOBAL_DIRTY_MIGRATION
+    listener = m.backends[0].listener
+    page = gpa // 4096 + 1
+    listener.log.words[page // 64] |= np.uint64(1) << np.uint64(page % 64)  # vu_log_page
+    m.memory.memory_global_dirty_log_sync(False)
+    ram = offset // 4096 + 1
+    dirty = m.ram_list.dirty_memory
+    assert dirty[ram // 64] & (np.uint64(1) << np.uint64(ram % 64))
+    assert not listener.log.words.any()
+
+
+@pytest.mark.parametrize("kind, mode", [("pc", "bitmap"), ("q35", "ring")])
+def test_migration_with_vhost_on_a_board_loses_nothing(kind, mode):
+    """A vhost-user-blk at the top of RAM (above 4 GiB: this 1 GiB guest splits at 512 MiB) and a
+    vhost-user-net with buffers in low RAM (128 KiB from 512 KiB: ram-below-4g's first section ends mid-word)."""
+    devices = [{"kind": "vhost-user-blk", "read": "50MiB/s", "buffers": "4MiB"},
+               {"kind": "vhost-user-net", "rx": "200Mbit/s", "buffers": "128KiB", "buffer_offset": "512KiB"}]
+    result = simulate(machine={"type": kind, "max_ram_below_4g": "512MiB", "devices": devices},
+                      dirty_tracking={"mode": mode})
+    assert result.stop_reason == "completed"
+    assert of(result.events, ev.OracleCheck)[-1].lost_pages == 0
+    assert sum(e.pages for e in of(result.events, ev.VhostLogSync)) > 0

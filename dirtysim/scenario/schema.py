@@ -269,7 +269,9 @@ class _VhostUserDevice(_PciDevice):
     queues: int = Field(1, ge=1, le=64, description="queue pairs; each has a used ring page")
     buffers: Size = Field(64 << 20, description="guest RAM holding the device's buffers, used round-robin")
     buffer_offset: Optional[Size] = Field(
-        None, description="guest-physical start of the buffers (default: stacked below the top of RAM)"
+        None, description="start of the buffers as an offset in the RAM backend: guest-physical with machine.type "
+                          "none, where ram-below-4g/ram-above-4g show it on a board (default: stacked below the top "
+                          "of RAM)"
     )
 
 
@@ -962,7 +964,8 @@ class Scenario(_Model):
 
     def _board_fits(self) -> None:
         """pc/q35 (``board.pc``): the split falls on a 2 MiB run (workloads reach RAM in 2 MiB runs through the
-        aliases), no vhost device yet, and PAM actions name a segment; ``none`` keeps its one shadow ROM."""
+        aliases), vhost buffers lie in one RAM range the guest sees, and PAM actions name a segment; ``none``
+        keeps its one shadow ROM."""
         m, run = self.machine, 512 * PAGE_SIZE
         pams = [(i, e.pam) for i, e in enumerate(self.timeline) if e.pam is not None]
         if m.type == "none":
@@ -983,11 +986,19 @@ class Scenario(_Model):
                 raise fail(("machine", key) + (("size",) if key == "memory" else ()),
                            f"machine.type {m.type}: dirtysim maps RAM to the board in 2MiB runs",
                            units.format_size(value), "a multiple of 2MiB")
-        for i, dev in enumerate(m.devices):
-            if dev.kind in VHOST_KINDS:
-                raise fail(("machine", "devices", i, "kind"), f"vhost devices on machine.type {m.type} are not "
-                           "modelled yet (the vhost log is harvested in 64-page words; the board's RAM sections "
-                           "are as small as 16KiB)", dev.kind, "virtio-net, virtio-blk, vfio-pci, or machine.type none")
+        ranges = m.ram_ranges()
+        for i, ((offset, size), dev) in enumerate(zip(self.device_buffers(), m.devices)):
+            if dev.kind not in VHOST_KINDS:
+                continue
+            inside = any(start <= offset and offset + size <= start + length for _, length, start in ranges)
+            hidden = offset < 1 << 20 and offset + size > layout.SMRAM_C_BASE  # the VGA window and the ROMs
+            if not inside or hidden:
+                split = ranges[0][1]
+                raise fail(("machine", "devices", i, "buffer_offset"), f"machine.type {m.type}: a vhost device's "
+                           "buffers lie in one RAM range the board shows (ram-below-4g or ram-above-4g) and "
+                           "outside 0xA0000-0xFFFFF", f"{units.format_size(offset)} + {units.format_size(size)}",
+                           f"within 0 .. 640KiB, 1MiB .. {units.format_size(split)}, or "
+                           f"{units.format_size(split)} .. {units.format_size(m.memory.size)} of the backend")
         for i, group in enumerate(m.vcpus):
             offset, size = self.working_set(group)
             if offset % run or size % run:
