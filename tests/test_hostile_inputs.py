@@ -78,7 +78,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("list_key", V + "? [a]\n: x\n",
      '{file}:6: (top level): a key must be a name (got a seq as a key; allowed: names such as machine)'),
     ("key_case", V.replace("  memory:", "  Memory:"),
-     '{file}:1: machine.memory: required key is missing\n{file}:2: machine.Memory: unknown key; did you mean memory? (got a mapping; allowed: accel, memory, vcpus, devices, device_memory, device_state, vmdesc, type, memory_backend, max_ram_below_4g)'),
+     '{file}:1: machine.memory: required key is missing\n{file}:2: machine.Memory: unknown key; did you mean memory? (got a mapping; allowed: accel, memory, vcpus, devices, device_memory, device_state, vmdesc, type, memory_backend, max_ram_below_4g, smm)'),
     ("undefined_alias", V + "name: *nowhere\n",
      "{file}:6: YAML syntax error: found undefined alias 'nowhere'"),
     # numbers and units
