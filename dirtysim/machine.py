@@ -93,7 +93,7 @@ class Machine:
             self._ring_full_exit = costs.ring_full_exit
             self.guest.on_ring_full = self._ring_full
             self.kvm.on_ring_full = lambda v: self.guest.stall(v, self._ring_full(v))  # a trace's exits
-            self.kvm_listener.on_inhibit = self.guest.stall_inhibit
+            self.kvm_listener.on_inhibit = self._stall_inhibit
         self.dirtylimit: Optional[DirtyLimit] = None  # system/dirtylimit.c, with a dirty ring
         if self.kvm is not None and self.kvm.ring:
             self.dirtylimit = DirtyLimit(env, self, recorder, dt.ring_size)
@@ -159,7 +159,7 @@ class Machine:
             self.as_smram, self.smram_listener = register_smram_listener(
                 self.memory, self.system_memory, smram, self.kvm_listener, nvcpus,
                 self.scenario.machine.memory.backing, dt, costs, self.meter)
-            self.smram_listener.on_inhibit = self.guest.stall_inhibit
+            self.smram_listener.on_inhibit = self._stall_inhibit
             self.smram_listener.on_loss_window = self.audit
             self.trackers.append(self.smram_listener)
 
@@ -184,6 +184,12 @@ class Machine:
             inside = (pages >= start // PAGE_SIZE) & (pages < (start + length) // PAGE_SIZE)
             gpa[inside] = pages[inside] + (base - start) // PAGE_SIZE
         return gpa
+
+    def _stall_inhibit(self, ns: int) -> None:
+        """``accel_ioctl_inhibit_begin`` holds the running vCPUs; before they start (machine creation and the
+        system reset, e.g. q35's ``mch_reset`` swapping RAM for the ROMs under PAM) none is held."""
+        if self.guest.started:
+            self.guest.stall_inhibit(ns)
 
     def _gpa_of(self, offset: int) -> int:
         """Guest-physical address of a byte of the RAM backend (``ram-below-4g`` / ``ram-above-4g``; itself
