@@ -234,7 +234,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("quoted_boolean", V + "outputs: {plots: 'yes'}\n", '{file}:6: outputs.plots: not a boolean (got "yes")'),
     ("two_timeline_actions", V + "timeline: [{at: 1s, pam: {enabled: true}, unplug: {id: d0}}]\n",
      "{file}:6: timeline.0: a timeline entry needs exactly one action (got unplug, pam; allowed: one of hotplug, "
-     "unplug, bar, pam, ioeventfd, calc_dirty_rate, set, migrate_cancel, migrate_start_postcopy)"),
+     "unplug, bar, pam, ioeventfd, calc_dirty_rate, set, migrate_cancel, migrate_start_postcopy, pciexbar)"),
     ("ring_size_not_power_of_two", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 3072}\n",
      "{file}:6: dirty_tracking.dirty-ring-size: not a power of two (got 3072; allowed: 1024, 2048, ..., 65536)"),
     # the sending side

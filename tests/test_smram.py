@@ -229,3 +229,40 @@ def test_the_reset_holds_no_vcpu():
     m = _machine("q35")
     assert any(e.inhibited for e in of(m.recorder.events, ev.KvmMemslotUpdate))
     assert m.guest.stats["inhibit_ns"].sum() == 0
+
+
+# -- q35 MMCONFIG -----------------------------------------------------------------------------------------------
+
+def _pciexbar(m: Machine, **act) -> str:
+    from dirtysim.scenario.schema import TimelineEntry
+    from dirtysim.timeline import apply_action
+    apply_action(TimelineEntry.model_validate({"at": "0s", "pciexbar": act}), m.scenario, m, False, m.recorder)
+    return of(m.recorder.events, ev.TimelineAction)[-1].result
+
+
+def test_mmconfig_appears_when_the_firmware_enables_it():
+    """mch_reset leaves pcie-mmcfg-mmio unmapped (the 6 GiB table has none); PCIEXBAR 0xb0000000 + 256 MiB
+    enabled maps it in the PCI hole (RAM ends at 2 GiB on q35); a new length moves and resizes it (unmap, then
+    map); disabled takes it away. KVM makes no memslot of it."""
+    m = _machine("q35")
+    assert m.board.mmcfg.container is None
+    assert _pciexbar(m, enabled=True) == "done"
+    view = _table(m.as_memory)
+    assert (0xB0000000, 0x10000000, "i/o", "pcie-mmcfg-mmio", 0) in view and view[:-6] == Q35_6G[:-5]
+    assert not any(s.gpa == 0xB0000000 for s in m.kvm.slots)
+    _pciexbar(m, enabled=True, base=0xE0000000, length=64 << 20)
+    assert [e[:2] for e in _table(m.as_memory) if e[3] == "pcie-mmcfg-mmio"] == [(0xE0000000, 0x4000000)]
+    _pciexbar(m, enabled=False)
+    assert _table(m.as_memory) == Q35_6G
+
+
+@pytest.mark.parametrize("machine, act, message", [
+    ({"type": "pc"}, {"enabled": True}, "PCIEXBAR is the q35 host bridge's"),
+    ({"type": "q35"}, {"enabled": True, "length": "32MiB"}, "256MiB, 128MiB or 64MiB"),
+    ({"type": "q35"}, {"enabled": True, "base": 0xB4000000}, "a base aligned to the length"),
+])
+def test_pciexbar_is_checked(tmp_path, machine, act, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(merge(BASE, {"machine": machine, "timeline": [{"at": "1s", "pciexbar": act}]})))
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(path)

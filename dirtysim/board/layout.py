@@ -31,6 +31,12 @@ APIC_DEFAULT_ADDRESS, APIC_SPACE_SIZE = 0xFEE00000, 0x100000  # target/i386/cpu.
 APIC_PRIORITY = 0x1000  # x86_cpu_apic_realize: memory_region_add_subregion_overlap(..., 0x1000)
 IO_APIC_DEFAULT_ADDRESS, IOAPIC_SIZE = 0xFEC00000, 0x1000  # include/hw/intc/ioapic.h; ioapic_realize's 0x1000
 HPET_BASE, HPET_LEN = 0xFED00000, 0x400  # include/hw/timer/hpet.h
+# q35 MMCONFIG: PCIEXBAR at reset (MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT, enable bit clear), the region's
+# initial size (pcie_host_init: PCIE_MMCFG_SIZE_MAX) and the lengths PCIEXBAR encodes (256, 128, 64 MiB)
+PCIEXBAR_DEFAULT = 0xB0000000
+PCIE_MMCFG_SIZE_MAX = 256 * MIB
+PCIEXBAR_LENGTHS = (256 * MIB, 128 * MIB, 64 * MIB)
+PCIEXBAR_ADDR_LIMIT = 1 << 36  # MCH_HOST_BRIDGE_PCIEXBAR_ADMSK: address bits 26..35
 # The PAM attribute (RE | WE << 1) selects the alias pam_update enables: init_pam's alias[0..3]
 PAM_MODES = ("disabled", "read-only", "write-only", "read-write")
 

@@ -32,10 +32,12 @@ At machine creation, after the system reset, before the firmware runs (``info mt
   (``vga_init``): ``vga-lowmem``, MMIO over 0xa0000-0xbffff in ``pci`` at
   priority 1, coalesced (pc maps the VGA before the HPET, q35 after).
 
-Not built: q35's MMCONFIG (``pcie-mmcfg-mmio``), which ``mch_reset`` leaves
-unmapped (PCIEXBAR's enable bit clear) until the firmware writes PCIEXBAR;
-an action that opens SMRAM or TSEG (no vCPU enters SMM in dirtysim); the
-firmware's BARs; the port-I/O devices.
+q35's MMCONFIG (``pcie-mmcfg-mmio``) exists from the host bridge's creation;
+``mch_reset`` leaves it unmapped (PCIEXBAR's enable bit clear) until the
+firmware writes PCIEXBAR (the timeline's ``pciexbar``, ``mch_update_pciexbar``).
+
+Not built: an action that opens SMRAM or TSEG (no vCPU enters SMM in
+dirtysim); the firmware's BARs; the port-I/O devices.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class PcBoard:
         self.pci = memory_region_init("pci", PCI_SPACE_SIZE)
         self._firmware(make_rom)
         add(system, 0, self.pci, priority=-1)  # pc_pci_as_mapping_init: "Set to lower priority than RAM"
+        # q35: pcie_host_init makes MMCONFIG at the host bridge's creation; mch_reset leaves it unmapped
+        self.mmcfg = memory_region_init_io("pcie-mmcfg-mmio", L.PCIE_MMCFG_SIZE_MAX) if machine_type == "q35" else None
         self.smram: Optional[MemoryRegion] = None  # /machine/smram: SMRAM as SMM CPUs see it
         self.smram_aliases: list[MemoryRegion] = []  # q35's smram-low, smram-high, cleared by mch_reset
         if machine_type == "pc":  # i440fx maps SMRAM's window before PAM, the mch after it
@@ -157,6 +161,20 @@ class PcBoard:
             with self.memory.transaction():
                 for alias in self.smram_aliases:
                     self.memory.memory_region_set_enabled(alias, False)
+
+    def mch_update_pciexbar(self, enable: bool, addr: int, length: int) -> None:
+        """q35 ``mch_update_pciexbar`` -> ``pcie_host_mmcfg_update``: in one transaction, unmap MMCONFIG if
+        mapped, then (enabled) size it to ``length`` and map it at ``addr`` in system memory, priority 0.
+
+        The firmware's write of PCIEXBAR (SeaBIOS, OVMF: 0xB0000000, 256 MiB,
+        enabled). dirtysim takes the register's fields, not its encoding.
+        """
+        with self.memory.transaction():
+            if self.mmcfg.container is not None:
+                self.memory.memory_region_del_subregion(self.system, self.mmcfg)
+            if enable:
+                self.mmcfg.size = length  # pcie_host_mmcfg_init's memory_region_set_size, while unmapped
+                self.memory.memory_region_add_subregion(self.system, addr, self.mmcfg)
 
     def _firmware(self, make_rom: Callable[[str, int], MemoryRegion]) -> None:
         """``x86_bios_rom_init`` (isa-bios, then pc.bios at 4 GiB - size) and ``pc_memory_init``'s pc.rom."""

@@ -807,6 +807,30 @@ class Pam(_Model):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
+class Pciexbar(_Model):
+    """q35: the firmware writes the MCH's PCIEXBAR (``mch_write_config`` -> ``mch_update_pciexbar``):
+    MMCONFIG (``pcie-mmcfg-mmio``) leaves its old place and, when enabled, appears at ``base``."""
+
+    enabled: bool = Field(description="PCIEXBAREN: MMCONFIG mapped (true) or not")
+    base: Size = Field(layout.PCIEXBAR_DEFAULT, description="guest-physical address, a multiple of length below "
+                                                              "64GiB (MCH_HOST_BRIDGE_PCIEXBAR_ADMSK); SeaBIOS and "
+                                                              "OVMF use QEMU's default 0xB0000000")
+    length: Size = Field(layout.PCIE_MMCFG_SIZE_MAX, description="256MiB, 128MiB or 64MiB (PCIEXBAR's LENGTH field)")
+
+    @model_validator(mode="after")
+    def _encodable(self):
+        """What the register can hold: ``mch_update_pciexbar`` masks the address by the length's ADMSK."""
+        if self.length not in layout.PCIEXBAR_LENGTHS:
+            raise PydanticCustomError("pciexbar", "PCIEXBAR encodes an MMCONFIG length of 256MiB, 128MiB or 64MiB",
+                                      {"got": units.format_size(self.length), "allowed": "256MiB, 128MiB, 64MiB"})
+        if self.base % self.length or self.base + self.length > layout.PCIEXBAR_ADDR_LIMIT:
+            raise PydanticCustomError("pciexbar", "PCIEXBAR holds a base aligned to the length, below 64GiB",
+                                      {"got": f"{self.base:#x}", "allowed": f"a multiple of "
+                                                                            f"{units.format_size(self.length)} "
+                                                                            f"below 64GiB"})
+        return self
+
+
 class Ioeventfd(_Model):
     """``virtio_bus_set_host_notifier``: start (or stop) a virtio device's queue-notify ioeventfds."""
 
@@ -860,7 +884,7 @@ class MigrateStartPostcopy(_Model):
 
 
 TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate", "set", "migrate_cancel",
-                    "migrate_start_postcopy")
+                    "migrate_start_postcopy", "pciexbar")
 
 
 class TimelineEntry(_Model):
@@ -874,6 +898,15 @@ class TimelineEntry(_Model):
     set: Optional[SetParameters] = None
     migrate_cancel: Optional[MigrateCancel] = None
     migrate_start_postcopy: Optional[MigrateStartPostcopy] = None
+    pciexbar: Optional[Pciexbar] = None
+
+    @model_serializer(mode="wrap")
+    def _pciexbar_when_given(self, handler):
+        """``pciexbar`` appears only when given: other entries dump as they always did."""
+        out = handler(self)
+        if self.pciexbar is None:
+            out.pop("pciexbar", None)
+        return out
 
     @model_validator(mode="after")
     def _one_action(self):
@@ -968,6 +1001,10 @@ class Scenario(_Model):
         keeps its one shadow ROM."""
         m, run = self.machine, 512 * PAGE_SIZE
         pams = [(i, e.pam) for i, e in enumerate(self.timeline) if e.pam is not None]
+        for i, entry in enumerate(self.timeline):
+            if entry.pciexbar is not None and m.type != "q35":
+                raise fail(("timeline", i, "pciexbar"), "PCIEXBAR is the q35 host bridge's (MMCONFIG)",
+                           f"machine.type {m.type}", "machine.type q35")
         if m.type == "none":
             if m.max_ram_below_4g:
                 raise fail(("machine", "max_ram_below_4g"), "only the pc and q35 boards split RAM",
