@@ -24,6 +24,12 @@ the listener of its slot's address space, here always ``kvm-memory``'s.
 
 The listener has no ioeventfd or coalesced-MMIO hooks: ``kvm_init`` adds those
 to ``kvm-memory`` only.
+
+Departures: no vCPU enters SMM (dirtysim models no SMI), so no write goes
+through address space 1; KVM_CAP_X86_SMM is assumed (``kvm_has_smm``); the
+per-CPU ``cpu-smm`` address spaces QEMU also gives KVM's CPUs over this root
+hold no listener and are not built; ``KvmMemslotUpdate`` events do not name
+their listener (the ``commit`` ListenerCall just before them does).
 """
 
 from __future__ import annotations

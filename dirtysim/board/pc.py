@@ -38,6 +38,14 @@ firmware writes PCIEXBAR (the timeline's ``pciexbar``, ``mch_update_pciexbar``).
 
 Not built: an action that opens SMRAM or TSEG (no vCPU enters SMM in
 dirtysim); the firmware's BARs; the port-I/O devices.
+
+Departures: the host bridge's registers are taken by field (a PAM mode by
+name, PCIEXBAR's enable, base and length), not decoded from config writes;
+with TCG the APIC window is mapped after every CPU's address spaces exist
+(QEMU maps it in CPU 0's realize, before CPU 1's address spaces): only the
+order of the ``tcg`` listeners' begin/commit calls differs; KVM is assumed to
+run with QEMU's default in-kernel irqchip (no ``kernel-irqchip=split``,
+whose IOAPIC would be the userspace ``ioapic``).
 """
 
 from __future__ import annotations
