@@ -1031,11 +1031,13 @@ class Scenario(_Model):
             hidden = offset < 1 << 20 and offset + size > layout.SMRAM_C_BASE  # the VGA window and the ROMs
             if not inside or hidden:
                 split = ranges[0][1]
+                allowed = f"within 0 .. 640KiB or 1MiB .. {units.format_size(split)}" + (
+                    f", or {units.format_size(split)} .. {units.format_size(m.memory.size)}" if len(ranges) > 1
+                    else "") + " of the backend"
                 raise fail(("machine", "devices", i, "buffer_offset"), f"machine.type {m.type}: a vhost device's "
                            "buffers lie in one RAM range the board shows (ram-below-4g or ram-above-4g) and "
                            "outside 0xA0000-0xFFFFF", f"{units.format_size(offset)} + {units.format_size(size)}",
-                           f"within 0 .. 640KiB, 1MiB .. {units.format_size(split)}, or "
-                           f"{units.format_size(split)} .. {units.format_size(m.memory.size)} of the backend")
+                           allowed)
         for i, group in enumerate(m.vcpus):
             offset, size = self.working_set(group)
             if offset % run or size % run:
