@@ -4,7 +4,9 @@ Accelerator init registers its listeners first (KVM: ``kvm-memory`` on memory,
 ``kvm-io`` on I/O; TCG: a ``tcg`` listener on each CPU's ``cpu-memory-N`` and
 ``cpu-smm-N``). Then the board maps RAM, and devices register theirs: ``vhost``
 per vhost device, ``device-memory`` for the DIMM area, ``virtio`` per virtio
-device, ``vfio`` per assigned device. The oracle lives here too.
+device, ``vfio`` per assigned device. On a board the machine-done notifiers
+follow (KVM with SMM: ``kvm-smram`` on KVM-SMRAM; TCG: each CPU's SMM view gets
+/machine/smram), then the system reset. The oracle lives here too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import simpy
 from .accel.cost import CostMeter
 from .accel.kvm import KvmDirtyLog, KvmMemoryListener, KvmRingMemoryListener
 from .accel.kvm_io import KvmIoListener
+from .accel.kvm_smram import register_smram_listener
 from .accel.tcg import TcgDirtyMemory, TcgListener
 from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog
@@ -41,6 +44,7 @@ from .memory.region import (MemoryRegion, memory_region_init, memory_region_init
 from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Pam, Scenario, TraceWorkload
 
 SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
+CPU_AS_ROOT_SIZE = 1 << 64  # tcg_cpu_realizefn: memory_region_init(cpu_as_root, ..., "memory", ~0ull)
 IO_SPACE_SIZE = 1 << 16  # "io": x86 port I/O
 ZERO_GRANULE_PAGES = 512  # zero memory comes in 2 MiB runs (free guest memory is page-block sized)
 PAM_BASE, PAM_SIZE = 0xC0000, 0x40000  # the shadow-ROM window below 1 MiB
@@ -92,7 +96,7 @@ class Machine:
             self._ring_full_exit = costs.ring_full_exit
             self.guest.on_ring_full = self._ring_full
             self.kvm.on_ring_full = lambda v: self.guest.stall(v, self._ring_full(v))  # a trace's exits
-            self.kvm_listener.on_inhibit = self.guest.stall_inhibit
+            self.kvm_listener.on_inhibit = self._stall_inhibit
         self.dirtylimit: Optional[DirtyLimit] = None  # system/dirtylimit.c, with a dirty ring
         if self.kvm is not None and self.kvm.ring:
             self.dirtylimit = DirtyLimit(env, self, recorder, dt.ring_size)
@@ -104,6 +108,9 @@ class Machine:
         # Without a board only scenarios that toggle PAM get pc.rom, so the others keep exactly one RAMBlock.
         toggles = any(e.pam for e in scenario.timeline)
         self.pam_rom = self._map_pam_rom() if self.board is None and toggles else None
+        if self.board is not None:
+            self._machine_done(dt, costs, nvcpus)
+            self.board.reset()  # qdev_machine_creation_done: the notifiers, then qemu_system_reset
 
     # -- accelerators ----------------------------------------------------------------------------------
     def _kvm_init(self, dt, costs, nvcpus: int) -> None:
@@ -118,13 +125,15 @@ class Machine:
         self.trackers.append(self.kvm_listener)
 
     def _tcg_init(self, nvcpus: int) -> None:
-        """``cpu_address_space_init``: cpu-memory-N over system memory, cpu-smm-N over SMRAM + memory."""
+        """``tcg_cpu_realizefn``: cpu-memory-N over system memory; cpu-smm-N over its own ``memory`` root holding
+        a ``memory`` alias of system memory (priority 0), where machine-done adds SMRAM (``_machine_done``)."""
         self.tcg_listeners = []
+        self.tcg_smm_roots: list[MemoryRegion] = []
         for cpu in range(nvcpus):
             cpu_as = self.memory.address_space_init(self.system_memory, f"cpu-memory-{cpu}")
-            smm_root = memory_region_init(f"smram-as-root-{cpu}", SYSTEM_MEMORY_SIZE)
-            smm_root.add_subregion(0, memory_region_init_alias(f"mem-smm-{cpu}", self.system_memory, 0,
-                                                               SYSTEM_MEMORY_SIZE))
+            smm_root = memory_region_init("memory", CPU_AS_ROOT_SIZE)
+            smm_root.add_subregion(0, memory_region_init_alias("memory", self.system_memory, 0, CPU_AS_ROOT_SIZE))
+            self.tcg_smm_roots.append(smm_root)
             smm_as = self.memory.address_space_init(smm_root, f"cpu-smm-{cpu}")
             if cpu == 0:
                 self.tcg_memory = TcgDirtyMemory(self.ram_list, self.memory, cpu_as)
@@ -133,6 +142,29 @@ class Machine:
                 listener = TcgListener(cpu, refresh)
                 self.memory.memory_listener_register(listener, asp)
                 self.tcg_listeners.append(listener)
+
+    def _machine_done(self, dt, costs, nvcpus: int) -> None:
+        """The board's machine-done notifiers, last registered first (``notifier_list_add`` inserts at the head).
+
+        TCG (``tcg_cpu_machine_done``, CPU N-1 first): an enabled ``smram``
+        alias of /machine/smram (4 GiB) in each CPU's SMM root at priority 1,
+        whenever the board has SMRAM (the i440fx builds it even with smm off).
+        KVM with SMM (``register_smram_listener``, added first by
+        ``kvm_arch_init``, so run last): the ``kvm-smram`` listener
+        (``accel.kvm_smram``).
+        """
+        smram = self.board.smram
+        if self.kvm is None:
+            for root in reversed(self.tcg_smm_roots) if smram is not None else ():
+                alias = memory_region_init_alias("smram", smram, 0, smram.size)
+                self.memory.memory_region_add_subregion(root, 0, alias, priority=1)
+        elif self.scenario.machine.smm_enabled:
+            self.as_smram, self.smram_listener = register_smram_listener(
+                self.memory, self.system_memory, smram, self.kvm_listener, nvcpus,
+                self.scenario.machine.memory.backing, dt, costs, self.meter)
+            self.smram_listener.on_inhibit = self._stall_inhibit
+            self.smram_listener.on_loss_window = self.audit
+            self.trackers.append(self.smram_listener)
 
     # -- RAM and devices -------------------------------------------------------------------------------
     def _runs(self, group) -> np.ndarray:
@@ -156,6 +188,20 @@ class Machine:
             gpa[inside] = pages[inside] + (base - start) // PAGE_SIZE
         return gpa
 
+    def _stall_inhibit(self, ns: int) -> None:
+        """``accel_ioctl_inhibit_begin`` holds the running vCPUs; before they start (machine creation and the
+        system reset, e.g. q35's ``mch_reset`` swapping RAM for the ROMs under PAM) none is held."""
+        if self.guest.started:
+            self.guest.stall_inhibit(ns)
+
+    def _gpa_of(self, offset: int) -> int:
+        """Guest-physical address of a byte of the RAM backend (``ram-below-4g`` / ``ram-above-4g``; itself
+        without a board). The schema keeps device buffers inside one range (``Scenario._board_fits``)."""
+        for base, length, start in self.scenario.machine.ram_ranges():
+            if start <= offset < start + length:
+                return base + offset - start
+        raise ValueError(f"offset {offset:#x} is not in the RAM backend")
+
     def _map_ram(self, scenario: Scenario, rng: np.random.Generator) -> RAMBlock:
         """The RAM backend (created before the machine, as ``-object memory-backend-ram``), then the board.
 
@@ -171,7 +217,8 @@ class Machine:
         if m.type == "none":
             self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
         else:
-            self.board = PcBoard(self.memory, self.system_memory, m.type, block.mr, m.max_ram_below_4g, self._rom)
+            self.board = PcBoard(self.memory, self.system_memory, m.type, block.mr, m.max_ram_below_4g, self._rom,
+                                 smm=m.smm_enabled, kvm_irqchip=m.accel == "kvm")
         return block
 
     def _rom(self, idstr: str, size: int) -> MemoryRegion:
@@ -196,13 +243,14 @@ class Machine:
             self.devices.append(dev)
             if spec.kind in VHOST_KINDS:
                 log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
-                used = np.arange(offset // PAGE_SIZE, offset // PAGE_SIZE + spec.queues, dtype=np.int64)
+                gpa = self._gpa_of(offset)  # the guest driver's buffers: where the board shows that RAM
+                used = np.arange(gpa // PAGE_SIZE, gpa // PAGE_SIZE + spec.queues, dtype=np.int64)
                 listener = VhostListener(name, log, self.ram_list, self.memory, self.env, self.sleep, scenario.costs,
                                          self.meter, dt.vhost_harvest, dt.vhost_harvest_gap, used)
                 listener.on_loss_window = self.audit
                 self.memory.memory_listener_register(listener, self.as_memory)
                 self.trackers.append(listener)
-                self.backends.append(VhostUserBackend(name, spec, offset, listener, self.ram_list, self.guest_map,
+                self.backends.append(VhostUserBackend(name, spec, gpa, listener, self.ram_list, self.guest_map,
                                                       scenario.engine.quantum))
         self.device_memory = None
         if m.device_memory:

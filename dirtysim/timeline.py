@@ -77,4 +77,7 @@ def _apply(kind: str, act, scenario, machine, migrating: bool) -> tuple[str, str
         return machine.devices[act.device]["name"], "done"
     if kind == "pam":
         return machine.set_pam(act), "done"
+    if kind == "pciexbar":
+        machine.board.mch_update_pciexbar(act.enabled, act.base, act.length)
+        return "pcie-mmcfg-mmio", "done"
     return machine.devices[act.device]["name"], machine.set_ioeventfds(act.device, act.enabled)

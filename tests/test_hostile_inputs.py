@@ -78,7 +78,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("list_key", V + "? [a]\n: x\n",
      '{file}:6: (top level): a key must be a name (got a seq as a key; allowed: names such as machine)'),
     ("key_case", V.replace("  memory:", "  Memory:"),
-     '{file}:1: machine.memory: required key is missing\n{file}:2: machine.Memory: unknown key; did you mean memory? (got a mapping; allowed: accel, memory, vcpus, devices, device_memory, device_state, vmdesc, type, memory_backend, max_ram_below_4g)'),
+     '{file}:1: machine.memory: required key is missing\n{file}:2: machine.Memory: unknown key; did you mean memory? (got a mapping; allowed: accel, memory, vcpus, devices, device_memory, device_state, vmdesc, type, memory_backend, max_ram_below_4g, smm)'),
     ("undefined_alias", V + "name: *nowhere\n",
      "{file}:6: YAML syntax error: found undefined alias 'nowhere'"),
     # numbers and units
@@ -234,7 +234,7 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     ("quoted_boolean", V + "outputs: {plots: 'yes'}\n", '{file}:6: outputs.plots: not a boolean (got "yes")'),
     ("two_timeline_actions", V + "timeline: [{at: 1s, pam: {enabled: true}, unplug: {id: d0}}]\n",
      "{file}:6: timeline.0: a timeline entry needs exactly one action (got unplug, pam; allowed: one of hotplug, "
-     "unplug, bar, pam, ioeventfd, calc_dirty_rate, set, migrate_cancel, migrate_start_postcopy)"),
+     "unplug, bar, pam, ioeventfd, calc_dirty_rate, set, migrate_cancel, migrate_start_postcopy, pciexbar)"),
     ("ring_size_not_power_of_two", V + "dirty_tracking: {mode: ring, manual_protect: false, dirty-ring-size: 3072}\n",
      "{file}:6: dirty_tracking.dirty-ring-size: not a power of two (got 3072; allowed: 1024, 2048, ..., 65536)"),
     # the sending side

@@ -3,8 +3,8 @@
 The expected tables are written out from QEMU's source rules (hw/i386/pc_piix.c,
 pc_q35.c, pc.c pc_memory_init, pc_sysfw.c x86_bios_rom_init, hw/pci-host/pam.c,
 i440fx.c / q35.c, hw/display/vga.c), as ``info mtree -f`` prints them for the
-machine at creation (``-S``, before the firmware runs), without the device MMIO
-dirtysim does not build (ioapic, hpet, the APIC window).
+machine at creation (``-S``: after the system reset, before the firmware runs),
+with KVM's in-kernel irqchip (QEMU's default kernel-irqchip=on).
 """
 
 from __future__ import annotations
@@ -38,13 +38,21 @@ LOW_1M = [
     (0xC0000, 0x20000, "rom", "pc.rom", 0x0),  # pam-pci (PAM 0 at reset) -> pci -> pc.rom
     (0xE0000, 0x20000, "rom", "pc.bios", 0x20000),  # pam-pci -> pci -> isa-bios: the last 128 KiB of 256
 ]
+# device MMIO in the PCI hole (KVM, in-kernel irqchip)
+HOLE_MMIO = [
+    (0xFEC00000, 0x1000, "i/o", "kvm-ioapic", 0x0),  # ioapic_init_gsi: IO_APIC_DEFAULT_ADDRESS, 4 KiB
+    (0xFED00000, 0x400, "i/o", "hpet", 0x0),  # pc_basic_device_init: HPET_BASE, HPET_LEN
+    (0xFEE00000, 0x100000, "i/o", "kvm-apic-msi", 0x0),  # x86_cpu_apic_realize: APIC_SPACE_SIZE, priority 0x1000
+]
 PC_6G = LOW_1M + [
     (0x100000, 0xC0000000 - 0x100000, "ram", "pc.ram", 0x100000),  # 6 GiB >= 3.5 GiB: gigabyte aligned, 3 GiB low
+    *HOLE_MMIO,
     (0xFFFC0000, 0x40000, "rom", "pc.bios", 0x0),  # (uint32_t)(-bios_size)
     (0x100000000, 0xC0000000, "ram", "pc.ram", 0xC0000000),  # ram-above-4g: the other 3 GiB
 ]
 Q35_6G = LOW_1M + [
     (0x100000, 0x80000000 - 0x100000, "ram", "pc.ram", 0x100000),  # 6 GiB >= 0xb0000000: 2 GiB low
+    *HOLE_MMIO,  # smram-open-high (0xfeda0000) and the blackholes are disabled; MMCONFIG is not mapped at reset
     (0xFFFC0000, 0x40000, "rom", "pc.bios", 0x0),
     (0x100000000, 0x100000000, "ram", "pc.ram", 0x80000000),  # 4 GiB above
 ]
@@ -143,9 +151,9 @@ def test_shadowing_the_bios_like_seabios():
     m = _board("pc")
     for segment in range(13):
         _pam(m, segment, "read-write")
-    assert _table(m, 0xC0000, 0xFFFC0000) == [(0xC0000, 0xC0000000 - 0xC0000, "ram", "pc.ram", 0xC0000)]
+    assert _table(m, 0xC0000, 0xFEC00000) == [(0xC0000, 0xC0000000 - 0xC0000, "ram", "pc.ram", 0xC0000)]
     _pam(m, 0, "read-only")
-    assert _table(m, 0xC0000, 0xFFFC0000) == [(0xC0000, 0x30000, "ram", "pc.ram", 0xC0000),
+    assert _table(m, 0xC0000, 0xFEC00000) == [(0xC0000, 0x30000, "ram", "pc.ram", 0xC0000),
                                                (0xF0000, 0x10000, "rom", "pc.ram", 0xF0000),
                                                (0x100000, 0xC0000000 - 0x100000, "ram", "pc.ram", 0x100000)]
 
@@ -213,7 +221,11 @@ def test_a_segment_slot_going_keeps_its_neighbours_write_protection():
 @pytest.mark.parametrize("machine, timeline, message", [
     ({"type": "pc"}, [{"at": "1s", "pam": {"enabled": True}}], "machine.type pc has 13 PAM segments"),
     ({}, [{"at": "1s", "pam": {"segment": 1, "mode": "read-only"}}], "machine.type none has one shadow ROM"),
-    ({"type": "q35", "devices": [{"kind": "vhost-net", "rx": "1Mbit/s"}]}, [], "vhost devices on machine.type q35"),
+    ({"type": "q35", "devices": [{"kind": "vhost-net", "rx": "1Mbit/s", "buffers": "1MiB", "buffer_offset": "512KiB"}]},
+     [], "a vhost device's buffers lie in one RAM range the board shows"),
+    ({"type": "pc", "memory": {"size": "6GiB"}, "devices": [{"kind": "vhost-net", "rx": "1Mbit/s", "buffers": "2MiB",
+                                                             "buffer_offset": "3071MiB"}]},
+     [], "a vhost device's buffers lie in one RAM range the board shows"),
     ({"type": "pc", "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "1MiB/s", "offset": "1MiB"}}]},
      [], "a working set reaches RAM through the board in 2MiB runs"),
     ({"max_ram_below_4g": "1GiB"}, [], "only the pc and q35 boards split RAM"),

@@ -83,6 +83,15 @@ WHERE = {
     "MigrateStartPostcopy": "timeline.8.migrate_start_postcopy",
     "Capabilities": "migration.capabilities",
 }
+# Models valid only on a board, placed in RICH_Q35 instead
+RICH_Q35 = """\
+name: rich-q35
+machine: {type: q35, memory: {size: 1GiB}, vcpus: [{count: 1, workload: {kind: uniform, rate: 1MiB/s}}]}
+timeline:
+  - {at: 10ms, pciexbar: {enabled: true}}
+"""
+ON_A_BOARD = {"Pciexbar": "timeline.0.pciexbar"}
+WHERE_ALL = {**WHERE, **ON_A_BOARD}
 # Defaults valid in general but not with the rest of RICH: no devices or no device memory orphan RICH's timeline; an entry with no bar has no action;
 # a pam action without enabled has no form; a pc/q35 board moves RICH's BAR address into RAM.
 NOT_HERE = {("Machine", "devices"), ("Machine", "device_memory"),
@@ -98,6 +107,13 @@ FIELD_OF = {qemu: field for field, qemu in sc.QEMU_SPELLINGS.items()}
 def rich(tmp_path: Path) -> Path:
     path = tmp_path / "rich.yaml"
     path.write_text(RICH)
+    return path
+
+
+@pytest.fixture
+def rich_q35(tmp_path: Path) -> Path:
+    path = tmp_path / "rich-q35.yaml"
+    path.write_text(RICH_Q35)
     return path
 
 
@@ -143,7 +159,7 @@ def test_summary_scenario_runs_again_with_the_same_fingerprint(tmp_path: Path) -
 
 
 def _models() -> dict[str, type[BaseModel]]:
-    return {name: getattr(sc, name) for name in WHERE}
+    return {name: getattr(sc, name) for name in WHERE_ALL}
 
 
 def _definitions() -> list[tuple[str, dict]]:
@@ -152,7 +168,7 @@ def _definitions() -> list[tuple[str, dict]]:
 
 
 def test_schema_names_every_model_and_field() -> None:
-    assert {name for name, _ in _definitions()} == set(WHERE)
+    assert {name for name, _ in _definitions()} == set(WHERE_ALL)
     for name, definition in _definitions():
         model = _models()[name]
         qemu = {sc.QEMU_SPELLINGS[f] for f in model.model_fields if f in sc.QEMU_SPELLINGS}
@@ -172,9 +188,10 @@ def _cases():
 
 
 @pytest.mark.parametrize("model, prop, spec", list(_cases()), ids=[f"{m}.{p}" for m, p, _ in _cases()])
-def test_loader_agrees_with_schema_on_field(rich: Path, model: str, prop: str, spec: dict) -> None:
+def test_loader_agrees_with_schema_on_field(rich: Path, rich_q35: Path, model: str, prop: str, spec: dict) -> None:
     """The schema's default loads (and is the model's default); what the schema forbids is refused."""
-    path = ".".join(p for p in (WHERE[model], prop) if p)
+    rich = rich_q35 if model in ON_A_BOARD else rich
+    path = ".".join(p for p in (WHERE_ALL[model], prop) if p)
     if "default" in spec and (model, prop) not in NOT_HERE:
         scenario = load_scenario(rich, [f"{path}={_json_value(spec['default'])}"])
         got = scenario
@@ -196,11 +213,11 @@ def test_loader_agrees_with_schema_on_field(rich: Path, model: str, prop: str, s
             load_scenario(rich, [f"{path}={_json_value(value)}"])
 
 
-@pytest.mark.parametrize("model", list(WHERE))
-def test_schema_forbids_unknown_keys_as_the_loader_does(rich: Path, model: str) -> None:
-    path = ".".join(p for p in (WHERE[model], "no_such_key") if p)
+@pytest.mark.parametrize("model", list(WHERE_ALL))
+def test_schema_forbids_unknown_keys_as_the_loader_does(rich: Path, rich_q35: Path, model: str) -> None:
+    path = ".".join(p for p in (WHERE_ALL[model], "no_such_key") if p)
     with pytest.raises(ScenarioError, match=f"^--set {path}: unknown key"):
-        load_scenario(rich, [f"{path}=1"])
+        load_scenario(rich_q35 if model in ON_A_BOARD else rich, [f"{path}=1"])
 
 
 @pytest.mark.parametrize("qemu, field, value, expected", [

@@ -91,8 +91,13 @@ def fill_slot(bitmap: np.ndarray, slot: KVMSlot, value: bool) -> None:
 class KvmDirtyLog:
     """The kernel's view: memslots, dirty bitmaps or rings, and guest writes through them."""
 
-    def __init__(self, ram_list: RAMList, tracking: DirtyTracking, nvcpus: int, backing: str = "4k"):
+    def __init__(self, ram_list: RAMList, tracking: DirtyTracking, nvcpus: int, backing: str = "4k", as_id: int = 0):
+        """``as_id``: the KVM address space of the memslots (x86: 0 normal, 1 SMM); slot ids carry it in their
+        high 16 bits, as QEMU passes them (``kvm_set_user_memory_region``: ``slot->slot | (kml->as_id << 16)``).
+        The dirty rings belong to the vCPUs, not to an address space: only address space 0's state holds them
+        (no vCPU enters SMM in dirtysim, so every ring entry is of a slot in address space 0)."""
         self.ram_list = ram_list
+        self.as_id = as_id
         self.ring = tracking.mode == "ring"
         self.manual_protect = tracking.manual_protect
         self.initially_set = tracking.initially_set
@@ -102,10 +107,10 @@ class KvmDirtyLog:
         self.huge_backing = backing != "4k" and not self.ring and self.manual_protect and self.initially_set
         self.cleared_once = np.zeros(0, dtype=np.uint64)
         self.slots: list[KVMSlot] = []
-        self._next_id = 0
+        self._next_id = as_id << 16
         self.dirty = np.zeros(0, dtype=np.uint64)  # L0a (bitmap mode)
         self.protected = np.zeros(0, dtype=np.uint64)  # ring mode: write-protected pages
-        size = tracking.ring_size if self.ring else 1
+        size = tracking.ring_size if self.ring and as_id == 0 else 1
         self.rings = np.zeros((nvcpus, size), dtype=np.int64)
         self.dirty_index = np.zeros(nvcpus, dtype=np.int64)
         self.reset_index = np.zeros(nvcpus, dtype=np.int64)

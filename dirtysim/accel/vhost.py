@@ -114,21 +114,20 @@ class VhostListener(MemoryListener):
         Only the elected logger scans memory; every device also scans its own
         used rings. Words are taken by atomic exchange, or (WRONG) read now and
         zeroed ``harvest_gap`` later, erasing any bit the backend ORs meanwhile.
+        QEMU takes every word the section touches, whole (``from``/``to`` in
+        ``vhost_dev_sync_region``), and marks each bit through the section's own
+        translation, the neighbour's bits in a shared word too (a board's 640 KiB
+        or 16 KiB PAM sections share words): ``_log_words``.
         """
         if not self.logging or section not in self.sections:
             return
-        gpa0 = section.offset_within_address_space
-        ram0 = section.mr.ram_block.offset + section.offset_within_region
-        if gpa0 % VHOST_LOG_CHUNK or ram0 % VHOST_LOG_CHUNK or section.size % VHOST_LOG_CHUNK:
-            raise ValueError(f"vhost section {section.mr.name} is not 256 KiB aligned; dirtysim needs that")
-        w0, w1 = gpa0 // VHOST_LOG_CHUNK, (gpa0 + section.size) // VHOST_LOG_CHUNK
+        w0, w1, shift = _log_words(section)
         ranges = [(w0, w1)] if self.log.devices and self.log.devices[0] is self else self._used_ring_words(w0, w1)
         pages = 0
         for a, b in ranges:
             seen = np.zeros(b - a, dtype=np.uint64)
-            dst0 = ram0 // VHOST_LOG_CHUNK + (a - w0)
-            pages += int(kernels.harvest_log(self.log.words, self.ram_list.dirty_memory, a, b, dst0, self.exchange,
-                                             seen))
+            pages += int(kernels.harvest_log(self.log.words, self.ram_list.dirty_memory, a, b, a + shift,
+                                             self.exchange, seen))
             if not self.exchange and seen.any():
                 self.env.process(self._store_zero_later(a, seen))
         cost = self.costs.vhost_log_sync_per_gib * section.size // GIB
@@ -153,9 +152,25 @@ class VhostListener(MemoryListener):
         """Log bits not yet harvested, as a ram-indexed bitmap (for the oracle)."""
         out = np.zeros(self.ram_list.dirty_memory.shape[0], dtype=np.uint64)
         for s in self.sections:
-            w0 = s.offset_within_address_space // VHOST_LOG_CHUNK
-            n = s.size // VHOST_LOG_CHUNK
-            r0 = (s.mr.ram_block.offset + s.offset_within_region) // VHOST_LOG_CHUNK
-            avail = max(0, min(n, self.log.words.shape[0] - w0))
-            out[r0 : r0 + avail] |= self.log.words[w0 : w0 + avail]
+            w0, w1, shift = _log_words(s)
+            w1 = min(w1, self.log.words.shape[0])
+            if w0 < w1:
+                out[w0 + shift : w1 + shift] |= self.log.words[w0:w1]
         return [out]
+
+
+def _log_words(section: MemoryRegionSection) -> tuple[int, int, int]:
+    """(first, end) log words the section touches, and the word shift from its GPA to its ram_addr.
+
+    QEMU maps bit by bit (``memory_region_set_dirty`` at the page's offset in the
+    section's region); dirtysim moves whole words, which is the same when the
+    GPA -> ram_addr shift is whole words. On the boards it is: below 4 GiB every
+    RAM alias maps its GPA to the same offset in the backend, above 4 GiB the
+    shift is 4 GiB - below_4g_mem_size, a multiple of 2 MiB.
+    """
+    gpa0 = section.offset_within_address_space
+    shift = section.mr.ram_block.offset + section.offset_within_region - gpa0
+    if shift % VHOST_LOG_CHUNK:
+        raise ValueError(f"vhost section {section.mr.name} @{gpa0:#x}: its GPA -> ram_addr shift {shift:#x} is not "
+                         f"whole 256 KiB log words; dirtysim moves the log by words")
+    return gpa0 // VHOST_LOG_CHUNK, -(-(gpa0 + section.size) // VHOST_LOG_CHUNK), shift // VHOST_LOG_CHUNK

@@ -23,6 +23,20 @@ SMRAM_C_BASE, SMRAM_C_SIZE = 0xA0000, 0x20000  # SMRAM_C_BASE / MCH_HOST_BRIDGE_
 PAM_BIOS_BASE, PAM_BIOS_SIZE = 0xF0000, 0x10000  # include/hw/pci-host/pam.h
 PAM_EXPAN_BASE, PAM_EXPAN_SIZE = 0xC0000, 0x4000
 PAM_REGIONS_COUNT = 13
+SMRAM_SIZE = 4 * GIB  # i440fx_pcihost_realize / mch_realize: memory_region_init(smram, "smram", 4 * GiB)
+SMRAM_OPEN_HIGH_BASE = 0xFEDA0000  # mch_realize: smram-open-high in system memory, smram-high in smram
+SMBASE_ADDR, SMBASE_SIZE = 0x30000, 0x10000  # MCH_HOST_BRIDGE_SMBASE_ADDR / _SIZE (include/hw/pci-host/q35.h)
+# Device MMIO mapped in system memory: (QEMU define, address, size)
+APIC_DEFAULT_ADDRESS, APIC_SPACE_SIZE = 0xFEE00000, 0x100000  # target/i386/cpu.h
+APIC_PRIORITY = 0x1000  # x86_cpu_apic_realize: memory_region_add_subregion_overlap(..., 0x1000)
+IO_APIC_DEFAULT_ADDRESS, IOAPIC_SIZE = 0xFEC00000, 0x1000  # include/hw/intc/ioapic.h; ioapic_realize's 0x1000
+HPET_BASE, HPET_LEN = 0xFED00000, 0x400  # include/hw/timer/hpet.h
+# q35 MMCONFIG: PCIEXBAR at reset (MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT, enable bit clear), the region's
+# initial size (pcie_host_init: PCIE_MMCFG_SIZE_MAX) and the lengths PCIEXBAR encodes (256, 128, 64 MiB)
+PCIEXBAR_DEFAULT = 0xB0000000
+PCIE_MMCFG_SIZE_MAX = 256 * MIB
+PCIEXBAR_LENGTHS = (256 * MIB, 128 * MIB, 64 * MIB)
+PCIEXBAR_ADDR_LIMIT = 1 << 36  # MCH_HOST_BRIDGE_PCIEXBAR_ADMSK: address bits 26..35
 # The PAM attribute (RE | WE << 1) selects the alias pam_update enables: init_pam's alias[0..3]
 PAM_MODES = ("disabled", "read-only", "write-only", "read-write")
 

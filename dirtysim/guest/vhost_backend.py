@@ -24,9 +24,10 @@ NS_PER_S = 10**9
 class VhostUserBackend(LazyActor):
     """One device: ``queues`` used-ring pages, then buffers used round-robin, a quantum at a time."""
 
-    def __init__(self, name: str, spec, offset: int, listener: VhostListener, ram_list: RAMList, guest_map,
+    def __init__(self, name: str, spec, gpa: int, listener: VhostListener, ram_list: RAMList, guest_map,
                  quantum_ns: int):
-        """``guest_map`` (``oracle.GuestMap``): where the oracle sees the DMA land (the table decides if it does)."""
+        """``gpa``: guest-physical address of the device's buffers (used rings first); ``guest_map``
+        (``oracle.GuestMap``): where the oracle sees the DMA land (the table decides if it does)."""
         self.name, self.listener, self.ram_list, self.quantum_ns = name, listener, ram_list, quantum_ns
         self.guest_map = guest_map
         self.queues = spec.queues
@@ -34,7 +35,7 @@ class VhostUserBackend(LazyActor):
         unit = spec.packet if isinstance(spec, VhostUserNet) else spec.request
         self.rate_q, self.unit_div = rate * quantum_ns, unit * NS_PER_S
         self.unit_pages = -(-unit // PAGE_SIZE)
-        self.used_first = offset // PAGE_SIZE  # one used-ring page per queue
+        self.used_first = gpa // PAGE_SIZE  # one used-ring page per queue
         self.buf_first = self.used_first + self.queues
         self.buf_slots = (spec.buffers // PAGE_SIZE - self.queues) // self.unit_pages
         self.carry = np.zeros(1, dtype=np.int64)

@@ -274,7 +274,9 @@ class _VhostUserDevice(_PciDevice):
     queues: int = Field(1, ge=1, le=64, description="queue pairs; each has a used ring page")
     buffers: Size = Field(64 << 20, description="guest RAM holding the device's buffers, used round-robin")
     buffer_offset: Optional[Size] = Field(
-        None, description="guest-physical start of the buffers (default: stacked below the top of RAM)"
+        None, description="start of the buffers as an offset in the RAM backend: guest-physical with machine.type "
+                          "none, where ram-below-4g/ram-above-4g show it on a board (default: stacked below the top "
+                          "of RAM)"
     )
 
 
@@ -351,6 +353,10 @@ class Machine(_Model):
     max_ram_below_4g: Size = Field(
         0, le=4 << 30, description="pc/q35 max-ram-below-4g, at most 4GiB (pc_machine_set_max_ram_below_4g); "
                                    "0: QEMU's default (pc 3.5GiB, q35 4GiB)")
+    smm: Literal["on", "off", "auto"] = Field(
+        "auto", description="pc/q35 -machine smm= (x86_machine_is_smm_enabled): auto and on enable System "
+                            "Management Mode (TCG has it; KVM is assumed to have KVM_CAP_X86_SMM): SMRAM on q35 "
+                            "and, with KVM, the kvm-smram listener (memslots in KVM address space 1); off: neither")
 
     def switchover_state(self) -> int:
         """Bytes of device state ``qemu_savevm_state_complete_precopy_non_iterable`` writes in the downtime."""
@@ -362,6 +368,11 @@ class Machine(_Model):
         (x-use-canonical-path-for-ramblock-id is on), or the implicit backend's ``default_ram_id``."""
         return layout.DEFAULT_RAM_ID if self.memory_backend is None else f"/objects/{self.memory_backend}"
 
+    @property
+    def smm_enabled(self) -> bool:
+        """``x86_machine_is_smm_enabled``: not off, on a board (KVM_CAP_X86_SMM assumed present)."""
+        return self.type != "none" and self.smm != "off"
+
     def ram_ranges(self) -> list[tuple[int, int, int]]:
         """(guest-physical address, size, offset in the RAM backend) of each part of RAM the board shows."""
         return layout.ram_ranges(self.type, self.memory.size, self.max_ram_below_4g)
@@ -370,7 +381,7 @@ class Machine(_Model):
     def _board_keys_when_set(self, handler):
         """The board keys appear only when not their default: a scenario without them dumps as it always did."""
         out = handler(self)
-        for key in ("type", "memory_backend", "max_ram_below_4g", "vmdesc"):
+        for key in ("type", "memory_backend", "max_ram_below_4g", "vmdesc", "smm"):
             if getattr(self, key) == Machine.model_fields[key].default:
                 out.pop(key, None)
         return out
@@ -806,6 +817,30 @@ class Pam(_Model):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
+class Pciexbar(_Model):
+    """q35: the firmware writes the MCH's PCIEXBAR (``mch_write_config`` -> ``mch_update_pciexbar``):
+    MMCONFIG (``pcie-mmcfg-mmio``) leaves its old place and, when enabled, appears at ``base``."""
+
+    enabled: bool = Field(description="PCIEXBAREN: MMCONFIG mapped (true) or not")
+    base: Size = Field(layout.PCIEXBAR_DEFAULT, description="guest-physical address, a multiple of length below "
+                                                              "64GiB (MCH_HOST_BRIDGE_PCIEXBAR_ADMSK); SeaBIOS and "
+                                                              "OVMF use QEMU's default 0xB0000000")
+    length: Size = Field(layout.PCIE_MMCFG_SIZE_MAX, description="256MiB, 128MiB or 64MiB (PCIEXBAR's LENGTH field)")
+
+    @model_validator(mode="after")
+    def _encodable(self):
+        """What the register can hold: ``mch_update_pciexbar`` masks the address by the length's ADMSK."""
+        if self.length not in layout.PCIEXBAR_LENGTHS:
+            raise PydanticCustomError("pciexbar", "PCIEXBAR encodes an MMCONFIG length of 256MiB, 128MiB or 64MiB",
+                                      {"got": units.format_size(self.length), "allowed": "256MiB, 128MiB, 64MiB"})
+        if self.base % self.length or self.base + self.length > layout.PCIEXBAR_ADDR_LIMIT:
+            raise PydanticCustomError("pciexbar", "PCIEXBAR holds a base aligned to the length, below 64GiB",
+                                      {"got": f"{self.base:#x}", "allowed": f"a multiple of "
+                                                                            f"{units.format_size(self.length)} "
+                                                                            f"below 64GiB"})
+        return self
+
+
 class Ioeventfd(_Model):
     """``virtio_bus_set_host_notifier``: start (or stop) a virtio device's queue-notify ioeventfds."""
 
@@ -859,7 +894,7 @@ class MigrateStartPostcopy(_Model):
 
 
 TIMELINE_ACTIONS = ("hotplug", "unplug", "bar", "pam", "ioeventfd", "calc_dirty_rate", "set", "migrate_cancel",
-                    "migrate_start_postcopy")
+                    "migrate_start_postcopy", "pciexbar")
 
 
 class TimelineEntry(_Model):
@@ -873,6 +908,15 @@ class TimelineEntry(_Model):
     set: Optional[SetParameters] = None
     migrate_cancel: Optional[MigrateCancel] = None
     migrate_start_postcopy: Optional[MigrateStartPostcopy] = None
+    pciexbar: Optional[Pciexbar] = None
+
+    @model_serializer(mode="wrap")
+    def _pciexbar_when_given(self, handler):
+        """``pciexbar`` appears only when given: other entries dump as they always did."""
+        out = handler(self)
+        if self.pciexbar is None:
+            out.pop("pciexbar", None)
+        return out
 
     @model_validator(mode="after")
     def _one_action(self):
@@ -963,13 +1007,21 @@ class Scenario(_Model):
 
     def _board_fits(self) -> None:
         """pc/q35 (``board.pc``): the split falls on a 2 MiB run (workloads reach RAM in 2 MiB runs through the
-        aliases), no vhost device yet, and PAM actions name a segment; ``none`` keeps its one shadow ROM."""
+        aliases), vhost buffers lie in one RAM range the guest sees, and PAM actions name a segment; ``none``
+        keeps its one shadow ROM."""
         m, run = self.machine, 512 * PAGE_SIZE
         pams = [(i, e.pam) for i, e in enumerate(self.timeline) if e.pam is not None]
+        for i, entry in enumerate(self.timeline):
+            if entry.pciexbar is not None and m.type != "q35":
+                raise fail(("timeline", i, "pciexbar"), "PCIEXBAR is the q35 host bridge's (MMCONFIG)",
+                           f"machine.type {m.type}", "machine.type q35")
         if m.type == "none":
             if m.max_ram_below_4g:
                 raise fail(("machine", "max_ram_below_4g"), "only the pc and q35 boards split RAM",
                            units.format_size(m.max_ram_below_4g), "0, or machine.type pc or q35")
+            if m.smm != "auto":
+                raise fail(("machine", "smm"), "only the pc and q35 boards have SMM (machine.type none has no "
+                           "SMRAM)", m.smm, "auto, or machine.type pc or q35 with on, off or auto")
             for i, pam in pams:
                 if pam.segment is not None:
                     raise fail(("timeline", i, "pam"), "machine.type none has one shadow ROM, no PAM segments",
@@ -981,11 +1033,21 @@ class Scenario(_Model):
                 raise fail(("machine", key) + (("size",) if key == "memory" else ()),
                            f"machine.type {m.type}: dirtysim maps RAM to the board in 2MiB runs",
                            units.format_size(value), "a multiple of 2MiB")
-        for i, dev in enumerate(m.devices):
-            if dev.kind in VHOST_KINDS:
-                raise fail(("machine", "devices", i, "kind"), f"vhost devices on machine.type {m.type} are not "
-                           "modelled yet (the vhost log is harvested in 64-page words; the board's RAM sections "
-                           "are as small as 16KiB)", dev.kind, "virtio-net, virtio-blk, vfio-pci, or machine.type none")
+        ranges = m.ram_ranges()
+        for i, ((offset, size), dev) in enumerate(zip(self.device_buffers(), m.devices)):
+            if dev.kind not in VHOST_KINDS:
+                continue
+            inside = any(start <= offset and offset + size <= start + length for _, length, start in ranges)
+            hidden = offset < 1 << 20 and offset + size > layout.SMRAM_C_BASE  # the VGA window and the ROMs
+            if not inside or hidden:
+                split = ranges[0][1]
+                allowed = f"within 0 .. 640KiB or 1MiB .. {units.format_size(split)}" + (
+                    f", or {units.format_size(split)} .. {units.format_size(m.memory.size)}" if len(ranges) > 1
+                    else "") + " of the backend"
+                raise fail(("machine", "devices", i, "buffer_offset"), f"machine.type {m.type}: a vhost device's "
+                           "buffers lie in one RAM range the board shows (ram-below-4g or ram-above-4g) and "
+                           "outside 0xA0000-0xFFFFF", f"{units.format_size(offset)} + {units.format_size(size)}",
+                           allowed)
         for i, group in enumerate(m.vcpus):
             offset, size = self.working_set(group)
             if offset % run or size % run:
