@@ -64,10 +64,10 @@ class KvmSmramRingListener(KvmRingMemoryListener):
         super().__init__(kvm, memory, tracking, costs, meter)
         self.owner = owner
 
-    def reap(self, reason: str, vcpu: int = -1, only: bool = False) -> int:
+    def reap(self, reason: str, vcpu: int = -1, only: bool = False, bql_wait_ns: int = 0) -> int:
         """``kvm_dirty_ring_flush`` / ``kvm_dirty_ring_reap``: the rings are the vCPUs'; every entry names a
         slot of address space 0 (no vCPU in SMM), so ``kvm_dirty_ring_mark_page`` sets it in kvm-memory's."""
-        return self.owner.reap(reason, vcpu, only)
+        return self.owner.reap(reason, vcpu, only, bql_wait_ns)
 
     def pending_dirty(self) -> list[np.ndarray]:
         """This listener's collected bits; the rings' uncollected pages are kvm-memory's."""
