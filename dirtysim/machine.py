@@ -21,6 +21,7 @@ from .accel.tcg import TcgDirtyMemory, TcgListener
 from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog
 from .accel.virtio import DeviceMemoryListener, VirtioListener
+from .board.devices import vfio_bar_register, vga_common_init
 from .board.pc import PcBoard
 from .dirty import kernels
 from .dirty.ramlist import RAMBlock, RAMList
@@ -49,7 +50,10 @@ GIB = 1 << 30
 class Machine:
     """RAM, memory API, accelerator, devices, vCPUs, and the page oracle."""
 
-    def __init__(self, env: simpy.Environment, scenario: Scenario, recorder: Recorder, seeds: np.random.SeedSequence):
+    def __init__(self, env: simpy.Environment, scenario: Scenario, recorder: Recorder, seeds: np.random.SeedSequence,
+                 on_listener_call: Optional[Callable[[ev.ListenerCall, bool], None]] = None):
+        """``on_listener_call``: told of every listener hook call and whether the listener acted on it
+        (``MemoryListener.acts_on``), from the first registration on; ``dirtysim listeners`` filters with it."""
         self.env, self.recorder, self.scenario = env, recorder, scenario
         m, dt, costs = scenario.machine, scenario.dirty_tracking, scenario.costs
         nvcpus = sum(g.count for g in m.vcpus)
@@ -57,6 +61,7 @@ class Machine:
         layout_seed, *vcpu_seeds = seeds.spawn(1 + nvcpus)
         self.ram_list = RAMList()
         self.memory = MemorySystem(recorder, tcg_enabled=m.accel == "tcg")
+        self.memory.on_listener_call = on_listener_call
         self.meter = CostMeter()
         self.device_state = m.device_state
         self.reaper_period = dt.reaper_period
@@ -189,7 +194,7 @@ class Machine:
         logs: dict[str, VhostLog] = {}
         for i, (spec, (offset, _)) in enumerate(zip(m.devices, scenario.device_buffers())):
             name = f"{spec.kind}{i}"
-            dev = {"name": name, "spec": spec, "bar": memory_region_init_io(f"{name}-bar", spec.bar), "fds": []}
+            dev = {"name": name, "spec": spec, "bar": self._bar(i, spec), "fds": []}
             self.devices.append(dev)
             if spec.kind in VHOST_KINDS:
                 log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
@@ -210,13 +215,33 @@ class Machine:
             self.device_memory_listener = DeviceMemoryListener()
             self.memory.memory_listener_register(self.device_memory_listener, self.as_device_memory)
         for dev in self.devices:
-            if dev["spec"].kind != "vfio-pci":
+            if dev["spec"].kind not in ("vfio-pci", "VGA"):
                 dev["virtio"] = VirtioListener(dev["name"])
                 self.memory.memory_listener_register(dev["virtio"], self.as_memory)
         for dev in self.devices:
             if dev["spec"].kind == "vfio-pci":
                 dev["vfio"] = VfioListener(self.recorder, dev["name"])
                 self.memory.memory_listener_register(dev["vfio"], self.as_memory)
+
+    def _bar(self, index: int, spec) -> MemoryRegion:
+        """The region a device registers as the BAR a timeline ``bar`` action maps (``pci_register_bar``).
+
+        vfio-pci: ``board.devices.vfio_bar_register``; VGA: its VRAM (``board.devices.vga_common_init``);
+        virtio and vhost devices: one MMIO region ``<name>-bar`` [dirtysim's name; QEMU's virtio-pci BAR 4
+        is ``virtio-pci`` with the ``virtio-pci-common-*``, ``-notify-*`` ... capability regions inside].
+        """
+        if spec.kind == "vfio-pci":
+            host = spec.host or f"0000:{index + 1:02x}:00.0"
+            return vfio_bar_register(self.memory, host, 0, spec.bar, spec.mmap)
+        if spec.kind == "VGA":
+            return vga_common_init(self.memory, spec.bar, self._ram)
+        return memory_region_init_io(f"{spec.kind}{index}-bar", spec.bar)
+
+    def _ram(self, idstr: str, size: int) -> MemoryRegion:
+        """``memory_region_init_ram``: a RAM region and its (migratable, zero-filled) RAMBlock."""
+        block = self._ram_block_add(idstr, size)
+        block.mr = memory_region_init_ram(idstr, size, block)
+        return block.mr
 
     def _ram_block_add(self, idstr: str, size: int, contents: Optional[np.ndarray] = None) -> RAMBlock:
         block = self.ram_list.ram_block_add(idstr, size, contents)

@@ -9,6 +9,7 @@ default.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import (AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
@@ -256,10 +257,24 @@ class VirtioDevice(_PciDevice):
 
 
 class VfioPci(_PciDevice):
-    """An assigned device: the 'vfio' listener keeps the IOMMU mapping every RAM section."""
+    """An assigned device: the 'vfio' listener keeps the IOMMU mapping every RAM section; BAR 0 is mmap'd."""
 
     kind: Literal["vfio-pci"]
-    bar: Size = Field(16 << 20, description="size of the device's MMIO BAR")
+    bar: Size = Field(16 << 20, description="size of the device's BAR 0 (mapped by a timeline 'bar' action)")
+    host: Optional[str] = Field(
+        None, description="the host device's PCI address, which names its regions ('0000:01:00.0 BAR 0 mmaps[0]'); "
+                    "default 0000:NN:00.0 with NN = the device's index + 1 [assumption: any address]")
+    mmap: bool = Field(True, description="the BAR is mmap'd and mapped as a RAM device that KVM and vfio map "
+                                         "(vfio-pci's x-no-mmap=off, QEMU's default); false: every access traps")
+
+    @field_validator("host")
+    @classmethod
+    def _pci_address(cls, value: Optional[str]):
+        """vfio-pci's ``host`` property: domain:bus:device.function, lower-case hex as sysfs names it."""
+        if value is not None and not re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]", value):
+            raise PydanticCustomError("host", "a host PCI address is domain:bus:device.function (sysfs form)",
+                                      {"got": value, "allowed": "e.g. 0000:01:00.0 (device 00-1f, function 0-7)"})
+        return value
     state: Size = Field(1 << 20, le=16 << 30, description="the device's migration data in the downtime "
                         "(VFIO_DEVICE_STATE_STOP_COPY) [assumption: a NIC VF's state; vfio precopy of it is not "
                         "modelled]")
@@ -315,7 +330,31 @@ class VhostUserBlk(_VhostUserDevice):
         return self.read
 
 
-Device = Annotated[Union[VhostUserNet, VhostUserBlk, VirtioDevice, VfioPci], Field(discriminator="kind")]
+class Vga(_Model):
+    """``-device VGA`` (hw/display/vga-pci.c): its VRAM ``vga.vram`` is BAR 0, RAM with the VGA dirty-log client."""
+
+    kind: Literal["VGA"]
+    vgamem_mb: int = Field(16, description="VRAM size in MiB (vga-pci.c's vgamem_mb property, default 16); "
+                                           "a power of two from 1 to 512")
+    state: Size = Field(4 << 10, le=16 << 30, description="the device's vmstate section, sent in the downtime "
+                        "[assumption: VGA registers and palette, a few KiB]; the VRAM migrates as a RAMBlock")
+
+    @field_validator("vgamem_mb")
+    @classmethod
+    def _vram_size(cls, value: int):
+        """``vga_common_init`` clamps to 1..512 and rounds up to a power of two; dirtysim refuses the others."""
+        if not 1 <= value <= 512 or value & (value - 1):
+            raise PydanticCustomError("vgamem_mb", "vga_common_init makes VRAM a power of two from 1 to 512 MiB",
+                                      {"got": str(value), "allowed": "1, 2, 4, ..., 512"})
+        return value
+
+    @property
+    def bar(self) -> int:
+        """BAR 0, the VRAM (``pci_register_bar(..., 0, PCI_BASE_ADDRESS_MEM_PREFETCH, &s->vram)``)."""
+        return self.vgamem_mb << 20
+
+
+Device = Annotated[Union[VhostUserNet, VhostUserBlk, VirtioDevice, VfioPci, Vga], Field(discriminator="kind")]
 VHOST_KINDS = ("vhost-user-net", "vhost-net", "vhost-user-blk")
 
 
@@ -323,7 +362,7 @@ class Machine(_Model):
     accel: Literal["kvm", "tcg"] = Field("kvm", description="kvm, or tcg (per-CPU address spaces, no eventfds)")
     memory: MemoryConfig
     vcpus: list[VcpuGroup] = Field(min_length=1, max_length=limits.MAX_VCPUS)
-    devices: list[Device] = Field(default_factory=list, description="PCI devices: vhost, virtio, vfio")
+    devices: list[Device] = Field(default_factory=list, description="PCI devices: vhost, virtio, vfio, VGA")
     device_memory: Size = Field(0, description="memory-hotplug area (maxmem - size) for pc-dimm hotplug")
     device_state: Size = Field(
         256 << 10, le=64 << 30,
@@ -975,7 +1014,7 @@ class Scenario(_Model):
             if dev.kind in VHOST_KINDS:
                 raise fail(("machine", "devices", i, "kind"), f"vhost devices on machine.type {m.type} are not "
                            "modelled yet (the vhost log is harvested in 64-page words; the board's RAM sections "
-                           "are as small as 16KiB)", dev.kind, "virtio-net, virtio-blk, vfio-pci, or machine.type none")
+                           "are as small as 16KiB)", dev.kind, "virtio-net, virtio-blk, vfio-pci, VGA, or machine.type none")
         for i, group in enumerate(m.vcpus):
             offset, size = self.working_set(group)
             if offset % run or size % run:
@@ -1080,6 +1119,10 @@ class Scenario(_Model):
 
     def _devices_fit(self) -> None:
         ram = self.machine.memory.size
+        vgas = [i for i, dev in enumerate(self.machine.devices) if dev.kind == "VGA"]
+        if len(vgas) > 1:  # vga_common_init: a global_vmstate VGA's RAMBlock is "vga.vram", one per machine
+            raise fail(("machine", "devices", vgas[1], "kind"), "Only one global VGA device can be used at a time "
+                       "(vga_common_init)", "VGA", "one VGA device")
         for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
             loc = ("machine", "devices", i)
             if dev.kind in VHOST_KINDS and self.machine.accel != "kvm":
@@ -1157,8 +1200,9 @@ class Scenario(_Model):
                            f"0 .. {ndev - 1} (machine.devices)" if ndev else "none: machine.devices is empty")
             if kind == "bar":
                 self._bar_fits(act, loc)
-            if kind == "ioeventfd" and self.machine.devices[act.device].kind == "vfio-pci":
-                raise fail(loc + ("device",), f"device {act.device} (vfio-pci) has no virtio queues",
+            if kind == "ioeventfd" and self.machine.devices[act.device].kind in ("vfio-pci", "VGA"):
+                kind_ = self.machine.devices[act.device].kind
+                raise fail(loc + ("device",), f"device {act.device} ({kind_}) has no virtio queues",
                            str(act.device), "a virtio or vhost device")
             if kind == "hotplug" and act.id in plugged:
                 raise fail(loc + ("id",), "a DIMM with this id is already plugged (qdev_set_id: Duplicate device ID)",
