@@ -38,7 +38,7 @@ from .migration.dirtylimit import DirtyLimit
 from .oracle.guest_map import GuestMap
 from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
-from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Pam, Scenario, TraceWorkload
+from .scenario.schema import PAGE_SIZE, VGA_ROM_SIZE, VHOST_KINDS, Pam, Scenario, TraceWorkload
 
 SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
 IO_SPACE_SIZE = 1 << 16  # "io": x86 port I/O
@@ -177,7 +177,11 @@ class Machine:
         return block
 
     def _rom(self, idstr: str, size: int) -> MemoryRegion:
-        """A ROM and its RAMBlock holding data (firmware), migrated like RAM.
+        """A ROM and its RAMBlock holding data (firmware, option ROMs), migrated like RAM.
+
+        [departure: a PCI option ROM's RAMBlock is ``<guest PCI address>/<name>`` in QEMU
+        (``vmstate_register_ram`` with the device as owner); dirtysim gives devices no guest PCI address
+        and names it ``<name>``.]
 
         dirtysim's RAMBlocks are whole 64-page words, so a smaller ROM's block
         (pc.rom: 128 KiB) is padded to 256 KiB [deviation: QEMU's is 128 KiB;
@@ -195,6 +199,8 @@ class Machine:
         for i, (spec, (offset, _)) in enumerate(zip(m.devices, scenario.device_buffers())):
             name = f"{spec.kind}{i}"
             dev = {"name": name, "spec": spec, "bar": self._bar(i, spec), "fds": []}
+            if spec.kind == "VGA":  # pci_qdev_realize: pci_add_option_rom after the device's own realize
+                dev["rom"] = self._rom("vga.rom", VGA_ROM_SIZE)
             self.devices.append(dev)
             if spec.kind in VHOST_KINDS:
                 log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
@@ -279,12 +285,16 @@ class Machine:
             offset = max(offset, off + length)
         return offset
 
-    def map_bar(self, index: int, addr: int) -> None:
+    def map_bar(self, index: int, addr: int, rom: bool = False) -> None:
         """The guest programs a BAR: map it, or move it (``memory_region_set_address``).
 
         On a board the BAR goes into ``pci`` (``pci_update_mappings``: priority 1 in the bus's address space).
+        ``rom``: the expansion ROM BAR (``PCI_ROM_SLOT``), which ``pci_add_option_rom`` registered: a read-only
+        RAM region, so KVM maps it as a read-only memslot and vfio maps it read-only
+        (``section->readonly``). [departure: the firmware's later disabling of the ROM BAR is not modelled;
+        a mapped BAR stays mapped.]
         """
-        bar = self.devices[index]["bar"]
+        bar = self.devices[index]["rom" if rom else "bar"]
         if bar.container is None:
             container = self.system_memory if self.board is None else self.board.pci
             self.memory.memory_region_add_subregion(container, addr, bar, priority=1)

@@ -111,12 +111,13 @@ def test_a_migration_with_vga_and_a_vfio_bar_loses_nothing_and_sends_the_vram():
     result = simulate(machine={"type": "pc", "devices": [{"kind": "VGA", "vgamem_mb": 8}, {"kind": "vfio-pci"}]},
                       timeline=[{"at": "50ms", "bar": {"device": 0, "addr": HIGH}},
                                 {"at": "50ms", "bar": {"device": 1, "addr": HIGH + 16 * MIB}},
+                                {"at": "60ms", "bar": {"device": 0, "addr": HIGH + 64 * MIB, "rom": True}},
                                 {"at": "300ms", "bar": {"device": 1, "addr": HIGH + 32 * MIB}}])
     assert result.stop_reason == "completed"
     check = [c for c in of(result.events, ev.OracleCheck) if c.at == "switchover"][-1]
     assert (check.stale_pages, check.lost_pages) == (0, 0)
     added = {e.idstr: e.size for e in of(result.events, ev.RamBlockAdded)}
-    assert added["vga.vram"] == 8 * MIB and not any("mmaps" in idstr for idstr in added)
+    assert added["vga.vram"] == 8 * MIB and "vga.rom" in added and not any("mmaps" in idstr for idstr in added)
     dma = of(result.events, ev.VfioDma)
     assert ("unmap", HIGH + 16 * MIB, 16 * MIB) in [(d.op, d.iova, d.size) for d in dma]
 
@@ -228,4 +229,29 @@ def test_a_vga_has_no_ioeventfds(tmp_path):
     path.write_text(yaml.safe_dump(merge(BASE, {"machine": {"devices": [{"kind": "VGA"}]},
                                                 "timeline": [{"at": "1s", "ioeventfd": {"device": 0}}]})))
     with pytest.raises(ScenarioError, match=r"device 0 \(VGA\) has no virtio queues"):
+        load_scenario(path)
+
+
+def test_the_vga_option_rom_bar_is_a_read_only_slot_and_a_read_only_dma_mapping():
+    """``pci_add_option_rom``: ``vga.rom`` (``memory_region_init_rom``, a migrated RAMBlock) is BAR 6. Mapped,
+    it is a read-only memslot (``kvm_set_phys_mem``: KVM_MEM_READONLY) and vfio maps it without write access."""
+    m = _machine(type="pc")
+    rom = m.devices[2]["rom"]
+    assert rom.name == "vga.rom" and rom.readonly and rom.ram_block.idstr == "vga.rom"
+    assert [b.idstr for b in m.ram_list.blocks][-2:] == ["vga.vram", "vga.rom"]  # realize, then the ROM
+    apply_action(TimelineEntry.model_validate({"at": "0s", "bar": {"device": 2, "addr": HIGH, "rom": True}}),
+                 m.scenario, m, False, m.recorder)
+    slot = next(s for s in m.kvm.slots if s.gpa == HIGH)
+    assert slot.readonly and slot.size == 64 << 10 and not slot.logging
+    assert m.devices[0]["vfio"].mappings[HIGH] == 64 << 10 and HIGH in m.devices[0]["vfio"].readonly
+    m.memory.memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION)
+    assert slot.logging  # a migratable RAMBlock: the MIGRATION client logs the read-only slot too
+
+
+def test_only_a_vga_has_an_option_rom_bar(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(merge(BASE, {"machine": {"devices": [{"kind": "vfio-pci"}]},
+                                                "timeline": [{"at": "1s", "bar": {"device": 0, "addr": HIGH,
+                                                                                  "rom": True}}]})))
+    with pytest.raises(ScenarioError, match=r"timeline\.0\.bar\.rom: device 0 \(vfio-pci\) has no option ROM"):
         load_scenario(path)

@@ -330,6 +330,11 @@ class VhostUserBlk(_VhostUserDevice):
         return self.read
 
 
+# pci_add_option_rom: the ROM BAR is pow2ceil(romfile size); vgabios-stdvga.bin (SeaVGABIOS) is about 39 KiB
+# [assumption: the size of the file QEMU ships; another build may round to 32 or 128 KiB]
+VGA_ROM_SIZE = 64 << 10
+
+
 class Vga(_Model):
     """``-device VGA`` (hw/display/vga-pci.c): its VRAM ``vga.vram`` is BAR 0, RAM with the VGA dirty-log client."""
 
@@ -806,6 +811,8 @@ class BarMap(_Model):
 
     device: int = Field(ge=0, strict=True, description="index in machine.devices")
     addr: Size
+    rom: bool = Field(False, description="the device's expansion ROM BAR (PCI_ROM_SLOT) instead of BAR 0: a VGA's "
+                                         "option ROM, as the firmware maps it to copy the ROM out")
 
 
 class Pam(_Model):
@@ -1285,19 +1292,25 @@ class Scenario(_Model):
 
     def _bar_fits(self, act: "BarMap", loc: tuple) -> None:
         dev = self.machine.devices[act.device]
+        bar = dev.bar
+        if act.rom:
+            if dev.kind != "VGA":
+                raise fail(loc + ("rom",), f"device {act.device} ({dev.kind}) has no option ROM in dirtysim",
+                           "true", f"false, or a VGA device (its {units.format_size(VGA_ROM_SIZE)} vga.rom)")
+            bar = VGA_ROM_SIZE
         taken = [(gpa, size) for gpa, size, _ in self.machine.ram_ranges()]
         taken.append((self.device_memory_base(), self.machine.device_memory))
         if self.machine.type != "none":  # below 1 MiB and pc.bios are the board's
             taken += [(0, layout.MIB), ((1 << 32) - layout.BIOS_SIZE, layout.BIOS_SIZE)]
-        if act.addr % dev.bar:
+        if act.addr % bar:
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR address must be aligned to the "
                        "BAR size (PCI BARs are naturally aligned)", f"{act.addr:#x}",
-                       f"a multiple of {units.format_size(dev.bar)}")
-        if act.addr + dev.bar > MAX_PHYS_ADDR or any(lo < act.addr + dev.bar and act.addr < lo + n for lo, n in taken if n):
+                       f"a multiple of {units.format_size(bar)}")
+        if act.addr + bar > MAX_PHYS_ADDR or any(lo < act.addr + bar and act.addr < lo + n for lo, n in taken if n):
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR must lie outside RAM and the DIMM "
                        "area, below 2**52 (dirtysim keeps memslots 256 KiB aligned, so it does not split RAM "
                        "around BARs)", f"{act.addr:#x}",
-                       f"a multiple of {units.format_size(dev.bar)} at or above "
+                       f"a multiple of {units.format_size(bar)} at or above "
                        f"{units.format_size(max(lo + n for lo, n in taken if n))}")
 
     def device_buffers(self) -> list[tuple[int, int]]:
