@@ -2,9 +2,11 @@
 
 Accelerator init registers its listeners first (KVM: ``kvm-memory`` on memory,
 ``kvm-io`` on I/O; TCG: a ``tcg`` listener on each CPU's ``cpu-memory-N`` and
-``cpu-smm-N``). Then the board maps RAM, and devices register theirs: ``vhost``
-per vhost device, ``device-memory`` for the DIMM area, ``virtio`` per virtio
-device, ``vfio`` per assigned device. The oracle lives here too.
+``cpu-smm-N``). Then the board maps RAM and firmware, and the devices are
+realized (``Machine._devices``): ``vhost`` per vhost network backend,
+``device-memory`` for the DIMM area, then each device in command-line order
+with its listeners (``vhost``, ``virtio``, ``vfio``), BARs and option ROM. The
+oracle lives here too.
 """
 
 from __future__ import annotations
@@ -193,25 +195,29 @@ class Machine:
         return block.mr
 
     def _devices(self, scenario: Scenario) -> None:
-        """vhost listeners (device init), device-memory, virtio listeners, then vfio: QEMU's registration order."""
+        """The devices in QEMU's order: network backends, the DIMM area, then each ``-device`` realized in turn.
+
+        ``-netdev`` backends (vhost-net, vhost-user-net) run ``vhost_dev_init`` when they are created
+        (``net_init_clients``), before any device. Then ``device-memory`` (``machine_memory_devices_init``).
+        Then, in command-line order, each device's realize: a vhost-user-blk runs ``vhost_dev_init``
+        (its ``vhost`` listener), every virtio device registers ``virtio`` (``virtio_device_realize``), a
+        vfio-pci device attaches to its container, whose ``vfio`` listener is registered and replayed
+        the current map (``vfio_device_attach``), then registers its BAR (``vfio_bars_register``); a VGA
+        creates its VRAM (``vga_common_init``), and ``pci_qdev_realize`` then loads its option ROM
+        (``pci_add_option_rom``). BARs are registered, not mapped: the guest maps them later.
+
+        [departures: QEMU creates netdevs and the DIMM area before the board (``pc_memory_init`` builds
+        device-memory between the RAM aliases and the firmware); dirtysim does both after the board, so
+        those listeners get the board's sections in their registration replay rather than as region_add
+        calls of the board's transactions: the same sections, delivered differently.]
+        """
         dt, m = scenario.dirty_tracking, scenario.machine
         logs: dict[str, VhostLog] = {}
-        for i, (spec, (offset, _)) in enumerate(zip(m.devices, scenario.device_buffers())):
-            name = f"{spec.kind}{i}"
-            dev = {"name": name, "spec": spec, "bar": self._bar(i, spec), "fds": []}
-            if spec.kind == "VGA":  # pci_qdev_realize: pci_add_option_rom after the device's own realize
-                dev["rom"] = self._rom("vga.rom", VGA_ROM_SIZE)
-            self.devices.append(dev)
-            if spec.kind in VHOST_KINDS:
-                log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
-                used = np.arange(offset // PAGE_SIZE, offset // PAGE_SIZE + spec.queues, dtype=np.int64)
-                listener = VhostListener(name, log, self.ram_list, self.memory, self.env, self.sleep, scenario.costs,
-                                         self.meter, dt.vhost_harvest, dt.vhost_harvest_gap, used)
-                listener.on_loss_window = self.audit
-                self.memory.memory_listener_register(listener, self.as_memory)
-                self.trackers.append(listener)
-                self.backends.append(VhostUserBackend(name, spec, offset, listener, self.ram_list, self.guest_map,
-                                                      scenario.engine.quantum))
+        buffers = scenario.device_buffers()
+        self.devices = [{"name": f"{spec.kind}{i}", "spec": spec, "fds": []} for i, spec in enumerate(m.devices)]
+        for dev in self.devices:
+            if dev["spec"].kind in ("vhost-net", "vhost-user-net"):
+                self._vhost_dev_init(dev, buffers, logs, scenario)
         self.device_memory = None
         if m.device_memory:
             base = scenario.device_memory_base()
@@ -220,14 +226,34 @@ class Machine:
             self.as_device_memory = self.memory.address_space_init(self.device_memory, "device-memory")
             self.device_memory_listener = DeviceMemoryListener()
             self.memory.memory_listener_register(self.device_memory_listener, self.as_device_memory)
-        for dev in self.devices:
-            if dev["spec"].kind not in ("vfio-pci", "VGA"):
-                dev["virtio"] = VirtioListener(dev["name"])
-                self.memory.memory_listener_register(dev["virtio"], self.as_memory)
-        for dev in self.devices:
-            if dev["spec"].kind == "vfio-pci":
+        for i, dev in enumerate(self.devices):
+            kind = dev["spec"].kind
+            if kind == "vfio-pci":
                 dev["vfio"] = VfioListener(self.recorder, dev["name"])
                 self.memory.memory_listener_register(dev["vfio"], self.as_memory)
+            dev["bar"] = self._bar(i, dev["spec"])
+            if kind == "vhost-user-blk":
+                self._vhost_dev_init(dev, buffers, logs, scenario)
+            if kind not in ("vfio-pci", "VGA"):
+                dev["virtio"] = VirtioListener(dev["name"])
+                self.memory.memory_listener_register(dev["virtio"], self.as_memory)
+            if kind == "VGA":
+                dev["rom"] = self._rom("vga.rom", VGA_ROM_SIZE)
+
+    def _vhost_dev_init(self, dev: dict, buffers: list[tuple[int, int]], logs: dict[str, VhostLog],
+                        scenario: Scenario) -> None:
+        """``vhost_dev_init``: the device's ``vhost`` listener (sharing its backend type's log), and its backend."""
+        spec, name, dt = dev["spec"], dev["name"], scenario.dirty_tracking
+        offset = buffers[self.devices.index(dev)][0]
+        log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
+        used = np.arange(offset // PAGE_SIZE, offset // PAGE_SIZE + spec.queues, dtype=np.int64)
+        listener = VhostListener(name, log, self.ram_list, self.memory, self.env, self.sleep, scenario.costs,
+                                 self.meter, dt.vhost_harvest, dt.vhost_harvest_gap, used)
+        listener.on_loss_window = self.audit
+        self.memory.memory_listener_register(listener, self.as_memory)
+        self.trackers.append(listener)
+        self.backends.append(VhostUserBackend(name, spec, offset, listener, self.ram_list, self.guest_map,
+                                              scenario.engine.quantum))
 
     def _bar(self, index: int, spec) -> MemoryRegion:
         """The region a device registers as the BAR a timeline ``bar`` action maps (``pci_register_bar``).
