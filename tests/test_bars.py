@@ -270,3 +270,12 @@ def test_devices_register_their_listeners_in_qemus_realize_order():
     assert [b.idstr for b in m.ram_list.blocks] == [m.ram.idstr, "vga.vram", "vga.rom"]
     # the vfio BAR is built after the listener is registered, and is not mapped: no section of it anywhere
     assert not any("BAR" in (fr.mr.name) for fr in m.as_memory.current_map)
+
+
+def test_under_tcg_the_vfio_bar_maps_and_the_guest_keeps_writing_ram():
+    """TCG has no memslots: the mapped RAM device stays out of the CPU's writable RAM table (it has no RAMBlock
+    in dirtysim), and vfio still maps it."""
+    m = _machine(accel="tcg", devices=[{"kind": "vfio-pci"}])
+    _bar(m, 0, HIGH)
+    assert HIGH in m.devices[0]["vfio"].mappings
+    assert HIGH // 4096 not in m.tcg_memory.slot_gpa.tolist() and m.tcg_memory.slot_gpa.tolist() == [0]
