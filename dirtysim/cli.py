@@ -343,7 +343,7 @@ def listeners(file: str, trace: bool, all_hooks: bool, vfio_trace: bool) -> None
     if not (trace or all_hooks or vfio_trace):
         return
     shown = 0
-    vfio = [dev["vfio"] for dev in machine.devices if "vfio" in dev]
+    vfio = [machine.vfio_container] if machine.vfio_container is not None else []
     traced = [0] * len(vfio)
 
     def hook_calls():

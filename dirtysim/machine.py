@@ -102,6 +102,7 @@ class Machine:
             self.dirtylimit = DirtyLimit(env, self, recorder, dt.ring_size)
         self.sampler = GuestSampler(env, self.guest, recorder, scenario.outputs.guest_sample)
         self.devices: list[dict] = []
+        self.vfio_container: Optional[VfioListener] = None  # the vfio container of address_space_memory
         self.backends: list[VhostUserBackend] = []
         self._devices(scenario)
         self.dimms: dict[str, tuple] = {}
@@ -229,8 +230,7 @@ class Machine:
         for i, dev in enumerate(self.devices):
             kind = dev["spec"].kind
             if kind == "vfio-pci":
-                dev["vfio"] = VfioListener(self.recorder, dev["name"])
-                self.memory.memory_listener_register(dev["vfio"], self.as_memory)
+                dev["vfio"] = self._vfio_attach(dev["name"])
             dev["bar"] = self._bar(i, dev["spec"])
             if kind == "vhost-user-blk":
                 self._vhost_dev_init(dev, buffers, logs, scenario)
@@ -239,6 +239,20 @@ class Machine:
                 self.memory.memory_listener_register(dev["virtio"], self.as_memory)
             if kind == "VGA":
                 dev["rom"] = self._rom("vga.rom", VGA_ROM_SIZE)
+
+    def _vfio_attach(self, device: str) -> VfioListener:
+        """``vfio_device_attach``: the first device creates the container of ``address_space_memory`` and
+        registers its ``vfio`` listener (``vfio_listener_register``, replayed the current map); later devices
+        join that container (``vfio_connect_container`` / ``iommufd_cdev_attach`` reuse one of the address
+        space's containers), so one listener maps DMA for all of them. [departure: QEMU opens a new
+        container when a group cannot share the existing one's IOMMU; dirtysim's always can.]
+        """
+        if self.vfio_container is None:
+            self.vfio_container = VfioListener(self.recorder, device)
+            self.memory.memory_listener_register(self.vfio_container, self.as_memory)
+        else:
+            self.vfio_container.devices.append(device)
+        return self.vfio_container
 
     def _vhost_dev_init(self, dev: dict, buffers: list[tuple[int, int]], logs: dict[str, VhostLog],
                         scenario: Scenario) -> None:

@@ -279,3 +279,16 @@ def test_under_tcg_the_vfio_bar_maps_and_the_guest_keeps_writing_ram():
     _bar(m, 0, HIGH)
     assert HIGH in m.devices[0]["vfio"].mappings
     assert HIGH // 4096 not in m.tcg_memory.slot_gpa.tolist() and m.tcg_memory.slot_gpa.tolist() == [0]
+
+
+def test_vfio_devices_share_one_container_and_its_listener():
+    """``vfio_connect_container``: a second device joins the address space's container; no second listener, and
+    the one listener maps both devices' mmap'd BARs (peer-to-peer DMA)."""
+    m = _machine(devices=[{"kind": "vfio-pci"}, {"kind": "vfio-pci", "host": "0000:3b:00.1"}])
+    assert [e.listener for e in of(m.recorder.events, ev.ListenerRegistered)].count("vfio") == 1
+    vfio = m.vfio_container
+    assert m.devices[0]["vfio"] is vfio is m.devices[1]["vfio"] and vfio.devices == ["vfio-pci0", "vfio-pci1"]
+    _bar(m, 0, HIGH)
+    _bar(m, 1, HIGH + 16 * MIB)
+    assert {HIGH, HIGH + 16 * MIB} <= set(vfio.mappings)
+    assert any(fr.mr.name == "0000:3b:00.1 BAR 0 mmaps[0]" for fr in m.as_memory.current_map)

@@ -1,4 +1,6 @@
-"""The ``vfio`` listener: the IOMMU maps every RAM section the device may DMA into (``hw/vfio/listener.c``).
+"""The ``vfio`` listener: the IOMMU maps every RAM section the devices may DMA into (``hw/vfio/listener.c``).
+
+One listener per container (``VFIOContainer.listener``), shared by every device attached to it.
 
 ``vfio_listener_region_add`` (``vfio_container_region_add``) maps each section
 that ``vfio_listener_valid_section`` accepts with VFIO_IOMMU_MAP_DMA at iova =
@@ -34,7 +36,9 @@ class VfioListener(MemoryListener):
     priority = MEMORY_LISTENER_PRIORITY_MIN  # vfio_memory_listener sets none
 
     def __init__(self, recorder: Recorder, device: str):
-        self.recorder, self.device = recorder, device
+        """The listener of one container; ``device`` is the first device attached to it."""
+        self.recorder = recorder
+        self.devices = [device]  # the container's devices (vbasedev->container_next), in attach order
         self.mappings: dict[int, int] = {}  # iova -> size
         self.readonly: set[int] = set()  # iovas mapped without VFIO_DMA_MAP_FLAG_WRITE
         self.calls: list[tuple[str, int, int]] = []  # (map | unmap, iova, size) in order
