@@ -231,6 +231,8 @@ class Machine:
             kind = dev["spec"].kind
             if kind == "vfio-pci":
                 dev["vfio"] = self._vfio_attach(dev["name"])
+                if dev["spec"].rom:  # vfio_pci_size_rom, before vfio_bars_register: MMIO, reads trap to the device
+                    dev["rom"] = memory_region_init_io(f"vfio[{_vfio_host(i, dev['spec'])}].rom", dev["spec"].rom)
             dev["bar"] = self._bar(i, dev["spec"])
             if kind == "vhost-user-blk":
                 self._vhost_dev_init(dev, buffers, logs, scenario)
@@ -277,8 +279,7 @@ class Machine:
         is ``virtio-pci`` with the ``virtio-pci-common-*``, ``-notify-*`` ... capability regions inside].
         """
         if spec.kind == "vfio-pci":
-            host = spec.host or f"0000:{index + 1:02x}:00.0"
-            return vfio_bar_register(self.memory, host, 0, spec.bar, spec.mmap)
+            return vfio_bar_register(self.memory, _vfio_host(index, spec), 0, spec.bar, spec.mmap)
         if spec.kind == "VGA":
             return vga_common_init(self.memory, spec.bar, self._ram)
         return memory_region_init_io(f"{spec.kind}{index}-bar", spec.bar)
@@ -329,9 +330,9 @@ class Machine:
         """The guest programs a BAR: map it, or move it (``memory_region_set_address``).
 
         On a board the BAR goes into ``pci`` (``pci_update_mappings``: priority 1 in the bus's address space).
-        ``rom``: the expansion ROM BAR (``PCI_ROM_SLOT``), which ``pci_add_option_rom`` registered: a read-only
-        RAM region, so KVM maps it as a read-only memslot and vfio maps it read-only
-        (``section->readonly``). [departure: the firmware's later disabling of the ROM BAR is not modelled;
+        ``rom``: the expansion ROM BAR (``PCI_ROM_SLOT``). A VGA's, which ``pci_add_option_rom`` registered, is a
+        read-only RAM region, so KVM maps it as a read-only memslot and vfio maps it read-only
+        (``section->readonly``); a vfio device's (``vfio_pci_size_rom``) is MMIO, which both skip. [departure: the firmware's later disabling of the ROM BAR is not modelled;
         a mapped BAR stays mapped.]
         """
         bar = self.devices[index]["rom" if rom else "bar"]
@@ -456,6 +457,11 @@ class Machine:
         if lost > self._lost_seen:
             self._lost_seen = lost
             self.recorder.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)
+
+
+def _vfio_host(index: int, spec) -> str:
+    """vfio-pci's ``vbasedev.name``, the host PCI address: ``host``, or 0000:NN:00.0 with NN = index + 1."""
+    return spec.host or f"0000:{index + 1:02x}:00.0"
 
 
 def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -209,6 +209,7 @@ def test_vfio_trace_prints_qemus_trace_events_for_the_dma_sequence(tmp_path):
     ({"kind": "VGA", "vgamem_mb": 1024}, "vga_common_init makes VRAM a power of two from 1 to 512 MiB"),
     ({"kind": "vfio-pci", "host": "01:00.0"}, "a host PCI address is domain:bus:device.function"),
     ({"kind": "vfio-pci", "mmap": "sometimes"}, "mmap"),
+    ({"kind": "vfio-pci", "rom": "48KiB"}, "a PCI ROM BAR size is 0 or a power of two, at least 4KiB"),
 ])
 def test_what_the_bar_devices_refuse(tmp_path, device, message):
     path = tmp_path / "s.yaml"
@@ -248,7 +249,7 @@ def test_the_vga_option_rom_bar_is_a_read_only_slot_and_a_read_only_dma_mapping(
     assert slot.logging  # a migratable RAMBlock: the MIGRATION client logs the read-only slot too
 
 
-def test_only_a_vga_has_an_option_rom_bar(tmp_path):
+def test_a_rom_bar_needs_a_device_with_an_option_rom(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(merge(BASE, {"machine": {"devices": [{"kind": "vfio-pci"}]},
                                                 "timeline": [{"at": "1s", "bar": {"device": 0, "addr": HIGH,
@@ -292,3 +293,22 @@ def test_vfio_devices_share_one_container_and_its_listener():
     _bar(m, 1, HIGH + 16 * MIB)
     assert {HIGH, HIGH + 16 * MIB} <= set(vfio.mappings)
     assert any(fr.mr.name == "0000:3b:00.1 BAR 0 mmaps[0]" for fr in m.as_memory.current_map)
+
+
+def test_a_vfio_rom_bar_is_mmio_that_kvm_and_vfio_skip():
+    """``vfio_pci_size_rom``: ``vfio[<host>].rom`` is MMIO (``vfio_rom_read`` serves reads from the device), unlike
+    a VGA's ``vga.rom``: mapped, it gets no memslot and no DMA mapping, and no RAMBlock exists for it."""
+    m = _machine(type="q35", devices=[{"kind": "vfio-pci", "rom": "256KiB"}, {"kind": "VGA"}])
+    _bar(m, 0, HIGH)
+    apply_action(TimelineEntry.model_validate({"at": "0s", "bar": {"device": 0, "addr": HIGH + 16 * MIB, "rom": True}}),
+                 m.scenario, m, False, m.recorder)
+    apply_action(TimelineEntry.model_validate({"at": "0s", "bar": {"device": 1, "addr": HIGH + 32 * MIB, "rom": True}}),
+                 m.scenario, m, False, m.recorder)
+    rows = {fr.mr.name: fr for fr in m.as_memory.current_map}
+    assert rows["vfio[0000:01:00.0].rom"].addr == HIGH + 16 * MIB and not rows["vfio[0000:01:00.0].rom"].mr.is_ram
+    slots, vfio = {s.gpa for s in m.kvm.slots}, m.vfio_container
+    assert HIGH + 16 * MIB not in slots and HIGH + 16 * MIB not in vfio.mappings
+    assert HIGH + 32 * MIB in slots and HIGH + 32 * MIB in vfio.readonly  # vga.rom: RAM, read-only
+    assert "vfio_listener_region_skip SKIPPING region_add " f"{HIGH + 16 * MIB:#x} - {HIGH + 16 * MIB + 0x3ffff:#x}" \
+        "  # vfio[0000:01:00.0].rom" in vfio.trace
+    assert not any("vfio[" in b.idstr for b in m.ram_list.blocks)

@@ -266,6 +266,18 @@ class VfioPci(_PciDevice):
                     "default 0000:NN:00.0 with NN = the device's index + 1 [assumption: any address]")
     mmap: bool = Field(True, description="the BAR is mmap'd and mapped as a RAM device that KVM and vfio map "
                                          "(vfio-pci's x-no-mmap=off, QEMU's default); false: every access traps")
+    rom: Size = Field(0, description="size of the host device's expansion ROM (vfio_pci_size_rom reads it from "
+                                     "the device): BAR 6, MMIO that vfio_rom_read serves; 0: none, as rombar=0 or a "
+                                     "device without one [assumption: NIC VFs have none]")
+
+    @field_validator("rom")
+    @classmethod
+    def _rom_size(cls, value: int):
+        """A ROM BAR is a power of two (PCI sizing); dirtysim's regions are whole pages, so at least 4KiB."""
+        if value and (value < MIN_BAR or value & (value - 1)):
+            raise PydanticCustomError("rom", "a PCI ROM BAR size is 0 or a power of two, at least 4KiB",
+                                      {"got": units.format_size(value), "allowed": "0B, 4KiB, 8KiB, ..., e.g. 64KiB"})
+        return value
 
     @field_validator("host")
     @classmethod
@@ -1294,10 +1306,11 @@ class Scenario(_Model):
         dev = self.machine.devices[act.device]
         bar = dev.bar
         if act.rom:
-            if dev.kind != "VGA":
-                raise fail(loc + ("rom",), f"device {act.device} ({dev.kind}) has no option ROM in dirtysim",
-                           "true", f"false, or a VGA device (its {units.format_size(VGA_ROM_SIZE)} vga.rom)")
-            bar = VGA_ROM_SIZE
+            bar = VGA_ROM_SIZE if dev.kind == "VGA" else getattr(dev, "rom", 0)
+            if not bar:
+                raise fail(loc + ("rom",), f"device {act.device} ({dev.kind}) has no option ROM", "true",
+                           f"false, a VGA device (its {units.format_size(VGA_ROM_SIZE)} vga.rom) or a vfio-pci "
+                           "device with a rom size")
         taken = [(gpa, size) for gpa, size, _ in self.machine.ram_ranges()]
         taken.append((self.device_memory_base(), self.machine.device_memory))
         if self.machine.type != "none":  # below 1 MiB and pc.bios are the board's
