@@ -332,7 +332,8 @@ class Machine:
         On a board the BAR goes into ``pci`` (``pci_update_mappings``: priority 1 in the bus's address space).
         ``rom``: the expansion ROM BAR (``PCI_ROM_SLOT``). A VGA's, which ``pci_add_option_rom`` registered, is a
         read-only RAM region, so KVM maps it as a read-only memslot and vfio maps it read-only
-        (``section->readonly``); a vfio device's (``vfio_pci_size_rom``) is MMIO, which both skip. [departure: the firmware's later disabling of the ROM BAR is not modelled;
+        (``section->readonly``); a vfio device's (``vfio_pci_size_rom``) is MMIO, which both skip.
+        [departure: the firmware's later disabling of the ROM BAR is not modelled;
         a mapped BAR stays mapped.]
         """
         bar = self.devices[index]["rom" if rom else "bar"]

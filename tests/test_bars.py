@@ -138,7 +138,8 @@ def test_registration_replay_of_a_vfio_device_on_pc_shows_the_firmware_in_addres
     events = m.recorder.events
     start = next(i for i, e in enumerate(events) if isinstance(e, ev.ListenerRegistered) and e.listener == "vfio")
     end = next(i for i, e in enumerate(events) if i > start and isinstance(e, ev.ListenerRegistered))
-    replay = [(e.hook, e.section, e.offset, e.size) for e in of(events[start:end], ev.ListenerCall) if e.listener == "vfio"]
+    replay = [(e.hook, e.section, e.offset, e.size) for e in of(events[start:end], ev.ListenerCall)
+              if e.listener == "vfio"]
     from test_pc_map import PC_6G
     assert replay == [("region_add", name, addr, size) for addr, size, _, name, _ in PC_6G]
     vfio = m.devices[0]["vfio"]
@@ -164,7 +165,8 @@ def _hook_lines(output: str) -> list[list[str]]:
 
 def test_listeners_trace_shows_only_what_each_listener_acts_on_and_all_hooks_everything(tmp_path):
     path = _write(tmp_path, {"type": "pc", "devices": [{"kind": "vfio-pci"}, {"kind": "virtio-net"}]},
-                  [{"at": "1s", "bar": {"device": 1, "addr": HIGH}}, {"at": "2s", "bar": {"device": 0, "addr": HIGH + 16 * MIB}}])
+                  [{"at": "1s", "bar": {"device": 1, "addr": HIGH}},
+                   {"at": "2s", "bar": {"device": 0, "addr": HIGH + 16 * MIB}}])
     every = CliRunner().invoke(main, ["listeners", path, "--all-hooks"])
     acted = CliRunner().invoke(main, ["listeners", path, "--trace"])
     assert every.exit_code == 0 and acted.exit_code == 0, every.output + acted.output
@@ -186,7 +188,8 @@ def test_vfio_trace_prints_qemus_trace_events_for_the_dma_sequence(tmp_path):
     """``--vfio-trace``: hw/vfio/trace-events' formats, "region_add [ram] 0x%"PRIx64" - 0x%"PRIx64" [%p]",
     "region_del 0x%"PRIx64" - 0x%"PRIx64, "SKIPPING %s 0x%"PRIx64" - 0x%"PRIx64 (inclusive ends)."""
     path = _write(tmp_path, {"devices": [{"kind": "vfio-pci", "bar": "1MiB"}, {"kind": "virtio-blk"}]},
-                  [{"at": "1s", "bar": {"device": 0, "addr": HIGH}}, {"at": "1s", "bar": {"device": 1, "addr": HIGH + MIB}},
+                  [{"at": "1s", "bar": {"device": 0, "addr": HIGH}},
+                   {"at": "1s", "bar": {"device": 1, "addr": HIGH + MIB}},
                    {"at": "2s", "bar": {"device": 0, "addr": HIGH + 2 * MIB}}])
     res = CliRunner().invoke(main, ["listeners", path, "--vfio-trace"])
     assert res.exit_code == 0, res.output
