@@ -40,7 +40,7 @@ from .migration.dirtylimit import DirtyLimit
 from .oracle.guest_map import GuestMap
 from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
-from .scenario.schema import PAGE_SIZE, VGA_ROM_SIZE, VHOST_KINDS, Pam, Scenario, TraceWorkload
+from .scenario.schema import PAGE_SIZE, VGA_ROM_SIZE, Pam, Scenario, TraceWorkload
 
 SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
 IO_SPACE_SIZE = 1 << 16  # "io": x86 port I/O
