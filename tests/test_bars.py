@@ -105,10 +105,13 @@ def test_vga_vram_is_a_migrated_ramblock_and_the_ram_device_is_none():
     assert m.ram_list.ram_bytes_total() == sum(b.used_length for b in blocks.values())
 
 
-def test_a_migration_with_vga_and_a_vfio_bar_loses_nothing_and_sends_the_vram():
+@pytest.mark.parametrize("accel, mode", [("kvm", "bitmap"), ("kvm", "ring"), ("tcg", "bitmap")])
+def test_a_migration_with_vga_and_a_vfio_bar_loses_nothing_and_sends_the_vram(accel, mode):
     """VRAM starts stale at the destination like all RAM: stale 0 at switchover means it was sent; the BAR's
     RAM device has no RAMBlock, so nothing of it is sent or compared."""
-    result = simulate(machine={"type": "pc", "devices": [{"kind": "VGA", "vgamem_mb": 8}, {"kind": "vfio-pci"}]},
+    result = simulate(machine={"type": "pc", "accel": accel,
+                               "devices": [{"kind": "VGA", "vgamem_mb": 8}, {"kind": "vfio-pci"}]},
+                      dirty_tracking={"mode": mode},
                       timeline=[{"at": "50ms", "bar": {"device": 0, "addr": HIGH}},
                                 {"at": "50ms", "bar": {"device": 1, "addr": HIGH + 16 * MIB}},
                                 {"at": "60ms", "bar": {"device": 0, "addr": HIGH + 64 * MIB, "rom": True}},
