@@ -311,8 +311,13 @@ def validate(file: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--trace", is_flag=True, help="also apply the timeline's map actions and print every hook call")
-def listeners(file: str, trace: bool) -> None:
+@click.option("--trace", is_flag=True, help="also apply the timeline's map actions and print the hook calls each "
+                                           "listener acts on (as its QEMU counterpart: vfio skips MMIO, kvm-memory "
+                                           "queues only memslot sections, ...)")
+@click.option("--all-hooks", is_flag=True, help="with the timeline, print every hook call, acted on or not")
+@click.option("--vfio-trace", is_flag=True, help="with the timeline, print each vfio listener's decisions as QEMU's "
+                                                "trace events (vfio_listener_region_add_ram, _del, _skip)")
+def listeners(file: str, trace: bool, all_hooks: bool, vfio_trace: bool) -> None:
     """Print the memory listeners FILE's machine registers (name, address space, priority), in order."""
     import numpy as np
     import simpy
@@ -325,24 +330,36 @@ def listeners(file: str, trace: bool) -> None:
     scenario = _load(file)
     env = simpy.Environment()
     rec = Recorder(lambda: env.now)
-    machine = Machine(env, scenario, rec, np.random.SeedSequence(scenario.seed))
+    acted: set[int] = set()  # id() of the ListenerCall events the listener acted on
+
+    def observe(event: ev.ListenerCall, did: bool) -> None:
+        if did:
+            acted.add(id(event))
+
+    machine = Machine(env, scenario, rec, np.random.SeedSequence(scenario.seed), on_listener_call=observe)
     for e in rec.events:
         if isinstance(e, ev.ListenerRegistered):
             click.echo(f"{e.listener:<14} {e.address_space:<16} priority {e.priority}")
-    if not trace:
+    if not (trace or all_hooks or vfio_trace):
         return
     shown = 0
+    vfio = [machine.vfio_container] if machine.vfio_container is not None else []
+    traced = [0] * len(vfio)
 
     def hook_calls():
         nonlocal shown
         for e in rec.events[shown:]:
-            if isinstance(e, ev.ListenerCall):
+            if isinstance(e, ev.ListenerCall) and (trace or all_hooks) and (all_hooks or id(e) in acted):
                 masks = f" log {e.old_mask:#x}->{e.new_mask:#x}" if e.hook in ("log_start", "log_stop") else ""
                 where = f" {e.section or '-'} @{e.offset:#x}+{e.size:#x}" if e.section is not None or e.size else ""
                 click.echo(f"  {e.listener:<14} {e.hook:<16}{where}{masks}")
             elif isinstance(e, ev.TimelineAction):
                 click.echo(f"  -> {e.action} {e.target}: {e.result}")
         shown = len(rec.events)
+        for i, listener in enumerate(vfio if vfio_trace else ()):
+            for line in listener.trace[traced[i]:]:
+                click.echo(f"  {line}")
+            traced[i] = len(listener.trace)
 
     click.echo("\n# machine creation")
     hook_calls()

@@ -2,11 +2,13 @@
 
 Accelerator init registers its listeners first (KVM: ``kvm-memory`` on memory,
 ``kvm-io`` on I/O; TCG: a ``tcg`` listener on each CPU's ``cpu-memory-N`` and
-``cpu-smm-N``). Then the board maps RAM, and devices register theirs: ``vhost``
-per vhost device, ``device-memory`` for the DIMM area, ``virtio`` per virtio
-device, ``vfio`` per assigned device. On a board the machine-done notifiers
-follow (KVM with SMM: ``kvm-smram`` on KVM-SMRAM; TCG: each CPU's SMM view gets
-/machine/smram), then the system reset. The oracle lives here too.
+``cpu-smm-N``). Then the board maps RAM and firmware, and the devices are
+realized (``Machine._devices``): ``vhost`` per vhost network backend,
+``device-memory`` for the DIMM area, then each device in command-line order
+with its listeners (``vhost``, ``virtio``, ``vfio``), BARs and option ROM. On a
+board the machine-done notifiers follow (KVM with SMM: ``kvm-smram`` on
+KVM-SMRAM; TCG: each CPU's SMM view gets /machine/smram), then the system
+reset. The oracle lives here too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .accel.tcg import TcgDirtyMemory, TcgListener
 from .accel.vfio import VfioListener
 from .accel.vhost import VhostListener, VhostLog
 from .accel.virtio import DeviceMemoryListener, VirtioListener
+from .board.devices import vfio_bar_register, vga_common_init
 from .board.pc import PcBoard
 from .bql import Bql
 from .dirty import kernels
@@ -41,7 +44,7 @@ from .migration.dirtylimit import DirtyLimit
 from .oracle.guest_map import GuestMap
 from .memory.region import (MemoryRegion, memory_region_init, memory_region_init_alias, memory_region_init_io,
                             memory_region_init_ram, memory_region_init_rom)
-from .scenario.schema import PAGE_SIZE, VHOST_KINDS, Pam, Scenario, TraceWorkload
+from .scenario.schema import PAGE_SIZE, VGA_ROM_SIZE, Pam, Scenario, TraceWorkload
 
 SYSTEM_MEMORY_SIZE = 1 << 52  # the "system" container spans the guest-physical space
 CPU_AS_ROOT_SIZE = 1 << 64  # tcg_cpu_realizefn: memory_region_init(cpu_as_root, ..., "memory", ~0ull)
@@ -54,7 +57,10 @@ GIB = 1 << 30
 class Machine:
     """RAM, memory API, accelerator, devices, vCPUs, and the page oracle."""
 
-    def __init__(self, env: simpy.Environment, scenario: Scenario, recorder: Recorder, seeds: np.random.SeedSequence):
+    def __init__(self, env: simpy.Environment, scenario: Scenario, recorder: Recorder, seeds: np.random.SeedSequence,
+                 on_listener_call: Optional[Callable[[ev.ListenerCall, bool], None]] = None):
+        """``on_listener_call``: told of every listener hook call and whether the listener acted on it
+        (``MemoryListener.acts_on``), from the first registration on; ``dirtysim listeners`` filters with it."""
         self.env, self.recorder, self.scenario = env, recorder, scenario
         m, dt, costs = scenario.machine, scenario.dirty_tracking, scenario.costs
         nvcpus = sum(g.count for g in m.vcpus)
@@ -62,6 +68,7 @@ class Machine:
         layout_seed, *vcpu_seeds = seeds.spawn(1 + nvcpus)
         self.ram_list = RAMList()
         self.memory = MemorySystem(recorder, tcg_enabled=m.accel == "tcg")
+        self.memory.on_listener_call = on_listener_call
         self.meter = CostMeter()
         self.device_state = m.device_state
         self.reaper_period = dt.reaper_period
@@ -102,6 +109,7 @@ class Machine:
             self.dirtylimit = DirtyLimit(env, self, recorder, dt.ring_size)
         self.sampler = GuestSampler(env, self.guest, recorder, scenario.outputs.guest_sample)
         self.devices: list[dict] = []
+        self.vfio_container: Optional[VfioListener] = None  # the vfio container of address_space_memory
         self.backends: list[VhostUserBackend] = []
         self._devices(scenario)
         self.dimms: dict[str, tuple] = {}
@@ -222,7 +230,11 @@ class Machine:
         return block
 
     def _rom(self, idstr: str, size: int) -> MemoryRegion:
-        """A ROM and its RAMBlock holding data (firmware), migrated like RAM.
+        """A ROM and its RAMBlock holding data (firmware, option ROMs), migrated like RAM.
+
+        [departure: a PCI option ROM's RAMBlock is ``<guest PCI address>/<name>`` in QEMU
+        (``vmstate_register_ram`` with the device as owner); dirtysim gives devices no guest PCI address
+        and names it ``<name>``.]
 
         dirtysim's RAMBlocks are whole 64-page words, so a smaller ROM's block
         (pc.rom: 128 KiB) is padded to 256 KiB [deviation: QEMU's is 128 KiB;
@@ -234,24 +246,29 @@ class Machine:
         return block.mr
 
     def _devices(self, scenario: Scenario) -> None:
-        """vhost listeners (device init), device-memory, virtio listeners, then vfio: QEMU's registration order."""
+        """The devices in QEMU's order: network backends, the DIMM area, then each ``-device`` realized in turn.
+
+        ``-netdev`` backends (vhost-net, vhost-user-net) run ``vhost_dev_init`` when they are created
+        (``net_init_clients``), before any device. Then ``device-memory`` (``machine_memory_devices_init``).
+        Then, in command-line order, each device's realize: a vhost-user-blk runs ``vhost_dev_init``
+        (its ``vhost`` listener), every virtio device registers ``virtio`` (``virtio_device_realize``), a
+        vfio-pci device attaches to its container, whose ``vfio`` listener is registered and replayed
+        the current map (``vfio_device_attach``), then registers its BAR (``vfio_bars_register``); a VGA
+        creates its VRAM (``vga_common_init``), and ``pci_qdev_realize`` then loads its option ROM
+        (``pci_add_option_rom``). BARs are registered, not mapped: the guest maps them later.
+
+        [departures: QEMU creates netdevs and the DIMM area before the board (``pc_memory_init`` builds
+        device-memory between the RAM aliases and the firmware); dirtysim does both after the board, so
+        those listeners get the board's sections in their registration replay rather than as region_add
+        calls of the board's transactions: the same sections, delivered differently.]
+        """
         dt, m = scenario.dirty_tracking, scenario.machine
         logs: dict[str, VhostLog] = {}
-        for i, (spec, (offset, _)) in enumerate(zip(m.devices, scenario.device_buffers())):
-            name = f"{spec.kind}{i}"
-            dev = {"name": name, "spec": spec, "bar": memory_region_init_io(f"{name}-bar", spec.bar), "fds": []}
-            self.devices.append(dev)
-            if spec.kind in VHOST_KINDS:
-                log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
-                gpa = self._gpa_of(offset)  # the guest driver's buffers: where the board shows that RAM
-                used = np.arange(gpa // PAGE_SIZE, gpa // PAGE_SIZE + spec.queues, dtype=np.int64)
-                listener = VhostListener(name, log, self.ram_list, self.memory, self.env, self.sleep, scenario.costs,
-                                         self.meter, dt.vhost_harvest, dt.vhost_harvest_gap, used)
-                listener.on_loss_window = self.audit
-                self.memory.memory_listener_register(listener, self.as_memory)
-                self.trackers.append(listener)
-                self.backends.append(VhostUserBackend(name, spec, gpa, listener, self.ram_list, self.guest_map,
-                                                      scenario.engine.quantum))
+        buffers = scenario.device_buffers()
+        self.devices = [{"name": f"{spec.kind}{i}", "spec": spec, "fds": []} for i, spec in enumerate(m.devices)]
+        for dev in self.devices:
+            if dev["spec"].kind in ("vhost-net", "vhost-user-net"):
+                self._vhost_dev_init(dev, buffers, logs, scenario)
         self.device_memory = None
         if m.device_memory:
             base = scenario.device_memory_base()
@@ -260,14 +277,68 @@ class Machine:
             self.as_device_memory = self.memory.address_space_init(self.device_memory, "device-memory")
             self.device_memory_listener = DeviceMemoryListener()
             self.memory.memory_listener_register(self.device_memory_listener, self.as_device_memory)
-        for dev in self.devices:
-            if dev["spec"].kind != "vfio-pci":
+        for i, dev in enumerate(self.devices):
+            kind = dev["spec"].kind
+            if kind == "vfio-pci":
+                dev["vfio"] = self._vfio_attach(dev["name"])
+                if dev["spec"].rom:  # vfio_pci_size_rom, before vfio_bars_register: MMIO, reads trap to the device
+                    dev["rom"] = memory_region_init_io(f"vfio[{_vfio_host(i, dev['spec'])}].rom", dev["spec"].rom)
+            dev["bar"] = self._bar(i, dev["spec"])
+            if kind == "vhost-user-blk":
+                self._vhost_dev_init(dev, buffers, logs, scenario)
+            if kind not in ("vfio-pci", "VGA"):
                 dev["virtio"] = VirtioListener(dev["name"])
                 self.memory.memory_listener_register(dev["virtio"], self.as_memory)
-        for dev in self.devices:
-            if dev["spec"].kind == "vfio-pci":
-                dev["vfio"] = VfioListener(self.recorder, dev["name"])
-                self.memory.memory_listener_register(dev["vfio"], self.as_memory)
+            if kind == "VGA":
+                dev["rom"] = self._rom("vga.rom", VGA_ROM_SIZE)
+
+    def _vfio_attach(self, device: str) -> VfioListener:
+        """``vfio_device_attach``: the first device creates the container of ``address_space_memory`` and
+        registers its ``vfio`` listener (``vfio_listener_register``, replayed the current map); later devices
+        join that container (``vfio_connect_container`` / ``iommufd_cdev_attach`` reuse one of the address
+        space's containers), so one listener maps DMA for all of them. [departure: QEMU opens a new
+        container when a group cannot share the existing one's IOMMU; dirtysim's always can.]
+        """
+        if self.vfio_container is None:
+            self.vfio_container = VfioListener(self.recorder, device)
+            self.memory.memory_listener_register(self.vfio_container, self.as_memory)
+        else:
+            self.vfio_container.devices.append(device)
+        return self.vfio_container
+
+    def _vhost_dev_init(self, dev: dict, buffers: list[tuple[int, int]], logs: dict[str, VhostLog],
+                        scenario: Scenario) -> None:
+        """``vhost_dev_init``: the device's ``vhost`` listener (sharing its backend type's log), and its backend."""
+        spec, name, dt = dev["spec"], dev["name"], scenario.dirty_tracking
+        gpa = self._gpa_of(buffers[self.devices.index(dev)][0])  # the driver's buffers: where the board shows them
+        log = logs.setdefault("vhost-kernel" if spec.kind == "vhost-net" else "vhost-user", VhostLog())
+        used = np.arange(gpa // PAGE_SIZE, gpa // PAGE_SIZE + spec.queues, dtype=np.int64)
+        listener = VhostListener(name, log, self.ram_list, self.memory, self.env, self.sleep, scenario.costs,
+                                 self.meter, dt.vhost_harvest, dt.vhost_harvest_gap, used)
+        listener.on_loss_window = self.audit
+        self.memory.memory_listener_register(listener, self.as_memory)
+        self.trackers.append(listener)
+        self.backends.append(VhostUserBackend(name, spec, gpa, listener, self.ram_list, self.guest_map,
+                                              scenario.engine.quantum))
+
+    def _bar(self, index: int, spec) -> MemoryRegion:
+        """The region a device registers as the BAR a timeline ``bar`` action maps (``pci_register_bar``).
+
+        vfio-pci: ``board.devices.vfio_bar_register``; VGA: its VRAM (``board.devices.vga_common_init``);
+        virtio and vhost devices: one MMIO region ``<name>-bar`` [dirtysim's name; QEMU's virtio-pci BAR 4
+        is ``virtio-pci`` with the ``virtio-pci-common-*``, ``-notify-*`` ... capability regions inside].
+        """
+        if spec.kind == "vfio-pci":
+            return vfio_bar_register(self.memory, _vfio_host(index, spec), 0, spec.bar, spec.mmap)
+        if spec.kind == "VGA":
+            return vga_common_init(self.memory, spec.bar, self._ram)
+        return memory_region_init_io(f"{spec.kind}{index}-bar", spec.bar)
+
+    def _ram(self, idstr: str, size: int) -> MemoryRegion:
+        """``memory_region_init_ram``: a RAM region and its (migratable, zero-filled) RAMBlock."""
+        block = self._ram_block_add(idstr, size)
+        block.mr = memory_region_init_ram(idstr, size, block)
+        return block.mr
 
     def _ram_block_add(self, idstr: str, size: int, contents: Optional[np.ndarray] = None) -> RAMBlock:
         block = self.ram_list.ram_block_add(idstr, size, contents)
@@ -305,12 +376,17 @@ class Machine:
             offset = max(offset, off + length)
         return offset
 
-    def map_bar(self, index: int, addr: int) -> None:
+    def map_bar(self, index: int, addr: int, rom: bool = False) -> None:
         """The guest programs a BAR: map it, or move it (``memory_region_set_address``).
 
         On a board the BAR goes into ``pci`` (``pci_update_mappings``: priority 1 in the bus's address space).
+        ``rom``: the expansion ROM BAR (``PCI_ROM_SLOT``). A VGA's, which ``pci_add_option_rom`` registered, is a
+        read-only RAM region, so KVM maps it as a read-only memslot and vfio maps it read-only
+        (``section->readonly``); a vfio device's (``vfio_pci_size_rom``) is MMIO, which both skip.
+        [departure: the firmware's later disabling of the ROM BAR is not modelled;
+        a mapped BAR stays mapped.]
         """
-        bar = self.devices[index]["bar"]
+        bar = self.devices[index]["rom" if rom else "bar"]
         if bar.container is None:
             container = self.system_memory if self.board is None else self.board.pci
             self.memory.memory_region_add_subregion(container, addr, bar, priority=1)
@@ -451,6 +527,11 @@ class Machine:
         if lost > self._lost_seen:
             self._lost_seen = lost
             self.recorder.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)
+
+
+def _vfio_host(index: int, spec) -> str:
+    """vfio-pci's ``vbasedev.name``, the host PCI address: ``host``, or 0000:NN:00.0 with NN = index + 1."""
+    return spec.host or f"0000:{index + 1:02x}:00.0"
 
 
 def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -73,7 +73,7 @@ def _apply(kind: str, act, scenario, machine, migrating: bool) -> tuple[str, str
         machine.unplug_dimm(act.id)
         return act.id, "done"
     if kind == "bar":
-        machine.map_bar(act.device, act.addr)
+        machine.map_bar(act.device, act.addr, act.rom)
         return machine.devices[act.device]["name"], "done"
     if kind == "pam":
         return machine.set_pam(act), "done"

@@ -223,10 +223,10 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     # more that a new user writes
     ("unknown_device_kind", V + "  devices: [{kind: e1000}]\n",
      "{file}:6: machine.devices.0.kind: unknown device kind (got \"e1000\"; allowed: 'vhost-user-net', 'vhost-net', "
-     "'vhost-user-blk', 'virtio-net', 'virtio-blk', 'vfio-pci')"),
+     "'vhost-user-blk', 'virtio-net', 'virtio-blk', 'vfio-pci', 'VGA')"),
     ("device_without_kind", V + "  devices: [{rx: 1MiB/s}]\n",
      "{file}:6: machine.devices.0.kind: required key is missing (allowed: vhost-user-net, vhost-net, vhost-user-blk, "
-     "virtio-net, virtio-blk, vfio-pci)"),
+     "virtio-net, virtio-blk, vfio-pci, VGA)"),
     ("duplicate_anchor", "x-a: &x 1\nx-b: &x 2\n" + V,
      "{file}:2: YAML anchor &x defined twice (first on line 1; allowed: one anchor per name)"),
     ("custom_tag", V + "name: !custom x\n",

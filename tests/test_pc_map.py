@@ -69,8 +69,9 @@ def _board(kind: str, **machine) -> Machine:
 
 
 def _table(m: Machine, lo: int = 0, hi: int = 1 << 64) -> list[tuple]:
-    """``mtree_print_flatview``'s columns: a read-only range prints as rom."""
-    return [(fr.addr, fr.size, "rom" if fr.readonly else "ram" if fr.mr.is_ram else "i/o", fr.mr.name,
+    """``mtree_print_flatview``'s columns: a read-only range prints as rom, a RAM device as ramd."""
+    return [(fr.addr, fr.size, "rom" if fr.readonly else "ramd" if fr.mr.is_ram_device else "ram" if fr.mr.is_ram
+             else "i/o", fr.mr.name,
              fr.offset_in_region) for fr in m.as_memory.current_map if lo <= fr.addr < hi]
 
 
@@ -238,13 +239,16 @@ def test_what_the_boards_refuse(tmp_path, machine, timeline, message):
         load_scenario(path)
 
 
-def test_a_bar_goes_into_the_pci_hole():
-    """``pci_update_mappings``: the BAR in ``pci`` at priority 1; it shows where RAM leaves the hole."""
-    m = _board("pc", devices=[{"kind": "vfio-pci", "bar": "16MiB"}])
+@pytest.mark.parametrize("mmap, row", [(True, (0xFD000000, 16 * MIB, "ramd", "0000:01:00.0 BAR 0 mmaps[0]", 0)),
+                                       (False, (0xFD000000, 16 * MIB, "i/o", "0000:01:00.0 BAR 0", 0))])
+def test_a_bar_goes_into_the_pci_hole(mmap, row):
+    """``pci_update_mappings``: the BAR in ``pci`` at priority 1; it shows where RAM leaves the hole. vfio maps
+    its mmap (a RAM device); with x-no-mmap the BAR is the device region, MMIO, which vfio skips."""
+    m = _board("pc", devices=[{"kind": "vfio-pci", "bar": "16MiB", "mmap": mmap}])
     entry = TimelineEntry.model_validate({"at": "0s", "bar": {"device": 0, "addr": 0xFD000000}})
     apply_action(entry, m.scenario, m, False, m.recorder)
-    assert (0xFD000000, 16 * MIB, "i/o", "vfio-pci0-bar", 0) in _table(m)
-    assert 0xFD000000 not in m.devices[0]["vfio"].mappings
+    assert row in _table(m)
+    assert (0xFD000000 in m.devices[0]["vfio"].mappings) == mmap
 
 
 @pytest.mark.parametrize("addr, ok", [(0xFD000000, True), (0xB0000000, False), (0xFF000000, False)])
@@ -268,7 +272,9 @@ def test_listeners_trace_of_a_pam_segment(tmp_path):
     res = CliRunner().invoke(main, ["listeners", str(path), "--trace"])
     assert res.exit_code == 0, res.output
     created, toggled = res.output.split("# at 1s: pam {'segment': 12, 'mode': 'read-only'}")
-    assert "vfio           region_add       vga-lowmem @0xa0000+0x20000" in created
+    skipped = "vfio           region_add       vga-lowmem @0xa0000+0x20000"
+    assert skipped not in created  # vfio_listener_skipped_section: MMIO; --all-hooks shows it
+    assert skipped in CliRunner().invoke(main, ["listeners", str(path), "--all-hooks"]).output
     vfio = [line.split()[1:] for line in toggled.splitlines() if line.split()[:1] == ["vfio"]
             and "region_" in line]
     assert vfio == [["region_del", "pc.bios", "@0xe0000+0x20000"], ["region_add", "pc.bios", "@0xe0000+0xc000"],

@@ -48,6 +48,7 @@ machine:
     - {kind: vhost-user-blk, read: 10MiB/s, request: 128KiB, buffers: 8MiB}
     - {kind: virtio-net, queues: 2}
     - {kind: vfio-pci, bar: 32MiB}
+    - {kind: VGA, vgamem_mb: 8}
 dirty_tracking: {x-clear-bitmap-shift: 12}
 costs: {write_fault: 3us}
 network: {bandwidth: 25Gbit/s, latency: 50us}
@@ -75,7 +76,7 @@ WHERE = {
     "DatabaseWorkload": "machine.vcpus.4.workload", "Phase": "machine.vcpus.3.phases.0",
     "TraceWorkload": "machine.vcpus.5.workload",
     "VhostUserNet": "machine.devices.0", "VhostUserBlk": "machine.devices.1", "VirtioDevice": "machine.devices.2",
-    "VfioPci": "machine.devices.3", "DirtyTracking": "dirty_tracking", "Costs": "costs", "Network": "network",
+    "VfioPci": "machine.devices.3", "Vga": "machine.devices.4", "DirtyTracking": "dirty_tracking", "Costs": "costs", "Network": "network",
     "Migration": "migration", "Engine": "engine", "Outputs": "outputs", "TimelineEntry": "timeline.0",
     "BarMap": "timeline.0.bar", "Ioeventfd": "timeline.1.ioeventfd", "Pam": "timeline.2.pam",
     "Hotplug": "timeline.3.hotplug", "Unplug": "timeline.4.unplug", "CalcDirtyRate": "timeline.5.calc_dirty_rate",
@@ -234,5 +235,5 @@ def test_errors_name_the_key_as_written(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(RICH.replace("downtime-limit: 200", "downtime-limit: 3000000"))
     assert str(pytest.raises(ScenarioError, load_scenario, path).value) == (
-        f"{path}:25: migration.downtime-limit: above QEMU's maximum (migrate_params_check) "
+        f"{path}:26: migration.downtime-limit: above QEMU's maximum (migrate_params_check) "
         f"(got 3000s; allowed: 0 .. 2000s)")

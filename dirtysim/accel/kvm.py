@@ -48,10 +48,12 @@ def dirty_ring_soft_limit(ring_size: int, pml: bool) -> int:
 
 @dataclass(eq=False)
 class KVMSlot:
+    """A memslot; ``ram_addr`` None is a RAM device's (a vfio BAR's mmap): no RAMBlock in dirtysim, never logged."""
+
     slot: int
     gpa: int
     size: int
-    ram_addr: int
+    ram_addr: Optional[int]
     readonly: bool = False  # KVM_MEM_READONLY: ROMs and ROM devices in ROMD mode; guest writes exit to QEMU
     logging: bool = False  # KVM_MEM_LOG_DIRTY_PAGES
 
@@ -73,7 +75,7 @@ def fill_slot(bitmap: np.ndarray, slot: KVMSlot, value: bool) -> None:
     would drop the other slot's dirty bits or write protection, a lost page.
     An empty bitmap is one the mode does not keep (``KvmDirtyLog.ensure_capacity``).
     """
-    if not bitmap.shape[0]:
+    if not bitmap.shape[0] or slot.ram_addr is None:
         return
     w = slot.words
     first, end = slot.first_page, slot.first_page + slot.size // PAGE_SIZE
@@ -128,8 +130,9 @@ class KvmDirtyLog:
             if self.huge_backing:
                 self.cleared_once = grown(self.cleared_once, words)
 
-    def set_user_memory_region(self, gpa: int, size: int, ram_addr: int, readonly: bool = False) -> KVMSlot:
-        if gpa % PAGE_SIZE or ram_addr % PAGE_SIZE or size % PAGE_SIZE or not size:
+    def set_user_memory_region(self, gpa: int, size: int, ram_addr: Optional[int], readonly: bool = False) -> KVMSlot:
+        """KVM_SET_USER_MEMORY_REGION; ``ram_addr`` None: a RAM device's slot (host memory QEMU did not allocate)."""
+        if gpa % PAGE_SIZE or (ram_addr or 0) % PAGE_SIZE or size % PAGE_SIZE or not size:
             raise ValueError(f"memslot at GPA {gpa:#x} (+{size:#x}) is not whole pages (KVM_SET_USER_MEMORY_REGION)")
         slot = KVMSlot(self._next_id, gpa, size, ram_addr, readonly)
         self._next_id += 1
@@ -162,8 +165,11 @@ class KvmDirtyLog:
         self._refresh_table()
 
     def _refresh_table(self) -> None:
-        """Arrays the write kernels use to translate GPA pages to RAM pages (writable slots only)."""
-        writable = [s for s in self.slots if not s.readonly]
+        """Arrays the write kernels use to translate GPA pages to RAM pages (writable slots only).
+
+        A RAM device's slot is left out: dirtysim's guest never writes into a BAR (its workloads address RAM).
+        """
+        writable = [s for s in self.slots if not s.readonly and s.ram_addr is not None]
         self.slot_gpa = np.array([s.gpa // PAGE_SIZE for s in writable], dtype=np.int64)
         self.slot_pages = np.array([s.size // PAGE_SIZE for s in writable], dtype=np.int64)
         self.slot_ram = np.array([s.ram_addr // PAGE_SIZE for s in writable], dtype=np.int64)
@@ -234,8 +240,30 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
     # -- memory map: queued until commit (commit f39b7d2b, kvm_region_commit) ------------------------
     @staticmethod
     def _is_slot(section: MemoryRegionSection) -> bool:
-        """``kvm_set_phys_mem``: RAM, and ROM devices in ROMD mode (read-only); everything else is MMIO."""
+        """``kvm_set_phys_mem``: RAM (RAM devices included: ``memory_region_is_ram``), and ROM devices in ROMD
+        mode (read-only); everything else is MMIO and gets no slot."""
         return section.mr is not None and (section.mr.is_ram or section.mr.is_romd)
+
+    def acts_on(self, hook: str, section: Optional[MemoryRegionSection] = None, *args) -> bool:
+        """Which calls ``kvm-memory`` does something for (``dirtysim listeners --trace`` shows only those).
+
+        ``kvm_region_add``/``_del`` queue only slot sections; ``kvm_region_commit`` returns when nothing is
+        queued; ``kvm_log_start``/``_stop`` act on a 0 <-> non-zero mask change of a section with slots;
+        ``kvm_log_sync`` on logging slots; ``kvm_log_clear`` only with manual protect.
+        """
+        if hook == "region_add":
+            return self._is_slot(section)
+        if hook == "region_del":
+            return _key(section) in self._by_section
+        if hook == "commit":
+            return bool(self._add or self._del)
+        if hook in ("log_start", "log_stop"):
+            return args[0 if hook == "log_start" else 1] == 0 and bool(self.kvm.slots_in(section))
+        if hook == "log_sync":
+            return any(slot.logging for slot in self.kvm.slots_in(section))
+        if hook == "log_clear":
+            return self.kvm.manual_protect
+        return super().acts_on(hook, section, *args)
 
     def region_add(self, section: MemoryRegionSection) -> None:
         if self._is_slot(section):
@@ -266,7 +294,8 @@ class KvmMemoryListener(KvmIoeventfds, MemoryListener):
             self.kvm.delete_slot(slot)
         added = self._add
         for section in self._add:
-            ram_addr = section.mr.ram_block.offset + section.offset_within_region
+            block = section.mr.ram_block
+            ram_addr = None if block is None else block.offset + section.offset_within_region
             readonly = section.readonly or not section.mr.is_ram
             slot = self.kvm.set_user_memory_region(section.offset_within_address_space, section.size, ram_addr,
                                                    readonly)

@@ -46,8 +46,12 @@ class TcgDirtyMemory:
         self.refresh()
 
     def refresh(self) -> None:
-        """Writable RAM ranges of the CPU's view (what its TLB can map for writing)."""
-        ranges = [fr for fr in self.address_space.current_map if fr.mr.is_ram and not fr.readonly]
+        """Writable RAM ranges of the CPU's view (what its TLB can map for writing).
+
+        A RAM device (a vfio BAR's mmap) is left out: dirtysim's guest never writes into a BAR.
+        """
+        ranges = [fr for fr in self.address_space.current_map
+                  if fr.mr.is_ram and not fr.readonly and not fr.mr.is_ram_device]
         self.slot_gpa = np.array([fr.addr // PAGE_SIZE for fr in ranges], dtype=np.int64)
         self.slot_pages = np.array([fr.size // PAGE_SIZE for fr in ranges], dtype=np.int64)
         self.slot_ram = np.array([(fr.mr.ram_block.offset + fr.offset_in_region) // PAGE_SIZE for fr in ranges],

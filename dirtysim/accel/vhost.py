@@ -10,6 +10,7 @@ both the read and the reset: there is no ``log_clear``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from ..dirty import kernels
 from ..dirty.ramlist import WORD_PAGES, RAMList, grown
 from ..events import schema as ev
 from ..memory.listener import MEMORY_LISTENER_PRIORITY_DEV_BACKEND, MemoryListener, MemoryRegionSection
+from ..memory.region import DIRTY_MEMORY_CODE, DIRTY_MEMORY_MIGRATION
 from ..scenario.schema import PAGE_SIZE
 from .cost import CostMeter
 
@@ -51,14 +53,39 @@ class VhostListener(MemoryListener):
         self.harvest, self.harvest_gap_ns = harvest, harvest_gap_ns
         self.used_ring_pages = used_ring_pages  # GPA pages of this device's used rings
         self.sections: list[MemoryRegionSection] = []  # the memory table (VHOST_USER_SET_MEM_TABLE)
+        self.committed: list[MemoryRegionSection] = []  # the table as the last commit sent it
         self.logging = False  # VHOST_F_LOG_ALL negotiated and a log mapped
         self.on_loss_window = None  # read-then-zero: called after the store of 0 (oracle audit)
         self._table()
 
     # -- memory table ------------------------------------------------------------------------------
+    def vhost_section(self, section: MemoryRegionSection) -> bool:
+        """``vhost_section``: RAM that is not a ROM and that no dirty-log client but MIGRATION and CODE logs.
+
+        So VGA VRAM (``vga.vram``, the VGA client on) stays out of the memory table. [departure: a RAM
+        device (a vfio BAR's mmap) is left out too; QEMU's vhost-user rejects it for having no fd
+        (``vhost_backend_no_private_memslots``), vhost-kernel would take it. No backend of dirtysim
+        DMAs into a BAR, and the BAR has no RAMBlock in dirtysim to log into.]
+        """
+        mr = section.mr
+        if mr is None or not mr.is_ram or mr.is_rom or mr.is_ram_device:
+            return False
+        handled = (1 << DIRTY_MEMORY_MIGRATION) | (1 << DIRTY_MEMORY_CODE)
+        return not self.memory.memory_region_get_dirty_log_mask(mr) & ~handled
+
+    def acts_on(self, hook: str, section: Optional[MemoryRegionSection] = None, *args) -> bool:
+        """region_add/region_del change the memory table only for ``vhost_section`` sections."""
+        if hook == "region_add":
+            return self.vhost_section(section)
+        if hook == "region_del":
+            return section in self.sections
+        if hook == "commit":  # vhost_commit: "if (!changed) goto out" when the table is the one last sent
+            return sorted(self.sections, key=_gpa) != self.committed
+        return super().acts_on(hook, section, *args)
+
     def region_add(self, section: MemoryRegionSection) -> None:
-        """``vhost_section``: RAM that is not a ROM goes into the memory table."""
-        if section.mr is not None and section.mr.is_ram and not section.mr.is_rom:
+        """``vhost_region_add_section``: a ``vhost_section`` goes into the memory table."""
+        if self.vhost_section(section):
             self.sections.append(section)
 
     def region_del(self, section: MemoryRegionSection) -> None:
@@ -66,7 +93,8 @@ class VhostListener(MemoryListener):
 
     def commit(self) -> None:
         """``vhost_commit``: new memory table; grow the log (with headroom) if logging."""
-        self.sections.sort(key=lambda s: s.offset_within_address_space)
+        self.sections.sort(key=_gpa)
+        self.committed = list(self.sections)
         self._table()
         if self.logging:
             self._resize()
@@ -174,3 +202,7 @@ def _log_words(section: MemoryRegionSection) -> tuple[int, int, int]:
         raise ValueError(f"vhost section {section.mr.name} @{gpa0:#x}: its GPA -> ram_addr shift {shift:#x} is not "
                          f"whole 256 KiB log words; dirtysim moves the log by words")
     return gpa0 // VHOST_LOG_CHUNK, -(-(gpa0 + section.size) // VHOST_LOG_CHUNK), shift // VHOST_LOG_CHUNK
+
+
+def _gpa(section: MemoryRegionSection) -> int:
+    return section.offset_within_address_space

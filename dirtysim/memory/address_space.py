@@ -48,6 +48,8 @@ class MemorySystem:
         # physmem.c total_dirty_pages: every bit KVM's GET hands over while GLOBAL_DIRTY_DIRTY_RATE is on
         self.total_dirty_pages = 0
         self.topology_hooks: list[Callable[[], None]] = []  # called after each re-render (the oracle's own map)
+        # (ListenerCall event, whether the listener acted on it): set by ``dirtysim listeners`` to filter its trace
+        self.on_listener_call: Optional[Callable[[ev.ListenerCall, bool], None]] = None
 
     # -- address spaces and the dirty-log mask --------------------------------------------------
     def address_space_init(self, root: MemoryRegion, name: str) -> AddressSpace:
@@ -70,12 +72,12 @@ class MemorySystem:
     def _call_global(self, hook: str, reverse: bool = False) -> None:
         """``MEMORY_LISTENER_CALL_GLOBAL``: the global list, ascending priority (Forward) or Reverse."""
         for listener in self.memory_listeners[::-1 if reverse else 1]:
-            call_hook(self.recorder, listener, hook)
+            call_hook(self, listener, hook)
 
     def _call_as(self, asp: AddressSpace, hook: str, reverse: bool, section: MemoryRegionSection, *args) -> None:
         """``MEMORY_LISTENER_CALL``: one section to the listeners of one address space."""
         for listener in asp.listeners[::-1 if reverse else 1]:
-            call_hook(self.recorder, listener, hook, section, *args)
+            call_hook(self, listener, hook, section, *args)
 
     # -- registration ----------------------------------------------------------------------------
     def memory_listener_register(self, listener: MemoryListener, asp: AddressSpace) -> None:
@@ -336,9 +338,9 @@ class MemorySystem:
         """``memory_global_dirty_log_do_start``: on failure, log_global_stop every earlier listener in reverse."""
         listeners = list(self.memory_listeners)
         for i, listener in enumerate(listeners):
-            if listener.implements("log_global_start") and not call_hook(self.recorder, listener, "log_global_start"):
+            if listener.implements("log_global_start") and not call_hook(self, listener, "log_global_start"):
                 for earlier in reversed(listeners[:i]):
-                    call_hook(self.recorder, earlier, "log_global_stop")
+                    call_hook(self, earlier, "log_global_stop")
                 return False
         return True
 
@@ -361,9 +363,9 @@ class MemorySystem:
             if listener.implements("log_sync"):
                 for fr in listener.address_space.current_map:
                     if fr.dirty_log_mask and (mr is None or fr.mr is mr):
-                        call_hook(self.recorder, listener, "log_sync", MemoryRegionSection.of(fr))
+                        call_hook(self, listener, "log_sync", MemoryRegionSection.of(fr))
             elif listener.implements("log_sync_global"):
-                call_hook(self.recorder, listener, "log_sync_global", None, last_stage)
+                call_hook(self, listener, "log_sync_global", None, last_stage)
 
     def memory_global_dirty_log_sync(self, last_stage: bool) -> None:
         """``memory_global_dirty_log_sync``."""
@@ -385,4 +387,4 @@ class MemorySystem:
                 hi = min(start + size, fr.offset_in_region + fr.size)
                 if lo < hi:
                     section = MemoryRegionSection(mr, lo, hi - lo, fr.addr + lo - fr.offset_in_region, fr.readonly)
-                    call_hook(self.recorder, listener, "log_clear", section)
+                    call_hook(self, listener, "log_clear", section)

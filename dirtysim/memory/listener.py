@@ -13,7 +13,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..events import schema as ev
-from ..events.log import Recorder
 from .flatview import FlatRange
 from .ioeventfd import MemoryRegionIoeventfd
 from .region import MemoryRegion
@@ -91,6 +90,15 @@ class MemoryListener:
     def implements(self, hook: str) -> bool:
         return getattr(self, hook) is not None
 
+    def acts_on(self, hook: str, section: Optional[MemoryRegionSection] = None, *args) -> bool:
+        """Whether the QEMU counterpart of this hook does anything for this call, asked before the call.
+
+        By default every implemented hook acts; a listener whose hooks skip some sections
+        (``vfio_listener_skipped_section``, ``kvm_set_phys_mem`` on MMIO) overrides it with that rule,
+        and its hooks use the same rule, so ``dirtysim listeners --trace`` shows what the listener did.
+        """
+        return self.implements(hook)
+
 
 def insert_by_priority(listeners: list[MemoryListener], listener: MemoryListener) -> None:
     """``memory_listener_register``: ascending priority; equal priorities keep registration order."""
@@ -98,9 +106,12 @@ def insert_by_priority(listeners: list[MemoryListener], listener: MemoryListener
     listeners.insert(index, listener)
 
 
-def call_hook(recorder: Recorder, listener: MemoryListener, hook: str, section: Optional[MemoryRegionSection] = None,
-              *args) -> Any:
+def call_hook(memory: "MemorySystem", listener: MemoryListener, hook: str,
+              section: Optional[MemoryRegionSection] = None, *args) -> Any:
     """Call one hook if implemented, recording it as a ``ListenerCall`` event first.
+
+    If ``memory.on_listener_call`` is set it gets the event and ``listener.acts_on`` of the call
+    (not part of the event log: a pure function of the listener's rule and the map the log records).
 
     Event fields: region name, address and size of the section; masks for log_start/stop;
     for coalesced_io_* the coalesced part's address and size; for eventfd_* the notifier
@@ -119,13 +130,15 @@ def call_hook(recorder: Recorder, listener: MemoryListener, hook: str, section: 
             fields.update(offset=args[0], size=args[1])
         elif hook in ("eventfd_add", "eventfd_del"):
             fields.update(section=args[2])
-    recorder.emit(ev.ListenerCall, listener=listener.name, hook=hook, **fields)
+    event = memory.recorder.emit(ev.ListenerCall, listener=listener.name, hook=hook, **fields)
+    if memory.on_listener_call is not None:
+        memory.on_listener_call(event, listener.acts_on(hook, section, *args))
     return fn(*args) if section is None else fn(section, *args)
 
 
 def listener_add_address_space(memory: "MemorySystem", listener: MemoryListener, asp: "AddressSpace") -> None:
     """``listener_add_address_space``: replay the current view to a newly registered listener."""
-    call = partial(call_hook, memory.recorder, listener)
+    call = partial(call_hook, memory, listener)
     call("begin")
     if memory.global_dirty_tracking and listener.implements("log_global_start"):
         if not call("log_global_start"):
@@ -143,7 +156,7 @@ def listener_add_address_space(memory: "MemorySystem", listener: MemoryListener,
 
 def listener_del_address_space(memory: "MemorySystem", listener: MemoryListener, asp: "AddressSpace") -> None:
     """``listener_del_address_space``: the mirror of the replay (no log_global_stop)."""
-    call = partial(call_hook, memory.recorder, listener)
+    call = partial(call_hook, memory, listener)
     call("begin")
     for fr in asp.current_map:
         section = MemoryRegionSection.of(fr)

@@ -11,6 +11,15 @@ Kinds (QEMU keeps them as flags; ``memory_region_type`` names them):
   ``readonly``, ``memory_region_init_rom``);
 * ``rom_device``: a RAMBlock read directly while in ROMD mode, writes trap
   (``memory_region_init_rom_device``); ``memory_region_is_ram`` is false for it;
+* ``ram_device``: host memory QEMU does not own, such as a vfio device's
+  mmap'd BAR (``memory_region_init_ram_device_ptr``): ``memory_region_is_ram``
+  and ``memory_region_is_ram_device`` are true. QEMU gives it a RAMBlock
+  (``qemu_ram_alloc_from_ptr``) that nobody marks migratable
+  (``vmstate_register_ram`` is never called for it), so ``ramblock_is_ignored``
+  holds and migration skips it, and ``memory_region_get_dirty_log_mask`` never
+  adds DIRTY_MEMORY_MIGRATION (it needs ``qemu_ram_is_migratable``). dirtysim
+  keeps no RAMBlock for it at all [departure: the block would only be
+  skipped; the one effect lost is TCG's DIRTY_MEMORY_CODE bit on it];
 * ``io``: MMIO / port I/O, every access traps (``memory_region_init_io``);
 * ``alias``: a window ``[alias_offset, alias_offset + size)`` onto another
   region (``memory_region_init_alias``).
@@ -30,7 +39,7 @@ DIRTY_MEMORY_VGA = 0
 DIRTY_MEMORY_CODE = 1
 DIRTY_MEMORY_MIGRATION = 2
 
-KINDS = ("container", "ram", "rom_device", "io", "alias")
+KINDS = ("container", "ram", "ram_device", "rom_device", "io", "alias")
 
 
 @dataclass(eq=False)
@@ -70,12 +79,17 @@ class MemoryRegion:
     @property
     def terminates(self) -> bool:
         """``mr->terminates``: the region renders itself (not only its subregions)."""
-        return self.kind in ("ram", "rom_device", "io")
+        return self.kind in ("ram", "ram_device", "rom_device", "io")
 
     @property
     def is_ram(self) -> bool:
-        """``memory_region_is_ram``: a ROM device is not RAM even though it has a RAMBlock."""
-        return self.kind == "ram"
+        """``memory_region_is_ram``: a ROM device is not RAM even though it has a RAMBlock; a RAM device is."""
+        return self.kind in ("ram", "ram_device")
+
+    @property
+    def is_ram_device(self) -> bool:
+        """``memory_region_is_ram_device``."""
+        return self.kind == "ram_device"
 
     @property
     def is_romd(self) -> bool:
@@ -116,6 +130,11 @@ def memory_region_init_ram(name: str, size: int, ram_block: "RAMBlock") -> Memor
 def memory_region_init_rom(name: str, size: int, ram_block: "RAMBlock") -> MemoryRegion:
     """``memory_region_init_rom``: RAM that is read-only to the guest."""
     return MemoryRegion(name, size, ram_block=ram_block, kind="ram", readonly=True)
+
+
+def memory_region_init_ram_device_ptr(name: str, size: int) -> MemoryRegion:
+    """``memory_region_init_ram_device_ptr``: RAM the guest reaches directly, not migrated (see the module doc)."""
+    return MemoryRegion(name, size, kind="ram_device")
 
 
 def memory_region_init_rom_device(name: str, size: int, ram_block: "RAMBlock") -> MemoryRegion:

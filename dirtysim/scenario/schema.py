@@ -9,6 +9,7 @@ default.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import (AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
@@ -261,10 +262,36 @@ class VirtioDevice(_PciDevice):
 
 
 class VfioPci(_PciDevice):
-    """An assigned device: the 'vfio' listener keeps the IOMMU mapping every RAM section."""
+    """An assigned device: the 'vfio' listener keeps the IOMMU mapping every RAM section; BAR 0 is mmap'd."""
 
     kind: Literal["vfio-pci"]
-    bar: Size = Field(16 << 20, description="size of the device's MMIO BAR")
+    bar: Size = Field(16 << 20, description="size of the device's BAR 0 (mapped by a timeline 'bar' action)")
+    host: Optional[str] = Field(
+        None, description="the host device's PCI address, which names its regions ('0000:01:00.0 BAR 0 mmaps[0]'); "
+                    "default 0000:NN:00.0 with NN = the device's index + 1 [assumption: any address]")
+    mmap: bool = Field(True, description="the BAR is mmap'd and mapped as a RAM device that KVM and vfio map "
+                                         "(vfio-pci's x-no-mmap=off, QEMU's default); false: every access traps")
+    rom: Size = Field(0, description="size of the host device's expansion ROM (vfio_pci_size_rom reads it from "
+                                     "the device): BAR 6, MMIO that vfio_rom_read serves; 0: none, as rombar=0 or a "
+                                     "device without one [assumption: NIC VFs have none]")
+
+    @field_validator("rom")
+    @classmethod
+    def _rom_size(cls, value: int):
+        """A ROM BAR is a power of two (PCI sizing); dirtysim's regions are whole pages, so at least 4KiB."""
+        if value and (value < MIN_BAR or value & (value - 1)):
+            raise PydanticCustomError("rom", "a PCI ROM BAR size is 0 or a power of two, at least 4KiB",
+                                      {"got": units.format_size(value), "allowed": "0B, 4KiB, 8KiB, ..., e.g. 64KiB"})
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _pci_address(cls, value: Optional[str]):
+        """vfio-pci's ``host`` property: domain:bus:device.function, lower-case hex as sysfs names it."""
+        if value is not None and not re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]", value):
+            raise PydanticCustomError("host", "a host PCI address is domain:bus:device.function (sysfs form)",
+                                      {"got": value, "allowed": "e.g. 0000:01:00.0 (device 00-1f, function 0-7)"})
+        return value
     state: Size = Field(1 << 20, le=16 << 30, description="the device's migration data in the downtime "
                         "(VFIO_DEVICE_STATE_STOP_COPY) [assumption: a NIC VF's state; vfio precopy of it is not "
                         "modelled]")
@@ -322,7 +349,36 @@ class VhostUserBlk(_VhostUserDevice):
         return self.read
 
 
-Device = Annotated[Union[VhostUserNet, VhostUserBlk, VirtioDevice, VfioPci], Field(discriminator="kind")]
+# pci_add_option_rom: the ROM BAR is pow2ceil(romfile size); vgabios-stdvga.bin (SeaVGABIOS) is about 39 KiB
+# [assumption: the size of the file QEMU ships; another build may round to 32 or 128 KiB]
+VGA_ROM_SIZE = 64 << 10
+
+
+class Vga(_Model):
+    """``-device VGA`` (hw/display/vga-pci.c): its VRAM ``vga.vram`` is BAR 0, RAM with the VGA dirty-log client."""
+
+    kind: Literal["VGA"]
+    vgamem_mb: int = Field(16, description="VRAM size in MiB (vga-pci.c's vgamem_mb property, default 16); "
+                                           "a power of two from 1 to 512")
+    state: Size = Field(4 << 10, le=16 << 30, description="the device's vmstate section, sent in the downtime "
+                        "[assumption: VGA registers and palette, a few KiB]; the VRAM migrates as a RAMBlock")
+
+    @field_validator("vgamem_mb")
+    @classmethod
+    def _vram_size(cls, value: int):
+        """``vga_common_init`` clamps to 1..512 and rounds up to a power of two; dirtysim refuses the others."""
+        if not 1 <= value <= 512 or value & (value - 1):
+            raise PydanticCustomError("vgamem_mb", "vga_common_init makes VRAM a power of two from 1 to 512 MiB",
+                                      {"got": str(value), "allowed": "1, 2, 4, ..., 512"})
+        return value
+
+    @property
+    def bar(self) -> int:
+        """BAR 0, the VRAM (``pci_register_bar(..., 0, PCI_BASE_ADDRESS_MEM_PREFETCH, &s->vram)``)."""
+        return self.vgamem_mb << 20
+
+
+Device = Annotated[Union[VhostUserNet, VhostUserBlk, VirtioDevice, VfioPci, Vga], Field(discriminator="kind")]
 VHOST_KINDS = ("vhost-user-net", "vhost-net", "vhost-user-blk")
 
 
@@ -330,7 +386,7 @@ class Machine(_Model):
     accel: Literal["kvm", "tcg"] = Field("kvm", description="kvm, or tcg (per-CPU address spaces, no eventfds)")
     memory: MemoryConfig
     vcpus: list[VcpuGroup] = Field(min_length=1, max_length=limits.MAX_VCPUS)
-    devices: list[Device] = Field(default_factory=list, description="PCI devices: vhost, virtio, vfio")
+    devices: list[Device] = Field(default_factory=list, description="PCI devices: vhost, virtio, vfio, VGA")
     device_memory: Size = Field(0, description="memory-hotplug area (maxmem - size) for pc-dimm hotplug")
     device_state: Size = Field(
         256 << 10, le=64 << 30,
@@ -788,6 +844,8 @@ class BarMap(_Model):
 
     device: int = Field(ge=0, strict=True, description="index in machine.devices")
     addr: Size
+    rom: bool = Field(False, description="the device's expansion ROM BAR (PCI_ROM_SLOT) instead of BAR 0: a VGA's "
+                                         "option ROM, as the firmware maps it to copy the ROM out")
 
 
 class Pam(_Model):
@@ -1152,6 +1210,10 @@ class Scenario(_Model):
 
     def _devices_fit(self) -> None:
         ram = self.machine.memory.size
+        vgas = [i for i, dev in enumerate(self.machine.devices) if dev.kind == "VGA"]
+        if len(vgas) > 1:  # vga_common_init: a global_vmstate VGA's RAMBlock is "vga.vram", one per machine
+            raise fail(("machine", "devices", vgas[1], "kind"), "Only one global VGA device can be used at a time "
+                       "(vga_common_init)", "VGA", "one VGA device")
         for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
             loc = ("machine", "devices", i)
             if dev.kind in VHOST_KINDS and self.machine.accel != "kvm":
@@ -1229,8 +1291,9 @@ class Scenario(_Model):
                            f"0 .. {ndev - 1} (machine.devices)" if ndev else "none: machine.devices is empty")
             if kind == "bar":
                 self._bar_fits(act, loc)
-            if kind == "ioeventfd" and self.machine.devices[act.device].kind == "vfio-pci":
-                raise fail(loc + ("device",), f"device {act.device} (vfio-pci) has no virtio queues",
+            if kind == "ioeventfd" and self.machine.devices[act.device].kind in ("vfio-pci", "VGA"):
+                kind_ = self.machine.devices[act.device].kind
+                raise fail(loc + ("device",), f"device {act.device} ({kind_}) has no virtio queues",
                            str(act.device), "a virtio or vhost device")
             if kind == "hotplug" and act.id in plugged:
                 raise fail(loc + ("id",), "a DIMM with this id is already plugged (qdev_set_id: Duplicate device ID)",
@@ -1313,19 +1376,26 @@ class Scenario(_Model):
 
     def _bar_fits(self, act: "BarMap", loc: tuple) -> None:
         dev = self.machine.devices[act.device]
+        bar = dev.bar
+        if act.rom:
+            bar = VGA_ROM_SIZE if dev.kind == "VGA" else getattr(dev, "rom", 0)
+            if not bar:
+                raise fail(loc + ("rom",), f"device {act.device} ({dev.kind}) has no option ROM", "true",
+                           f"false, a VGA device (its {units.format_size(VGA_ROM_SIZE)} vga.rom) or a vfio-pci "
+                           "device with a rom size")
         taken = [(gpa, size) for gpa, size, _ in self.machine.ram_ranges()]
         taken.append((self.device_memory_base(), self.machine.device_memory))
         if self.machine.type != "none":  # below 1 MiB and pc.bios are the board's
             taken += [(0, layout.MIB), ((1 << 32) - layout.BIOS_SIZE, layout.BIOS_SIZE)]
-        if act.addr % dev.bar:
+        if act.addr % bar:
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR address must be aligned to the "
                        "BAR size (PCI BARs are naturally aligned)", f"{act.addr:#x}",
-                       f"a multiple of {units.format_size(dev.bar)}")
-        if act.addr + dev.bar > MAX_PHYS_ADDR or any(lo < act.addr + dev.bar and act.addr < lo + n for lo, n in taken if n):
+                       f"a multiple of {units.format_size(bar)}")
+        if act.addr + bar > MAX_PHYS_ADDR or any(lo < act.addr + bar and act.addr < lo + n for lo, n in taken if n):
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR must lie outside RAM and the DIMM "
                        "area, below 2**52 (dirtysim keeps memslots 256 KiB aligned, so it does not split RAM "
                        "around BARs)", f"{act.addr:#x}",
-                       f"a multiple of {units.format_size(dev.bar)} at or above "
+                       f"a multiple of {units.format_size(bar)} at or above "
                        f"{units.format_size(max(lo + n for lo, n in taken if n))}")
 
     def device_buffers(self) -> list[tuple[int, int]]:
