@@ -38,6 +38,42 @@ def test_a_request_waits_for_the_current_hold_and_a_hold_taken_at_release_contin
     assert bql.hold(300, 1) == 0 and bql.span.tolist() == [300, 301]  # a new hold
 
 
+def _drive(gen):
+    """Run a generator that only yields from ``sleep``; its return value."""
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_lock_waits_out_the_hold_even_when_it_grows_meanwhile():
+    """bql_lock by a process: asked at 0 while held to 10 ns it sleeps 10; a vCPU's reap queued behind the
+    holder while it slept keeps the lock to 15, so it sleeps 5 more: 15 ns waited in all."""
+    bql, clock = Bql(), [0]
+    bql.hold(0, 10)
+
+    def sleep(ns):
+        if clock[0] == 0:
+            bql.hold(3, 5)  # asked at 3, runs [10, 15)
+        clock[0] += ns
+        yield
+
+    assert _drive(bql.lock(lambda: clock[0], sleep)) == 15 and clock[0] == 15
+    assert _drive(bql.lock(lambda: clock[0], sleep)) == 0  # free now: no sleep
+
+
+def test_lock_waits_even_one_nanosecond():
+    bql, clock = Bql(), [0]
+    bql.hold(0, 1)
+
+    def sleep(ns):
+        clock[0] += ns
+        yield
+
+    assert _drive(bql.lock(lambda: clock[0], sleep)) == 1
+
+
 # --------------------------------------------------------------------------- MMIO exits in the vCPU kernel
 
 
