@@ -181,3 +181,71 @@ def test_a_long_run_of_zero_pages_is_cut_into_slices_of_cpu_time():
     res = run_idle()
     ends = sorted(e.t_ns for e in of(res.events, ev.Transfer) if e.kind == "pages")
     assert max(np.diff(ends)) <= 1_000_000 + 2100  # one quantum, overshot by less than one page
+
+
+# --------------------------------------------------------------------------- what each setting charges
+
+SMALL = 1 << 16  # pages of a 256 MiB guest
+
+
+def run_small(costs: dict, **over):
+    return simulate(**merge(IDLE, merge({"machine": {"memory": {"size": "256MiB", "zero_fraction": 0.0}},
+                                         "costs": NO_COSTS | costs}, over)))
+
+
+@pytest.mark.parametrize("detect,per_page", [("none", 100 + 2000), ("legacy", 100 + 500 + 2000)])
+def test_without_multifd_only_a_scan_pays_the_zero_check(detect, per_page):
+    """Without multifd, zero-page-detection none skips buffer_is_zero: a data page costs the thread
+    migration_page + page_send; legacy (and multifd, which falls back to it) adds zero_check_data_page.
+    All data pages, 400 Gbit/s (82 ns of wire a page): the thread sets the pace."""
+    costs = {"migration_page": "100ns", "zero_check_zero_page": "3000ns", "zero_check_data_page": "500ns",
+             "page_send": "2000ns"}
+    res = run_small(costs, migration={"zero_page_detection": detect})
+    s = summary(res.events)
+    assert (s["ram"]["normal"], s["ram"]["duplicate"]) == (SMALL, 0)
+    assert send_time_ns(res.events) == pytest.approx(SMALL * per_page, rel=1e-3)
+    assert sendcost.main_ns(send_costs(res.scenario).cv, 1, 0) == per_page  # to the ns
+    # one stream, no sender threads: the channel stage is empty whatever channel count the cost vector holds
+    assert s["dirtysim"]["multifd-busy"] == 0.0 and s["ram"]["multifd-bytes"] == 0
+
+
+def test_detection_none_sends_zero_pages_whole():
+    """zero-page-detection none: a zero page is not recognised, it goes out as a normal page (4104 bytes)."""
+    res = run_small({"page_send": "10ns"}, machine={"memory": {"zero_fraction": 1.0}},
+                    migration={"zero_page_detection": "none"})
+    s = summary(res.events)
+    assert (s["ram"]["normal"], s["ram"]["duplicate"]) == (SMALL, 0)
+    assert sum(e.bytes for e in of(res.events, ev.Transfer) if e.kind == "pages") >= SMALL * 4104
+
+
+@pytest.mark.parametrize("method,ratio,cost,nbytes", [("none", 3.0, 0, 4096), ("zlib", 4.0, 3000, 1024),
+                                                      ("zstd", 3.0, 1000, 1365)])
+def test_compressed_page_size_and_sender_cost(method, ratio, cost, nbytes):
+    """multifd-compression: a data page is round(4 KiB / <method>_ratio) on the wire (none: 4 KiB whatever the
+    ratios say); a sender spends <method>_page on it plus page_send scaled to the compressed size, and the
+    zero check (zero-page-detection multifd); the migration thread only queues it."""
+    sc = send_costs(Scenario.model_validate(merge(merge({"name": "c"}, IDLE), {
+        "machine": {"memory": {"zlib_ratio": ratio if method == "zlib" else 1.5,
+                               "zstd_ratio": ratio if method == "zstd" else 1.5}},
+        "costs": {"migration_page": "100ns", "zero_check_data_page": "50ns", "zero_check_zero_page": "70ns",
+                  "page_send": "2000ns", "zlib_page": "3000ns", "zstd_page": "1000ns", "multifd_packet": "0ns"},
+        "migration": {"capabilities": {"multifd": True}, "multifd_compression": method}})))
+    assert (sc.normal_bytes, sc.zero_bytes) == (nbytes, 0)
+    assert sendcost.channel_ns(sc.cv, 1, 0, 0) == cost + 50 + 2000 * nbytes // 4096
+    assert sendcost.channel_ns(sc.cv, 0, 1, 0) == 70
+    assert sendcost.main_ns(sc.cv, 1, 1) == 2 * 100
+
+
+@pytest.mark.parametrize("method,ratio,per_page", [("zlib", 4.0, 3000 + 2000 // 4), ("zstd", 2.0, 1000 + 2000 // 2)])
+def test_one_compressing_channel_sets_the_pace(method, ratio, per_page):
+    """One channel compresses every data page: zlib_page / zstd_page plus the write of 4 KiB / ratio; the
+    migration thread (100 ns a page) and the wire wait for it. multifd-bytes: packets and compressed pages."""
+    res = run_small({"migration_page": "100ns", "page_send": "2000ns", "zlib_page": "3000ns", "zstd_page": "1000ns"},
+                    machine={"memory": {f"{method}_ratio": ratio}},
+                    migration={"capabilities": {"multifd": True}, "multifd_channels": 1,
+                               "multifd_compression": method})
+    s = summary(res.events)
+    assert s["ram"]["normal"] == SMALL
+    assert send_time_ns(res.events) == pytest.approx(SMALL * per_page, rel=2e-3)
+    packets = sum(e.packets for e in of(res.events, ev.Transfer) if e.kind == "pages")
+    assert s["ram"]["multifd-bytes"] == packets * 1344 + SMALL * int(4096 / ratio)
