@@ -203,6 +203,7 @@ def test_every_page_arrives_exactly_once_after_the_switch(hot):
     sync = next(e for e in of(events, ev.BitmapSync) if e.reason == "postcopy-discard")
     assert sync.dirty_sync_count == 3
     switch = of(events, ev.PostcopyStart)[0]
+    assert (switch.trigger, switch.dirty_sync_count) == ("after-syncs", 2)
     after = [e for e in of(events, ev.Transfer) if e.kind == "pages" and e.seq > switch.seq]
     assert sum(e.normal + e.zero for e in after) == sync.migration_dirty_pages
     (end,) = [e for e in of(events, ev.OracleCheck) if e.at == "postcopy-complete"]
@@ -341,6 +342,7 @@ def test_a_timeout_in_postcopy_cannot_cancel():
     s = tables.summary(run.events)
     assert (s["status"], s["dirtysim"]["stop-reason"]) == ("postcopy-active", "timeout")
     assert s["ram"]["remaining"] > 0 and s["dirtysim"]["lost-pages"] == 0
+    assert [e.at for e in of(run.events, ev.OracleCheck)] == ["postcopy-switch", "timeout"]
     assert "downtime" in s  # shown as soon as the migration is in postcopy (populate_time_info)
 
 
@@ -401,3 +403,149 @@ def test_max_syncs_does_not_cancel_a_switch_in_progress(hot):
     run = simulate(**merge(hot.scenario.to_file(), {"migration": {"max_syncs": 2}}))
     assert not [e for e in of(run.events, ev.MigrationStatus) if e.status == "cancelling"]
     assert tables.summary(run.events)["status"] == "completed"
+
+
+# --------------------------------------------------------------------------- the switch's messages, one by one
+
+
+def test_the_switch_and_the_end_in_order_on_the_wire(pure):
+    """postcopy_start -> migration_completion_postcopy on the stream, with no costs in the way: status device
+    (migration_switchover_start) then postcopy-active; the discard commands (one 12-range command for the single
+    run of 2^16 dirty pages: 5 + 3 + 6 + 16 = 30 bytes), the package, ping 4 (9 bytes); each ram_save_iterate
+    ends with its EOS and section framing (section-part); then EOS and the SECTION_END + EOF (6 bytes)."""
+    statuses = [e.status for e in of(pure.events, ev.MigrationStatus)]
+    assert statuses == ["setup", "active", "device", "postcopy-active", "completed"]
+    (start,) = of(pure.events, ev.PostcopyStart)
+    assert (start.trigger, start.must_precopy, start.can_postcopy) == ("migrate-start-postcopy", 0, 256 << 20)
+    kinds = [(e.kind, e.bytes) for e in of(pure.events, ev.Transfer) if e.kind != "pages"]
+    assert kinds[:4] == [("setup", kinds[0][1]), ("postcopy-discard", 30),
+                         ("postcopy-package", PACKAGE_OVERHEAD + pure.scenario.machine.switchover_state()),
+                         ("postcopy-ping", 9)]
+    rest = kinds[4:]
+    assert rest[-2:] == [("eos", 8), ("postcopy-end", 6)]
+    assert rest[:-2] == [("eos", 8), ("section-part", rest[1][1])] * ((len(rest) - 2) // 2) and len(rest) > 2
+    (act,) = [e for e in of(pure.events, ev.TimelineAction) if e.action == "migrate_start_postcopy"]
+    assert act.result == "done"
+    s = tables.summary(pure.events)
+    assert (s["status"], s["dirtysim"]["stop-reason"]) == ("completed", "completed")
+
+
+def test_every_page_is_stale_at_a_switch_before_any_page_was_sent(pure):
+    """Postcopy from the first iteration: the destination holds no page, so all 2^16 are stale at the switch,
+    every one of them in the bitmap (none lost); at the end none is stale, none lost."""
+    (at_switch,) = [e for e in of(pure.events, ev.OracleCheck) if e.at == "postcopy-switch"]
+    assert (at_switch.stale_pages, at_switch.lost_pages) == (1 << 16, 0)
+    (end,) = [e for e in of(pure.events, ev.OracleCheck) if e.at == "postcopy-complete"]
+    assert (end.stale_pages, end.lost_pages) == (0, 0)
+
+
+def test_no_lazy_clear_after_the_switch(pure):
+    """ram.c skips the lazy clear in postcopy as in the last stage (QEMU 10.1): the discard sync sets the
+    clear_bmap bit of the chunks it found dirty, yet the push clears none (no log_clear, no CLEAR_DIRTY_LOG)."""
+    switch = of(pure.events, ev.PostcopyStart)[0]
+    after = [e for e in pure.events if isinstance(e, (ev.LazyClear, ev.KvmClearDirtyLog)) and e.seq > switch.seq]
+    assert after == []
+
+
+def test_pages_after_the_switch_carry_their_block_and_each_channel_names_it_once(pure):
+    """Every page once, 4104 bytes (no zero page here), the idstr once on the main channel (the push) and once on
+    the preempt channel (the first request); no multifd packet; no request queued behind the socket (preempt)."""
+    pages = [e for e in of(pure.events, ev.Transfer) if e.kind == "pages"]
+    assert {e.block for e in pages} == {"pc.ram"} and sum(e.packets for e in pages) == 0
+    assert sum(e.normal for e in pages) == 1 << 16 and sum(e.zero for e in pages) == 0
+    assert sum(e.bytes for e in pages) == (1 << 16) * PAGE_BYTES + 2 * IDSTR
+    assert tables.summary(pure.events)["ram"]["postcopy-bytes"] == sum(e.bytes for e in pages) + 8 * (
+        len([e for e in of(pure.events, ev.Transfer) if e.kind == "eos"]) - 1)
+    assert all(e.wait_bytes == 0 for e in fault_events(pure.events))
+
+
+def test_without_preempt_one_channel_names_the_block_once():
+    """Without preempt the requested pages and the push share the main channel: the idstr goes out once, with the
+    first page after the switch (rs.reset forgot last_sent_block), and never again for this one block."""
+    run = simulate(**merge(PURE, {"network": {"send_buffer": "3000000B"},
+                                  "migration": {"capabilities": {"postcopy-preempt": False}}}))
+    pages = [e for e in of(run.events, ev.Transfer) if e.kind == "pages"]
+    assert sum(e.bytes for e in pages) == (1 << 16) * PAGE_BYTES + IDSTR
+    served = [e.served for e in fault_events(run.events)]
+    assert "urgent" in served
+
+
+@pytest.mark.parametrize("latency,zero_fraction,link", [(0, 0.0, LINK), (L, 1.0, LINK // 1000)])
+def test_fault_wait_closed_form_on_a_lan_and_for_zero_pages(latency, zero_fraction, link):
+    """T1 again with network.latency 0 (the lookahead is then min(c_f, c_p) > 0: scenario/postcopy.py), and with
+    a zero guest on a 10 Mbit/s link (slow enough that the push of 2^16 zero pages, 9 bytes each, is still far
+    from the written pages): a requested zero page is save_zero_page's 9 bytes (8-byte header + 1), not 4104."""
+    nbytes = PAGE_BYTES if zero_fraction == 0.0 else 9
+    run = simulate(**merge(PURE, {"network": {"latency": f"{latency}ns", "bandwidth": f"{link * 8}bit/s"},
+                                  "machine": {"memory": {"zero_fraction": zero_fraction}}}))
+    d_first = C_F + latency + (nbytes + IDSTR) * 10**9 // link + latency + C_P
+    d = C_F + latency + nbytes * 10**9 // link + latency + C_P
+    assert waits(run.events) == [d_first] + [d] * (K - 1)
+    pages = [e for e in of(run.events, ev.Transfer) if e.kind == "pages"]
+    assert sum(e.zero for e in pages) == (1 << 16 if zero_fraction else 0)
+
+
+def test_two_vcpus_fault_at_once_on_neighbouring_words():
+    """Two vCPUs fault at the same instant on pages 64 apart (words w and w + 1): both requests reach the source
+    in the same wait, and the push ends no earlier than without them: both pages' wire time is taken from it
+    (link_debt_ns accumulates); placing w's page wakes only its own vCPU."""
+    two = merge(PURE, {})
+    base = ((1 << 16) - 128) * 4096  # page 65408: word 1022, and page 65472 in word 1023
+    two["machine"]["vcpus"] = [
+        {"count": 1, "start": f"{START}ns", "workload": {"kind": "sequential", "rate": f"{RATE}B/s",
+                                                         "offset": f"{base + off * 4096}B",
+                                                         "working_set": f"{K * 4096}B"}} for off in (0, 64)]
+    run = simulate(**two)
+    faults = fault_events(run.events)
+    assert len(faults) == 2 * K and {e.served for e in faults} == {"preempt"}
+    assert sorted({e.page for e in faults if e.fault_ns == START}) == [65408, 65408 + 64]
+    idle = merge(two, {})
+    for group in idle["machine"]["vcpus"]:
+        group["workload"]["rate"] = "0B/s"  # the same two vCPUs (vm_stop_per_vcpu), idle
+    # the push moves 2^16 pages either way; the 2K requested pages (and one idstr) only move their wire time
+    assert abs(completed_ns(run) - completed_ns(simulate(**idle))) < 100
+
+
+def test_a_request_for_page_zero_finds_its_block():
+    """A vCPU that writes page 0 as soon as the destination runs: page 0 went out in the push's first slice, so
+    its request finds the bit clear (in flight) and the vCPU waits for that placement."""
+    first = merge(PURE, {})
+    first["machine"]["vcpus"][0].update(start="0ns", workload={"kind": "sequential", "rate": f"{RATE}B/s",
+                                                               "offset": "0B", "working_set": "4096B"})
+    run = simulate(**first)
+    faults = fault_events(run.events)
+    assert faults[0].page == 0 and faults[0].served == "in-flight" and faults[0].wait_bytes == 0
+    assert tables.summary(run.events)["dirtysim"]["lost-pages"] == 0
+
+
+def test_discard_of_several_blocks_is_one_write():
+    """With a VGA (vga.vram, 1 MiB, and vga.rom, 64 pages = one bitmap word) every block sends its own discard:
+    one run each; the stream carries them in one write of the sum; the push crosses both block boundaries."""
+    run = simulate(**merge(PURE, {"machine": {"devices": [{"kind": "VGA", "vgamem_mb": 1}]}}))
+    discards = {e.block: (e.pages, e.ranges, e.bytes) for e in of(run.events, ev.PostcopyDiscard)}
+    assert discards == {"pc.ram": (1 << 16, 1, discard_bytes("pc.ram", 1)[1]),
+                        "vga.vram": (256, 1, discard_bytes("vga.vram", 1)[1]),
+                        "vga.rom": (64, 1, discard_bytes("vga.rom", 1)[1])}
+    (write,) = [e for e in of(run.events, ev.Transfer) if e.kind == "postcopy-discard"]
+    assert write.bytes == sum(b for _, _, b in discards.values()) == 30 + 32 + 31
+    pages = [e for e in of(run.events, ev.Transfer) if e.kind == "pages"]
+    assert {b: sum(e.normal + e.zero for e in pages if e.block == b) for b in discards} == {
+        b: p for b, (p, _, _) in discards.items()}
+    (end,) = [e for e in of(run.events, ev.OracleCheck) if e.at == "postcopy-complete"]
+    assert (end.lost_pages, end.double_placed) == (0, 0)
+
+
+def test_start_postcopy_before_migrate_is_refused_and_precopy_can_still_be_cancelled():
+    """qmp_migrate_start_postcopy before migrate: QEMU's error; the migration then runs as precopy, and
+    migrate-cancel is accepted (the VM was never stopped for a switch)."""
+    run = simulate(**{"machine": {"memory": {"size": "64MiB"},
+                                  "vcpus": [{"count": 1, "workload": {"kind": "uniform", "rate": "0B/s"}}]},
+                      "migration": {"max_bandwidth": "16MiB/s", "start_at": "10ms", "timeout": "1s",
+                                    "capabilities": {"postcopy-ram": True}},
+                      "timeline": [{"at": "0ns", "migrate-start-postcopy": {}}, {"at": "50ms", "migrate-cancel": {}}]})
+    results = [(e.action, e.result) for e in of(run.events, ev.TimelineAction)]
+    assert results == [("migrate_start_postcopy",
+                        "refused: Postcopy must be started after migration has been started"),
+                       ("migrate_cancel", "done")]
+    assert not of(run.events, ev.PostcopyStart)
+    assert tables.summary(run.events)["status"] == "cancelled"
