@@ -549,3 +549,19 @@ def test_start_postcopy_before_migrate_is_refused_and_precopy_can_still_be_cance
                        ("migrate_cancel", "done")]
     assert not of(run.events, ev.PostcopyStart)
     assert tables.summary(run.events)["status"] == "cancelled"
+
+
+def test_without_preempt_the_scan_resumes_after_the_requested_page_not_before():
+    """P18, the other side: ram_save_queue_pages moves the scan to the page after the requested one. A page just
+    below it stays unsent until the scan wraps, so a vCPU that writes it 2 ms later still faults and requests it
+    (urgent); the scan would have sent it within those 2 ms had it resumed at or before it."""
+    x = (1 << 16) - 64  # page 65472, far above the push for the whole run
+    pair = merge(PURE, {"network": {"send_buffer": "0B"}, "migration": {"capabilities": {"postcopy-preempt": False}}})
+    pair["machine"]["vcpus"] = [
+        {"count": 1, "start": f"{start}ns", "workload": {"kind": "sequential", "rate": f"{RATE}B/s",
+                                                         "offset": f"{page * 4096}B", "working_set": "4096B"}}
+        for page, start in ((x + 1, START), (x, START + 2_000_000))]
+    run = simulate(**pair)
+    first = {e.page: e for e in reversed(fault_events(run.events))}
+    assert first[x + 1].fault_ns == START and first[x + 1].served == "urgent"
+    assert first[x].fault_ns == START + 2_000_000 and first[x].served == "urgent"
