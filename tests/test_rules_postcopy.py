@@ -408,11 +408,12 @@ def test_max_syncs_does_not_cancel_a_switch_in_progress(hot):
 # --------------------------------------------------------------------------- the switch's messages, one by one
 
 
-def test_the_switch_and_the_end_in_order_on_the_wire(pure):
+def test_the_switch_and_the_end_in_order_on_the_wire():
     """postcopy_start -> migration_completion_postcopy on the stream, with no costs in the way: status device
     (migration_switchover_start) then postcopy-active; the discard commands (one 12-range command for the single
     run of 2^16 dirty pages: 5 + 3 + 6 + 16 = 30 bytes), the package, ping 4 (9 bytes); each ram_save_iterate
     ends with its EOS and section framing (section-part); then EOS and the SECTION_END + EOF (6 bytes)."""
+    pure = simulate(**PURE)  # its own run: mutmut maps a module fixture's run to its first test only
     statuses = [e.status for e in of(pure.events, ev.MigrationStatus)]
     assert statuses == ["setup", "active", "device", "postcopy-active", "completed"]
     (start,) = of(pure.events, ev.PostcopyStart)
@@ -430,26 +431,29 @@ def test_the_switch_and_the_end_in_order_on_the_wire(pure):
     assert (s["status"], s["dirtysim"]["stop-reason"]) == ("completed", "completed")
 
 
-def test_every_page_is_stale_at_a_switch_before_any_page_was_sent(pure):
+def test_every_page_is_stale_at_a_switch_before_any_page_was_sent():
     """Postcopy from the first iteration: the destination holds no page, so all 2^16 are stale at the switch,
     every one of them in the bitmap (none lost); at the end none is stale, none lost."""
+    pure = simulate(**PURE)  # its own run: mutmut maps a module fixture's run to its first test only
     (at_switch,) = [e for e in of(pure.events, ev.OracleCheck) if e.at == "postcopy-switch"]
     assert (at_switch.stale_pages, at_switch.lost_pages) == (1 << 16, 0)
     (end,) = [e for e in of(pure.events, ev.OracleCheck) if e.at == "postcopy-complete"]
     assert (end.stale_pages, end.lost_pages) == (0, 0)
 
 
-def test_no_lazy_clear_after_the_switch(pure):
+def test_no_lazy_clear_after_the_switch():
     """ram.c skips the lazy clear in postcopy as in the last stage (QEMU 10.1): the discard sync sets the
     clear_bmap bit of the chunks it found dirty, yet the push clears none (no log_clear, no CLEAR_DIRTY_LOG)."""
+    pure = simulate(**PURE)  # its own run: mutmut maps a module fixture's run to its first test only
     switch = of(pure.events, ev.PostcopyStart)[0]
     after = [e for e in pure.events if isinstance(e, (ev.LazyClear, ev.KvmClearDirtyLog)) and e.seq > switch.seq]
     assert after == []
 
 
-def test_pages_after_the_switch_carry_their_block_and_each_channel_names_it_once(pure):
+def test_pages_after_the_switch_carry_their_block_and_each_channel_names_it_once():
     """Every page once, 4104 bytes (no zero page here), the idstr once on the main channel (the push) and once on
     the preempt channel (the first request); no multifd packet; no request queued behind the socket (preempt)."""
+    pure = simulate(**PURE)  # its own run: mutmut maps a module fixture's run to its first test only
     pages = [e for e in of(pure.events, ev.Transfer) if e.kind == "pages"]
     assert {e.block for e in pages} == {"pc.ram"} and sum(e.packets for e in pages) == 0
     assert sum(e.normal for e in pages) == 1 << 16 and sum(e.zero for e in pages) == 0
@@ -486,19 +490,20 @@ def test_fault_wait_closed_form_on_a_lan_and_for_zero_pages(latency, zero_fracti
 
 
 def test_two_vcpus_fault_at_once_on_neighbouring_words():
-    """Two vCPUs fault at the same instant on pages 64 apart (words w and w + 1): both requests reach the source
+    """Two vCPUs fault at the same instant on pages 64 apart (words w and w - 1): both requests reach the source
     in the same wait, and the push ends no earlier than without them: both pages' wire time is taken from it
-    (link_debt_ns accumulates); placing w's page wakes only its own vCPU."""
+    (link_debt_ns accumulates). The second request's page (no idstr: the first named the block) lands first, in
+    word w - 1, while the other vCPU still waits on word w: that placement wakes only its own vCPU."""
     two = merge(PURE, {})
-    base = ((1 << 16) - 128) * 4096  # page 65408: word 1022, and page 65472 in word 1023
+    base = ((1 << 16) - 128) * 4096  # page 65408: word 1022, and page 65344 in word 1021
     two["machine"]["vcpus"] = [
         {"count": 1, "start": f"{START}ns", "workload": {"kind": "sequential", "rate": f"{RATE}B/s",
                                                          "offset": f"{base + off * 4096}B",
-                                                         "working_set": f"{K * 4096}B"}} for off in (0, 64)]
+                                                         "working_set": f"{K * 4096}B"}} for off in (0, -64)]
     run = simulate(**two)
     faults = fault_events(run.events)
     assert len(faults) == 2 * K and {e.served for e in faults} == {"preempt"}
-    assert sorted({e.page for e in faults if e.fault_ns == START}) == [65408, 65408 + 64]
+    assert sorted({e.page for e in faults if e.fault_ns == START}) == [65408 - 64, 65408]
     idle = merge(two, {})
     for group in idle["machine"]["vcpus"]:
         group["workload"]["rate"] = "0B/s"  # the same two vCPUs (vm_stop_per_vcpu), idle
