@@ -43,11 +43,16 @@ def send_bytes_per_s(scenario: Scenario) -> float:
 
 
 def page_seconds(scenario: Scenario) -> tuple[float, float]:
-    """Seconds a data page and a zero page take in a long run of their kind (``sendcost.slice_ns``)."""
+    """Seconds a data page and a zero page take in a long run of their kind (``sendcost.slice_ns``).
+
+    With zero-page-detection ``none`` nobody looks for zero pages: each is sent as a data page.
+    """
     sc = send_costs(scenario)
     bw = int(send_bytes_per_s(scenario))
     packets = BATCH // sendcost.MULTIFD_PAGES if sc.multifd else 0
     normal = sendcost.slice_ns(sc.cv, bw, BATCH * sc.normal_bytes + packets * sc.packet_bytes, BATCH, 0, packets)
+    if scenario.migration.zero_page_detection == "none":
+        return normal / BATCH / 1e9, normal / BATCH / 1e9
     zero_packets = packets if sc.zero_bytes == 0 else 0  # in packets unless legacy detection sends them itself
     zero = sendcost.slice_ns(sc.cv, bw, BATCH * sc.zero_bytes + zero_packets * sc.packet_bytes, 0, BATCH,
                              zero_packets)
