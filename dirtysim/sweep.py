@@ -69,7 +69,9 @@ def comparison_row(name: str, summary: dict, wrong: list[str] = ()) -> dict:
         "resent-pages": d["resent-pages"],
         "write-not-dirty-pages": d["write-not-dirty-pages"],
         "vcpu-faults": d["vcpu-faults"],
-        "vcpu-lost-ms": round(d["vcpu-fault-ms"] + d["vcpu-ring-full-ms"], 1),
+        # what tracking costs the vCPUs: write-protect faults, ring-full and PML-full exits, BQL waits
+        "vcpu-lost-ms": round(d["vcpu-fault-ms"] + d["vcpu-ring-full-ms"] + d["vcpu-pml-full-ms"]
+                              + d["vcpu-bql-wait-ms"], 1),
         "ring-full-exits": d["ring-full-exits"],
         "vhost-logged-pages": d["vhost-logged-pages"],
         "thread-ioctl-ms": d["thread-ioctl-ms"],

@@ -215,3 +215,17 @@ def test_ring_full_reaps_during_a_sync_wait_for_its_end():
     stats = of(res.events, ev.VcpuStats)
     assert sum(e.bql_wait_ns for e in stats) == sum(r.bql_wait_ns for r in reaps if r.t_ns < windows[-1][1])
     assert summary(res.events)["dirtysim"]["lost-pages"] == 0
+
+
+def test_compare_counts_bql_waits_and_pml_exits_as_vcpu_time_lost():
+    """`dirtysim compare` / sweep tables: vcpu-lost-ms is what tracking takes from the vCPUs (faults, ring-full
+    and PML-full exits, BQL waits), not the MMIO exits' own cost."""
+    from dirtysim.sweep import comparison_row
+
+    res = simulate(**merge(SLOW_SYNC, {"costs": {"pml_full_exit": "5us", "mmio_exit": "5us"}}))
+    d = summary(res.events)["dirtysim"]
+    assert d["vcpu-bql-wait-ms"] > 0 and d["vcpu-pml-full-ms"] > 0 and d["vcpu-mmio-ms"] > 0
+    row = comparison_row("slow-sync", summary(res.events))
+    assert row["vcpu-lost-ms"] == round(d["vcpu-fault-ms"] + d["vcpu-ring-full-ms"] + d["vcpu-pml-full-ms"]
+                                        + d["vcpu-bql-wait-ms"], 1)
+    assert row["vcpu-lost-ms"] < round(d["vcpu-bql-wait-ms"] + d["vcpu-pml-full-ms"] + d["vcpu-mmio-ms"], 1)
