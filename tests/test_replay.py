@@ -283,9 +283,13 @@ def test_a_tampered_guest_sample(tmp_path, log, edit, message):
 @pytest.mark.parametrize("tag,field,value,message", [
     ("switchover-step", "cost_ns", -5, "Expected `int` >= 0 - at `$.cost_ns`"),
     ("switchover-step", "step", "nap", "Invalid enum value 'nap' - at `$.step`"),
-    ("transfer", "cpu_ns", -1, "Expected `int` >= 0 - at `$.cpu_ns`")])
+    ("transfer", "cpu_ns", -1, "Expected `int` >= 0 - at `$.cpu_ns`"),
+    ("bitmap-sync", "bql_wait_ns", -1, "Expected `int` >= 0 - at `$.bql_wait_ns`"),
+    ("vcpu-stats", "bql_wait_ns", -3, "Expected `int` >= 0 - at `$.bql_wait_ns`"),
+    ("vcpu-stats", "mmio_exits", "many", "Expected `int`, got `str` - at `$.mmio_exits`")])
 def test_new_event_fields_are_checked(tmp_path, log, tag, field, value, message):
-    """The sending side's and the switchover's fields: a negative time or an unknown step is a corrupted log."""
+    """The sending side's, the switchover's and the BQL's fields: a negative time or count, an unknown step or a
+    string for a number is a corrupted log."""
     i = _index(log, tag, -1)
     edited = _obj(log[i])
     edited[field] = value
