@@ -229,3 +229,23 @@ def test_compare_counts_bql_waits_and_pml_exits_as_vcpu_time_lost():
     assert row["vcpu-lost-ms"] == round(d["vcpu-fault-ms"] + d["vcpu-ring-full-ms"] + d["vcpu-pml-full-ms"]
                                         + d["vcpu-bql-wait-ms"], 1)
     assert row["vcpu-lost-ms"] < round(d["vcpu-bql-wait-ms"] + d["vcpu-pml-full-ms"] + d["vcpu-mmio-ms"], 1)
+
+
+def test_the_migration_thread_waits_for_a_reap_that_holds_the_bql():
+    """ram_state_pending_exact takes the BQL: a sync that comes while the reaper or a ring-full vCPU reaps
+    (here slowly: 20 us per entry) starts when that reap, and any queued behind it, releases the lock."""
+    res = simulate(**merge(SLOW_SYNC, {
+        "machine": {"vcpus": [{"count": 2, "workload": {"kind": "uniform", "rate": "64MiB/s"}}]},
+        "dirty_tracking": {"mode": "ring", "ring_size": 4096},
+        "costs": {"ring_reap_per_entry": "20us", "bitmap_sync_per_gib": "1ms"}}))
+    ends = set()
+    for r in of(res.events, ev.DirtyRingReap):
+        if r.reason == "ring-full":
+            ends.add(r.t_ns + r.bql_wait_ns + r.cost_ns)  # the exit at t_ns, the reap after its wait
+        elif r.reason == "reaper":
+            ends.add(r.t_ns + r.cost_ns)  # the reap at t_ns, after its wait
+    waited = [e for e in of(res.events, ev.BitmapSync) if e.bql_wait_ns]
+    assert waited, "no sync met a reap"
+    assert all(e.t_ns - e.cost_ns in ends for e in waited)  # it starts exactly at a reap's release
+    assert summary(res.events)["dirtysim"]["migration-bql-wait-ms"] * MS == pytest.approx(
+        sum(e.bql_wait_ns for e in waited), abs=1000)
