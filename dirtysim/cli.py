@@ -532,6 +532,8 @@ def calibrate(quick: bool, output: str | None) -> None:
     from .calibrate import FULL, QUICK, CalibrationError, costs_yaml, measure
     from .report.files import write_atomic
 
+    if output == "":
+        _fail("--output: an empty path (allowed: a file name, e.g. costs.yaml)", EXIT_BAD_INPUT)
     path = Path(output) if output else None
     if path is not None and not path.parent.is_dir():
         _fail(f"--output: directory {path.parent} does not exist", EXIT_BAD_INPUT)

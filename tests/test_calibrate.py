@@ -168,3 +168,8 @@ def test_ctrl_c_while_measuring_exits_130(monkeypatch, tmp_path):
     res = CliRunner().invoke(main, ["calibrate", "-o", str(out)])
     assert res.exit_code == 130
     assert "interrupted" in res.stderr and not out.exists()
+
+
+def test_an_empty_output_path_is_refused_before_measuring():
+    res = CliRunner().invoke(main, ["calibrate", "--quick", "-o", ""])
+    assert (res.exit_code, res.stderr) == (2, "--output: an empty path (allowed: a file name, e.g. costs.yaml)\n")
