@@ -318,3 +318,13 @@ def test_a_vfio_rom_bar_is_mmio_that_kvm_and_vfio_skip():
     assert "vfio_listener_region_skip SKIPPING region_add " f"{HIGH + 16 * MIB:#x} - {HIGH + 16 * MIB + 0x3ffff:#x}" \
         "  # vfio[0000:01:00.0].rom" in vfio.trace
     assert not any("vfio[" in b.idstr for b in m.ram_list.blocks)
+
+
+@pytest.mark.parametrize("device", [{"kind": "virtio-net"}, {"kind": "vfio-pci", "mmap": False}])
+def test_an_mmio_bar_over_the_hpet_window_is_accepted_and_maps_no_memslot(tmp_path, device):
+    """Only RAM in a BAR needs whole pages (kvm_set_phys_mem skips MMIO): a BAR of MMIO may cover hpet's 1 KiB."""
+    path = _write(tmp_path, {"type": "q35", "devices": [device]}, [{"at": "1s", "bar": {"device": 0,
+                                                                                       "addr": 0xFE000000}}])
+    res = CliRunner().invoke(main, ["listeners", path, "--trace"])
+    assert res.exit_code == 0, res.output
+    assert "hpet" not in res.output.split("# at 1s")[1]

@@ -1391,6 +1391,14 @@ class Scenario(_Model):
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR address must be aligned to the "
                        "BAR size (PCI BARs are naturally aligned)", f"{act.addr:#x}",
                        f"a multiple of {units.format_size(bar)}")
+        holds_ram = dev.kind == "VGA" or (dev.kind == "vfio-pci" and dev.mmap and not act.rom)  # map_bar's regions
+        if holds_ram and self.machine.type != "none" and act.addr < layout.HPET_BASE + layout.HPET_LEN \
+                and layout.HPET_BASE < act.addr + bar:
+            raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR over the board's 1KiB hpet window "
+                       "would split its RAM off page boundaries (QEMU pads such a section to pages, "
+                       "kvm_align_section; dirtysim does not)", f"{act.addr:#x}",
+                       f"a multiple of {units.format_size(bar)} that leaves out "
+                       f"{layout.HPET_BASE:#x} .. {layout.HPET_BASE + layout.HPET_LEN - 1:#x}")
         if act.addr + bar > MAX_PHYS_ADDR or any(lo < act.addr + bar and act.addr < lo + n for lo, n in taken if n):
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR must lie outside RAM and the DIMM "
                        "area, below 2**52 (dirtysim keeps memslots 256 KiB aligned, so it does not split RAM "
