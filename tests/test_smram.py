@@ -150,6 +150,15 @@ def test_smm_key_is_checked(tmp_path, machine, message):
     assert "machine.smm" in str(err.value) and ("on" in str(err.value))
 
 
+@pytest.mark.parametrize("word", ["on", "off"])
+def test_a_bare_on_or_off_is_the_onoffauto_word(tmp_path, word):
+    """YAML 1.1 reads a bare ``smm: on`` as true: it means -machine smm=on, as written (not a type error)."""
+    path = tmp_path / "s.yaml"
+    text = yaml.safe_dump(merge(BASE, {"machine": {"type": "q35"}}))
+    path.write_text(text.replace("machine:\n", f"machine:\n  smm: {word}\n", 1))
+    assert load_scenario(path).machine.smm == word
+
+
 def test_smm_is_dumped_only_when_set():
     assert "smm" not in scenario(machine={"type": "pc"}).model_dump()["machine"]
     assert scenario(machine={"type": "pc", "smm": "off"}).model_dump()["machine"]["smm"] == "off"

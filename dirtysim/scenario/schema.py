@@ -414,6 +414,12 @@ class Machine(_Model):
                             "Management Mode (TCG has it; KVM is assumed to have KVM_CAP_X86_SMM): SMRAM on q35 "
                             "and, with KVM, the kvm-smram listener (memslots in KVM address space 1); off: neither")
 
+    @field_validator("smm", mode="before")
+    @classmethod
+    def _smm_yaml_bool(cls, v):
+        """YAML 1.1 reads a bare ``on``/``off`` as a boolean: take it as QEMU's OnOffAuto word it was written as."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     def switchover_state(self) -> int:
         """Bytes of device state ``qemu_savevm_state_complete_precopy_non_iterable`` writes in the downtime."""
         return self.device_state + sum(d.state for d in self.devices)
