@@ -282,7 +282,7 @@ class Machine:
             if kind == "vfio-pci":
                 dev["vfio"] = self._vfio_attach(dev["name"])
                 if dev["spec"].rom:  # vfio_pci_size_rom, before vfio_bars_register: MMIO, reads trap to the device
-                    dev["rom"] = memory_region_init_io(f"vfio[{_vfio_host(i, dev['spec'])}].rom", dev["spec"].rom)
+                    dev["rom"] = memory_region_init_io(f"vfio[{dev['spec'].host_name(i)}].rom", dev["spec"].rom)
             dev["bar"] = self._bar(i, dev["spec"])
             if kind == "vhost-user-blk":
                 self._vhost_dev_init(dev, buffers, logs, scenario)
@@ -329,7 +329,7 @@ class Machine:
         is ``virtio-pci`` with the ``virtio-pci-common-*``, ``-notify-*`` ... capability regions inside].
         """
         if spec.kind == "vfio-pci":
-            return vfio_bar_register(self.memory, _vfio_host(index, spec), 0, spec.bar, spec.mmap)
+            return vfio_bar_register(self.memory, spec.host_name(index), 0, spec.bar, spec.mmap)
         if spec.kind == "VGA":
             return vga_common_init(self.memory, spec.bar, self._ram)
         return memory_region_init_io(f"{spec.kind}{index}-bar", spec.bar)
@@ -527,11 +527,6 @@ class Machine:
         if lost > self._lost_seen:
             self._lost_seen = lost
             self.recorder.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)
-
-
-def _vfio_host(index: int, spec) -> str:
-    """vfio-pci's ``vbasedev.name``, the host PCI address: ``host``, or 0000:NN:00.0 with NN = index + 1."""
-    return spec.host or f"0000:{index + 1:02x}:00.0"
 
 
 def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:

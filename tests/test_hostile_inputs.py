@@ -137,6 +137,11 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      "{file}:8: timeline.0.bar.addr: device 0 (vfio-pci): a BAR over the board's 1KiB hpet window would split its RAM off page boundaries (QEMU pads such a section to pages, kvm_align_section; dirtysim does not) (got 0xfe000000; allowed: a multiple of 16MiB that leaves out 0xfed00000 .. 0xfed003ff)"),
     ("vga_rom_over_hpet", PC.replace("pc", "q35") + "  devices: [{kind: VGA}]\ntimeline: [{at: 1s, bar: {device: 0, addr: 0xfed00000, rom: true}}]\n",
      "{file}:8: timeline.0.bar.addr: device 0 (VGA): a BAR over the board's 1KiB hpet window would split its RAM off page boundaries (QEMU pads such a section to pages, kvm_align_section; dirtysim does not) (got 0xfed00000; allowed: a multiple of 64KiB that leaves out 0xfed00000 .. 0xfed003ff)"),
+    # two vfio-pci devices on one host device (an explicit host, or one that is another's default)
+    ("vfio_same_host", V + "  devices: [{kind: vfio-pci, host: '0000:01:00.0'}, {kind: vfio-pci, host: '0000:01:00.0'}]\n",
+     "{file}:6: machine.devices.1.host: vfio 0000:01:00.0: device is already attached (as device 0) (got 0000:01:00.0; allowed: a host address no other vfio-pci device has)"),
+    ("vfio_host_is_a_default", V + "  devices: [{kind: vfio-pci, host: '0000:02:00.0'}, {kind: vfio-pci}]\n",
+     "{file}:6: machine.devices.1.host: vfio 0000:02:00.0: device is already attached (as device 0) (got 0000:02:00.0; allowed: a host address no other vfio-pci device has)"),
     ("quantum_0", V + "engine: {quantum: 0s}\n",
      '{file}:6: engine.quantum: out of range (got "0s"; allowed: 10us .. 1s)'),
     ("quantum_1ns", V + "engine: {quantum: 1ns}\n",

@@ -292,6 +292,10 @@ class VfioPci(_PciDevice):
             raise PydanticCustomError("host", "a host PCI address is domain:bus:device.function (sysfs form)",
                                       {"got": value, "allowed": "e.g. 0000:01:00.0 (device 00-1f, function 0-7)"})
         return value
+    def host_name(self, index: int) -> str:
+        """vfio-pci's ``vbasedev.name``, the host PCI address: ``host``, or 0000:NN:00.0 with NN = index + 1."""
+        return self.host or f"0000:{index + 1:02x}:00.0"
+
     state: Size = Field(1 << 20, le=16 << 30, description="the device's migration data in the downtime "
                         "(VFIO_DEVICE_STATE_STOP_COPY) [assumption: a NIC VF's state; vfio precopy of it is not "
                         "modelled]")
@@ -1220,6 +1224,14 @@ class Scenario(_Model):
         if len(vgas) > 1:  # vga_common_init: a global_vmstate VGA's RAMBlock is "vga.vram", one per machine
             raise fail(("machine", "devices", vgas[1], "kind"), "Only one global VGA device can be used at a time "
                        "(vga_common_init)", "VGA", "one VGA device")
+        attached: dict[str, int] = {}
+        for i, dev in enumerate(self.machine.devices):
+            if dev.kind == "vfio-pci":  # vfio_legacy_attach_device: one host device, one vfio-pci
+                name = dev.host_name(i)
+                if name in attached:
+                    raise fail(("machine", "devices", i, "host"), f"vfio {name}: device is already attached "
+                               f"(as device {attached[name]})", name, "a host address no other vfio-pci device has")
+                attached[name] = i
         for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
             loc = ("machine", "devices", i)
             if dev.kind in VHOST_KINDS and self.machine.accel != "kvm":
