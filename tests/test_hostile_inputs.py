@@ -142,6 +142,11 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      "{file}:6: machine.devices.1.host: vfio 0000:01:00.0: device is already attached (as device 0) (got 0000:01:00.0; allowed: a host address no other vfio-pci device has)"),
     ("vfio_host_is_a_default", V + "  devices: [{kind: vfio-pci, host: '0000:02:00.0'}, {kind: vfio-pci}]\n",
      "{file}:6: machine.devices.1.host: vfio 0000:02:00.0: device is already attached (as device 0) (got 0000:02:00.0; allowed: a host address no other vfio-pci device has)"),
+    # PCIEXBAR's fields are reported at their own keys
+    ("pciexbar_length", PC.replace("pc", "q35") + "timeline: [{at: 1s, pciexbar: {enabled: true, length: 32MiB}}]\n",
+     '{file}:7: timeline.0.pciexbar.length: PCIEXBAR encodes an MMCONFIG length of 256MiB, 128MiB or 64MiB (got 32MiB; allowed: 256MiB, 128MiB, 64MiB)'),
+    ("pciexbar_base", PC.replace("pc", "q35") + "timeline: [{at: 1s, pciexbar: {enabled: true, base: 0x1000000000}}]\n",
+     '{file}:7: timeline.0.pciexbar.base: PCIEXBAR holds a base aligned to the length, below 64GiB (got 0x1000000000; allowed: a multiple of 256MiB below 64GiB)'),
     ("quantum_0", V + "engine: {quantum: 0s}\n",
      '{file}:6: engine.quantum: out of range (got "0s"; allowed: 10us .. 1s)'),
     ("quantum_1ns", V + "engine: {quantum: 1ns}\n",

@@ -895,17 +895,22 @@ class Pciexbar(_Model):
                                                               "OVMF use QEMU's default 0xB0000000")
     length: Size = Field(layout.PCIE_MMCFG_SIZE_MAX, description="256MiB, 128MiB or 64MiB (PCIEXBAR's LENGTH field)")
 
-    @model_validator(mode="after")
-    def _encodable(self):
-        """What the register can hold: ``mch_update_pciexbar`` masks the address by the length's ADMSK."""
-        if self.length not in layout.PCIEXBAR_LENGTHS:
+    @field_validator("length")
+    @classmethod
+    def _encodable_length(cls, value: int):
+        """PCIEXBAR's LENGTH field (``mch_update_pciexbar``) encodes three lengths."""
+        if value not in layout.PCIEXBAR_LENGTHS:
             raise PydanticCustomError("pciexbar", "PCIEXBAR encodes an MMCONFIG length of 256MiB, 128MiB or 64MiB",
-                                      {"got": units.format_size(self.length), "allowed": "256MiB, 128MiB, 64MiB"})
+                                      {"got": units.format_size(value), "allowed": "256MiB, 128MiB, 64MiB"})
+        return value
+
+    def base_error(self) -> Optional[tuple[str, str, str]]:
+        """(message, got, allowed) when ``base`` is not what the register can hold: ``mch_update_pciexbar`` masks
+        the address by the length's ADMSK (bits 26..35). The scenario reports it at timeline.N.pciexbar.base."""
         if self.base % self.length or self.base + self.length > layout.PCIEXBAR_ADDR_LIMIT:
-            raise PydanticCustomError("pciexbar", "PCIEXBAR holds a base aligned to the length, below 64GiB",
-                                      {"got": f"{self.base:#x}", "allowed": f"a multiple of "
-                                                                            f"{units.format_size(self.length)} "
-                                                                            f"below 64GiB"})
+            return ("PCIEXBAR holds a base aligned to the length, below 64GiB", f"{self.base:#x}",
+                    f"a multiple of {units.format_size(self.length)} below 64GiB")
+        return None
         return self
 
 
@@ -1083,6 +1088,8 @@ class Scenario(_Model):
             if entry.pciexbar is not None and m.type != "q35":
                 raise fail(("timeline", i, "pciexbar"), "PCIEXBAR is the q35 host bridge's (MMCONFIG)",
                            f"machine.type {m.type}", "machine.type q35")
+            if entry.pciexbar is not None and entry.pciexbar.base_error():
+                raise fail(("timeline", i, "pciexbar", "base"), *entry.pciexbar.base_error())
         if m.type == "none":
             if m.max_ram_below_4g:
                 raise fail(("machine", "max_ram_below_4g"), "only the pc and q35 boards split RAM",
