@@ -325,7 +325,7 @@ def listeners(file: str, trace: bool, all_hooks: bool, vfio_trace: bool) -> None
     from .events import schema as ev
     from .events.log import Recorder
     from .machine import Machine
-    from .timeline import apply_action
+    from .timeline import MIGRATION_ACTIONS, apply_action
 
     scenario = _load(file)
     env = simpy.Environment()
@@ -366,6 +366,9 @@ def listeners(file: str, trace: bool, all_hooks: bool, vfio_trace: bool) -> None
     for entry in sorted(scenario.timeline, key=lambda e: e.at):
         kind, act = entry.action
         click.echo(f"\n# at {entry.at / 1e9:g}s: {kind} {act.model_dump(mode='json')}")
+        if kind in MIGRATION_ACTIONS:  # no migration here: nothing for a listener
+            click.echo("  -> not a memory-map action: skipped")
+            continue
         apply_action(entry, scenario, machine, False, rec)
         hook_calls()
 

@@ -328,3 +328,17 @@ def test_an_mmio_bar_over_the_hpet_window_is_accepted_and_maps_no_memslot(tmp_pa
     res = CliRunner().invoke(main, ["listeners", path, "--trace"])
     assert res.exit_code == 0, res.output
     assert "hpet" not in res.output.split("# at 1s")[1]
+
+
+def test_listeners_trace_skips_the_migration_actions_of_a_timeline(tmp_path):
+    """``dirtysim listeners --trace`` applies map actions only: a migrate_cancel, migrate_start_postcopy,
+    calc_dirty_rate or set in the timeline is shown as skipped (it raised AttributeError)."""
+    path = _write(tmp_path, {"type": "q35", "devices": [{"kind": "vfio-pci"}]},
+                  [{"at": "1s", "migrate_cancel": {}}, {"at": "1s", "migrate_start_postcopy": {}},
+                   {"at": "1s", "calc_dirty_rate": {"calc_time": 1}}, {"at": "1s", "set": {"max_bandwidth": "1GiB/s"}},
+                   {"at": "2s", "bar": {"device": 0, "addr": HIGH}}])
+    for flag in ("--trace", "--all-hooks", "--vfio-trace"):
+        res = CliRunner().invoke(main, ["listeners", path, flag])
+        assert res.exit_code == 0, res.output
+        assert res.output.count("-> not a memory-map action: skipped") == 4
+        assert "-> bar vfio-pci0: done" in res.output
