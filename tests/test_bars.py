@@ -342,3 +342,11 @@ def test_listeners_trace_skips_the_migration_actions_of_a_timeline(tmp_path):
         assert res.exit_code == 0, res.output
         assert res.output.count("-> not a memory-map action: skipped") == 4
         assert "-> bar vfio-pci0: done" in res.output
+
+
+def test_vfio_trace_without_a_vfio_device_is_bad_input(tmp_path):
+    path = _write(tmp_path, {"type": "pc", "devices": [{"kind": "virtio-net"}]}, [])
+    res = CliRunner().invoke(main, ["listeners", path, "--vfio-trace"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [f"--vfio-trace: {path} has no vfio-pci device in machine.devices, "
+                                               "so no vfio listener to trace"]
