@@ -218,9 +218,7 @@ class Machine:
         """
         m = scenario.machine
         pages = m.memory.size // PAGE_SIZE
-        block = self._ram_block_add(m.ram_idstr, m.memory.size,
-                                    _initial_contents(pages, m.memory.zero_fraction, rng))
-        block.mr = memory_region_init_ram(m.ram_idstr, m.memory.size, block)
+        block = self._ram(m.ram_idstr, m.memory.size, _initial_contents(pages, m.memory.zero_fraction, rng)).ram_block
         self.board: Optional[PcBoard] = None
         if m.type == "none":
             self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
@@ -334,9 +332,9 @@ class Machine:
             return vga_common_init(self.memory, spec.bar, self._ram)
         return memory_region_init_io(f"{spec.kind}{index}-bar", spec.bar)
 
-    def _ram(self, idstr: str, size: int) -> MemoryRegion:
-        """``memory_region_init_ram``: a RAM region and its (migratable, zero-filled) RAMBlock."""
-        block = self._ram_block_add(idstr, size)
+    def _ram(self, idstr: str, size: int, contents: Optional[np.ndarray] = None) -> MemoryRegion:
+        """``memory_region_init_ram``: a RAM region and its migratable RAMBlock (zero-filled without ``contents``)."""
+        block = self._ram_block_add(idstr, size, contents)
         block.mr = memory_region_init_ram(idstr, size, block)
         return block.mr
 
@@ -349,8 +347,7 @@ class Machine:
     def hotplug_dimm(self, dimm_id: str, size: int) -> RAMBlock:
         """``pc_dimm_plug``: a new RAMBlock (all dirty, ``ram_block_add``) mapped in the device-memory area."""
         offset = self._free_dimm_offset(size)
-        block = self._ram_block_add(dimm_id, size)
-        block.mr = memory_region_init_ram(dimm_id, size, block)
+        block = self._ram(dimm_id, size).ram_block
         self.memory.memory_region_add_subregion(self.device_memory, offset, block.mr)
         self.dimms[dimm_id] = (block, offset)
         for notify in self.block_listeners:
