@@ -147,6 +147,8 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      '{file}:7: timeline.0.pciexbar.length: PCIEXBAR encodes an MMCONFIG length of 256MiB, 128MiB or 64MiB (got 32MiB; allowed: 256MiB, 128MiB, 64MiB)'),
     ("pciexbar_base", PC.replace("pc", "q35") + "timeline: [{at: 1s, pciexbar: {enabled: true, base: 0x1000000000}}]\n",
      '{file}:7: timeline.0.pciexbar.base: PCIEXBAR holds a base aligned to the length, below 64GiB (got 0x1000000000; allowed: a multiple of 256MiB below 64GiB)'),
+    ("rom_4GiB", V + "  devices: [{kind: vfio-pci, rom: 4GiB}]\n",
+     '{file}:6: machine.devices.0.rom: a PCI ROM BAR size is 0 or a power of two, at least 4KiB and at most 2GiB (the ROM BAR is a 32-bit register) (got 4GiB; allowed: 0B, 4KiB, 8KiB, ..., 2GiB, e.g. 64KiB)'),
     ("quantum_0", V + "engine: {quantum: 0s}\n",
      '{file}:6: engine.quantum: out of range (got "0s"; allowed: 10us .. 1s)'),
     ("quantum_1ns", V + "engine: {quantum: 1ns}\n",

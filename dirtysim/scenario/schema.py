@@ -261,6 +261,9 @@ class VirtioDevice(_PciDevice):
     queues: int = Field(1, ge=1, le=64)
 
 
+ROM_BAR_MAX = 2 << 30  # the expansion ROM BAR is 32 bits (PCI_ROM_ADDRESS_MASK): 2GiB is the largest it sizes
+
+
 class VfioPci(_PciDevice):
     """An assigned device: the 'vfio' listener keeps the IOMMU mapping every RAM section; BAR 0 is mmap'd."""
 
@@ -278,10 +281,14 @@ class VfioPci(_PciDevice):
     @field_validator("rom")
     @classmethod
     def _rom_size(cls, value: int):
-        """A ROM BAR is a power of two (PCI sizing); dirtysim's regions are whole pages, so at least 4KiB."""
-        if value and (value < MIN_BAR or value & (value - 1)):
-            raise PydanticCustomError("rom", "a PCI ROM BAR size is 0 or a power of two, at least 4KiB",
-                                      {"got": units.format_size(value), "allowed": "0B, 4KiB, 8KiB, ..., e.g. 64KiB"})
+        """A ROM BAR is a power of two (PCI sizing); dirtysim's regions are whole pages, so at least 4KiB. The
+        expansion ROM register holds address bits 31..11 (``pci_register_bar``: wmask ``~(size - 1)``, 32 bits
+        of it), so a ROM of 4GiB or more could never be mapped: at most 2GiB."""
+        if value and (value < MIN_BAR or value & (value - 1) or value > ROM_BAR_MAX):
+            raise PydanticCustomError("rom", "a PCI ROM BAR size is 0 or a power of two, at least 4KiB and at most "
+                                             "2GiB (the ROM BAR is a 32-bit register)",
+                                      {"got": units.format_size(value), "allowed": "0B, 4KiB, 8KiB, ..., 2GiB, e.g. "
+                                                                                   "64KiB"})
         return value
 
     @field_validator("host")
