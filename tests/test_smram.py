@@ -275,3 +275,12 @@ def test_pciexbar_is_checked(tmp_path, machine, act, message):
     path.write_text(yaml.safe_dump(merge(BASE, {"machine": machine, "timeline": [{"at": "1s", "pciexbar": act}]})))
     with pytest.raises(ScenarioError, match=message):
         load_scenario(path)
+
+
+def test_tcg_cpus_share_the_flatview_of_system_memory():
+    """``flatviews_reset`` renders each root region once per commit: every cpu-memory-N is over system memory,
+    so all hold one FlatView (the board's many transactions render it once each, not once per vCPU)."""
+    m = _machine("q35", accel="tcg", vcpus=[{"count": 4, "workload": {"kind": "uniform", "rate": "1MiB/s"}}])
+    views = [a.current_map for a in m.memory.address_spaces if a.name.startswith("cpu-memory-")]
+    assert len(views) == 4 and all(v is views[0] for v in views)
+    assert views[0] == m.as_memory.current_map and views[0] is m.as_memory.current_map
