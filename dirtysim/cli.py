@@ -325,9 +325,12 @@ def listeners(file: str, trace: bool, all_hooks: bool, vfio_trace: bool) -> None
     from .events import schema as ev
     from .events.log import Recorder
     from .machine import Machine
-    from .timeline import apply_action
+    from .timeline import MIGRATION_ACTIONS, apply_action
 
     scenario = _load(file)
+    if vfio_trace and not any(d.kind == "vfio-pci" for d in scenario.machine.devices):
+        _fail(f"--vfio-trace: {file} has no vfio-pci device in machine.devices, so no vfio listener to trace",
+              EXIT_BAD_INPUT)
     env = simpy.Environment()
     rec = Recorder(lambda: env.now)
     acted: set[int] = set()  # id() of the ListenerCall events the listener acted on
@@ -343,11 +346,11 @@ def listeners(file: str, trace: bool, all_hooks: bool, vfio_trace: bool) -> None
     if not (trace or all_hooks or vfio_trace):
         return
     shown = 0
-    vfio = [machine.vfio_container] if machine.vfio_container is not None else []
-    traced = [0] * len(vfio)
+    vfio = machine.vfio_container if vfio_trace else None  # the one container of address_space_memory
+    traced = 0
 
     def hook_calls():
-        nonlocal shown
+        nonlocal shown, traced
         for e in rec.events[shown:]:
             if isinstance(e, ev.ListenerCall) and (trace or all_hooks) and (all_hooks or id(e) in acted):
                 masks = f" log {e.old_mask:#x}->{e.new_mask:#x}" if e.hook in ("log_start", "log_stop") else ""
@@ -356,16 +359,19 @@ def listeners(file: str, trace: bool, all_hooks: bool, vfio_trace: bool) -> None
             elif isinstance(e, ev.TimelineAction):
                 click.echo(f"  -> {e.action} {e.target}: {e.result}")
         shown = len(rec.events)
-        for i, listener in enumerate(vfio if vfio_trace else ()):
-            for line in listener.trace[traced[i]:]:
+        if vfio is not None:
+            for line in vfio.trace[traced:]:
                 click.echo(f"  {line}")
-            traced[i] = len(listener.trace)
+            traced = len(vfio.trace)
 
     click.echo("\n# machine creation")
     hook_calls()
     for entry in sorted(scenario.timeline, key=lambda e: e.at):
         kind, act = entry.action
         click.echo(f"\n# at {entry.at / 1e9:g}s: {kind} {act.model_dump(mode='json')}")
+        if kind in MIGRATION_ACTIONS:  # no migration here: nothing for a listener
+            click.echo("  -> not a memory-map action: skipped")
+            continue
         apply_action(entry, scenario, machine, False, rec)
         hook_calls()
 

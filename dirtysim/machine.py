@@ -218,9 +218,7 @@ class Machine:
         """
         m = scenario.machine
         pages = m.memory.size // PAGE_SIZE
-        block = self._ram_block_add(m.ram_idstr, m.memory.size,
-                                    _initial_contents(pages, m.memory.zero_fraction, rng))
-        block.mr = memory_region_init_ram(m.ram_idstr, m.memory.size, block)
+        block = self._ram(m.ram_idstr, m.memory.size, _initial_contents(pages, m.memory.zero_fraction, rng)).ram_block
         self.board: Optional[PcBoard] = None
         if m.type == "none":
             self.memory.memory_region_add_subregion(self.system_memory, 0, block.mr)
@@ -282,7 +280,7 @@ class Machine:
             if kind == "vfio-pci":
                 dev["vfio"] = self._vfio_attach(dev["name"])
                 if dev["spec"].rom:  # vfio_pci_size_rom, before vfio_bars_register: MMIO, reads trap to the device
-                    dev["rom"] = memory_region_init_io(f"vfio[{_vfio_host(i, dev['spec'])}].rom", dev["spec"].rom)
+                    dev["rom"] = memory_region_init_io(f"vfio[{dev['spec'].host_name(i)}].rom", dev["spec"].rom)
             dev["bar"] = self._bar(i, dev["spec"])
             if kind == "vhost-user-blk":
                 self._vhost_dev_init(dev, buffers, logs, scenario)
@@ -329,14 +327,14 @@ class Machine:
         is ``virtio-pci`` with the ``virtio-pci-common-*``, ``-notify-*`` ... capability regions inside].
         """
         if spec.kind == "vfio-pci":
-            return vfio_bar_register(self.memory, _vfio_host(index, spec), 0, spec.bar, spec.mmap)
+            return vfio_bar_register(self.memory, spec.host_name(index), 0, spec.bar, spec.mmap)
         if spec.kind == "VGA":
             return vga_common_init(self.memory, spec.bar, self._ram)
         return memory_region_init_io(f"{spec.kind}{index}-bar", spec.bar)
 
-    def _ram(self, idstr: str, size: int) -> MemoryRegion:
-        """``memory_region_init_ram``: a RAM region and its (migratable, zero-filled) RAMBlock."""
-        block = self._ram_block_add(idstr, size)
+    def _ram(self, idstr: str, size: int, contents: Optional[np.ndarray] = None) -> MemoryRegion:
+        """``memory_region_init_ram``: a RAM region and its migratable RAMBlock (zero-filled without ``contents``)."""
+        block = self._ram_block_add(idstr, size, contents)
         block.mr = memory_region_init_ram(idstr, size, block)
         return block.mr
 
@@ -349,8 +347,7 @@ class Machine:
     def hotplug_dimm(self, dimm_id: str, size: int) -> RAMBlock:
         """``pc_dimm_plug``: a new RAMBlock (all dirty, ``ram_block_add``) mapped in the device-memory area."""
         offset = self._free_dimm_offset(size)
-        block = self._ram_block_add(dimm_id, size)
-        block.mr = memory_region_init_ram(dimm_id, size, block)
+        block = self._ram(dimm_id, size).ram_block
         self.memory.memory_region_add_subregion(self.device_memory, offset, block.mr)
         self.dimms[dimm_id] = (block, offset)
         for notify in self.block_listeners:
@@ -527,11 +524,6 @@ class Machine:
         if lost > self._lost_seen:
             self._lost_seen = lost
             self.recorder.emit(ev.OracleCheck, at=at, stale_pages=stale, lost_pages=lost)
-
-
-def _vfio_host(index: int, spec) -> str:
-    """vfio-pci's ``vbasedev.name``, the host PCI address: ``host``, or 0000:NN:00.0 with NN = index + 1."""
-    return spec.host or f"0000:{index + 1:02x}:00.0"
 
 
 def _initial_contents(pages: int, zero_fraction: float, rng: np.random.Generator) -> np.ndarray:

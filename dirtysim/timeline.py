@@ -13,6 +13,10 @@ from .events import schema as ev
 from .scenario.schema import QEMU_SPELLINGS, parameter_changes
 
 
+# The actions run_timeline gives the migration (or the dirty-rate thread); apply_action handles every other kind
+MIGRATION_ACTIONS = frozenset({"calc_dirty_rate", "set", "migrate_cancel", "migrate_start_postcopy"})
+
+
 def run_timeline(env, scenario, machine, migration, recorder):
     """A SimPy process applying the timeline entries in time order."""
     dirtyrate = DirtyRateThread(env, scenario, machine, recorder)

@@ -318,3 +318,36 @@ def test_a_vfio_rom_bar_is_mmio_that_kvm_and_vfio_skip():
     assert "vfio_listener_region_skip SKIPPING region_add " f"{HIGH + 16 * MIB:#x} - {HIGH + 16 * MIB + 0x3ffff:#x}" \
         "  # vfio[0000:01:00.0].rom" in vfio.trace
     assert not any("vfio[" in b.idstr for b in m.ram_list.blocks)
+
+
+@pytest.mark.parametrize("device", [{"kind": "virtio-net", "bar": "16MiB"}, {"kind": "vfio-pci", "mmap": False}])
+def test_an_mmio_bar_over_the_hpet_window_is_accepted_and_maps_no_memslot(tmp_path, device):
+    """Only RAM in a BAR needs whole pages (kvm_set_phys_mem skips MMIO): a BAR of MMIO may cover hpet's 1 KiB."""
+    path = _write(tmp_path, {"type": "q35", "devices": [device]}, [{"at": "1s", "bar": {"device": 0,
+                                                                                       "addr": 0xFE000000}}])
+    every = CliRunner().invoke(main, ["listeners", path, "--all-hooks"]).output.split("# at 1s")[1]
+    acted = CliRunner().invoke(main, ["listeners", path, "--trace"]).output.split("# at 1s")[1]
+    assert "kvm-memory     region_add" in every and "@0xfed00400+0xffc00" in every  # the BAR split around hpet
+    assert "region_add" not in acted and "-> bar " in acted  # no listener maps any of it
+
+
+def test_listeners_trace_skips_the_migration_actions_of_a_timeline(tmp_path):
+    """``dirtysim listeners --trace`` applies map actions only: a migrate_cancel, migrate_start_postcopy,
+    calc_dirty_rate or set in the timeline is shown as skipped (it raised AttributeError)."""
+    path = _write(tmp_path, {"type": "q35", "devices": [{"kind": "vfio-pci"}]},
+                  [{"at": "1s", "migrate_cancel": {}}, {"at": "1s", "migrate_start_postcopy": {}},
+                   {"at": "1s", "calc_dirty_rate": {"calc_time": 1}}, {"at": "1s", "set": {"max_bandwidth": "1GiB/s"}},
+                   {"at": "2s", "bar": {"device": 0, "addr": HIGH}}])
+    for flag in ("--trace", "--all-hooks", "--vfio-trace"):
+        res = CliRunner().invoke(main, ["listeners", path, flag])
+        assert res.exit_code == 0, res.output
+        assert res.output.count("-> not a memory-map action: skipped") == 4
+        assert "-> bar vfio-pci0: done" in res.output
+
+
+def test_vfio_trace_without_a_vfio_device_is_bad_input(tmp_path):
+    path = _write(tmp_path, {"type": "pc", "devices": [{"kind": "virtio-net"}]}, [])
+    res = CliRunner().invoke(main, ["listeners", path, "--vfio-trace"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [f"--vfio-trace: {path} has no vfio-pci device in machine.devices, "
+                                               "so no vfio listener to trace"]

@@ -25,6 +25,7 @@ V = """machine:
       workload: {kind: uniform, rate: 10MiB/s}
 """
 TCG = V.replace("machine:", "machine:\n  accel: tcg")
+PC = V.replace("machine:", "machine:\n  type: pc")
 BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}'] * 9 if p else ['x'] * 9)}]\n" for p, a in zip([None, *"abcdefgh"], "abcdefghi"))
 FILE_CASES = [  # (id, file content, the whole report with the path as {file})
     # encodings and binaries
@@ -131,6 +132,23 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      '{file}:7: timeline.0.bar.addr: device 0 (vfio-pci): a BAR address must be aligned to the BAR size (PCI BARs are naturally aligned) (got 0x40100000; allowed: a multiple of 16MiB)'),
     ("bar_above_52_bits", V + "  devices: [{kind: vfio-pci}]\ntimeline: [{at: 1s, bar: {device: 0, addr: 0x10000000000000}}]\n",
      '{file}:7: timeline.0.bar.addr: device 0 (vfio-pci): a BAR must lie outside RAM and the DIMM area, below 2**52 (dirtysim keeps memslots 256 KiB aligned, so it does not split RAM around BARs) (got 0x10000000000000; allowed: a multiple of 16MiB at or above 1GiB)'),
+    # a RAM-holding BAR over the pc/q35 hpet window (0xfed00000, 1 KiB): its memslot would not be whole pages
+    ("bar_over_hpet", PC + "  devices: [{kind: vfio-pci}]\ntimeline: [{at: 1s, bar: {device: 0, addr: 0xfe000000}}]\n",
+     "{file}:8: timeline.0.bar.addr: device 0 (vfio-pci): a BAR over the board's 1KiB hpet window would split its RAM off page boundaries (QEMU pads such a section to pages, kvm_align_section; dirtysim does not) (got 0xfe000000; allowed: a multiple of 16MiB that leaves out 0xfed00000 .. 0xfed003ff)"),
+    ("vga_rom_over_hpet", PC.replace("pc", "q35") + "  devices: [{kind: VGA}]\ntimeline: [{at: 1s, bar: {device: 0, addr: 0xfed00000, rom: true}}]\n",
+     "{file}:8: timeline.0.bar.addr: device 0 (VGA): a BAR over the board's 1KiB hpet window would split its RAM off page boundaries (QEMU pads such a section to pages, kvm_align_section; dirtysim does not) (got 0xfed00000; allowed: a multiple of 64KiB that leaves out 0xfed00000 .. 0xfed003ff)"),
+    # two vfio-pci devices on one host device (an explicit host, or one that is another's default)
+    ("vfio_same_host", V + "  devices: [{kind: vfio-pci, host: '0000:01:00.0'}, {kind: vfio-pci, host: '0000:01:00.0'}]\n",
+     "{file}:6: machine.devices.1.host: vfio 0000:01:00.0: device is already attached (as device 0) (got 0000:01:00.0; allowed: a host address no other vfio-pci device has)"),
+    ("vfio_host_is_a_default", V + "  devices: [{kind: vfio-pci, host: '0000:02:00.0'}, {kind: vfio-pci}]\n",
+     "{file}:6: machine.devices.1.host: vfio 0000:02:00.0: device is already attached (as device 0) (got 0000:02:00.0; allowed: a host address no other vfio-pci device has)"),
+    # PCIEXBAR's fields are reported at their own keys
+    ("pciexbar_length", PC.replace("pc", "q35") + "timeline: [{at: 1s, pciexbar: {enabled: true, length: 32MiB}}]\n",
+     '{file}:7: timeline.0.pciexbar.length: PCIEXBAR encodes an MMCONFIG length of 256MiB, 128MiB or 64MiB (got 32MiB; allowed: 256MiB, 128MiB, 64MiB)'),
+    ("pciexbar_base", PC.replace("pc", "q35") + "timeline: [{at: 1s, pciexbar: {enabled: true, base: 0x1000000000}}]\n",
+     '{file}:7: timeline.0.pciexbar.base: PCIEXBAR holds a base aligned to the length, below 64GiB (got 0x1000000000; allowed: a multiple of 256MiB below 64GiB)'),
+    ("rom_4GiB", V + "  devices: [{kind: vfio-pci, rom: 4GiB}]\n",
+     '{file}:6: machine.devices.0.rom: a PCI ROM BAR size is 0 or a power of two, at least 4KiB and at most 2GiB (the ROM BAR is a 32-bit register) (got 4GiB; allowed: 0B, 4KiB, 8KiB, ..., 2GiB, e.g. 64KiB)'),
     ("quantum_0", V + "engine: {quantum: 0s}\n",
      '{file}:6: engine.quantum: out of range (got "0s"; allowed: 10us .. 1s)'),
     ("quantum_1ns", V + "engine: {quantum: 1ns}\n",

@@ -150,6 +150,15 @@ def test_smm_key_is_checked(tmp_path, machine, message):
     assert "machine.smm" in str(err.value) and ("on" in str(err.value))
 
 
+@pytest.mark.parametrize("word", ["on", "off"])
+def test_a_bare_on_or_off_is_the_onoffauto_word(tmp_path, word):
+    """YAML 1.1 reads a bare ``smm: on`` as true: it means -machine smm=on, as written (not a type error)."""
+    path = tmp_path / "s.yaml"
+    text = yaml.safe_dump(merge(BASE, {"machine": {"type": "q35"}}))
+    path.write_text(text.replace("machine:\n", f"machine:\n  smm: {word}\n", 1))
+    assert load_scenario(path).machine.smm == word
+
+
 def test_smm_is_dumped_only_when_set():
     assert "smm" not in scenario(machine={"type": "pc"}).model_dump()["machine"]
     assert scenario(machine={"type": "pc", "smm": "off"}).model_dump()["machine"]["smm"] == "off"
@@ -266,3 +275,12 @@ def test_pciexbar_is_checked(tmp_path, machine, act, message):
     path.write_text(yaml.safe_dump(merge(BASE, {"machine": machine, "timeline": [{"at": "1s", "pciexbar": act}]})))
     with pytest.raises(ScenarioError, match=message):
         load_scenario(path)
+
+
+def test_tcg_cpus_share_the_flatview_of_system_memory():
+    """``flatviews_reset`` renders each root region once per commit: every cpu-memory-N is over system memory,
+    so all hold one FlatView (the board's many transactions render it once each, not once per vCPU)."""
+    m = _machine("q35", accel="tcg", vcpus=[{"count": 4, "workload": {"kind": "uniform", "rate": "1MiB/s"}}])
+    views = [a.current_map for a in m.memory.address_spaces if a.name.startswith("cpu-memory-")]
+    assert len(views) == 4 and all(v is views[0] for v in views)
+    assert views[0] == m.as_memory.current_map and views[0] is m.as_memory.current_map

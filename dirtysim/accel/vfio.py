@@ -19,7 +19,9 @@ Not modelled: IOMMU regions (a vIOMMU), RamDiscardManager sections
 space ends at 2^52) and the alignment checks (``vfio_listener_valid_section``'s
 host-page test, ``vfio_get_section_iova_range``, the RAM device's IOMMU page
 test that traces ``vfio_listener_region_add_no_dma_map``): every section
-dirtysim builds is whole 4 KiB pages, so none of them can fail.
+dirtysim builds is whole 4 KiB pages, so none of them can fail (the only
+sub-page MMIO over a place a BAR can go is the boards' 1 KiB ``hpet``, and the
+schema keeps RAM-holding BARs off it: ``Scenario._bar_fits``).
 """
 
 from __future__ import annotations

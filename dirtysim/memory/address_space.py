@@ -118,7 +118,13 @@ class MemorySystem:
         if self.transaction_depth:
             return
         if self.update_pending:
-            views = [render(asp.root, self.memory_region_get_dirty_log_mask) for asp in self.address_spaces]
+            # flatviews_reset: one FlatView per root region (generate_memory_topology), shared by the address
+            # spaces over it (every TCG CPU's cpu-memory-N is over system memory)
+            flat: dict[int, list[FlatRange]] = {}
+            for asp in self.address_spaces:
+                if id(asp.root) not in flat:
+                    flat[id(asp.root)] = render(asp.root, self.memory_region_get_dirty_log_mask)
+            views = [flat[id(asp.root)] for asp in self.address_spaces]
             self._call_global("begin")
             for asp, view in zip(self.address_spaces, views):
                 self._set_flatview(asp, view)

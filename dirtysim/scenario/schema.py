@@ -261,6 +261,9 @@ class VirtioDevice(_PciDevice):
     queues: int = Field(1, ge=1, le=64)
 
 
+ROM_BAR_MAX = 2 << 30  # the expansion ROM BAR is 32 bits (PCI_ROM_ADDRESS_MASK): 2GiB is the largest it sizes
+
+
 class VfioPci(_PciDevice):
     """An assigned device: the 'vfio' listener keeps the IOMMU mapping every RAM section; BAR 0 is mmap'd."""
 
@@ -278,10 +281,14 @@ class VfioPci(_PciDevice):
     @field_validator("rom")
     @classmethod
     def _rom_size(cls, value: int):
-        """A ROM BAR is a power of two (PCI sizing); dirtysim's regions are whole pages, so at least 4KiB."""
-        if value and (value < MIN_BAR or value & (value - 1)):
-            raise PydanticCustomError("rom", "a PCI ROM BAR size is 0 or a power of two, at least 4KiB",
-                                      {"got": units.format_size(value), "allowed": "0B, 4KiB, 8KiB, ..., e.g. 64KiB"})
+        """A ROM BAR is a power of two (PCI sizing); dirtysim's regions are whole pages, so at least 4KiB. The
+        expansion ROM register holds address bits 31..11 (``pci_register_bar``: wmask ``~(size - 1)``, 32 bits
+        of it), so a ROM of 4GiB or more could never be mapped: at most 2GiB."""
+        if value and (value < MIN_BAR or value & (value - 1) or value > ROM_BAR_MAX):
+            raise PydanticCustomError("rom", "a PCI ROM BAR size is 0 or a power of two, at least 4KiB and at most "
+                                             "2GiB (the ROM BAR is a 32-bit register)",
+                                      {"got": units.format_size(value), "allowed": "0B, 4KiB, 8KiB, ..., 2GiB, e.g. "
+                                                                                   "64KiB"})
         return value
 
     @field_validator("host")
@@ -292,6 +299,10 @@ class VfioPci(_PciDevice):
             raise PydanticCustomError("host", "a host PCI address is domain:bus:device.function (sysfs form)",
                                       {"got": value, "allowed": "e.g. 0000:01:00.0 (device 00-1f, function 0-7)"})
         return value
+    def host_name(self, index: int) -> str:
+        """vfio-pci's ``vbasedev.name``, the host PCI address: ``host``, or 0000:NN:00.0 with NN = index + 1."""
+        return self.host or f"0000:{index + 1:02x}:00.0"
+
     state: Size = Field(1 << 20, le=16 << 30, description="the device's migration data in the downtime "
                         "(VFIO_DEVICE_STATE_STOP_COPY) [assumption: a NIC VF's state; vfio precopy of it is not "
                         "modelled]")
@@ -413,6 +424,12 @@ class Machine(_Model):
         "auto", description="pc/q35 -machine smm= (x86_machine_is_smm_enabled): auto and on enable System "
                             "Management Mode (TCG has it; KVM is assumed to have KVM_CAP_X86_SMM): SMRAM on q35 "
                             "and, with KVM, the kvm-smram listener (memslots in KVM address space 1); off: neither")
+
+    @field_validator("smm", mode="before")
+    @classmethod
+    def _smm_yaml_bool(cls, v):
+        """YAML 1.1 reads a bare ``on``/``off`` as a boolean: take it as QEMU's OnOffAuto word it was written as."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     def switchover_state(self) -> int:
         """Bytes of device state ``qemu_savevm_state_complete_precopy_non_iterable`` writes in the downtime."""
@@ -885,17 +902,22 @@ class Pciexbar(_Model):
                                                               "OVMF use QEMU's default 0xB0000000")
     length: Size = Field(layout.PCIE_MMCFG_SIZE_MAX, description="256MiB, 128MiB or 64MiB (PCIEXBAR's LENGTH field)")
 
-    @model_validator(mode="after")
-    def _encodable(self):
-        """What the register can hold: ``mch_update_pciexbar`` masks the address by the length's ADMSK."""
-        if self.length not in layout.PCIEXBAR_LENGTHS:
+    @field_validator("length")
+    @classmethod
+    def _encodable_length(cls, value: int):
+        """PCIEXBAR's LENGTH field (``mch_update_pciexbar``) encodes three lengths."""
+        if value not in layout.PCIEXBAR_LENGTHS:
             raise PydanticCustomError("pciexbar", "PCIEXBAR encodes an MMCONFIG length of 256MiB, 128MiB or 64MiB",
-                                      {"got": units.format_size(self.length), "allowed": "256MiB, 128MiB, 64MiB"})
+                                      {"got": units.format_size(value), "allowed": "256MiB, 128MiB, 64MiB"})
+        return value
+
+    def base_error(self) -> Optional[tuple[str, str, str]]:
+        """(message, got, allowed) when ``base`` is not what the register can hold: ``mch_update_pciexbar`` masks
+        the address by the length's ADMSK (bits 26..35). The scenario reports it at timeline.N.pciexbar.base."""
         if self.base % self.length or self.base + self.length > layout.PCIEXBAR_ADDR_LIMIT:
-            raise PydanticCustomError("pciexbar", "PCIEXBAR holds a base aligned to the length, below 64GiB",
-                                      {"got": f"{self.base:#x}", "allowed": f"a multiple of "
-                                                                            f"{units.format_size(self.length)} "
-                                                                            f"below 64GiB"})
+            return ("PCIEXBAR holds a base aligned to the length, below 64GiB", f"{self.base:#x}",
+                    f"a multiple of {units.format_size(self.length)} below 64GiB")
+        return None
         return self
 
 
@@ -1073,6 +1095,8 @@ class Scenario(_Model):
             if entry.pciexbar is not None and m.type != "q35":
                 raise fail(("timeline", i, "pciexbar"), "PCIEXBAR is the q35 host bridge's (MMCONFIG)",
                            f"machine.type {m.type}", "machine.type q35")
+            if entry.pciexbar is not None and entry.pciexbar.base_error():
+                raise fail(("timeline", i, "pciexbar", "base"), *entry.pciexbar.base_error())
         if m.type == "none":
             if m.max_ram_below_4g:
                 raise fail(("machine", "max_ram_below_4g"), "only the pc and q35 boards split RAM",
@@ -1214,6 +1238,14 @@ class Scenario(_Model):
         if len(vgas) > 1:  # vga_common_init: a global_vmstate VGA's RAMBlock is "vga.vram", one per machine
             raise fail(("machine", "devices", vgas[1], "kind"), "Only one global VGA device can be used at a time "
                        "(vga_common_init)", "VGA", "one VGA device")
+        attached: dict[str, int] = {}
+        for i, dev in enumerate(self.machine.devices):
+            if dev.kind == "vfio-pci":  # vfio_legacy_attach_device: one host device, one vfio-pci
+                name = dev.host_name(i)
+                if name in attached:
+                    raise fail(("machine", "devices", i, "host"), f"vfio {name}: device is already attached "
+                               f"(as device {attached[name]})", name, "a host address no other vfio-pci device has")
+                attached[name] = i
         for i, (dev, (offset, size)) in enumerate(zip(self.machine.devices, self.device_buffers())):
             loc = ("machine", "devices", i)
             if dev.kind in VHOST_KINDS and self.machine.accel != "kvm":
@@ -1391,6 +1423,14 @@ class Scenario(_Model):
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR address must be aligned to the "
                        "BAR size (PCI BARs are naturally aligned)", f"{act.addr:#x}",
                        f"a multiple of {units.format_size(bar)}")
+        holds_ram = dev.kind == "VGA" or (dev.kind == "vfio-pci" and dev.mmap and not act.rom)  # map_bar's regions
+        if holds_ram and self.machine.type != "none" and act.addr < layout.HPET_BASE + layout.HPET_LEN \
+                and layout.HPET_BASE < act.addr + bar:
+            raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR over the board's 1KiB hpet window "
+                       "would split its RAM off page boundaries (QEMU pads such a section to pages, "
+                       "kvm_align_section; dirtysim does not)", f"{act.addr:#x}",
+                       f"a multiple of {units.format_size(bar)} that leaves out "
+                       f"{layout.HPET_BASE:#x} .. {layout.HPET_BASE + layout.HPET_LEN - 1:#x}")
         if act.addr + bar > MAX_PHYS_ADDR or any(lo < act.addr + bar and act.addr < lo + n for lo, n in taken if n):
             raise fail(loc + ("addr",), f"device {act.device} ({dev.kind}): a BAR must lie outside RAM and the DIMM "
                        "area, below 2**52 (dirtysim keeps memslots 256 KiB aligned, so it does not split RAM "
