@@ -33,7 +33,7 @@ import yaml
 
 from . import __version__
 from .report.files import OutputError, child
-from .scenario.load import ScenarioError, read_yaml, resolve_scenario
+from .scenario.load import ScenarioError, clip, read_yaml, resolve_scenario
 from .scenario.schema import MAX_SEED, Scenario
 from .sweep import load_variants
 
@@ -185,7 +185,7 @@ def _base(path: Path, data: dict, lines: dict) -> tuple[dict, dict, Path]:
         return base, {k[1:]: v for k, v in lines.items() if k[:1] == ("base",)}, path
     if not isinstance(base, str) or not base:
         raise ScenarioError([f"{path}:{lines.get(('base',), 1)}: base: expected a scenario file or an inline scenario "
-                             f"(got {_yaml_value(base)}; allowed: base: ../quickstart.yaml, or base: {{machine: ...}})"])
+                             f"(got {_got(base)}; allowed: base: ../quickstart.yaml, or base: {{machine: ...}})"])
     file = path.parent / base
     base_data, base_lines = read_yaml(file)
     if not isinstance(base_data, dict):
@@ -196,7 +196,7 @@ def _base(path: Path, data: dict, lines: dict) -> tuple[dict, dict, Path]:
 def _mapping(data: dict, key: str, at) -> dict:
     value = data.get(key) or {}
     if not isinstance(value, dict):
-        raise ScenarioError([f"{at(key)}: {key}: expected a mapping of key.path: value (got {_yaml_value(value)})"])
+        raise ScenarioError([f"{at(key)}: {key}: expected a mapping of key.path: value (got {_got(value)})"])
     return value
 
 
@@ -204,7 +204,7 @@ def _list(data: dict, key: str, at) -> list:
     value = data.get(key) or []
     if not isinstance(value, list):
         raise ScenarioError([f"{at(key)}: {key}: expected a list of axes, each starting with \"- \" "
-                             f"(got {_yaml_value(value)})"])
+                             f"(got {_got(value)})"])
     return value
 
 
@@ -212,7 +212,7 @@ def _axis(i: int, axis: Any, at) -> list[list[Override]]:
     """One axis -> its points, each the overrides it sets."""
     if not isinstance(axis, dict) or len(axis) != 1 or next(iter(axis)) not in AXIS_KINDS:
         raise ScenarioError([f"{at('axes', i)}: axes.{i}: expected one of {', '.join(AXIS_KINDS)} "
-                             f"(got {_yaml_value(axis)})"])
+                             f"(got {_got(axis)})"])
     kind, body = next(iter(axis.items()))
     name = f"axes.{i}.{kind}"
     if kind == "random":
@@ -222,7 +222,7 @@ def _axis(i: int, axis: Any, at) -> list[list[Override]]:
     for key, values in body.items():
         if not isinstance(values, list) or not values:
             raise ScenarioError([f"{at('axes', i, kind, key)}: {name}.{key}: expected a non-empty list of values "
-                                 f"(got {_yaml_value(values)})"])
+                                 f"(got {_got(values)})"])
     columns = [[Override(key, v, f"{at('axes', i, kind, key, j)}: {name}.{key}[{j}]") for j, v in enumerate(values)]
                for key, values in body.items()]
     if kind == "grid":
@@ -244,7 +244,7 @@ def _random(i: int, body: Any, at) -> list[list[Override]]:
     if (not isinstance(keys, dict) or not keys or type(samples) is not int or not 1 <= samples <= MAX_RUNS
             or type(seed) is not int or not 0 <= seed <= MAX_SEED):
         raise ScenarioError([f"{where}: {name}: expected samples (1 .. {MAX_RUNS}), seed (0 .. {MAX_SEED}) and keys: "
-                             f"{{key.path: {{uniform: [lo, hi], unit: MiB/s}}}} (got {_yaml_value(body)})"])
+                             f"{{key.path: {{uniform: [lo, hi], unit: MiB/s}}}} (got {_got(body)})"])
     rng = np.random.default_rng(seed)
     columns = []
     for key, spec in keys.items():
@@ -265,16 +265,22 @@ def _draw(rng: np.random.Generator, n: int, spec: Any, where: str) -> list:
     if kind == "choice" and isinstance(args, list) and args and unit is None and not extra:
         return [args[k] for k in rng.integers(0, len(args), n)]
     numbers = (isinstance(args, list) and len(args) == 2 and all(type(a) in (int, float) for a in args)
-               and 0 < args[0] <= args[1] if kind == "log-uniform" else
-               isinstance(args, list) and len(args) == 2 and all(type(a) in (int, float) for a in args)
-               and args[0] <= args[1])
+               and _finite_width(*args) and (0 if kind == "log-uniform" else -math.inf) < args[0] <= args[1])
     if kind not in RANDOM_KINDS or not numbers or extra or not (unit is None or isinstance(unit, str)):
         raise ScenarioError([f"{where}: expected {{uniform: [lo, hi]}}, {{log-uniform: [lo, hi]}} (0 < lo <= hi) or "
-                             f"{{choice: [values]}}, with an optional unit for the first two (got "
-                             f"{_yaml_value(spec)})"])
+                             f"{{choice: [values]}}, finite, with an optional unit for the first two (got "
+                             f"{_got(spec)})"])
     lo, hi = args
     x = rng.uniform(lo, hi, n) if kind == "uniform" else np.exp(rng.uniform(np.log(lo), np.log(hi), n))
     return [f"{round(v)}{unit}" for v in x] if unit else [float(v) for v in x]
+
+
+def _finite_width(lo: int | float, hi: int | float) -> bool:
+    """Bounds numpy can draw between: floats, and their width too (``uniform`` overflows on [-1e308, 1e308])."""
+    try:
+        return math.isfinite(float(hi) - float(lo))
+    except OverflowError:  # an int beyond a float
+        return False
 
 
 def _variants(path: Path, data: dict, at) -> list[tuple[str | None, list[Override]]]:
@@ -290,7 +296,7 @@ def _variants(path: Path, data: dict, at) -> list[tuple[str | None, list[Overrid
                 for name, over in loaded.items()]
     if not isinstance(given, dict) or not given:
         raise ScenarioError([f"{at('variants')}: variants: expected a mapping of variant names to overrides, or a "
-                             f"variants file (got {_yaml_value(given)})"])
+                             f"variants file (got {_got(given)})"])
     out = []
     for name, over in given.items():
         try:
@@ -299,7 +305,7 @@ def _variants(path: Path, data: dict, at) -> list[tuple[str | None, list[Overrid
             raise ScenarioError([f"{at('variants', name)}: variants.{name}: {exc}"]) from None
         if not isinstance(over, dict):
             raise ScenarioError([f"{at('variants', name)}: variants.{name}: expected a mapping of key.path: value "
-                                 f"(got {_yaml_value(over)})"])
+                                 f"(got {_got(over)})"])
         out.append((str(name), [Override(k, v, f"{at('variants', name, k)}: variants.{name}.{k}")
                                 for k, v in over.items()]))
     return out
@@ -314,9 +320,14 @@ def _seeds(given: Any, at) -> list[int | None]:
             and len(set(given)) == len(given)):
         return given
     raise ScenarioError([f"{at('seeds')}: seeds: expected a count (1 .. 10000) or a list of distinct seeds "
-                         f"(0 .. {MAX_SEED}) (got {_yaml_value(given)})"])
+                         f"(0 .. {MAX_SEED}) (got {_got(given)})"])
 
 
 def _yaml_value(value: Any) -> str:
     """A value as a ``--set`` takes it (YAML flow style)."""
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _got(value: Any) -> str:
+    """A value in an error: on one line, clipped as the scenario loader clips it."""
+    return clip(yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip().removesuffix("...").strip())

@@ -291,3 +291,15 @@ def test_random_axes_draw_from_their_seed_within_bounds_and_units(tmp_path):
     bad = _sweep(tmp_path, "base: tiny.yaml\naxes:\n  - random: {samples: 3, seed: 1, keys: {seed: {normal: [0, 1]}}}\n")
     with pytest.raises(ScenarioError, match=r"sweep.yaml:3: axes.0.random.keys.seed: expected \{uniform: \[lo, hi\]\}"):
         load_plan(bad)
+
+
+@pytest.mark.parametrize("bounds", ["uniform: [1, .inf]", "uniform: [.nan, 2]", "uniform: [-1.0e+308, 1.7e+308]",
+                                    "log-uniform: [1, " + "9" * 400 + "]"])
+def test_random_bounds_numpy_cannot_draw_between_are_one_clear_line_and_exit_2(tmp_path, bounds):
+    """Infinite bounds, or a width beyond a float (numpy's uniform raised OverflowError, a traceback)."""
+    path = _sweep(tmp_path, f"base: tiny.yaml\naxes:\n  - random: {{samples: 2, seed: 1, keys: "
+                            f"{{network.bandwidth: {{{bounds}, unit: Gbit/s}}}}}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"))
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr.startswith(f"{path}:3: axes.0.random.keys.network.bandwidth: expected {{uniform: [lo, hi]}}")
+    assert res.stderr.count("\n") == 1 and len(res.stderr) < len(str(path)) + 300, res.stderr  # value clipped
