@@ -303,3 +303,14 @@ def test_random_bounds_numpy_cannot_draw_between_are_one_clear_line_and_exit_2(t
     assert (res.exit_code, res.stdout) == (2, ""), res.output
     assert res.stderr.startswith(f"{path}:3: axes.0.random.keys.network.bandwidth: expected {{uniform: [lo, hi]}}")
     assert res.stderr.count("\n") == 1 and len(res.stderr) < len(str(path)) + 300, res.stderr  # value clipped
+
+
+def test_a_swept_int_beyond_int64_is_a_string_column_not_a_traceback(tmp_path):
+    """x-postcopy-after-syncs has no upper bound: 10**26 ran, then pyarrow's int64 column raised OverflowError."""
+    big = 10**26
+    path = _sweep(tmp_path, "base: tiny.yaml\nset: {migration.capabilities.postcopy-ram: true}\naxes:\n"
+                            f"  - grid: {{migration.x-postcopy-after-syncs: [{big}, 2]}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"), "-j", "1", "--no-plots")
+    assert res.exit_code == 0, res.output
+    column = pq.read_table(tmp_path / "out" / "results.parquet").column("migration.x-postcopy-after-syncs")
+    assert str(column.type) == "string" and column.to_pylist() == [str(big), "2"]
