@@ -132,10 +132,16 @@ class DaskPool:
 
 
 def finished(outdir: Path) -> dict[str, dict]:
-    """Rows already on disk, by key."""
+    """Rows already on disk, by key. A file that is not such a row (not UTF-8 JSON, not a mapping with every
+    column, another key: edited, or another tool's) is not a finished run: its run runs again and replaces it."""
     rows = {}
     for path in (outdir / ROWS_DIR).glob("*.json"):
-        rows[path.stem] = json.loads(path.read_text())
+        try:
+            row = json.loads(path.read_bytes().decode())
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(row, dict) and row.get("key") == path.stem and all(n in row for n in sweepdata.NAMES):
+            rows[path.stem] = row
     return rows
 
 

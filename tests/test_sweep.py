@@ -314,3 +314,15 @@ def test_a_swept_int_beyond_int64_is_a_string_column_not_a_traceback(tmp_path):
     assert res.exit_code == 0, res.output
     column = pq.read_table(tmp_path / "out" / "results.parquet").column("migration.x-postcopy-after-syncs")
     assert str(column.type) == "string" and column.to_pylist() == [str(big), "2"]
+
+
+@pytest.mark.parametrize("content", [b"\xff{", b"{\"key\": 1}", b"[]", b"{"])
+def test_a_row_file_that_is_not_a_row_is_run_again_not_a_traceback(tmp_path, content):
+    """rows/<key>.json not UTF-8, not JSON, or without the columns: was a UnicodeDecodeError or KeyError."""
+    path, out = _sweep(tmp_path, "base: tiny.yaml\n"), tmp_path / "out"
+    (out / "rows").mkdir(parents=True)
+    (out / "rows" / f"{load_plan(path).runs[0].key}.json").write_bytes(content)
+    (out / "rows" / "stray.json").write_bytes(content)
+    res = _invoke(str(path), "-o", str(out), "-j", "1", "--no-plots")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("1 runs (1 run now, 0 already done)"), res.stdout
