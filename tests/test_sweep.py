@@ -326,3 +326,17 @@ def test_a_row_file_that_is_not_a_row_is_run_again_not_a_traceback(tmp_path, con
     res = _invoke(str(path), "-o", str(out), "-j", "1", "--no-plots")
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("1 runs (1 run now, 0 already done)"), res.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--scheduler", ""], "--scheduler: expected the address of a dask scheduler (got ''"),
+    (["--scheduler", "", "--dask-local", "1"], "--scheduler and --dask-local: give one"),
+    (["--scheduler", "ucx://127.0.0.1:1"], "--scheduler ucx://127.0.0.1:1: cannot connect: "),
+    (["--scheduler", "foo://x:1"], "--scheduler foo://x:1: cannot connect: ValueError: unknown address scheme 'foo'"),
+])
+def test_a_scheduler_that_is_no_scheduler_is_one_line_and_exit_2(tmp_path, args, expected):
+    """'' ran on local processes as if not given; ucx:// without ucx was a TypeError traceback."""
+    path = _sweep(tmp_path, "base: tiny.yaml\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"), *args)
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr.startswith(expected) and res.stderr.count("\n") == 1, res.stderr
