@@ -340,3 +340,18 @@ def test_a_scheduler_that_is_no_scheduler_is_one_line_and_exit_2(tmp_path, args,
     res = _invoke(str(path), "-o", str(tmp_path / "out"), *args)
     assert (res.exit_code, res.stdout) == (2, ""), res.output
     assert res.stderr.startswith(expected) and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_a_mixed_axis_draws_every_point(tmp_path):
+    """[300, 500ms] is a string column ("300", "500ms"): the plots looked its points up by the file's 300 and
+    drew nothing there."""
+    from dirtysim.report.sweepplots import lines_figure
+
+    key = "migration.downtime-limit"
+    path = _sweep(tmp_path, f"base: tiny.yaml\naxes:\n  - grid: {{{key}: [300, 500ms]}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"), "-j", "1", "--no-plots")
+    assert res.exit_code == 0, res.output
+    frame = dirtysim.load_sweep(tmp_path / "out")
+    assert frame[key].tolist() == ["300", "500ms"]
+    total_time = lines_figure(frame, key).axes[1].lines[0].get_ydata()
+    assert not np.isnan(np.asarray(total_time, dtype=float)).any(), total_time

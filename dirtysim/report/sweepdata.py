@@ -84,6 +84,12 @@ def _cell(value: Any, kind: str) -> Any:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def as_column(values: list) -> list:
+    """A swept key's values (``Plan.axes``, ``dirtysim.axes``) as its column holds them (a string column: JSON)."""
+    kind = _param_type(values)
+    return [_cell(v, kind) for v in values]
+
+
 def parquet_bytes(rows: list[dict], axes: dict[str, list], variants: list[str], dims: list[str]) -> bytes:
     """The rows as one Parquet file: ``COLUMNS``, then the swept keys (see the module docstring)."""
     import pyarrow as pa
