@@ -355,3 +355,19 @@ def test_a_mixed_axis_draws_every_point(tmp_path):
     assert frame[key].tolist() == ["300", "500ms"]
     total_time = lines_figure(frame, key).axes[1].lines[0].get_ydata()
     assert not np.isnan(np.asarray(total_time, dtype=float)).any(), total_time
+
+
+@pytest.mark.parametrize("over, line, message", [
+    ("machine.vcpus.0.phases: [{duration: 100ms, rate: 0B/s}]", 2,
+     "set.machine.vcpus.0.phases: --set machine.vcpus.0.phases: rate phases are not modelled yet with postcopy-ram"),
+    ("what_if.hotplug_during_migration: true", 2, "set.what_if.hotplug_during_migration: --set "
+     "what_if.hotplug_during_migration: RAMBlocks that come and go are not modelled yet with postcopy-ram"),
+    ("network.latency: 0ns, costs.postcopy_fault: 0ns", 2, "a page request must take some time"),
+])
+def test_postcopy_refusals_dirtysim_adds_are_one_line_and_exit_2(tmp_path, over, line, message):
+    """scenario/postcopy.py's own refusals (after migrate_caps_check's), fed through a sweep's set."""
+    path = _sweep(tmp_path, f"base: tiny.yaml\nset: {{migration.capabilities.postcopy-ram: true, {over}}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"))
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr.startswith(f"{path}:{line}: ") and message in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
