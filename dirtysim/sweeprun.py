@@ -167,25 +167,26 @@ def execute(plan: Plan, outdir: Path, pool, keep: bool = False, progress: bool =
             bar.update(1)
 
     retry: list[Run] = []
+
+    def run_all(runs: list[Run], first: bool) -> None:
+        futures = {pool.submit(run_job, Job(r, str(outdir / RUNS_DIR / r.key) if keep else None)): r for r in runs}
+        for future in pool.as_completed(futures):
+            run = futures[future]
+            try:
+                row = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker is a row, never the end of the sweep
+                if pool.lost(exc) and first:
+                    retry.append(run)
+                    continue
+                row = lost_row(run, exc)
+            if row["stop-reason"] == "interrupted":  # Ctrl-C reached the worker too: not a finished run
+                raise KeyboardInterrupt
+            record(row)
+
     try:
-        # first all at once; then the runs of a broken pool one by one, so that a run that kills its worker
-        # again takes no other run with it
-        for batch in [todo, None]:
-            for runs in [batch] if batch is not None else [[r] for r in retry]:
-                futures = {pool.submit(run_job, Job(r, str(outdir / RUNS_DIR / r.key) if keep else None)): r
-                           for r in runs}
-                for future in pool.as_completed(futures):
-                    run = futures[future]
-                    try:
-                        row = future.result()
-                    except Exception as exc:  # noqa: BLE001 - a lost worker is a row, never the end of the sweep
-                        if pool.lost(exc) and batch is not None:
-                            retry.append(run)
-                            continue
-                        row = lost_row(run, exc)
-                    if row["stop-reason"] == "interrupted":  # Ctrl-C reached the worker too: not a finished run
-                        raise KeyboardInterrupt
-                    record(row)
+        run_all(todo, first=True)
+        for run in retry:  # a broken pool's runs one by one: one that kills its worker again takes no other with it
+            run_all([run], first=False)
     finally:
         if bar is not None:
             bar.close()
