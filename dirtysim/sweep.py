@@ -28,11 +28,13 @@ COMPARE_FIELDS = [
 
 
 class Variants(dict):
-    """name -> overrides, and where each variant is written (``FILE:LINE``) for the errors that name it."""
+    """name -> overrides, where each variant is written (``FILE:LINE``) for the errors that name it, and its
+    ``mapping`` {key.path: value} as the file gives it (what ``sweepplan`` takes, not the texts parsed back)."""
 
-    def __init__(self, items: dict[str, list[str]], where: dict[str, str]):
+    def __init__(self, items: dict[str, list[str]], where: dict[str, str], mapping: dict[str, dict]):
         super().__init__(items)
         self.where = where
+        self.mapping = mapping
 
 
 def load_variants(path: str | Path) -> Variants:
@@ -53,7 +55,7 @@ def load_variants(path: str | Path) -> Variants:
         out[str(name)] = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                           for k, v in over.items()]
     where = {str(name): f"{path}:{lines.get(('variants', name), 1)}" for name in variants}
-    return Variants(out, where)
+    return Variants(out, where, {str(name): over for name, over in variants.items()})
 
 
 def comparison_row(name: str, summary: dict, wrong: list[str] = ()) -> dict:

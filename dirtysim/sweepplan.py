@@ -120,13 +120,14 @@ def load_plan(path: str | Path, overrides: Iterable[str] = ()) -> Plan:
         raise ScenarioError([f"{at('axes')}: axes: {count} runs (allowed: at most {MAX_RUNS} in one sweep file)"])
     runs, errors, seen = [], [], {}
     for variant, *points in itertools.product(variants, *axes):
-        overrides = common + variant[1] + [o for point in points for o in point]
+        point_overrides = common + variant[1] + [o for point in points for o in point]
         params = {o.key: o.value for point in points for o in point}
+        texts = [o.text for o in point_overrides]
         for seed in seeds:
             try:
-                scenario = resolve_scenario(copy.deepcopy(base), base_lines, base_path, [o.text for o in overrides], seed)
+                scenario = resolve_scenario(copy.deepcopy(base), base_lines, base_path, texts, seed)
             except ScenarioError as exc:
-                errors += [(*_blame(line, overrides), variant[0], params) for line in exc.lines]
+                errors += [(*_blame(line, point_overrides), variant[0], params) for line in exc.lines]
                 continue
             run = Run(run_key(scenario), variant[0], scenario.seed, params, scenario)
             if run.key in seen:
@@ -291,9 +292,8 @@ def _variants(path: Path, data: dict, at) -> list[tuple[str | None, list[Overrid
     if isinstance(given, str):
         file = path.parent / given
         loaded = load_variants(file)
-        return [(name, [Override(k, yaml.safe_load(v), f"{loaded.where[name]}: variants.{name}")
-                        for k, v in (o.split("=", 1) for o in over)])
-                for name, over in loaded.items()]
+        return [(name, [Override(k, v, f"{loaded.where[name]}: variants.{name}") for k, v in over.items()])
+                for name, over in loaded.mapping.items()]
     if not isinstance(given, dict) or not given:
         raise ScenarioError([f"{at('variants')}: variants: expected a mapping of variant names to overrides, or a "
                              f"variants file (got {_got(given)})"])

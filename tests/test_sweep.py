@@ -371,3 +371,18 @@ def test_postcopy_refusals_dirtysim_adds_are_one_line_and_exit_2(tmp_path, over,
     assert (res.exit_code, res.stdout) == (2, ""), res.output
     assert res.stderr.startswith(f"{path}:{line}: ") and message in res.stderr, res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_variants_file_gives_its_values_as_written(tmp_path):
+    """``variants: FILE``: each variant's mapping as the file gives it; a bad value names the file and variant."""
+    path = _sweep(tmp_path, "base: tiny.yaml\nvariants: v.yaml\n")
+    (tmp_path / "v.yaml").write_text("variants:\n  a: {network.bandwidth: 2Gbit/s}\n  b: {migration.downtime-limit: "
+                                     "500ms}\n")
+    plan = load_plan(path)
+    assert [(r.variant, r.scenario.network.bandwidth) for r in plan.runs] == [("a", 250_000_000), ("b", 125_000_000)]
+    assert plan.runs[0].scenario.migration.downtime_limit != plan.runs[1].scenario.migration.downtime_limit == 500_000_000
+    (tmp_path / "v.yaml").write_text("variants:\n  a: {}\n  b: {dirty_tracking.clear_bitmap_shift: 5}\n")
+    with pytest.raises(ScenarioError) as exc:
+        load_plan(path)
+    assert exc.value.lines == [f"{tmp_path / 'v.yaml'}:3: variants.b: --set dirty_tracking.clear_bitmap_shift: "
+                               "out of range (got 5; allowed: 6 .. 31)"]
