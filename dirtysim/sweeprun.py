@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import __version__
+from .migration.rate import rate_limit_max
 from .report import sweepdata
 from .report.files import write_atomic
 from .sweepplan import Plan, Run
@@ -61,7 +62,7 @@ def base_row(run: Run) -> dict:
     s = run.scenario
     rates = [g.count * g.workload.rate for g in s.machine.vcpus if g.workload.kind != "trace" and not g.phases]
     limit = s.migration.max_bandwidth
-    bandwidth = min(s.network.bandwidth, limit) if limit >= 10 else s.network.bandwidth
+    bandwidth = min(s.network.bandwidth, limit) if rate_limit_max(limit) else s.network.bandwidth  # 0: unlimited
     row = dict.fromkeys(sweepdata.NAMES)
     row.update(key=run.key, variant=run.variant, seed=run.seed, params=run.params, version=__version__,
                bandwidth=bandwidth, **{"write-rate": sum(rates) if len(rates) == len(s.machine.vcpus) else None,
