@@ -430,7 +430,8 @@ def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: t
             pool = DaskPool(scheduler, dask_local) if scheduler or dask_local else LocalPool(jobs)
         except Exception as exc:  # noqa: BLE001 - no scheduler there (a timeout), not an address, a scheme
             # distributed cannot use here (ucx:// without ucx raises TypeError): bad input, never a traceback
-            given = f"--scheduler {scheduler}: cannot connect" if scheduler else f"--dask-local {dask_local}: cannot start"
+            given = (f"--scheduler {scheduler}: cannot connect" if scheduler
+                     else f"--dask-local {dask_local}: cannot start")
             _fail(f"{given}: {type(exc).__name__}: {exc}", EXIT_BAD_INPUT)
         try:
             rows, new = execute(plan, out, pool, keep=keep_runs, progress=show)
