@@ -386,3 +386,12 @@ def test_a_variants_file_gives_its_values_as_written(tmp_path):
         load_plan(path)
     assert exc.value.lines == [f"{tmp_path / 'v.yaml'}:3: variants.b: --set dirty_tracking.clear_bitmap_shift: "
                                "out of range (got 5; allowed: 6 .. 31)"]
+
+
+def test_a_sweep_too_large_to_resolve_is_refused_before_resolving_any_run(tmp_path):
+    """seeds: 10000 x 20 points: refused at once (each run is resolved and held before any runs)."""
+    values = ", ".join(f"{n}MiB/s" for n in range(1, 21))
+    path = _sweep(tmp_path, f"base: tiny.yaml\naxes:\n  - grid: {{{RATE}: [{values}]}}\nseeds: 10000\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"))
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr == f"{path}:2: axes: 200000 runs (allowed: at most 100000 in one sweep file)\n"
