@@ -35,7 +35,7 @@ from . import __version__
 from .report.files import OutputError, child
 from .scenario.load import ScenarioError, clip, read_yaml, resolve_scenario
 from .scenario.schema import MAX_SEED, Scenario
-from .sweep import load_variants
+from .sweep import load_variants, yaml_value
 
 AXIS_KINDS = ("grid", "zip", "random")
 RANDOM_KINDS = ("uniform", "log-uniform", "choice")
@@ -56,7 +56,7 @@ class Override:
 
     @property
     def text(self) -> str:
-        return self.given if self.given is not None else f"{self.key}={_yaml_value(self.value)}"
+        return self.given if self.given is not None else f"{self.key}={yaml_value(self.value)}"
 
 
 @dataclass
@@ -256,7 +256,7 @@ def _random(i: int, body: Any, at) -> list[list[Override]]:
                         for j, v in enumerate(_draw(rng, samples, spec, f"{line}: {name}.keys.{key}"))])
     points: dict[tuple, list[Override]] = {}
     for point in zip(*columns):  # a point drawn twice (a choice, a value rounded in its unit) runs once
-        points.setdefault(tuple(_yaml_value(o.value) for o in point), list(point))
+        points.setdefault(tuple(yaml_value(o.value) for o in point), list(point))
     return list(points.values())
 
 
@@ -323,11 +323,6 @@ def _seeds(given: Any, at) -> list[int | None]:
         return given
     raise ScenarioError([f"{at('seeds')}: seeds: expected a count (1 .. 10000) or a list of distinct seeds "
                          f"(0 .. {MAX_SEED}) (got {_got(given)})"])
-
-
-def _yaml_value(value: Any) -> str:
-    """A value as a ``--set`` takes it (YAML flow style)."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _got(value: Any) -> str:
