@@ -420,8 +420,11 @@ def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: t
     from .sweepplan import load_plan
     from .sweeprun import DaskPool, LocalPool, RESULTS, execute
 
-    if scheduler and dask_local:
+    if scheduler is not None and dask_local:
         _fail("--scheduler and --dask-local: give one (an existing cluster, or one to start here)", EXIT_BAD_INPUT)
+    if scheduler is not None and not scheduler.strip():
+        _fail("--scheduler: expected the address of a dask scheduler (got ''; allowed: e.g. tcp://HOST:8786)",
+              EXIT_BAD_INPUT)
     try:
         plan = load_plan(file, overrides)
     except ScenarioError as exc:
@@ -431,8 +434,11 @@ def sweep(file: str, variants_file: str | None, outdir: str | None, overrides: t
     with _claim(out):
         try:
             pool = DaskPool(scheduler, dask_local) if scheduler or dask_local else LocalPool(jobs)
-        except (OSError, ValueError) as exc:  # no scheduler there (a timeout), or not an address
-            _fail(f"--scheduler {scheduler}: cannot connect: {exc}", EXIT_BAD_INPUT)
+        except Exception as exc:  # noqa: BLE001 - no scheduler there (a timeout), not an address, a scheme
+            # distributed cannot use here (ucx:// without ucx raises TypeError): bad input, never a traceback
+            given = (f"--scheduler {scheduler}: cannot connect" if scheduler
+                     else f"--dask-local {dask_local}: cannot start")
+            _fail(f"{given}: {type(exc).__name__}: {exc}", EXIT_BAD_INPUT)
         try:
             rows, new = execute(plan, out, pool, keep=keep_runs, progress=show)
             figures = _sweep_figures(out) if plots else []

@@ -28,11 +28,13 @@ COMPARE_FIELDS = [
 
 
 class Variants(dict):
-    """name -> overrides, and where each variant is written (``FILE:LINE``) for the errors that name it."""
+    """name -> overrides, where each variant is written (``FILE:LINE``) for the errors that name it, and its
+    ``mapping`` {key.path: value} as the file gives it (what ``sweepplan`` takes, not the texts parsed back)."""
 
-    def __init__(self, items: dict[str, list[str]], where: dict[str, str]):
+    def __init__(self, items: dict[str, list[str]], where: dict[str, str], mapping: dict[str, dict]):
         super().__init__(items)
         self.where = where
+        self.mapping = mapping
 
 
 def load_variants(path: str | Path) -> Variants:
@@ -50,10 +52,14 @@ def load_variants(path: str | Path) -> Variants:
             raise ScenarioError([f"{path}: variants.{name}: {exc}"]) from None
         if not isinstance(over, dict):
             raise ScenarioError([f"{path}: variants.{name}: expected a mapping of key.path: value (got {over!r})"])
-        out[str(name)] = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                          for k, v in over.items()]
+        out[str(name)] = [f"{k}={yaml_value(v)}" for k, v in over.items()]
     where = {str(name): f"{path}:{lines.get(('variants', name), 1)}" for name in variants}
-    return Variants(out, where)
+    return Variants(out, where, {str(name): over for name, over in variants.items()})
+
+
+def yaml_value(value) -> str:
+    """A value as a ``--set`` takes it (YAML flow style)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def comparison_row(name: str, summary: dict, wrong: list[str] = ()) -> dict:

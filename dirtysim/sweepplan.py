@@ -33,14 +33,16 @@ import yaml
 
 from . import __version__
 from .report.files import OutputError, child
-from .scenario.load import ScenarioError, read_yaml, resolve_scenario
+from .scenario.load import ScenarioError, clip, read_yaml, resolve_scenario
 from .scenario.schema import MAX_SEED, Scenario
-from .sweep import load_variants
+from .sweep import load_variants, yaml_value
 
 AXIS_KINDS = ("grid", "zip", "random")
 RANDOM_KINDS = ("uniform", "log-uniform", "choice")
 TOP_KEYS = ("base", "set", "axes", "seeds", "variants")
-MAX_RUNS = 1_000_000
+# every run is resolved and held before any runs (~0.7 ms and ~6 KiB each): 100 000 is a minute and 600 MiB;
+# the former 1 000 000 took 12 minutes and 6 GiB before the first run (or the error of its last point)
+MAX_RUNS = 100_000
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Override:
 
     @property
     def text(self) -> str:
-        return self.given if self.given is not None else f"{self.key}={_yaml_value(self.value)}"
+        return self.given if self.given is not None else f"{self.key}={yaml_value(self.value)}"
 
 
 @dataclass
@@ -120,13 +122,14 @@ def load_plan(path: str | Path, overrides: Iterable[str] = ()) -> Plan:
         raise ScenarioError([f"{at('axes')}: axes: {count} runs (allowed: at most {MAX_RUNS} in one sweep file)"])
     runs, errors, seen = [], [], {}
     for variant, *points in itertools.product(variants, *axes):
-        overrides = common + variant[1] + [o for point in points for o in point]
+        point_overrides = common + variant[1] + [o for point in points for o in point]
         params = {o.key: o.value for point in points for o in point}
+        texts = [o.text for o in point_overrides]
         for seed in seeds:
             try:
-                scenario = resolve_scenario(copy.deepcopy(base), base_lines, base_path, [o.text for o in overrides], seed)
+                scenario = resolve_scenario(copy.deepcopy(base), base_lines, base_path, texts, seed)
             except ScenarioError as exc:
-                errors += [(*_blame(line, overrides), variant[0], params) for line in exc.lines]
+                errors += [(*_blame(line, point_overrides), variant[0], params) for line in exc.lines]
                 continue
             run = Run(run_key(scenario), variant[0], scenario.seed, params, scenario)
             if run.key in seen:
@@ -185,7 +188,7 @@ def _base(path: Path, data: dict, lines: dict) -> tuple[dict, dict, Path]:
         return base, {k[1:]: v for k, v in lines.items() if k[:1] == ("base",)}, path
     if not isinstance(base, str) or not base:
         raise ScenarioError([f"{path}:{lines.get(('base',), 1)}: base: expected a scenario file or an inline scenario "
-                             f"(got {_yaml_value(base)}; allowed: base: ../quickstart.yaml, or base: {{machine: ...}})"])
+                             f"(got {_got(base)}; allowed: base: ../quickstart.yaml, or base: {{machine: ...}})"])
     file = path.parent / base
     base_data, base_lines = read_yaml(file)
     if not isinstance(base_data, dict):
@@ -196,7 +199,7 @@ def _base(path: Path, data: dict, lines: dict) -> tuple[dict, dict, Path]:
 def _mapping(data: dict, key: str, at) -> dict:
     value = data.get(key) or {}
     if not isinstance(value, dict):
-        raise ScenarioError([f"{at(key)}: {key}: expected a mapping of key.path: value (got {_yaml_value(value)})"])
+        raise ScenarioError([f"{at(key)}: {key}: expected a mapping of key.path: value (got {_got(value)})"])
     return value
 
 
@@ -204,7 +207,7 @@ def _list(data: dict, key: str, at) -> list:
     value = data.get(key) or []
     if not isinstance(value, list):
         raise ScenarioError([f"{at(key)}: {key}: expected a list of axes, each starting with \"- \" "
-                             f"(got {_yaml_value(value)})"])
+                             f"(got {_got(value)})"])
     return value
 
 
@@ -212,7 +215,7 @@ def _axis(i: int, axis: Any, at) -> list[list[Override]]:
     """One axis -> its points, each the overrides it sets."""
     if not isinstance(axis, dict) or len(axis) != 1 or next(iter(axis)) not in AXIS_KINDS:
         raise ScenarioError([f"{at('axes', i)}: axes.{i}: expected one of {', '.join(AXIS_KINDS)} "
-                             f"(got {_yaml_value(axis)})"])
+                             f"(got {_got(axis)})"])
     kind, body = next(iter(axis.items()))
     name = f"axes.{i}.{kind}"
     if kind == "random":
@@ -222,7 +225,7 @@ def _axis(i: int, axis: Any, at) -> list[list[Override]]:
     for key, values in body.items():
         if not isinstance(values, list) or not values:
             raise ScenarioError([f"{at('axes', i, kind, key)}: {name}.{key}: expected a non-empty list of values "
-                                 f"(got {_yaml_value(values)})"])
+                                 f"(got {_got(values)})"])
     columns = [[Override(key, v, f"{at('axes', i, kind, key, j)}: {name}.{key}[{j}]") for j, v in enumerate(values)]
                for key, values in body.items()]
     if kind == "grid":
@@ -244,7 +247,7 @@ def _random(i: int, body: Any, at) -> list[list[Override]]:
     if (not isinstance(keys, dict) or not keys or type(samples) is not int or not 1 <= samples <= MAX_RUNS
             or type(seed) is not int or not 0 <= seed <= MAX_SEED):
         raise ScenarioError([f"{where}: {name}: expected samples (1 .. {MAX_RUNS}), seed (0 .. {MAX_SEED}) and keys: "
-                             f"{{key.path: {{uniform: [lo, hi], unit: MiB/s}}}} (got {_yaml_value(body)})"])
+                             f"{{key.path: {{uniform: [lo, hi], unit: MiB/s}}}} (got {_got(body)})"])
     rng = np.random.default_rng(seed)
     columns = []
     for key, spec in keys.items():
@@ -253,7 +256,7 @@ def _random(i: int, body: Any, at) -> list[list[Override]]:
                         for j, v in enumerate(_draw(rng, samples, spec, f"{line}: {name}.keys.{key}"))])
     points: dict[tuple, list[Override]] = {}
     for point in zip(*columns):  # a point drawn twice (a choice, a value rounded in its unit) runs once
-        points.setdefault(tuple(_yaml_value(o.value) for o in point), list(point))
+        points.setdefault(tuple(yaml_value(o.value) for o in point), list(point))
     return list(points.values())
 
 
@@ -265,16 +268,22 @@ def _draw(rng: np.random.Generator, n: int, spec: Any, where: str) -> list:
     if kind == "choice" and isinstance(args, list) and args and unit is None and not extra:
         return [args[k] for k in rng.integers(0, len(args), n)]
     numbers = (isinstance(args, list) and len(args) == 2 and all(type(a) in (int, float) for a in args)
-               and 0 < args[0] <= args[1] if kind == "log-uniform" else
-               isinstance(args, list) and len(args) == 2 and all(type(a) in (int, float) for a in args)
-               and args[0] <= args[1])
+               and _finite_width(*args) and (0 if kind == "log-uniform" else -math.inf) < args[0] <= args[1])
     if kind not in RANDOM_KINDS or not numbers or extra or not (unit is None or isinstance(unit, str)):
         raise ScenarioError([f"{where}: expected {{uniform: [lo, hi]}}, {{log-uniform: [lo, hi]}} (0 < lo <= hi) or "
-                             f"{{choice: [values]}}, with an optional unit for the first two (got "
-                             f"{_yaml_value(spec)})"])
+                             f"{{choice: [values]}}, finite, with an optional unit for the first two (got "
+                             f"{_got(spec)})"])
     lo, hi = args
     x = rng.uniform(lo, hi, n) if kind == "uniform" else np.exp(rng.uniform(np.log(lo), np.log(hi), n))
     return [f"{round(v)}{unit}" for v in x] if unit else [float(v) for v in x]
+
+
+def _finite_width(lo: int | float, hi: int | float) -> bool:
+    """Bounds numpy can draw between: floats, and their width too (``uniform`` overflows on [-1e308, 1e308])."""
+    try:
+        return math.isfinite(float(hi) - float(lo))
+    except OverflowError:  # an int beyond a float
+        return False
 
 
 def _variants(path: Path, data: dict, at) -> list[tuple[str | None, list[Override]]]:
@@ -285,12 +294,11 @@ def _variants(path: Path, data: dict, at) -> list[tuple[str | None, list[Overrid
     if isinstance(given, str):
         file = path.parent / given
         loaded = load_variants(file)
-        return [(name, [Override(k, yaml.safe_load(v), f"{loaded.where[name]}: variants.{name}")
-                        for k, v in (o.split("=", 1) for o in over)])
-                for name, over in loaded.items()]
+        return [(name, [Override(k, v, f"{loaded.where[name]}: variants.{name}") for k, v in over.items()])
+                for name, over in loaded.mapping.items()]
     if not isinstance(given, dict) or not given:
         raise ScenarioError([f"{at('variants')}: variants: expected a mapping of variant names to overrides, or a "
-                             f"variants file (got {_yaml_value(given)})"])
+                             f"variants file (got {_got(given)})"])
     out = []
     for name, over in given.items():
         try:
@@ -299,7 +307,7 @@ def _variants(path: Path, data: dict, at) -> list[tuple[str | None, list[Overrid
             raise ScenarioError([f"{at('variants', name)}: variants.{name}: {exc}"]) from None
         if not isinstance(over, dict):
             raise ScenarioError([f"{at('variants', name)}: variants.{name}: expected a mapping of key.path: value "
-                                 f"(got {_yaml_value(over)})"])
+                                 f"(got {_got(over)})"])
         out.append((str(name), [Override(k, v, f"{at('variants', name, k)}: variants.{name}.{k}")
                                 for k, v in over.items()]))
     return out
@@ -314,9 +322,9 @@ def _seeds(given: Any, at) -> list[int | None]:
             and len(set(given)) == len(given)):
         return given
     raise ScenarioError([f"{at('seeds')}: seeds: expected a count (1 .. 10000) or a list of distinct seeds "
-                         f"(0 .. {MAX_SEED}) (got {_yaml_value(given)})"])
+                         f"(0 .. {MAX_SEED}) (got {_got(given)})"])
 
 
-def _yaml_value(value: Any) -> str:
-    """A value as a ``--set`` takes it (YAML flow style)."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+def _got(value: Any) -> str:
+    """A value in an error: on one line, clipped as the scenario loader clips it."""
+    return clip(yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip().removesuffix("...").strip())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import __version__
+from .migration.rate import rate_limit_max
 from .report import sweepdata
 from .report.files import write_atomic
 from .sweepplan import Plan, Run
@@ -61,7 +62,7 @@ def base_row(run: Run) -> dict:
     s = run.scenario
     rates = [g.count * g.workload.rate for g in s.machine.vcpus if g.workload.kind != "trace" and not g.phases]
     limit = s.migration.max_bandwidth
-    bandwidth = min(s.network.bandwidth, limit) if limit >= 10 else s.network.bandwidth
+    bandwidth = min(s.network.bandwidth, limit) if rate_limit_max(limit) else s.network.bandwidth  # 0: unlimited
     row = dict.fromkeys(sweepdata.NAMES)
     row.update(key=run.key, variant=run.variant, seed=run.seed, params=run.params, version=__version__,
                bandwidth=bandwidth, **{"write-rate": sum(rates) if len(rates) == len(s.machine.vcpus) else None,
@@ -132,10 +133,16 @@ class DaskPool:
 
 
 def finished(outdir: Path) -> dict[str, dict]:
-    """Rows already on disk, by key."""
+    """Rows already on disk, by key. A file that is not such a row (not UTF-8 JSON, not a mapping with every
+    column, another key: edited, or another tool's) is not a finished run: its run runs again and replaces it."""
     rows = {}
     for path in (outdir / ROWS_DIR).glob("*.json"):
-        rows[path.stem] = json.loads(path.read_text())
+        try:
+            row = json.loads(path.read_bytes().decode())
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(row, dict) and row.get("key") == path.stem and all(n in row for n in sweepdata.NAMES):
+            rows[path.stem] = row
     return rows
 
 
@@ -161,25 +168,26 @@ def execute(plan: Plan, outdir: Path, pool, keep: bool = False, progress: bool =
             bar.update(1)
 
     retry: list[Run] = []
+
+    def run_all(runs: list[Run], first: bool) -> None:
+        futures = {pool.submit(run_job, Job(r, str(outdir / RUNS_DIR / r.key) if keep else None)): r for r in runs}
+        for future in pool.as_completed(futures):
+            run = futures[future]
+            try:
+                row = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker is a row, never the end of the sweep
+                if pool.lost(exc) and first:
+                    retry.append(run)
+                    continue
+                row = lost_row(run, exc)
+            if row["stop-reason"] == "interrupted":  # Ctrl-C reached the worker too: not a finished run
+                raise KeyboardInterrupt
+            record(row)
+
     try:
-        # first all at once; then the runs of a broken pool one by one, so that a run that kills its worker
-        # again takes no other run with it
-        for batch in [todo, None]:
-            for runs in [batch] if batch is not None else [[r] for r in retry]:
-                futures = {pool.submit(run_job, Job(r, str(outdir / RUNS_DIR / r.key) if keep else None)): r
-                           for r in runs}
-                for future in pool.as_completed(futures):
-                    run = futures[future]
-                    try:
-                        row = future.result()
-                    except Exception as exc:  # noqa: BLE001 - a lost worker is a row, never the end of the sweep
-                        if pool.lost(exc) and batch is not None:
-                            retry.append(run)
-                            continue
-                        row = lost_row(run, exc)
-                    if row["stop-reason"] == "interrupted":  # Ctrl-C reached the worker too: not a finished run
-                        raise KeyboardInterrupt
-                    record(row)
+        run_all(todo, first=True)
+        for run in retry:  # a broken pool's runs one by one: one that kills its worker again takes no other with it
+            run_all([run], first=False)
     finally:
         if bar is not None:
             bar.close()

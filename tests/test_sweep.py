@@ -291,3 +291,107 @@ def test_random_axes_draw_from_their_seed_within_bounds_and_units(tmp_path):
     bad = _sweep(tmp_path, "base: tiny.yaml\naxes:\n  - random: {samples: 3, seed: 1, keys: {seed: {normal: [0, 1]}}}\n")
     with pytest.raises(ScenarioError, match=r"sweep.yaml:3: axes.0.random.keys.seed: expected \{uniform: \[lo, hi\]\}"):
         load_plan(bad)
+
+
+@pytest.mark.parametrize("bounds", ["uniform: [1, .inf]", "uniform: [.nan, 2]", "uniform: [-1.0e+308, 1.7e+308]",
+                                    "log-uniform: [1, " + "9" * 400 + "]"])
+def test_random_bounds_numpy_cannot_draw_between_are_one_clear_line_and_exit_2(tmp_path, bounds):
+    """Infinite bounds, or a width beyond a float (numpy's uniform raised OverflowError, a traceback)."""
+    path = _sweep(tmp_path, f"base: tiny.yaml\naxes:\n  - random: {{samples: 2, seed: 1, keys: "
+                            f"{{network.bandwidth: {{{bounds}, unit: Gbit/s}}}}}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"))
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr.startswith(f"{path}:3: axes.0.random.keys.network.bandwidth: expected {{uniform: [lo, hi]}}")
+    assert res.stderr.count("\n") == 1 and len(res.stderr) < len(str(path)) + 300, res.stderr  # value clipped
+
+
+def test_a_swept_int_beyond_int64_is_a_string_column_not_a_traceback(tmp_path):
+    """x-postcopy-after-syncs has no upper bound: 10**26 ran, then pyarrow's int64 column raised OverflowError."""
+    big = 10**26
+    path = _sweep(tmp_path, "base: tiny.yaml\nset: {migration.capabilities.postcopy-ram: true}\naxes:\n"
+                            f"  - grid: {{migration.x-postcopy-after-syncs: [{big}, 2]}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"), "-j", "1", "--no-plots")
+    assert res.exit_code == 0, res.output
+    column = pq.read_table(tmp_path / "out" / "results.parquet").column("migration.x-postcopy-after-syncs")
+    assert str(column.type) == "string" and column.to_pylist() == [str(big), "2"]
+
+
+@pytest.mark.parametrize("content", [b"\xff{", b"{\"key\": 1}", b"[]", b"{"])
+def test_a_row_file_that_is_not_a_row_is_run_again_not_a_traceback(tmp_path, content):
+    """rows/<key>.json not UTF-8, not JSON, or without the columns: was a UnicodeDecodeError or KeyError."""
+    path, out = _sweep(tmp_path, "base: tiny.yaml\n"), tmp_path / "out"
+    (out / "rows").mkdir(parents=True)
+    (out / "rows" / f"{load_plan(path).runs[0].key}.json").write_bytes(content)
+    (out / "rows" / "stray.json").write_bytes(content)
+    res = _invoke(str(path), "-o", str(out), "-j", "1", "--no-plots")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("1 runs (1 run now, 0 already done)"), res.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--scheduler", ""], "--scheduler: expected the address of a dask scheduler (got ''"),
+    (["--scheduler", "", "--dask-local", "1"], "--scheduler and --dask-local: give one"),
+    (["--scheduler", "ucx://127.0.0.1:1"], "--scheduler ucx://127.0.0.1:1: cannot connect: "),
+    (["--scheduler", "foo://x:1"], "--scheduler foo://x:1: cannot connect: ValueError: unknown address scheme 'foo'"),
+])
+def test_a_scheduler_that_is_no_scheduler_is_one_line_and_exit_2(tmp_path, args, expected):
+    """'' ran on local processes as if not given; ucx:// without ucx was a TypeError traceback."""
+    path = _sweep(tmp_path, "base: tiny.yaml\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"), *args)
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr.startswith(expected) and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_a_mixed_axis_draws_every_point(tmp_path):
+    """[300, 500ms] is a string column ("300", "500ms"): the plots looked its points up by the file's 300 and
+    drew nothing there."""
+    from dirtysim.report.sweepplots import lines_figure
+
+    key = "migration.downtime-limit"
+    path = _sweep(tmp_path, f"base: tiny.yaml\naxes:\n  - grid: {{{key}: [300, 500ms]}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"), "-j", "1", "--no-plots")
+    assert res.exit_code == 0, res.output
+    frame = dirtysim.load_sweep(tmp_path / "out")
+    assert frame[key].tolist() == ["300", "500ms"]
+    total_time = lines_figure(frame, key).axes[1].lines[0].get_ydata()
+    assert not np.isnan(np.asarray(total_time, dtype=float)).any(), total_time
+
+
+@pytest.mark.parametrize("over, line, message", [
+    ("machine.vcpus.0.phases: [{duration: 100ms, rate: 0B/s}]", 2,
+     "set.machine.vcpus.0.phases: --set machine.vcpus.0.phases: rate phases are not modelled yet with postcopy-ram"),
+    ("what_if.hotplug_during_migration: true", 2, "set.what_if.hotplug_during_migration: --set "
+     "what_if.hotplug_during_migration: RAMBlocks that come and go are not modelled yet with postcopy-ram"),
+    ("network.latency: 0ns, costs.postcopy_fault: 0ns", 2, "a page request must take some time"),
+])
+def test_postcopy_refusals_dirtysim_adds_are_one_line_and_exit_2(tmp_path, over, line, message):
+    """scenario/postcopy.py's own refusals (after migrate_caps_check's), fed through a sweep's set."""
+    path = _sweep(tmp_path, f"base: tiny.yaml\nset: {{migration.capabilities.postcopy-ram: true, {over}}}\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"))
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr.startswith(f"{path}:{line}: ") and message in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_variants_file_gives_its_values_as_written(tmp_path):
+    """``variants: FILE``: each variant's mapping as the file gives it; a bad value names the file and variant."""
+    path = _sweep(tmp_path, "base: tiny.yaml\nvariants: v.yaml\n")
+    (tmp_path / "v.yaml").write_text("variants:\n  a: {network.bandwidth: 2Gbit/s}\n  b: {migration.downtime-limit: "
+                                     "500ms}\n")
+    plan = load_plan(path)
+    assert [(r.variant, r.scenario.network.bandwidth) for r in plan.runs] == [("a", 250_000_000), ("b", 125_000_000)]
+    assert plan.runs[0].scenario.migration.downtime_limit != plan.runs[1].scenario.migration.downtime_limit == 500_000_000
+    (tmp_path / "v.yaml").write_text("variants:\n  a: {}\n  b: {dirty_tracking.clear_bitmap_shift: 5}\n")
+    with pytest.raises(ScenarioError) as exc:
+        load_plan(path)
+    assert exc.value.lines == [f"{tmp_path / 'v.yaml'}:3: variants.b: --set dirty_tracking.clear_bitmap_shift: "
+                               "out of range (got 5; allowed: 6 .. 31)"]
+
+
+def test_a_sweep_too_large_to_resolve_is_refused_before_resolving_any_run(tmp_path):
+    """seeds: 10000 x 20 points: refused at once (each run is resolved and held before any runs)."""
+    values = ", ".join(f"{n}MiB/s" for n in range(1, 21))
+    path = _sweep(tmp_path, f"base: tiny.yaml\naxes:\n  - grid: {{{RATE}: [{values}]}}\nseeds: 10000\n")
+    res = _invoke(str(path), "-o", str(tmp_path / "out"))
+    assert (res.exit_code, res.stdout) == (2, ""), res.output
+    assert res.stderr == f"{path}:2: axes: 200000 runs (allowed: at most 100000 in one sweep file)\n"

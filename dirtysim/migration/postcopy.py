@@ -289,7 +289,9 @@ class Postcopy:
         process could schedule (its next wake-up + latency + postcopy_place)."""
         running = self.dv[D.DV_BLOCKED] == 0
         first_write = int(self.dv[D.DV_NEXT][running].min()) if running.any() else int(D.NEVER)
-        h = min(max(now, first_write) + self.lookahead, max(now, int(min(self.env.peek(), D.NEVER))) + self.latency + self.place_ns)
+        fault_effect = max(now, first_write) + self.lookahead
+        other_wake = max(now, int(min(self.env.peek(), D.NEVER)))
+        h = min(fault_effect, other_wake + self.latency + self.place_ns)
         return min(h, self.work[0][0]) if self.work else h
 
     def _run_guest(self, h: int) -> None:

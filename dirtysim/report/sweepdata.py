@@ -2,7 +2,7 @@
 
 The columns of ``COLUMNS`` come first, in this order and with these types, in
 every sweep; then one column per swept key (its values as the sweep file writes
-them: bool, int64, float64 or, when mixed or with units, string). The Parquet
+them: bool, int64, float64 or, when mixed, with units or beyond int64, string). The Parquet
 metadata ``dirtysim.axes`` holds each swept key with its values in the file's order
 (``"10Gbit/s"`` sorts after ``"1Gbit/s"`` only by that order) and ``dirtysim.variants``
 the variant names, ``dirtysim.dims`` the keys the plots span (``sweepplan.Plan.dims``). README "Sweeps" documents the same table; a test holds them equal.
@@ -64,21 +64,30 @@ def is_failed(row: dict) -> bool:
     return row["error"] is not None or bool(row["lost-pages"] and not row["wrong-semantics"])
 
 
+INT64 = range(-(1 << 63), 1 << 63)
+
+
 def _param_type(values: list) -> str:
-    kinds = {type(v) for v in values if v is not None}
+    """A swept key's column type; an int beyond int64 (a key without an upper bound) makes it a string."""
+    given = [v for v in values if v is not None]
+    kinds = {type(v) for v in given}
     if kinds == {bool}:
         return "bool"
-    if kinds == {int}:
-        return "int64"
-    if kinds and kinds <= {int, float}:
-        return "double"
-    return "string"
+    if not kinds or not kinds <= {int, float} or any(type(v) is int and v not in INT64 for v in given):
+        return "string"
+    return "int64" if kinds == {int} else "double"
 
 
 def _cell(value: Any, kind: str) -> Any:
     if value is None or kind != "string":
         return value
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def as_column(values: list) -> list:
+    """A swept key's values (``Plan.axes``, ``dirtysim.axes``) as its column holds them (a string column: JSON)."""
+    kind = _param_type(values)
+    return [_cell(v, kind) for v in values]
 
 
 def parquet_bytes(rows: list[dict], axes: dict[str, list], variants: list[str], dims: list[str]) -> bytes:

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from . import sweepdata
+
 # column, panel title, scale to the unit in the title
 METRICS = [("converged", "converged (share of runs)", 1.0), ("total-time-ms", "total time (s)", 1e-3),
            ("downtime-ms", "downtime (ms)", 1.0), ("transferred", "transferred (GiB)", 2.0**-30),
@@ -22,7 +24,9 @@ MAX_ANNOTATED = 150  # cells: above this many the numbers would not be readable
 
 
 def _values(frame, key: str) -> list:
-    return frame.attrs.get("axes", {}).get(key) or sorted(frame[key].dropna().unique())
+    """``key``'s values in the sweep file's order, as its column holds them (300 and 500ms: "300", "500ms")."""
+    given = frame.attrs.get("axes", {}).get(key)
+    return sweepdata.as_column(given) if given else sorted(frame[key].dropna().unique())
 
 
 def _cells(frame, column: str, scale: float, by: list[str]):

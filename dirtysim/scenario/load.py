@@ -178,6 +178,11 @@ def _got(value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):  # a date, bytes, a set: YAML types no scenario key takes
         text = f"{value} ({type(value).__name__})"
+    return clip(text)
+
+
+def clip(text: str) -> str:
+    """A value shown in an error: whole up to 60 characters, else its start and its length."""
     return text if len(text) <= 60 else text[:50] + f"... ({len(text)} characters)"
 
 
