@@ -105,6 +105,12 @@ FILE_CASES = [  # (id, file content, the whole report with the path as {file})
      "{file}:2: machine.memory.size: a size must be a whole number (got 1.5; allowed: a number with a unit, e.g. 8GiB; units: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB, or QEMU's K, M, G, T, P, E (powers of 1024))"),
     ("negative_duration", V + "migration: {timeout: -1s}\n",
      '{file}:6: migration.timeout: a duration must not be negative (got "-1s"; allowed: a number with a unit, e.g. 300ms; units: ns, us, ms, s, min)'),
+    ("int_of_5000_digits", "seed: " + "9" * 5000 + "\n" + V,
+     "{file}:1: an integer of 5000 characters (allowed: at most 64)"),
+    ("size_of_5000_digits", V.replace("1GiB", "9" * 5000 + "B"),
+     '{file}:2: machine.memory.size: a size this large is not supported (got "' + "9" * 49 + '... (5003 characters); '
+     "allowed: a number with a unit, e.g. 8GiB; units: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB, or QEMU's K, M, G, T, "
+     'P, E (powers of 1024))'),
     ("huge_size", V.replace("1GiB", "9E"),
      '{file}:2: machine.memory.size: a size this large is not supported (got "9E"; allowed: a number with a unit, e.g. 8GiB; units: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB, or QEMU\'s K, M, G, T, P, E (powers of 1024))'),
     ("date_duration", V + "timeline: [{at: 2024-01-01, pam: {enabled: true}}]\n",

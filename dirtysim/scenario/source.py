@@ -17,6 +17,7 @@ import yaml
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: the largest shipped scenario is under 4 KiB
 MAX_NODES = 10_000  # YAML nodes after expanding aliases (a scenario has a few hundred)
 MAX_DEPTH = 32  # nesting levels (the deepest key, machine.devices.N.kind, is at level 4)
+MAX_INT_CHARS = 64  # an integer's characters: int64 has 19 digits, and Python will not read one of over 4300
 
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -112,11 +113,21 @@ class _Loader(yaml.SafeLoader):
             self._sizes[key] = 1 + sum(self._size(c) for c in children)
         return self._sizes[key]
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """An integer longer than any value here needs is refused where it is written, before ``int()``."""
+        if len(node.value) > MAX_INT_CHARS:
+            raise SourceError(node.start_mark.line + 1, f"an integer of {len(node.value)} characters (allowed: at "
+                                                        f"most {MAX_INT_CHARS})")
+        return super().construct_yaml_int(node)
+
     def _count(self, n: int, mark) -> None:
         self.expanded += n
         if self.expanded > MAX_NODES:
             raise SourceError(mark.line + 1, f"YAML expands to too many nodes (got more than {MAX_NODES} after "
                                              f"expanding aliases; allowed: at most {MAX_NODES})")
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 def load_yaml(text: str) -> tuple[Any, dict[tuple, int]]:

@@ -26,6 +26,7 @@ BIT_RATE_UNITS = {
 }
 RATE_UNITS = {**{f"{u}/s": v for u, v in SIZE_UNITS.items()}, **BIT_RATE_UNITS}
 DURATION_UNITS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "min": 60 * 10**9}
+MAX_DIGITS = 64  # a number's digits: far more than any value below MAX_VALUE needs
 MAX_VALUE = (1 << 63) - 1  # every quantity is an int64 in the event log
 
 _NUMBER = re.compile(r"^\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-z/]*)\s*$")
@@ -47,6 +48,8 @@ def _parse(text: object, units: dict, what: str, bare_unit: str | None, qemu_suf
     if isinstance(text, int):
         if bare_unit is None:
             raise ValueError(f"a {what} needs a unit")
+        if text > MAX_VALUE:  # before any str(): Python refuses to print an int of over 4300 digits
+            raise ValueError(f"a {what} this large is not supported")
         text = f"{text}{bare_unit}"
     if isinstance(text, float):
         raise ValueError(f"a {what} needs a unit" if bare_unit is None else f"a {what} must be a whole number")
@@ -63,6 +66,9 @@ def _parse(text: object, units: dict, what: str, bare_unit: str | None, qemu_suf
     scale = _scale(unit, units, qemu_suffix)
     if scale is None:
         raise ValueError(f"unknown unit {unit!r}")
+    if len(m["num"]) > MAX_DIGITS:
+        raise ValueError(f"a {what} this large is not supported" if "." not in m["num"]
+                         else f"{text[:20]!r}... has more digits than any {what} needs")
     value = Fraction(m["num"]) * scale
     if value.denominator != 1:
         raise ValueError(f"{text!r} is not a whole number of the base unit")
